@@ -1,0 +1,66 @@
+"""`replaylab ...`: one entry point; each subcommand lives in `replaylab.commands.<name>`.
+
+A command module defines `HELP` (one line), `add_arguments(parser)` and `main(args) -> int`.
+User mistakes raise `ReplaylabError`: printed as one line, exit status 2, no traceback
+(`replaylab --debug ...` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from replaylab import __version__
+from replaylab.errors import ReplaylabError
+
+# Order shown in `replaylab --help`: the path of an experiment, data -> train -> sweep -> analysis.
+COMMANDS = [
+    "demo", "data", "tokenizer", "train", "export", "plan", "sweep", "results", "analyze", "report", "finetune",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="replaylab", description="Replay generic pre-training data while fine-tuning.")
+    parser.add_argument("--version", action="version", version=f"replaylab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"replaylab.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"replaylab.commands.{name}":
+                continue  # not built yet
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.main(args) or 0)
+    except ReplaylabError as e:
+        if args.debug:
+            raise
+        print(f"replaylab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"replaylab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

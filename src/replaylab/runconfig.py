@@ -1,0 +1,297 @@
+"""The configuration of one training run: model, data domains, stages, optimizer, training, eval.
+
+A run is a list of stages. Each stage has a length, a mixture {domain: token share}, an LR schedule
+and an optimizer policy. Domains name token stores; a limited domain (the target) has a budget in
+sequences. Strategy builders (`replaylab.schedule`) produce these configs; `replaylab.train` runs them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from replaylab.errors import ConfigError
+
+# Model presets. Tiny sizes are what 2-core CPUs can train (see shared CPU measurements); `150m` is
+# the paper's "150m4k" Llama; larger ones follow common Llama shapes.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=128, n_layers=2, n_heads=4, d_ff=384),
+    "mini": dict(d_model=192, n_layers=3, n_heads=6, d_ff=512),
+    "small": dict(d_model=256, n_layers=4, n_heads=4, d_ff=768),
+    "10m": dict(d_model=384, n_layers=6, n_heads=6, d_ff=1024),
+    "25m": dict(d_model=512, n_layers=8, n_heads=8, d_ff=1408),
+    "150m": dict(d_model=512, n_layers=6, n_heads=8, d_ff=1792, max_seq_len=4096),
+    "300m": dict(d_model=768, n_layers=12, n_heads=12, d_ff=2688, max_seq_len=4096),
+    "600m": dict(d_model=1024, n_layers=24, n_heads=16, d_ff=3584, max_seq_len=4096),
+    "1b": dict(d_model=2048, n_layers=16, n_heads=16, n_kv_heads=8, d_ff=7168, max_seq_len=4096),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Llama-style decoder. `preset` fills every field not given explicitly."""
+
+    preset: str | None = None
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None = n_heads (multi-head); fewer = grouped-query attention
+    d_ff: int = 384  # SwiGLU hidden size
+    vocab_size: int | None = None  # None = the tokenizer's vocabulary size
+    max_seq_len: int | None = None  # None = data.seq_len
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+
+    @classmethod
+    def _merge_defaults(cls, data: dict) -> dict:
+        preset = data.get("preset")
+        if preset is None:
+            return data
+        if preset not in MODEL_PRESETS:
+            raise ConfigError(f"model.preset {preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}")
+        return {**MODEL_PRESETS[preset], **data}
+
+    def validate(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"model head size d_model/n_heads = {self.d_model // self.n_heads} must be even for RoPE")
+        kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % kv:
+            raise ConfigError(f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({kv})")
+
+
+@dataclass
+class DomainConfig:
+    """One data domain: a token store built from `source` with the run's tokenizer.
+
+    source: a built-in recipe name (generic, code, math, instructions, basque), a file or folder
+    path (.jsonl/.txt/.parquet), or `hf:org/name[:config][@revision]`.
+    budget: unique training sequences of this domain (a limited domain, e.g. the target);
+    None = unlimited (the generic pool, cycled only if exhausted).
+    epochs: if given, how many passes over the budget the whole run must make; the engine checks
+    that the stages draw exactly that many (to within one sequence per block) and errors otherwise.
+    """
+
+    source: str
+    budget: int | None = None
+    epochs: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # source options, e.g. {text_field: text}
+
+    def validate(self) -> None:
+        if self.budget is not None and self.budget < 1:
+            raise ConfigError(f"domain budget must be >= 1 sequence, got {self.budget}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"domain epochs must be > 0, got {self.epochs}")
+        if self.epochs is not None and self.budget is None:
+            raise ConfigError("domain epochs is set but budget is not; epochs count passes over a budget")
+
+
+@dataclass
+class DataConfig:
+    tokenizer: str = "default"  # "default" (BPE trained on the built-in recipes), a tokenizer.json / folder, or a hub id
+    seq_len: int = 256
+    domains: dict[str, DomainConfig] = field(default_factory=dict)
+    budget_seed: int = 0  # which sequences form a budget; fixed across run seeds so budgets are nested and shared
+    val_sequences: int | None = None  # cap on held-out sequences per domain used for eval (None = eval.max_sequences)
+
+    def validate(self) -> None:
+        if self.seq_len < 8:
+            raise ConfigError(f"data.seq_len must be >= 8, got {self.seq_len}")
+        if not self.domains:
+            raise ConfigError("data.domains is empty; name at least one domain, e.g. {generic: {source: generic}}")
+
+
+LR_SCHEDULES = ("constant", "cosine", "wsd", "linear", "continue")
+
+
+@dataclass
+class LRConfig:
+    """LR over a stage (or a span of stages: a stage whose schedule is `continue` extends the previous
+    stage's schedule, so one WSD/cosine curve can run across several mixtures, as in mid-training).
+
+    warmup: fraction of the span's steps of linear warmup from 0 to peak.
+    decay: for `wsd`, the fraction of the span's steps (at the end) decaying linearly to `final`.
+    """
+
+    schedule: str = "cosine"
+    peak: float = 3e-3
+    final: float = 0.0
+    warmup: float = 0.01
+    decay: float = 0.1
+
+    def validate(self) -> None:
+        if self.schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr.schedule {self.schedule!r} is unknown; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.peak < 0 or self.final < 0:
+            raise ConfigError(f"lr.peak and lr.final must be >= 0, got {self.peak} and {self.final}")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"lr.warmup is a fraction of the stage in [0, 1), got {self.warmup}")
+        if not 0 <= self.decay <= 1:
+            raise ConfigError(f"lr.decay is a fraction of the stage in [0, 1], got {self.decay}")
+
+
+@dataclass
+class StageConfig:
+    """One stage. Length: `steps`, or `fraction` of train.total_steps (exactly one of them).
+
+    optimizer: `reset` = fresh AdamW state (moments zero, step count restarts) at the stage start;
+    `carry` = keep it. The first stage always starts fresh.
+    init (first stage only): `scratch`, `checkpoint:PATH` (a run folder or checkpoint folder: model
+    weights only) or `hf:PATH_OR_ID` (a Hugging Face Llama checkpoint).
+    """
+
+    name: str
+    mixture: dict[str, float]
+    steps: int | None = None
+    fraction: float | None = None
+    lr: LRConfig = field(default_factory=LRConfig)
+    optimizer: str = "carry"
+    init: str = "scratch"
+
+    def validate(self) -> None:
+        if (self.steps is None) == (self.fraction is None):
+            raise ConfigError(f"stage {self.name!r}: give exactly one of steps or fraction")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ConfigError(f"stage {self.name!r}: fraction must be in (0, 1], got {self.fraction}")
+        if not self.mixture:
+            raise ConfigError(f"stage {self.name!r}: mixture is empty; give {{domain: weight}}")
+        for dom, w in self.mixture.items():
+            if not 0 <= w <= 1:
+                raise ConfigError(f"stage {self.name!r}: mixture weight of {dom!r} is {w}; weights are token shares in [0, 1]")
+        total = sum(self.mixture.values())
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ConfigError(f"stage {self.name!r}: mixture weights sum to {total:.6g}; they are token shares and must sum to 1")
+        if self.optimizer not in ("reset", "carry"):
+            raise ConfigError(f"stage {self.name!r}: optimizer must be 'reset' or 'carry', got {self.optimizer!r}")
+        if not (self.init == "scratch" or self.init.startswith(("checkpoint:", "hf:"))):
+            raise ConfigError(f"stage {self.name!r}: init {self.init!r} must be scratch, checkpoint:PATH or hf:PATH")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW as in the paper. Weight decay applies to matrices only unless the flags say otherwise."""
+
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    decay_norms: bool = False
+    decay_embeddings: bool = False
+    grad_clip: float = 1.0  # global-norm clipping; 0 = off
+    implementation: str = "auto"  # auto | fused | foreach | single
+
+    def validate(self) -> None:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must lie in [0, 1), got {self.betas}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("optim.weight_decay and optim.grad_clip must be >= 0")
+        if self.implementation not in ("auto", "fused", "foreach", "single"):
+            raise ConfigError(f"optim.implementation {self.implementation!r}: choose auto, fused, foreach or single")
+
+
+@dataclass
+class TrainConfig:
+    total_steps: int = 1024
+    batch_size: int = 16  # sequences per optimizer step (global, across DDP ranks)
+    micro_batch_size: int | None = None  # sequences per forward pass; None = batch_size (no accumulation)
+    mixture_block: int | None = None  # sequences per mixture block; None = batch_size
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast)
+    compile: str = "auto"  # auto | on | off
+    threads: int | None = None  # torch intra-op threads; None = leave as is
+    device: str = "auto"  # auto | cpu | cuda
+    deterministic: bool = True
+    checkpoint_every: int = 0  # steps; 0 = only at stage ends and on SIGINT/SIGTERM
+    keep_checkpoints: int = 2  # periodic checkpoints kept (stage-end ones are always kept)
+    log_every: int = 10
+    progress: str = "auto"  # auto (a bar on a terminal) | on | off
+
+    def validate(self) -> None:
+        if self.total_steps < 1 or self.batch_size < 1:
+            raise ConfigError("train.total_steps and train.batch_size must be >= 1")
+        mb = self.micro_batch_size or self.batch_size
+        if self.batch_size % mb:
+            raise ConfigError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size ({mb})"
+            )
+        for name, allowed in (("precision", ("auto", "fp32", "bf16")), ("compile", ("auto", "on", "off")),
+                              ("device", ("auto", "cpu", "cuda")), ("progress", ("auto", "on", "off"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"train.{name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between evaluations; 0 = only at stage ends
+    max_sequences: int = 64  # held-out sequences per domain (split in two halves: select / report)
+    batch_size: int = 16
+    domains: list[str] | None = None  # None = every domain of the run
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "replaylab"
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Free-form record of how the run was made (strategy, rho, alpha, budget multiple, lr...): the
+    # strategy builders fill it, analysis reads it from the manifest. Not used by the engine.
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.stages:
+            raise ConfigError("stages is empty; a run needs at least one stage")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stage names must be unique, got {names}")
+        for s in self.stages:
+            for dom in s.mixture:
+                if dom not in self.data.domains:
+                    raise ConfigError(
+                        f"stage {s.name!r} mixes domain {dom!r}, which data.domains does not define "
+                        f"(defined: {', '.join(self.data.domains)})"
+                    )
+        if self.stages[0].lr.schedule == "continue":
+            raise ConfigError(f"stage {self.stages[0].name!r}: the first stage cannot continue a previous LR schedule")
+        for s in self.stages[1:]:
+            if s.init != "scratch":
+                raise ConfigError(f"stage {s.name!r}: only the first stage may set init")
+        lengths = self.stage_steps()
+        if min(lengths) < 1:
+            raise ConfigError(f"stage lengths {lengths}: every stage needs at least one step; change the fractions or steps")
+        if sum(lengths) != self.train.total_steps:
+            raise ConfigError(
+                f"stage lengths {lengths} sum to {sum(lengths)} steps, but train.total_steps is "
+                f"{self.train.total_steps}; make them agree"
+            )
+
+    def stage_steps(self) -> list[int]:
+        """Steps of each stage. Fractions are rounded to whole steps; the last stage with a fraction
+        absorbs the rounding so the total is exact."""
+        total = self.train.total_steps
+        out: list[int] = []
+        for s in self.stages:
+            out.append(s.steps if s.steps is not None else max(1, round(s.fraction * total)))
+        frac_idx = [i for i, s in enumerate(self.stages) if s.fraction is not None]
+        if frac_idx:
+            out[frac_idx[-1]] += total - sum(out)
+        return out
