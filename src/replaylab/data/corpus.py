@@ -1,0 +1,360 @@
+"""Corpora: where documents come from. One function, `iter_documents(source, options)`, streams
+plain-text documents from any source replaylab accepts:
+
+- a built-in recipe name (`generic`, `code`, ...): the recipe is built, then its documents.jsonl read;
+- a `.jsonl` file (one JSON object per line; `text_field`, or a `template` such as
+  `"{question}\\n{answer}"` over the object's fields);
+- a `.txt` file (the whole file is one document) or any file matched by `glob` in a folder;
+- a `.parquet` file (a column, or a template over columns), read in record batches;
+- a folder: every `.jsonl` / `.txt` / `.parquet` file under it (or those matching `glob`), sorted;
+- `hf:org/name[:config][@revision]`: a Hugging Face dataset, streamed, only when online.
+
+Documents are streamed one at a time so a multi-GB corpus never sits in memory. Bytes that are not
+valid UTF-8 are replaced (U+FFFD) and counted in `CorpusStats`; whitespace-only documents are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import string
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from replaylab.errors import DataError
+
+FILE_SUFFIXES = (".jsonl", ".txt", ".parquet")
+HF_PREFIX = "hf:"
+# hf:org/name[:config][@revision]
+_HF_RE = re.compile(r"^hf:(?P<name>[\w.\-]+(?:/[\w.\-]+)?)(?::(?P<config>[\w.\-]+))?(?:@(?P<revision>[\w.\-/]+))?$")
+
+
+@dataclass
+class CorpusOptions:
+    """How to read documents out of a source.
+
+    text_field: the JSON key / parquet column holding the text.
+    template: instead of one field, a Python format string over fields, e.g. "{question}\\n{answer}".
+    glob: in a folder, which files to read (default: every .jsonl/.txt/.parquet file); files that are
+      not .jsonl/.parquet are read as one document each (so "**/*.py" reads source code).
+    split: the Hugging Face dataset split.
+    max_docs: stop after this many documents (None = all).
+    """
+
+    text_field: str = "text"
+    template: str | None = None
+    glob: str | None = None
+    split: str = "train"
+    max_docs: int | None = None
+
+    def validate(self) -> None:
+        if not self.text_field:
+            raise DataError("corpus option text_field is empty; name the JSON key or column holding the text")
+        if self.template is not None:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
+            if not fields:
+                raise DataError(f"corpus option template {self.template!r} names no field; write e.g. '{{question}}\\n{{answer}}'")
+        if self.max_docs is not None and self.max_docs < 1:
+            raise DataError(f"corpus option max_docs must be >= 1, got {self.max_docs}")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None) -> "CorpusOptions":
+        """The corpus part of a mixed options dict (store options such as val_docs are ignored here)."""
+        known = {f for f in cls.__dataclass_fields__}
+        opts = cls(**{k: v for k, v in (options or {}).items() if k in known})
+        opts.validate()
+        return opts
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CorpusStats:
+    """Filled while documents stream by: what was read and what had to be repaired or skipped."""
+
+    documents: int = 0
+    chars: int = 0
+    utf8_bytes: int = 0
+    skipped_empty: int = 0
+    invalid_utf8_docs: int = 0  # documents whose bytes were not valid UTF-8 (decoded with replacement)
+    replaced_chars: int = 0  # U+FFFD characters those replacements produced
+    files: list[str] = field(default_factory=list)
+
+    def note(self) -> str | None:
+        """A one-line warning when input had to be repaired, else None."""
+        if not self.invalid_utf8_docs:
+            return None
+        return (f"{self.invalid_utf8_docs} document(s) were not valid UTF-8; "
+                f"{self.replaced_chars} undecodable byte sequence(s) were replaced with U+FFFD")
+
+
+# --------------------------------------------------------------------------------------------- sources
+def is_hf(source: str) -> bool:
+    return source.startswith(HF_PREFIX)
+
+
+def parse_hf(source: str) -> tuple[str, str | None, str | None]:
+    """`hf:org/name[:config][@revision]` -> (name, config, revision)."""
+    m = _HF_RE.match(source)
+    if not m:
+        raise DataError(f"Hugging Face source {source!r} is malformed; write hf:org/name[:config][@revision]")
+    return m["name"], m["config"], m["revision"]
+
+
+def _recipes() -> dict:
+    try:
+        from replaylab.data.recipes import RECIPES
+    except ImportError:  # the recipes layer is not installed yet
+        return {}
+    return RECIPES
+
+
+def source_kind(source: str) -> str:
+    """'hf', 'path' or 'recipe'; raises DataError for a name that is none of them."""
+    if is_hf(source):
+        parse_hf(source)
+        return "hf"
+    if os.path.exists(source):
+        return "path"
+    recipes = _recipes()
+    if source in recipes:
+        return "recipe"
+    looks_like_path = os.sep in source or source.endswith(FILE_SUFFIXES) or source.startswith(".")
+    if looks_like_path:
+        raise DataError(f"corpus path {source!r} does not exist; check the path (relative to {os.getcwd()})")
+    names = ", ".join(sorted(recipes)) or "none installed"
+    raise DataError(f"unknown source {source!r}: not a recipe ({names}), an existing file/folder, or hf:org/name")
+
+
+def source_name(source: str) -> str:
+    """A short, filesystem-safe name for a source, used to name cached stores."""
+    kind = source_kind(source)
+    if kind == "recipe":
+        return source
+    if kind == "hf":
+        name, config, _ = parse_hf(source)
+        raw = name.replace("/", "_") + (f"_{config}" if config else "")
+    else:
+        p = Path(source).resolve()
+        raw = p.stem if p.is_file() else p.name
+    return re.sub(r"[^\w.\-]+", "_", raw).strip("._") or "corpus"
+
+
+def source_fingerprint(source: str, options: CorpusOptions | None = None) -> str:
+    """Hash of what identifies a source's content without reading it: the recipe name, the hf id, or
+    for files the resolved paths with their sizes and modification times (so an edited file gets a
+    new store instead of a stale cached one)."""
+    h = hashlib.sha256()
+    kind = source_kind(source)
+    h.update(f"{kind}\0{source if kind != 'path' else Path(source).resolve()}\0".encode())
+    if kind == "recipe":  # a rebuilt recipe (new pinned sources) gets new stores
+        from replaylab import paths
+
+        summary = paths.home() / "corpora" / source / "summary.json"
+        h.update(summary.read_bytes() if summary.exists() else b"not built")
+    if kind == "path":
+        for f in _list_files(Path(source), options or CorpusOptions()):
+            st = f.stat()
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    if options is not None:
+        h.update(json.dumps(options.as_dict(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- readers
+def _decode(raw: bytes, stats: CorpusStats) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        stats.invalid_utf8_docs += 1
+        # Count only the replacements, not U+FFFD characters that were already in the text.
+        stats.replaced_chars += text.count("\ufffd") - raw.count("\ufffd".encode())
+        return text
+
+
+def _render(record: Any, opts: CorpusOptions, where: str) -> str:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}; one object per line")
+    if opts.template is not None:
+        try:
+            return opts.template.format_map(record)
+        except KeyError as e:
+            raise DataError(f"{where}: record has no field {e.args[0]!r} used by template {opts.template!r}; "
+                            f"fields present: {', '.join(map(str, record)) or 'none'}") from None
+    if opts.text_field not in record:
+        raise DataError(f"{where}: record has no field {opts.text_field!r}; fields present: "
+                        f"{', '.join(map(str, record)) or 'none'} (set the text field, e.g. --text-field NAME)")
+    value = record[opts.text_field]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {opts.text_field!r} is {type(value).__name__}, not text")
+    return value
+
+
+def _read_jsonl(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            line = _decode(raw, stats)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            yield _render(record, opts, f"{path}:{lineno}")
+
+
+def _read_parquet(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a file that is not parquet
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    columns = pf.schema_arrow.names
+    if opts.template is not None:
+        wanted = [f for _, f, _, _ in string.Formatter().parse(opts.template) if f is not None]
+    else:
+        wanted = [opts.text_field]
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise DataError(f"{path}: no column {missing[0]!r}; columns present: {', '.join(columns)} "
+                        "(set the text field or template)")
+    row = 0
+    for batch in pf.iter_batches(batch_size=1024, columns=sorted(set(wanted))):
+        for record in batch.to_pylist():
+            row += 1
+            yield _render(record, opts, f"{path}:row {row}")
+
+
+def _read_text_file(path: Path, stats: CorpusStats) -> Iterator[str]:
+    yield _decode(path.read_bytes(), stats)
+
+
+def _list_files(path: Path, opts: CorpusOptions) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if opts.glob:
+        files = [p for p in path.glob(opts.glob) if p.is_file()]
+    else:
+        files = [p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_SUFFIXES]
+    # Hidden files (editor swap files, our own temp files) are never documents.
+    files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+    return sorted(files)
+
+
+def _read_path(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+    files = _list_files(path, opts)
+    if not files:
+        what = f"files matching {opts.glob!r}" if opts.glob else ".jsonl, .txt or .parquet files"
+        raise DataError(f"corpus folder {path} has no {what}; point at a folder of documents or set glob")
+    for f in files:
+        stats.files.append(str(f))
+        if f.suffix == ".jsonl":
+            yield from _read_jsonl(f, opts, stats)
+        elif f.suffix == ".parquet":
+            yield from _read_parquet(f, opts, stats)
+        else:
+            yield from _read_text_file(f, stats)
+
+
+_PROBE: dict[str, tuple[float, bool]] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when HF_HUB_OFFLINE is set or huggingface.co cannot be reached within `timeout` seconds.
+    Checked before calling `datasets` / the hub so an offline machine fails fast instead of hanging.
+    The probe runs in a thread because a DNS lookup ignores socket timeouts; its answer is kept a minute."""
+    import threading
+    import time
+
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    cached = _PROBE.get("hub")
+    if cached and time.monotonic() - cached[0] < 60:
+        return cached[1]
+    result = [False]
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+                result[0] = True
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    _PROBE["hub"] = (time.monotonic(), result[0])
+    return result[0]
+
+
+def check_source(source: str) -> str:
+    """Fail fast on a source that cannot be read (missing path, unknown recipe, hf: while offline);
+    returns its kind. Cheap: reads no document."""
+    kind = source_kind(source)
+    if kind == "hf" and not hub_reachable():
+        raise DataError(f"{source}: the Hugging Face hub is not reachable (offline or HF_HUB_OFFLINE set); "
+                        "download the dataset elsewhere and pass its .jsonl/.parquet files instead")
+    return kind
+
+
+def _read_hf(source: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+    name, config, revision = parse_hf(source)
+    check_source(source)
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{source}: reading Hugging Face datasets needs the 'datasets' package; "
+                        "pip install 'replaylab[hf]'") from None
+    try:
+        ds = datasets.load_dataset(name, config, revision=revision, split=opts.split, streaming=True)
+    except Exception as e:  # datasets raises many types (not found, bad config, auth)
+        raise DataError(f"{source}: cannot load dataset ({type(e).__name__}: {e})") from None
+    for i, record in enumerate(ds):
+        yield _render(record, opts, f"{source} row {i}")
+
+
+def _read_recipe(name: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+    from replaylab.data.recipes import build_recipe
+
+    folder = Path(build_recipe(name))
+    yield from _read_path(folder / "documents.jsonl", opts, stats)
+
+
+def iter_documents(source: str, options: CorpusOptions | dict | None = None,
+                   stats: CorpusStats | None = None) -> Iterator[str]:
+    """Stream the non-empty documents of `source` (see the module docstring for what a source is).
+
+    `stats`, if given, is filled as documents go by. Raises DataError for a missing path, an unknown
+    recipe, a bad jsonl line (naming file:line), an offline hf: source, or an empty corpus."""
+    opts = options if isinstance(options, CorpusOptions) else CorpusOptions.from_options(options)
+    opts.validate()
+    stats = stats if stats is not None else CorpusStats()
+    kind = source_kind(source)
+    if kind == "recipe":
+        docs = _read_recipe(source, opts, stats)
+    elif kind == "hf":
+        docs = _read_hf(source, opts, stats)
+    else:
+        docs = _read_path(Path(source), opts, stats)
+    for text in docs:
+        # A document that is only whitespace or U+FFFD (undecodable bytes) carries nothing to learn.
+        if not text.replace("\ufffd", "").strip():
+            stats.skipped_empty += 1
+            continue
+        stats.documents += 1
+        stats.chars += len(text)
+        stats.utf8_bytes += len(text.encode("utf-8", errors="surrogatepass"))
+        yield text
+        if opts.max_docs is not None and stats.documents >= opts.max_docs:
+            break
+    if stats.documents == 0:
+        detail = f" ({stats.invalid_utf8_docs} undecodable)" if stats.invalid_utf8_docs else ""
+        raise DataError(f"corpus {source!r} is empty: no document with text{detail} "
+                        f"({stats.skipped_empty} empty skipped); check the source and the text field")

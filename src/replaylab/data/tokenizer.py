@@ -1,0 +1,212 @@
+"""Tokenizers: train a byte-level BPE on a sample of corpora, or load any Hugging Face tokenizer.
+
+A tokenizer is identified by `hash` = sha256 of its tokenizer.json; that hash is part of every token
+store's identity, so a store built with one tokenizer is never read with another.
+
+`get_tokenizer(spec)` accepts:
+- "default": vocab 4096 byte-level BPE trained on the first ~2 MB of each built-in recipe, cached
+  under `$REPLAYLAB_HOME/tokenizers/default/`;
+- a `tokenizer.json` path, or a folder holding one;
+- a Hugging Face hub id (`org/name`, optionally `@revision`) when online, cached under
+  `$REPLAYLAB_HOME/tokenizers/hf/`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from replaylab import paths
+from replaylab.data.corpus import CorpusOptions, hub_reachable, iter_documents
+from replaylab.errors import DataError
+
+EOS_TOKEN = "<|endoftext|>"
+# End-of-document tokens of common tokenizers, in order of preference, for tokenizers we did not train.
+EOS_CANDIDATES = (EOS_TOKEN, "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>", "<|im_end|>", "[SEP]")
+DEFAULT_RECIPES = ("generic", "code", "math", "instructions", "basque")
+DEFAULT_VOCAB = 4096
+DEFAULT_SAMPLE_BYTES = 2_000_000
+BYTE_ALPHABET = 256
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """A loaded tokenizer with the pieces token stores need."""
+
+    backend: HFTokenizer
+    path: Path  # folder holding tokenizer.json
+    hash: str  # sha256 of tokenizer.json
+    eos_id: int
+    name: str = ""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The narrowest unsigned dtype holding every token id."""
+        return np.dtype(np.uint16) if self.vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        # No special tokens added (no BOS): documents are joined by EOS in the store instead.
+        # encode_batch runs on every core (the tokenizers crate parallelizes batches with rayon).
+        # encode_batch_fast (tokenizers >= 0.20) skips computing character offsets we never use.
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _find_eos(tok: HFTokenizer, folder: Path | None) -> int:
+    if folder is not None and (folder / "tokenizer_config.json").exists():
+        try:
+            eos = json.loads((folder / "tokenizer_config.json").read_text()).get("eos_token")
+        except (json.JSONDecodeError, OSError):
+            eos = None
+        if isinstance(eos, dict):
+            eos = eos.get("content")
+        if isinstance(eos, str) and tok.token_to_id(eos) is not None:
+            return tok.token_to_id(eos)
+    for cand in EOS_CANDIDATES:
+        tid = tok.token_to_id(cand)
+        if tid is not None:
+            return tid
+    raise DataError(f"tokenizer in {folder} has no end-of-text token (looked for {', '.join(EOS_CANDIDATES)}); "
+                    f"add one as a special token, e.g. tokenizer.add_special_tokens(['{EOS_TOKEN}'])")
+
+
+def load_tokenizer(path: Path | str, name: str = "") -> Tokenizer:
+    """Load a tokenizer.json file or a folder holding one."""
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.exists():
+        raise DataError(f"tokenizer {str(path)!r} not found: give a tokenizer.json, a folder holding one, "
+                        "'default', or a hub id when online")
+    raw = file.read_bytes()
+    try:
+        backend = HFTokenizer.from_str(raw.decode("utf-8"))
+    except Exception as e:  # the Rust side raises a plain Exception for malformed json
+        raise DataError(f"{file}: not a Hugging Face tokenizer.json ({e})") from None
+    return Tokenizer(backend=backend, path=file.parent, hash=hashlib.sha256(raw).hexdigest(),
+                     eos_id=_find_eos(backend, file.parent), name=name or str(file.parent))
+
+
+def _load_hub(spec: str) -> Tokenizer:
+    repo, _, revision = spec.partition("@")
+    folder = paths.home() / "tokenizers" / "hf" / (re.sub(r"[^\w.\-]+", "_", spec))
+    if (folder / "tokenizer.json").exists():
+        return load_tokenizer(folder, name=spec)
+    if not hub_reachable():
+        raise DataError(f"tokenizer {spec!r} is neither 'default', a local path, nor cached, and the Hugging Face hub "
+                        "is not reachable (offline or HF_HUB_OFFLINE set); pass a tokenizer.json path instead")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        files = {"tokenizer.json": hf_hub_download(repo, "tokenizer.json", revision=revision or None)}
+        try:
+            files["tokenizer_config.json"] = hf_hub_download(repo, "tokenizer_config.json", revision=revision or None)
+        except Exception:  # optional file: the EOS token is then found by name
+            pass
+    except Exception as e:
+        raise DataError(f"tokenizer {spec!r}: cannot download tokenizer.json from the hub ({type(e).__name__}: {e})") from None
+    with paths.atomic_dir(folder) as tmp:
+        for fname, src in files.items():
+            (tmp / fname).write_bytes(Path(src).read_bytes())
+    return load_tokenizer(folder, name=spec)
+
+
+def get_tokenizer(spec: str = "default") -> Tokenizer:
+    """Resolve a tokenizer spec ("default", a path, or a hub id) to a loaded `Tokenizer`."""
+    spec = str(spec)
+    if spec == "default":
+        return default_tokenizer()
+    if os.path.exists(spec):
+        return load_tokenizer(spec)
+    if spec.endswith(".json") or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise DataError(f"tokenizer path {spec!r} does not exist; give a tokenizer.json, a folder, 'default' or a hub id")
+    if re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?(@[\w.\-/]+)?", spec):
+        return _load_hub(spec)
+    raise DataError(f"tokenizer {spec!r} is not 'default', an existing path, or a hub id like org/name")
+
+
+# --------------------------------------------------------------------------------------------- training
+def sample_documents(sources: Sequence[str], sample_bytes: int,
+                     options: CorpusOptions | dict | None = None) -> Iterator[str]:
+    """The first documents of each source until `sample_bytes` UTF-8 bytes of it were taken: a
+    deterministic sample (documents are read in their stored order)."""
+    for source in sources:
+        taken = 0
+        for text in iter_documents(source, options):
+            yield text
+            taken += len(text.encode("utf-8", errors="surrogatepass"))
+            if taken >= sample_bytes:
+                break
+
+
+def train_tokenizer(sources: Sequence[str], *, vocab_size: int, out: Path | str,
+                    sample_bytes: int = DEFAULT_SAMPLE_BYTES, options: CorpusOptions | dict | None = None,
+                    min_frequency: int = 2) -> Tokenizer:
+    """Train a byte-level BPE on a sample of `sources` and write `out/tokenizer.json` atomically.
+
+    Deterministic: the same sample and vocab size give a byte-identical tokenizer.json."""
+    if not sources:
+        raise DataError("no source to train the tokenizer on; name at least one corpus")
+    if vocab_size < BYTE_ALPHABET + 1:
+        raise DataError(f"vocab size {vocab_size} is too small for a byte-level BPE: it needs >= {BYTE_ALPHABET + 1} "
+                        f"({BYTE_ALPHABET} bytes + the {EOS_TOKEN} token); try 4096")
+    if vocab_size > 1 << 20:
+        raise DataError(f"vocab size {vocab_size} is implausibly large; use at most {1 << 20}")
+    if sample_bytes < 1:
+        raise DataError(f"tokenizer sample size must be > 0 bytes, got {sample_bytes}")
+    backend = HFTokenizer(models.BPE())
+    # add_prefix_space=False: a document's first word is not rewritten; use_regex: GPT-2 word splitting.
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                  special_tokens=[EOS_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(sample_documents(sources, sample_bytes, options), trainer=trainer)
+    out = Path(out)
+    with paths.atomic_dir(out) as tmp:
+        backend.save(str(tmp / "tokenizer.json"), pretty=False)
+        (tmp / "tokenizer_config.json").write_text(json.dumps({
+            "eos_token": EOS_TOKEN, "model_max_length": 1 << 30, "tokenizer_class": "PreTrainedTokenizerFast",
+            "replaylab": {"sources": list(sources), "vocab_size": vocab_size, "sample_bytes": sample_bytes},
+        }, indent=1, sort_keys=True) + "\n")
+    return load_tokenizer(out)
+
+
+def default_tokenizer() -> Tokenizer:
+    """The project's default tokenizer (built once, then cached under $REPLAYLAB_HOME/tokenizers/default)."""
+    folder = paths.home() / "tokenizers" / "default"
+    if (folder / "tokenizer.json").exists():
+        return load_tokenizer(folder, name="default")
+    from replaylab.data.corpus import _recipes
+
+    missing = [r for r in DEFAULT_RECIPES if r not in _recipes()]
+    if missing:
+        raise DataError(f"the default tokenizer needs the built-in recipes {', '.join(missing)}, which are not "
+                        "available; pass a tokenizer.json path or train one with `replaylab tokenizer train`")
+    # One trainer at a time: parallel workers asking for the default tokenizer wait, then load it.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / ".default.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "tokenizer.json").exists():
+            train_tokenizer(list(DEFAULT_RECIPES), vocab_size=DEFAULT_VOCAB, out=folder,
+                            sample_bytes=DEFAULT_SAMPLE_BYTES)
+    return load_tokenizer(folder, name="default")

@@ -1,0 +1,171 @@
+"""Where and how a model runs: device, precision, torch.compile, threads.
+
+The defaults ("auto") pick the fastest settings that are correct on the machine at hand:
+- CPU: bf16 autocast only when the CPU has native bf16 matmuls (avx512_bf16 or AMX); without them
+  bf16 is emulated and slower than fp32. torch.compile whenever it works (2-3x on our 2-core
+  machines, see BENCHMARKS.md), eager otherwise.
+- CUDA: bf16 autocast where the GPU supports it, fused AdamW, flash attention (SDPA picks it for
+  bf16), compile, TF32 for the remaining fp32 matmuls.
+
+Typical use in a training loop:
+
+    device = resolve_device(cfg.train.device)
+    dtype = resolve_precision(cfg.train.precision, device)
+    model = Transformer(mcfg).to(device)
+    step_model = maybe_compile(model, cfg.train.compile, example=batch[:, :-1], autocast_dtype=dtype)
+    with autocast(device, dtype):
+        logits = step_model(x)
+    # save checkpoints from `model` (unwrap(step_model) is the same object): compiled wrappers
+    # prefix parameter names with "_orig_mod.".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from replaylab.errors import ConfigError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """"auto" = CUDA when available, else CPU; "cuda[:N]" errors clearly when there is no GPU."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device {spec!r} but no CUDA GPU is visible to torch; use train.device=cpu (or auto)")
+        # fp32 matmuls outside autocast (e.g. the fp32 logits' consumers) may use TF32 on Ampere+.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif spec != "cpu":
+        raise ConfigError(f"train.device {spec!r} is unknown; choose auto, cpu or cuda")
+    return torch.device(spec)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    flags = cpu_flags()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(spec: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for `spec` in {auto, fp32, bf16}, or None for plain fp32.
+
+    Weights, optimizer state and logits stay fp32 either way; autocast only runs matmuls in bf16."""
+    device = torch.device(device)
+    if spec == "fp32":
+        return None
+    if spec not in ("auto", "bf16"):
+        raise ConfigError(f"train.precision {spec!r} is unknown; choose auto, fp32 or bf16")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if spec == "bf16":
+            raise ConfigError("train.precision bf16 but this GPU has no bf16 support; use train.precision=fp32 (or auto)")
+        return None
+    if cpu_has_native_bf16():
+        return torch.bfloat16
+    if spec == "bf16":
+        warnings.warn("train.precision=bf16 on a CPU without avx512_bf16/AMX: bf16 is emulated and slower than fp32",
+                      stacklevel=2)
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """A context that runs the forward pass under `dtype` autocast; a no-op for None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def adamw_kwargs(implementation: str, device: torch.device | str) -> dict:
+    """torch.optim.AdamW keyword arguments for optim.implementation in {auto, fused, foreach, single}.
+
+    auto = fused on CUDA (one kernel for all parameters), foreach on CPU (fused CPU AdamW is not
+    faster on our 2-core machines and foreach is the well-trodden path)."""
+    device = torch.device(device)
+    if implementation == "auto":
+        implementation = "fused" if device.type == "cuda" else "foreach"
+    return {"fused": {"fused": True}, "foreach": {"foreach": True},
+            "single": {"foreach": False, "fused": False}}[implementation]
+
+
+def compile_unavailable_reason(device: torch.device | str = "cpu") -> str | None:
+    """Why torch.compile cannot work here, or None if it should."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile (dynamo) is not supported on this Python/platform"
+    if torch.device(device).type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "no C++ compiler (g++/clang++) on PATH, which inductor needs for CPU kernels"
+    return None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The original module behind a torch.compile wrapper (whose state_dict keys carry '_orig_mod.')."""
+    return getattr(model, "_orig_mod", model)
+
+
+def maybe_compile(model: nn.Module, spec: str = "auto", *, example: torch.Tensor | None = None,
+                  autocast_dtype: torch.dtype | None = None) -> nn.Module:
+    """torch.compile(model) for spec "on"/"auto"; the model itself for "off" or when compile fails on "auto".
+
+    compile is lazy: it only fails on the first call. Give `example` (an input batch, on the model's
+    device) to trial one forward+backward now, so a failure falls back here instead of mid-run. The
+    trial leaves the parameters untouched and clears the gradients it made. With "on", a failure is an
+    error instead of a fallback."""
+    if spec == "off":
+        return model
+    if spec not in ("auto", "on"):
+        raise ConfigError(f"train.compile {spec!r} is unknown; choose auto, on or off")
+    device = next(model.parameters()).device
+    reason = compile_unavailable_reason(device)
+    if reason is None:
+        compiled = torch.compile(model)
+        if example is None:
+            return compiled
+        try:
+            with autocast(device, autocast_dtype):
+                out = compiled(example)
+            out.float().mean().backward()
+            return compiled
+        except Exception as e:  # inductor/dynamo errors have many types; any of them means "cannot compile"
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            torch._dynamo.reset()
+        finally:
+            model.zero_grad(set_to_none=True)
+    if spec == "on":
+        raise ConfigError(f"train.compile=on but torch.compile does not work here ({reason}); use train.compile=auto or off")
+    warnings.warn(f"torch.compile unavailable, running eager: {reason}", stacklevel=2)
+    return model
+
+
+def set_threads(n: int | None) -> int:
+    """Set torch's intra-op thread count (None leaves it); returns the count now in effect.
+
+    One thread per process is fastest for sweeps (one worker per core); a 2-thread process collapses
+    when anything else uses a core (OpenMP oversubscription)."""
+    if n is not None:
+        if n < 1:
+            raise ConfigError(f"train.threads must be >= 1, got {n}")
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
