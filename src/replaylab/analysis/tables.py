@@ -1,0 +1,186 @@
+"""Run tables in, selected cells out: loading (sweep folder or CSV), LR selection, and the cell table.
+
+The input is the results table of docs/design.md (one row per run): `strategy`, `target_domain`,
+`seed`, `target_test_loss` are required; `target_val_loss`, `lr`, `rho`, `alpha`, `budget`,
+`target_epochs`, `status`, `run_id`, `generic_test_loss` are used when present. A *cell* is one
+point of the experiment grid (domain, strategy, budget, epochs, rho, alpha); its runs differ only in
+seed and LR. Per cell the LR with the lowest mean `target_val_loss` (the *select* half) over seeds is
+chosen, and the cell reports its seeds' `target_test_loss` (the *report* half) at that LR.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from replaylab.analysis.law import AnalysisError
+
+REQUIRED = ("strategy", "target_domain", "seed", "target_test_loss")
+CELL_KEYS = ["target_domain", "strategy", "budget", "target_epochs", "rho", "alpha"]
+NUMERIC = ("budget", "target_epochs", "rho", "alpha", "seed", "lr", "target_val_loss", "target_test_loss",
+           "generic_val_loss", "generic_test_loss")
+STRATEGIES = ("reference", "finetune", "midtrain")
+# CSV conveniences: short names accepted for the documented columns.
+ALIASES = {"loss": "target_test_loss", "test_loss": "target_test_loss", "val_loss": "target_val_loss",
+           "domain": "target_domain", "method": "strategy"}
+
+
+def load_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
+    """The results table of a sweep folder (`replaylab.sweep.results.load_results`). Without a
+    `sweep.json` (run folders copied by hand), the `runs/*/manifest.json` files are read directly."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise AnalysisError(f"sweep folder {str(root)!r} does not exist; give the folder `replaylab sweep` wrote")
+    if (root / "sweep.json").exists():
+        from replaylab.sweep.results import load_results  # lazy: analysis works on plain tables without it
+
+        return load_results(root)
+    return _scan_manifests(root)
+
+
+def _scan_manifests(root: Path) -> pd.DataFrame:
+    import json
+
+    paths = sorted((root / "runs").glob("*/manifest.json")) or sorted(root.glob("*/manifest.json"))
+    if not paths:
+        raise AnalysisError(f"{str(root)!r} holds no sweep.json and no runs/*/manifest.json; is it a sweep folder?")
+    rows = []
+    for path in paths:
+        man = json.loads(path.read_text(encoding="utf-8"))
+        meta = man.get("meta") or {}
+        final = man.get("final") or {}
+        row = {k: meta.get(k) for k in ("strategy", "target_domain", "generic_domain", "rho", "alpha", "delta",
+                                        "gamma", "budget", "budget_multiple", "target_epochs", "lr", "lr_group")}
+        row.update(run_id=path.parent.name, status=man.get("status"), seed=man.get("seed"),
+                   steps=man.get("steps_done"))
+        for role in ("target", "generic"):
+            for half in ("val", "test"):
+                row[f"{role}_{half}_loss"] = final.get(meta.get(f"{role}_domain"), {}).get(f"{half}_loss")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def load_csv_tables(reference_csv: str | Path, compare_csv: str | Path) -> pd.DataFrame:
+    """Reference and comparison runs from two CSV files (any framework), as one results table.
+    A reference file without a `strategy` column is taken as all reference runs."""
+    frames = []
+    for path, role in ((reference_csv, "reference"), (compare_csv, "compare")):
+        path = Path(path)
+        if not path.exists():
+            raise AnalysisError(f"{role} CSV {str(path)!r} does not exist; check the path")
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise AnalysisError(f"{role} CSV {str(path)!r} cannot be read as CSV: {e}") from None
+        df = df.rename(columns={k: v for k, v in ALIASES.items() if k in df.columns and v not in df.columns})
+        if role == "reference" and "strategy" not in df.columns:
+            df["strategy"] = "reference"
+        if role == "compare" and "strategy" not in df.columns:
+            raise AnalysisError(f"compare CSV {str(path)!r} has no strategy column; add one (finetune or midtrain)")
+        for col, default in (("target_domain", "target"), ("seed", 0)):
+            if col not in df.columns:
+                df[col] = default
+        df["run_id"] = [f"{path.stem}:{i + 2}" for i in range(len(df))]  # CSV line numbers, for messages
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Check the columns, keep finished runs, and coerce types. Raises AnalysisError on a bad table."""
+    if df is None or df.empty:
+        raise AnalysisError("the results table is empty; no runs have finished yet (see `replaylab results`)")
+    df = df.rename(columns={k: v for k, v in ALIASES.items() if k in df.columns and v not in df.columns}).copy()
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise AnalysisError(f"the results table has no {missing[0]!r} column; the columns are documented in "
+                            f"docs/analysis.md (got: {', '.join(map(str, df.columns))})")
+    for col in CELL_KEYS + ["lr", "target_val_loss", "status", "run_id"]:
+        if col not in df.columns:
+            df[col] = np.nan
+    for col in NUMERIC:
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    unknown = sorted(set(df["strategy"].dropna().astype(str)) - set(STRATEGIES))
+    if unknown:
+        raise AnalysisError(f"strategy {unknown[0]!r} is unknown; the strategy column takes {', '.join(STRATEGIES)}")
+    done = df["status"].isna() | (df["status"] == "done")
+    df = df[done & df["target_test_loss"].notna()].copy()
+    if df.empty:
+        raise AnalysisError("no finished run has a target_test_loss; wait for runs to finish or check the table")
+    # Grid coordinates a strategy leaves open get the value that strategy implies: fine-tuning has
+    # all target data in stage 2 (alpha = 1); rho = None means no replay.
+    df.loc[df["strategy"] == "finetune", "alpha"] = df.loc[df["strategy"] == "finetune", "alpha"].fillna(1.0)
+    df.loc[df["strategy"] != "reference", "rho"] = df.loc[df["strategy"] != "reference", "rho"].fillna(0.0)
+    if (df["strategy"] == "midtrain").any():
+        df.loc[df["strategy"] == "midtrain", "alpha"] = df.loc[df["strategy"] == "midtrain", "alpha"].fillna(1.0)
+    ref = df[df["strategy"] == "reference"]
+    if ref["budget"].isna().any():
+        raise AnalysisError(f"reference run {ref.loc[ref['budget'].isna(), 'run_id'].iloc[0]!r} has no budget; "
+                            "reference runs need their unique target budget")
+    return df
+
+
+def _cell_label(row: pd.Series | dict) -> str:
+    parts = [str(row["strategy"])]
+    for key in ("rho", "alpha"):
+        v = row.get(key)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)) and row["strategy"] != "reference":
+            parts.append(f"{key}={v:g}")
+    if row.get("budget") is not None and not pd.isna(row.get("budget")):
+        parts.append(f"budget={row['budget']:g}")
+    return " ".join(parts)
+
+
+def select_cells(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Pick each cell's LR on the select half. Returns (cells, runs, notes):
+
+    cells: one row per cell: CELL_KEYS, lr (chosen), n_lrs, n_seeds, seeds, val_loss (mean, select
+      half, NaN if absent), test_loss (mean, report half), test_losses (list per seed), test_std,
+      generic_test_loss (mean), label.
+    runs: the chosen runs (one per cell and seed), for figures and per-seed tables.
+    """
+    notes: list[str] = []
+    df = normalize(df)
+    cells, chosen_runs = [], []
+    for key, g in df.groupby(CELL_KEYS, dropna=False, sort=True):
+        info = dict(zip(CELL_KEYS, key))
+        lrs = {float(lr): sub for lr, sub in g.groupby(g["lr"].fillna(-1.0), sort=True)}
+        label = _cell_label(info)
+        if len(lrs) > 1:
+            if g["target_val_loss"].isna().any():
+                raise AnalysisError(f"cell {label!r} has runs at {len(lrs)} LRs but no target_val_loss for some; "
+                                    "the LR is chosen on the select half, so give target_val_loss for every run")
+            full = max(sub["seed"].nunique() for sub in lrs.values())
+            # An LR whose seeds did not all finish (diverged, failed) only wins if no LR finished them all.
+            score = {lr: (sub["seed"].nunique() < full, sub["target_val_loss"].mean()) for lr, sub in lrs.items()}
+            best_lr = min(score, key=lambda k: score[k])
+        else:
+            best_lr = next(iter(lrs))
+        runs = lrs[best_lr]
+        if runs["seed"].duplicated().any():
+            dup = runs.loc[runs["seed"].duplicated(), "seed"].iloc[0]
+            notes.append(f"cell {label!r}: several runs share seed {dup:g} at one LR; the best on the select half is kept")
+            runs = runs.sort_values("target_val_loss", na_position="last").drop_duplicates("seed")
+        runs = runs.sort_values("seed")
+        chosen_runs.append(runs)
+        cells.append({
+            **info, "lr": None if best_lr == -1.0 else float(best_lr), "n_lrs": len(lrs),
+            "n_seeds": len(runs), "seeds": [int(s) if not pd.isna(s) else None for s in runs["seed"]],
+            "val_loss": float(runs["target_val_loss"].mean()), "test_loss": float(runs["target_test_loss"].mean()),
+            "test_losses": [float(v) for v in runs["target_test_loss"]],
+            "test_std": float(runs["target_test_loss"].std(ddof=1)) if len(runs) > 1 else float("nan"),
+            "generic_test_loss": float(runs["generic_test_loss"].mean()) if "generic_test_loss" in runs else float("nan"),
+            "label": label,
+        })
+    return pd.DataFrame(cells), pd.concat(chosen_runs, ignore_index=True), notes
+
+
+def pick_best(cells: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The cell with the lowest select-half loss; without select-half losses, the report half is used and
+    the returned note says so (a choice made on the reported numbers flatters them)."""
+    if cells["val_loss"].notna().all():
+        return cells.loc[cells["val_loss"].idxmin()], "chosen on the select half"
+    return cells.loc[cells["test_loss"].idxmin()], "chosen on the REPORT half (no target_val_loss given): optimistic"
