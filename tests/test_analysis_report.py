@@ -4,7 +4,7 @@ run folder written by the training engine (stage boundaries from its config)."""
 from __future__ import annotations
 
 import pytest
-from test_analysis_fixtures import make_sweep
+from analysis_fixtures import make_sweep
 
 from replaylab.analysis import analyze_runs, load_sweep_table
 from replaylab.analysis import plots

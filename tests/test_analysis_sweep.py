@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 import pytest
-from test_analysis_fixtures import BUDGET, FT_WORTH, MT_WORTH, make_sweep
+from analysis_fixtures import BUDGET, FT_WORTH, MT_WORTH, make_sweep
 
 from replaylab.analysis import AnalysisError, analyze_runs, load_sweep_table, select_cells
 from replaylab.cli import main as cli

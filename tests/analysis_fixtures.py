@@ -26,10 +26,6 @@ def true_loss(domain: str, x: float) -> float:
     return C + A / x**B
 
 
-def test_no_tests_here():
-    """This module only builds fixtures; pytest collects it because of its name."""
-
-
 def write_run(root: Path, run_id: str, *, meta: dict, seed: int, val: float, test: float, status: str = "done",
               generic: float = 4.0, total_steps: int = 40, boundary: int | None = None) -> dict:
     run = root / "runs" / run_id
