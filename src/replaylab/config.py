@@ -227,6 +227,7 @@ def dump_yaml(obj: Any) -> str:
 
 
 def config_hash(obj: Any, length: int = 16) -> str:
-    """Content hash of a config: key order and float formatting do not matter."""
-    blob = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"), default=str)
+    """Content hash of a config. Key order counts: the order of data.domains sets the sampler's
+    tie-breaks and seeds, so two configs that list domains differently are different runs."""
+    blob = json.dumps(to_dict(obj), separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -4,7 +4,7 @@ A tokenizer is identified by `hash` = sha256 of its tokenizer.json; that hash is
 store's identity, so a store built with one tokenizer is never read with another.
 
 `get_tokenizer(spec)` accepts:
-- "default": vocab 4096 byte-level BPE trained on the first ~2 MB of each built-in recipe, cached
+- "default": vocab 4096 byte-level BPE trained on ~2 MB spread over each built-in recipe, cached
   under `$REPLAYLAB_HOME/tokenizers/default/`;
 - a `tokenizer.json` path, or a folder holding one;
 - a Hugging Face hub id (`org/name`, optionally `@revision`) when online, cached under
@@ -148,11 +148,16 @@ def get_tokenizer(spec: str = "default") -> Tokenizer:
 # --------------------------------------------------------------------------------------------- training
 def sample_documents(sources: Sequence[str], sample_bytes: int,
                      options: CorpusOptions | dict | None = None) -> Iterator[str]:
-    """The first documents of each source until `sample_bytes` UTF-8 bytes of it were taken: a
-    deterministic sample (documents are read in their stored order)."""
+    """About `sample_bytes` UTF-8 bytes of each source, spread evenly over it: every k-th document
+    (k = source bytes / sample_bytes), so a mixed corpus is sampled across all its parts rather than
+    only its first files. Deterministic: documents are read in their stored order."""
     for source in sources:
+        total = sum(len(t.encode("utf-8", errors="surrogatepass")) for t in iter_documents(source, options))
+        stride = max(1, total // max(sample_bytes, 1))
         taken = 0
-        for text in iter_documents(source, options):
+        for i, text in enumerate(iter_documents(source, options)):
+            if i % stride:
+                continue
             yield text
             taken += len(text.encode("utf-8", errors="surrogatepass"))
             if taken >= sample_bytes:
@@ -192,16 +197,23 @@ def train_tokenizer(sources: Sequence[str], *, vocab_size: int, out: Path | str,
 
 
 def default_tokenizer() -> Tokenizer:
-    """The project's default tokenizer (built once, then cached under $REPLAYLAB_HOME/tokenizers/default)."""
-    folder = paths.home() / "tokenizers" / "default"
-    if (folder / "tokenizer.json").exists():
-        return load_tokenizer(folder, name="default")
+    """The project's default tokenizer, cached under $REPLAYLAB_HOME/tokenizers/default-<key>.
+
+    The key hashes the built recipes' summaries (their content), the vocab size and the sample size,
+    so a change to any recipe trains a new default instead of silently reusing a stale one."""
     from replaylab.data.corpus import _recipes
+    from replaylab.data.recipes import build_recipe
 
     missing = [r for r in DEFAULT_RECIPES if r not in _recipes()]
     if missing:
         raise DataError(f"the default tokenizer needs the built-in recipes {', '.join(missing)}, which are not "
                         "available; pass a tokenizer.json path or train one with `replaylab tokenizer train`")
+    key = hashlib.sha256(f"{DEFAULT_VOCAB}:{DEFAULT_SAMPLE_BYTES}:spread".encode())
+    for name in DEFAULT_RECIPES:  # builds a recipe only when it is missing
+        key.update((build_recipe(name) / "summary.json").read_bytes())
+    folder = paths.home() / "tokenizers" / f"default-{key.hexdigest()[:12]}"
+    if (folder / "tokenizer.json").exists():
+        return load_tokenizer(folder, name="default")
     # One trainer at a time: parallel workers asking for the default tokenizer wait, then load it.
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / ".default.lock", "w") as lock:

@@ -1,0 +1,47 @@
+"""Sweeps: experiments expanded into content-addressed runs, trained by local workers or Ray tasks.
+
+`prepare_sweep(experiment, out)` writes the sweep folder; `run_sweep(...)` prepares and trains it.
+Layout and contracts: docs/design.md and docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from replaylab.errors import ConfigError
+
+
+def prepare_sweep(experiment: str | Path, out: str | Path) -> dict[str, Any]:
+    """Expand the experiment and write SWEEP/experiment.yaml + sweep.json; returns the plan document."""
+    from replaylab.sweep.experiment import load_experiment
+    from replaylab.sweep.plan import build_plan
+    from replaylab.sweep.runstore import RunStore
+
+    exp, base = load_experiment(experiment)
+    _, _, doc = build_plan(exp, base)
+    store = RunStore(out)
+    store.write_plan(doc, Path(experiment).read_text(encoding="utf-8"), {})
+    return doc
+
+
+def run_sweep(experiment: str | Path, out: str | Path, *, workers: int = 1, threads: int = 1,
+              backend: str = "local", address: str | None = None, retry: bool = False,
+              lease_ttl: float = 60.0, gpus_per_run: float = 0.0, progress: bool | None = None) -> dict[str, int]:
+    """Prepare the sweep folder and train every run not done yet; returns status counts."""
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"--backend {backend!r} is unknown; choose local or ray")
+    if workers < 1 or threads < 1:
+        raise ConfigError(f"--workers ({workers}) and --threads ({threads}) must be >= 1")
+    retry_before = time.time() if retry else None
+    prepare_sweep(experiment, out)
+    if backend == "ray":
+        from replaylab.sweep.ray_backend import run_ray
+
+        return run_ray(out, address=address, threads=threads, gpus=gpus_per_run, retry_before=retry_before,
+                       lease_ttl=lease_ttl)
+    from replaylab.sweep.local import run_local
+
+    return run_local(out, workers=workers, threads=threads, retry_before=retry_before, lease_ttl=lease_ttl,
+                     progress=progress)

@@ -125,11 +125,30 @@ def render_paragraphs(example: dict) -> str:
 
 def render_instruction(task: dict, example: dict) -> str | None:
     """Natural Instructions: "definition + input -> target"."""
-    target = answer(example)
-    if target is None:
+    return render_instruction_group(task, [example])
+
+
+def render_instruction_group(task: dict, examples: list[dict]) -> str | None:
+    """The task definition once, then each answered example as "Input: ...\nOutput: ..." (Flan's
+    few-shot layout); None when no example has an answer."""
+    pairs = [(e["input"].strip(), target) for e in examples if (target := answer(e)) is not None]
+    if not pairs:
         return None
     definition = (task.get("task_prefix") or task.get("description") or "").strip()
-    return f"{definition}\n\nInput: {example['input'].strip()}\nOutput: {target}"
+    shots = "\n\n".join(f"Input: {x}\nOutput: {y}" for x, y in pairs)
+    return f"{definition}\n\n{shots}"
+
+
+def select_examples(task_id: str, examples: list[dict], cap: int) -> list[tuple[int, dict]]:
+    """At most `cap` (index, example) pairs of a task, in file order: those whose input hashes lowest
+    (blake2b of task id + input). A hash, not the first `cap`, because tasks list their examples
+    grouped by source passage; and not a seeded RNG, so the choice survives reordering of the file."""
+    def key(item: tuple[int, dict]) -> tuple[bytes, int]:
+        i, e = item
+        return hashlib.blake2b(f"{task_id}\0{e['input']}".encode("utf-8"), digest_size=16).digest(), i
+
+    chosen = sorted(enumerate(examples), key=key)[:cap]
+    return sorted(chosen, key=lambda item: item[0])
 
 
 def render_math(task_id: str, example: dict) -> str | None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import signal
 import sys
+import threading
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -61,8 +64,32 @@ def _progress(enabled: bool, name: str):
     return progress
 
 
+@contextmanager
+def _sigterm_unwinds():
+    """Turn SIGTERM (a scheduler, `kill`, a timeout) into SystemExit while building, so that
+    `atomic_dir` removes its half-built temporary folder instead of leaving it beside the corpus.
+    Only from the main thread and only over the default handler: a program's own handler wins."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def write_corpus(recipe: Recipe, final: Path, *, progress: bool = True) -> dict:
     """Build the corpus folder `final` atomically and return its summary."""
+    with _sigterm_unwinds():
+        return _write_corpus(recipe, final, progress=progress)
+
+
+def _write_corpus(recipe: Recipe, final: Path, *, progress: bool) -> dict:
     seen: set[bytes] = set()  # membership only: never iterated, so order cannot leak into output
     per_source: Counter[str] = Counter()
     docs = chars = nbytes = duplicates = replaced = 0

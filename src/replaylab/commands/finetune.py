@@ -1,0 +1,98 @@
+"""`replaylab finetune`: fine-tune a pretrained Hugging Face causal LM on target data with generic replay."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from replaylab.config import apply_overrides, from_dict, load_yaml
+
+HELP = "fine-tune a pretrained Hugging Face causal LM on target data, replaying generic data"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="a FinetuneConfig YAML file; the flags below override it")
+    p.add_argument("--model", help="a model folder, a hub id, or smollm2-135m (built in, offline; the default)")
+    p.add_argument("--target", help="target data: a recipe name (e.g. basque), a .jsonl/.txt/.parquet file or folder, or hf:org/name")
+    p.add_argument("--replay", help="generic replay data, same forms as --target (default: generic); 'none' = no replay pool")
+    p.add_argument("--replay-fraction", "-R", type=float, help="replay token share R in [0, 1); total steps = target steps / (1 - R)")
+    p.add_argument("--budget", type=int, help="unique target sequences (default: every training sequence of --target)")
+    p.add_argument("--epochs", type=float, help="passes over the target budget (default 1)")
+    p.add_argument("--max-steps", type=int, help="hard cap on total steps (a smoke test: breaks the fixed target exposure)")
+    p.add_argument("--lr", type=float, help="peak learning rate of the fresh AdamW (default 3e-4)")
+    p.add_argument("--seq-len", type=int, help="tokens per packed sequence (default 256)")
+    p.add_argument("--batch-size", type=int, help="sequences per optimizer step (default 8)")
+    p.add_argument("--micro-batch-size", type=int, help="sequences per forward pass (gradient accumulation)")
+    p.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (peft) instead of all weights")
+    p.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations to save memory")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="bf16 autocast where supported (auto)")
+    p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a hub model's own Python code")
+    p.add_argument("--mc-task", action="append", help="a multiple-choice .jsonl scored by log-likelihood (repeatable)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (default: leave as is)")
+    p.add_argument("--out", help="run folder (default: runs/finetune-<config hash>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set optim.warmup=0.05 (repeatable)")
+
+
+def build_config(args: argparse.Namespace):
+    """The FinetuneConfig from --config, the flags and the --set overrides (in that order)."""
+    from replaylab.hf.config import FinetuneConfig
+
+    raw = load_yaml(args.config) if args.config else {}
+    flags = {
+        "model": args.model, "replay_fraction": args.replay_fraction, "target_epochs": args.epochs,
+        "max_steps": args.max_steps, "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "micro_batch_size": args.micro_batch_size, "gradient_checkpointing": args.gradient_checkpointing,
+        "precision": args.precision, "trust_remote_code": args.trust_remote_code, "seed": args.seed,
+        "threads": args.threads,
+    }
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    if args.target is not None:
+        raw["target"] = {**(raw.get("target") or {}), "source": args.target}
+    if args.budget is not None:
+        raw["target"] = {**(raw.get("target") or {"source": "basque"}), "budget": args.budget}
+    if args.replay is not None:
+        raw["replay"] = None if args.replay == "none" else {**(raw.get("replay") or {}), "source": args.replay}
+    if args.lr is not None:
+        raw.setdefault("optim", {})["lr"] = args.lr
+    if args.lora or args.lora_r is not None:
+        raw.setdefault("lora", {})["enabled"] = True
+        if args.lora_r is not None:
+            raw["lora"]["r"] = args.lora_r
+    if args.mc_task:
+        raw.setdefault("eval", {})["mc_tasks"] = list(args.mc_task)
+    return from_dict(FinetuneConfig, apply_overrides(raw, args.overrides))
+
+
+def main(args: argparse.Namespace) -> int:
+    from replaylab.config import config_hash
+    from replaylab.hf.finetune import run_finetune
+
+    from replaylab.train import TrainingInterrupted
+
+    config = build_config(args)
+    out = Path(args.out) if args.out else Path("runs") / f"finetune-{config_hash(config)}"
+    try:
+        manifest = run_finetune(config, out, resume=args.resume)
+    except TrainingInterrupted as e:
+        print(f"replaylab finetune: {e}", file=sys.stderr)
+        return e.exit_code
+    if not manifest:  # a non-zero rank under torchrun
+        return 0
+    shares = manifest.get("realized_token_shares", {})
+    print(f"run folder: {out}")
+    print(f"steps: {manifest['plan']['total_steps']}  realized token shares: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in shares.items()))
+    for phase in ("initial", "final"):
+        losses = manifest.get(phase, {})
+        losses = losses.get("losses", losses) if phase == "initial" else losses
+        for dom, rec in losses.items():
+            print(f"{phase:7s} {dom:6s} val_loss {rec['val_loss']:.4f}  test_loss {rec['test_loss']:.4f}")
+    if manifest.get("mc"):
+        print("multiple choice: " + json.dumps(manifest["mc"]))
+    return 0

@@ -1,0 +1,28 @@
+"""`replaylab results SWEEP_DIR [--csv FILE]`: one row per run, pandas-readable."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "tabulate a sweep's runs: strategy, rho, alpha, budget, seed, LR, final per-domain losses, status"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep_dir", help="a folder written by replaylab sweep")
+    p.add_argument("--csv", help="write the full table to this CSV file")
+
+
+def main(args: argparse.Namespace) -> int:
+    from replaylab.paths import atomic_write_text
+    from replaylab.sweep.results import load_results
+
+    df = load_results(args.sweep_dir)
+    if args.csv:
+        atomic_write_text(args.csv, df.to_csv(index=False))
+    cols = [c for c in ("run_id", "status", "strategy", "rho", "alpha", "budget", "seed", "lr", "selected",
+                        "target_test_loss", "generic_test_loss") if c in df.columns]
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_columns", 20):
+        print(df[cols].to_string(index=False) if not df.empty else "no runs")
+    return 0

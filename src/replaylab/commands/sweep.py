@@ -1,0 +1,37 @@
+"""`replaylab sweep EXPERIMENT.yaml`: train every run of an experiment not done yet."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "train an experiment's runs (skip done ones; content-addressed run folders; local workers or Ray)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiment YAML (see configs/tiny_sweep.yaml)")
+    p.add_argument("--out", help="sweep folder (default: sweeps/<experiment name> under REPLAYLAB_HOME)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker / per Ray task (default 1)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for")
+    p.add_argument("--retry", action="store_true", help="retry runs that failed or diverged before")
+    p.add_argument("--lease-ttl", type=float, default=60.0,
+                   help="seconds without a heartbeat after which a run's claim expires (default 60)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from replaylab.paths import home
+    from replaylab.sweep import run_sweep
+    from replaylab.sweep.experiment import load_experiment
+
+    out = args.out
+    if out is None:
+        exp, _ = load_experiment(args.experiment)
+        out = home() / "sweeps" / exp.name
+    counts = run_sweep(args.experiment, out, workers=args.workers, threads=args.threads, backend=args.backend,
+                       address=args.address, retry=args.retry, lease_ttl=args.lease_ttl,
+                       gpus_per_run=args.gpus_per_run)
+    print(f"sweep {Path(out)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0 if counts["failed"] == 0 and counts["pending"] == 0 and counts["running"] == 0 else 1

@@ -1,0 +1,75 @@
+"""`replaylab train CONFIG [--out RUN_DIR] [KEY=VALUE ...]` and `replaylab train --resume RUN_DIR`.
+
+Exit status: 0 done, 1 diverged (NaN/inf loss; the manifest says so), 2 a user mistake,
+130/143 stopped by SIGINT/SIGTERM after saving a checkpoint (resume with --resume).
+Under `torchrun --nproc_per_node N` the same command trains data-parallel; rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from replaylab.errors import ConfigError
+
+HELP = "train one run (a list of stages) into a run folder, or resume one"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="run config YAML (see docs/training.md)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. stages.1.lr.peak=3e-4")
+    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest good checkpoint")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from the full training state of another run's checkpoint (a shared prefix)")
+    # argparse stops filling positionals at the first option, so `CONFIG --out DIR KEY=VALUE` would leave
+    # KEY=VALUE unrecognized: collect such leftovers into the overrides, in order.
+    parse_known = p.parse_known_args
+
+    def parse_known_with_overrides(args=None, namespace=None):
+        ns, rest = parse_known(args, namespace)
+        extra = [a for a in rest if "=" in a and not a.startswith("-")]
+        ns.overrides = list(ns.overrides or []) + extra
+        return ns, [a for a in rest if a not in extra]
+
+    p.parse_known_args = parse_known_with_overrides
+
+
+def _default_out(name: str) -> Path:
+    return Path("runs") / (re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "run")
+
+
+def main(args: argparse.Namespace) -> int:
+    from replaylab.config import load_config
+    from replaylab.runconfig import RunConfig
+    from replaylab.train import TrainingInterrupted, run_training
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("--resume RUN_DIR takes no CONFIG or overrides: the run folder's config.yaml is used")
+        out = Path(args.resume)
+        if not (out / "config.yaml").exists():
+            raise ConfigError(f"--resume {str(out)!r} is not a run folder (no config.yaml); give the --out of a run")
+        config = load_config(RunConfig, out / "config.yaml")
+    else:
+        if not args.config:
+            raise ConfigError("give a run config YAML (replaylab train CONFIG) or --resume RUN_DIR")
+        if "=" in args.config and not Path(args.config).exists():
+            raise ConfigError(f"{args.config!r} looks like an override; the config file comes first: "
+                              "replaylab train CONFIG KEY=VALUE ...")
+        config = load_config(RunConfig, args.config, args.overrides)
+        out = Path(args.out) if args.out else _default_out(config.name)
+    try:
+        manifest = run_training(config, out, resume=bool(args.resume), init_from=args.init_from)
+    except TrainingInterrupted as e:
+        print(f"replaylab train: {e}", file=sys.stderr)
+        return e.exit_code
+    if manifest.get("status") == "diverged":
+        print(f"replaylab train: error: {manifest.get('error')}", file=sys.stderr)
+        return 1
+    final = manifest.get("final", {})
+    losses = ", ".join(f"{d} {r['test_loss']:.4f}" for d, r in final.items())
+    print(f"replaylab train: done, {manifest.get('steps_done')} steps in {out}; test loss: {losses}")
+    return 0

@@ -1,0 +1,89 @@
+"""Resolve and load a pretrained causal LM: a local folder, a hub id, or the built-in SmolLM2.
+
+A hub id is looked up in the local Hugging Face cache first. Only when it is not cached and the hub
+answers a quick connection probe do we download; an unreachable hub is a one-line error after a
+few seconds, never a minute of retries. `trust_remote_code` stays off unless the user asks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from replaylab.data.corpus import hub_reachable
+from replaylab.errors import ConfigError
+from replaylab.hf import smollm
+
+
+def resolve_model(spec: str, *, trust_remote_code: bool = False) -> str:
+    """A local folder holding config.json, weights and tokenizer for `spec`."""
+    if spec == smollm.NAME:
+        return str(smollm.ensure_converted())
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model folder {spec!r} has no config.json; point --model at a Hugging Face model folder")
+        return str(path)
+    if spec.count("/") != 1 or spec.startswith((".", "/")):
+        raise ConfigError(
+            f"model {spec!r} is neither an existing folder nor a hub id (org/name); "
+            f"check the path, or use --model {smollm.NAME} for the built-in offline model"
+        )
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"] + (["*.py"] if trust_remote_code else [])
+    try:
+        return snapshot_download(spec, local_files_only=True, allow_patterns=patterns)
+    except Exception:  # not cached: fall through to a download if the hub answers
+        pass
+    if not hub_reachable():
+        raise ConfigError(
+            f"model {spec!r} is not in the local Hugging Face cache and the hub cannot be reached; "
+            f"download it where there is internet and pass its folder, or use --model {smollm.NAME}"
+        )
+    try:
+        return snapshot_download(spec, allow_patterns=patterns)
+    except Exception as e:
+        raise ConfigError(f"model {spec!r} could not be downloaded ({type(e).__name__}: {e}); check the id") from None
+
+
+def load_tokenizer(folder: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+
+
+def load_model(folder: str, *, trust_remote_code: bool = False, dtype=None):
+    """The model in fp32 (training master weights); bf16 is applied by autocast, not by casting."""
+    import sys
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    if not sys.stderr.isatty():  # no per-tensor progress bars in logs and sweep workers
+        hf_logging.disable_progress_bar()
+
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise ConfigError(
+                f"model {folder!r} needs custom code from its repository; rerun with --trust-remote-code "
+                "if you trust its authors"
+            ) from None
+        raise
+    return AutoModelForCausalLM.from_pretrained(
+        folder, config=config, dtype=dtype or torch.float32, local_files_only=True,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def tokenizer_json(folder: str) -> Path:
+    """The `tokenizer.json` the data layer tokenizes with (fast tokenizers only)."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"model folder {folder!r} has no tokenizer.json (a slow tokenizer); replaylab packs data with "
+            "fast tokenizers: save one with AutoTokenizer.from_pretrained(...).save_pretrained(folder)"
+        )
+    return path

@@ -1,0 +1,115 @@
+"""Where the replay fraction becomes batches of a pretrained model's fine-tuning.
+
+Target and replay text are tokenized with the model's own tokenizer into the data layer's token
+stores (documents joined by EOS, held-out documents carved off first) and packed into fixed-length
+sequences, so every sequence carries exactly `seq_len` training tokens and sequence shares ARE token
+shares. Mixing example-level probabilities instead would skew the token shares whenever target and
+replay documents differ in length.
+
+The mixing itself is the engine's `MixtureSampler` (cumulative per-block apportionment, seeded
+in-block shuffles, per-epoch permutations of the target budget): we describe the fine-tuning run to it
+as a one-stage `RunConfig` with domains `target` and `replay`.
+
+Fixed target exposure, as in the paper: the run draws `target_epochs x budget` target sequences
+whatever R is; those take `target_steps = ceil(draws / batch)` steps alone, and the replay run is
+stretched to `ceil(draws / (batch x (1 - R)))` steps. The target's token share is set to exactly
+draws / (steps x batch) (within one batch of 1 - R; the realized share is logged), so the target is
+drawn exactly `draws` times.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from replaylab.errors import ConfigError
+from replaylab.hf.config import FinetuneConfig
+from replaylab.runconfig import DataConfig, DomainConfig, EvalConfig, RunConfig, StageConfig, TrainConfig
+
+TARGET, REPLAY = "target", "replay"
+
+
+@dataclass(frozen=True)
+class MixPlan:
+    """How many steps a fine-tuning run takes and how its tokens split between target and replay."""
+
+    budget: int  # unique target sequences
+    target_draws: int  # target sequences drawn over the planned run (target_epochs x budget)
+    target_steps: int  # steps the target alone fills (the run length at R = 0)
+    planned_steps: int  # target_steps stretched by 1 / (1 - R)
+    total_steps: int  # planned_steps, or max_steps when that caps the run
+    target_weight: float  # exact token share of the target in every block
+    replay_fraction: float
+
+    @property
+    def capped(self) -> bool:
+        return self.total_steps < self.planned_steps
+
+    @property
+    def target_epochs(self) -> float:
+        """Passes over the budget the planned run makes (exact; R = 0 rounds up to whole batches)."""
+        return self.target_draws / self.budget
+
+
+def plan_mix(*, budget: int, target_epochs: float, replay_fraction: float, batch_size: int,
+             max_steps: int | None = None) -> MixPlan:
+    if budget < 1:
+        raise ConfigError(f"the target budget is {budget} sequences; it needs at least 1")
+    draws = max(1, round(target_epochs * budget))
+    target_steps = math.ceil(draws / batch_size)
+    if replay_fraction == 0:
+        # Pure target: fill the last batch with the next target sequences rather than leave it short.
+        planned, draws, weight = target_steps, target_steps * batch_size, 1.0
+    else:
+        # (the epsilon keeps 128 / (8 x 0.1) = 160.00000000000003 from rounding up to 161)
+        planned = math.ceil(draws / (batch_size * (1 - replay_fraction)) - 1e-9)
+        weight = draws / (planned * batch_size)
+    total = planned if max_steps is None else min(planned, max_steps)
+    return MixPlan(budget=budget, target_draws=draws, target_steps=target_steps, planned_steps=planned,
+                   total_steps=total, target_weight=weight, replay_fraction=replay_fraction)
+
+
+def sampler_config(cfg: FinetuneConfig, plan: MixPlan, tokenizer: str) -> RunConfig:
+    """The one-stage RunConfig that drives the engine's MixtureSampler for this run (and names the
+    held-out sets for the engine's `build_eval_sets`)."""
+    domains = {TARGET: DomainConfig(source=cfg.target.source, budget=plan.budget,
+                                    # a capped run stops early: the epoch check would (rightly) fail
+                                    epochs=None if plan.capped else plan.target_epochs,
+                                    options=dict(cfg.target.options))}
+    mixture = {TARGET: 1.0}
+    if plan.target_weight < 1:
+        assert cfg.replay is not None
+        domains[REPLAY] = DomainConfig(source=cfg.replay.source, budget=cfg.replay.budget,
+                                       options=dict(cfg.replay.options))
+        mixture = {TARGET: plan.target_weight, REPLAY: 1.0 - plan.target_weight}
+    elif cfg.replay is not None:  # evaluated (forgetting), never trained on
+        domains[REPLAY] = DomainConfig(source=cfg.replay.source, options=dict(cfg.replay.options))
+    return RunConfig(
+        name=cfg.name, seed=cfg.seed,
+        data=DataConfig(tokenizer=tokenizer, seq_len=cfg.seq_len, domains=domains),
+        stages=[StageConfig(name="finetune", steps=plan.total_steps, mixture=mixture)],
+        train=TrainConfig(total_steps=plan.total_steps, batch_size=cfg.batch_size),
+        eval=EvalConfig(max_sequences=cfg.eval.max_sequences, batch_size=cfg.eval.batch_size),
+    )
+
+
+def open_stores(cfg: FinetuneConfig, tokenizer) -> dict:
+    """Token stores of the target and replay pools, tokenized with `tokenizer` (a data-layer Tokenizer)."""
+    from replaylab.data.store import get_store
+
+    stores = {TARGET: get_store(cfg.target.source, tokenizer, cfg.target.options)}
+    if cfg.replay is not None:
+        stores[REPLAY] = get_store(cfg.replay.source, tokenizer, cfg.replay.options)
+    return stores
+
+
+def target_budget(cfg: FinetuneConfig, store) -> int:
+    """The target budget in sequences: the configured one, or every train sequence of the store."""
+    available = store.num_sequences("train", cfg.seq_len)
+    budget = cfg.target.budget or available
+    if budget > available:
+        raise ConfigError(
+            f"target budget {budget} sequences exceeds the {available} train sequences of {cfg.seq_len} tokens in "
+            f"{cfg.target.source!r}; lower target.budget to at most {available} or use a shorter seq_len"
+        )
+    return budget

@@ -1,0 +1,162 @@
+"""An experiment: a base config, strategies with grid axes (product and zip), LRs per cell, seeds.
+
+YAML form (see configs/tiny_sweep.yaml):
+
+    name: tiny_sweep
+    base: {...a run config without stages...}      # or a path to one, relative to this file
+    overrides: [train.precision=fp32]              # dotted overrides applied to the base
+    target: code                                   # defaults for every strategy's builder
+    generic: generic
+    target_fraction: 1/256
+    seeds: [0, 1]
+    strategies:
+      - strategy: finetune
+        grid: {multiplier: [1, 2, 4]}              # product over these axes
+        zip: {epochs: [8, 16], budget_multiple: [2, 1]}   # zipped together, then crossed with grid
+        lrs: [1e-3, 3e-3]                          # the tuned stage's peak LR; best is selected per cell
+        args: {pretrain_lr: 3e-3}                  # fixed builder arguments
+
+Each grid point x LR x seed becomes one run (a `RunConfig` from `replaylab.schedule`), identified by
+the content hash of its resolved config.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replaylab.config import apply_overrides, config_hash, from_dict, load_yaml
+from replaylab.errors import ConfigError
+from replaylab.runconfig import RunConfig
+
+_FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
+
+
+@dataclass
+class StrategySpec:
+    strategy: str
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    zip: dict[str, list[Any]] = field(default_factory=dict)
+    lrs: list[float] | None = None
+    seeds: list[int] | None = None  # None = the experiment's seeds
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from replaylab.schedule import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy {self.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
+        lengths = {k: len(v) for k, v in self.zip.items()}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(f"strategy {self.strategy!r}: zip axes must have equal lengths, got {lengths}")
+        for k, v in {**self.grid, **self.zip}.items():
+            if not v:
+                raise ConfigError(f"strategy {self.strategy!r}: grid axis {k!r} is empty; give at least one value")
+        both = set(self.grid) & set(self.zip) | (set(self.grid) | set(self.zip)) & set(self.args)
+        if both:
+            raise ConfigError(f"strategy {self.strategy!r}: {sorted(both)[0]!r} is given twice (grid, zip or args)")
+        if "lr" in self.grid or "lr" in self.zip:
+            raise ConfigError(f"strategy {self.strategy!r}: list learning rates under lrs:, not as a grid axis")
+
+
+@dataclass
+class Experiment:
+    name: str
+    base: Any  # a run-config mapping (without stages) or a path to one
+    strategies: list[StrategySpec]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overrides: list[str] = field(default_factory=list)
+    target: str | None = None
+    generic: str = "generic"
+    target_fraction: Any = 1 / 1024  # a number or "a/b"
+    prefix_granularity: int | None = None  # branch-point spacing for shared prefixes; None = total_steps // 64
+    shared_prefixes: bool = True
+
+    def validate(self) -> None:
+        if not self.strategies:
+            raise ConfigError("experiment has no strategies; list at least one under strategies:")
+        if not self.seeds:
+            raise ConfigError("experiment seeds is empty; give at least one seed, e.g. seeds: [0]")
+
+
+@dataclass
+class PlannedRun:
+    run_id: str
+    config: RunConfig
+    coords: dict[str, Any]  # strategy, grid coordinates, lr, seed
+
+
+def _number(value: Any) -> Any:
+    """YAML-friendly numbers: "1/1024" and "3e-4" (a string in YAML 1.1) become floats."""
+    if isinstance(value, str):
+        m = _FRACTION.match(value)
+        if m:
+            return float(m.group(1)) / float(m.group(2))
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def load_experiment(path: str | Path) -> tuple[Experiment, dict]:
+    """The experiment and its raw base config (overrides applied, paths resolved)."""
+    path = Path(path)
+    raw = load_yaml(path)
+    exp = from_dict(Experiment, raw, "experiment") if raw else from_dict(Experiment, {}, "experiment")
+    base = exp.base
+    if isinstance(base, str):
+        base = load_yaml((path.parent / base) if not Path(base).is_absolute() else base)
+    if not isinstance(base, dict):
+        raise ConfigError("experiment base must be a run-config mapping or the path to one")
+    base = apply_overrides(base, exp.overrides)
+    return exp, base
+
+
+def _cells(spec: StrategySpec) -> list[dict[str, Any]]:
+    grid_keys = list(spec.grid)
+    grid = [dict(zip(grid_keys, vals)) for vals in itertools.product(*(spec.grid[k] for k in grid_keys))]
+    if spec.zip:
+        n = len(next(iter(spec.zip.values())))
+        zipped = [{k: v[i] for k, v in spec.zip.items()} for i in range(n)]
+    else:
+        zipped = [{}]
+    return [{**g, **z} for g in grid for z in zipped]
+
+
+def expand(exp: Experiment, base: dict) -> list[PlannedRun]:
+    """Every run of the experiment, in a stable order; identical configs appear once."""
+    from replaylab.schedule import STRATEGIES
+
+    runs: dict[str, PlannedRun] = {}
+    defaults = {"target": exp.target, "generic": exp.generic, "target_fraction": _number(exp.target_fraction)}
+    for spec in exp.strategies:
+        builder = STRATEGIES[spec.strategy]
+        for cell in _cells(spec):
+            for lr in spec.lrs or [None]:
+                for seed in spec.seeds or exp.seeds:
+                    kwargs = {**defaults, **{k: _number(v) for k, v in {**spec.args, **cell}.items()}, "seed": seed}
+                    if lr is not None:
+                        kwargs["lr"] = _number(lr)
+                    try:
+                        cfg = builder(base, **kwargs)
+                    except TypeError as e:
+                        raise ConfigError(f"strategy {spec.strategy!r}: {e}; check the grid/args names") from None
+                    except ConfigError as e:
+                        raise ConfigError(f"strategy {spec.strategy!r} at {cell or 'its defaults'}: {e}") from None
+                    rid = config_hash(cfg)
+                    coords = {"strategy": spec.strategy, **cell, "lr": cfg.meta["lr"], "seed": seed}
+                    runs.setdefault(rid, PlannedRun(rid, cfg, coords))
+    return list(runs.values())
+
+
+def prefix_granularity(exp: Experiment, runs: list[PlannedRun]) -> int:
+    if exp.prefix_granularity is not None:
+        if exp.prefix_granularity < 1:
+            raise ConfigError(f"prefix_granularity={exp.prefix_granularity} must be >= 1 step")
+        return exp.prefix_granularity
+    longest = max((r.config.train.total_steps for r in runs), default=64)
+    return max(1, longest // 64)

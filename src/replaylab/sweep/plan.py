@@ -1,0 +1,87 @@
+"""What an experiment costs before anything runs, and the sweep plan written to SWEEP/sweep.json.
+
+Compute: training FLOPs = (6 N + 12 L d S) per token (N = matmul parameters incl. the output head,
+L layers, d model width, S sequence length: the usual forward+backward count with attention), GPU-hours
+= FLOPs / (peak FLOP/s x MFU). Defaults: an H100's 989 dense bf16 TFLOP/s at 35% MFU; change with
+`replaylab plan --gpu-tflops --mfu`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from replaylab.config import to_dict
+from replaylab.runconfig import RunConfig
+from replaylab.sweep.experiment import Experiment, PlannedRun, expand, load_experiment, prefix_granularity
+from replaylab.sweep.prefix import Branch, carrier_checkpoints, plan_prefixes
+
+DEFAULT_VOCAB = 4096  # the built-in tokenizer's vocabulary, used when model.vocab_size is unset
+
+
+def matmul_params(config: RunConfig) -> int:
+    m = config.model
+    head = m.d_model // m.n_heads
+    kv = (m.n_kv_heads or m.n_heads) * head
+    per_layer = 2 * m.d_model * m.d_model + 2 * m.d_model * kv + 3 * m.d_model * m.d_ff
+    return m.n_layers * per_layer + m.d_model * (m.vocab_size or DEFAULT_VOCAB)
+
+
+def flops_per_token(config: RunConfig) -> float:
+    m = config.model
+    return 6.0 * matmul_params(config) + 12.0 * m.n_layers * m.d_model * config.data.seq_len
+
+
+def build_plan(exp: Experiment, base: dict) -> tuple[list[PlannedRun], dict[str, Branch], dict[str, Any]]:
+    """Runs, shared-prefix branches, and the sweep.json document (run configs as they will train)."""
+    runs = expand(exp, base)
+    gran = prefix_granularity(exp, runs)
+    configs = {r.run_id: r.config for r in runs}
+    branches = plan_prefixes(configs, granularity=gran, min_shared=gran) if exp.shared_prefixes else {}
+    keep = carrier_checkpoints(branches)
+    entries = []
+    for r in runs:
+        raw = to_dict(r.config)
+        if r.run_id in keep:
+            # A carrier keeps a checkpoint at every branch step (multiples of the granularity). These
+            # fields do not change what it computes; the run id stays the hash of the planned config.
+            raw = copy.deepcopy(raw)
+            raw["train"]["checkpoint_every"] = gran
+            raw["train"]["keep_checkpoints"] = r.config.train.total_steps // gran + 1
+        b = branches.get(r.run_id)
+        entries.append({"run_id": r.run_id, "coords": r.coords, "config": raw,
+                        "branch": {"parent": b.parent, "step": b.step} if b else None,
+                        "branch_steps": keep.get(r.run_id, [])})
+    doc = {"name": exp.name, "prefix_granularity": gran, "runs": entries}
+    return runs, branches, doc
+
+
+def estimate(runs: list[PlannedRun], branches: dict[str, Branch], *, gpu_tflops: float = 989.0,
+             mfu: float = 0.35) -> pd.DataFrame:
+    """One row per strategy plus a total: runs, steps (alone / with shared prefixes), tokens, FLOPs, GPU-hours."""
+    rows = []
+    for r in runs:
+        c = r.config
+        steps = c.train.total_steps
+        trained = steps - (branches[r.run_id].step if r.run_id in branches else 0)
+        tokens = trained * c.train.batch_size * c.data.seq_len
+        flops = flops_per_token(c) * tokens
+        rows.append({"strategy": r.coords["strategy"], "runs": 1, "steps": steps, "steps_trained": trained,
+                     "tokens": tokens, "flops": flops})
+    df = pd.DataFrame(rows, columns=["strategy", "runs", "steps", "steps_trained", "tokens", "flops"])
+    out = df.groupby("strategy", sort=False).sum(numeric_only=True).reset_index()
+    total = df.sum(numeric_only=True).to_frame().T
+    total.insert(0, "strategy", "total")
+    out = pd.concat([out, total], ignore_index=True)
+    out["steps_saved"] = out["steps"] - out["steps_trained"]
+    out["gpu_hours"] = out["flops"] / (gpu_tflops * 1e12 * mfu) / 3600
+    return out
+
+
+def plan_experiment(path: str | Path, **kw: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+    exp, base = load_experiment(path)
+    runs, branches, doc = build_plan(exp, base)
+    return estimate(runs, branches, **kw), doc

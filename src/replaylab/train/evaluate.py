@@ -1,0 +1,89 @@
+"""Held-out evaluation: per-domain loss and bits per byte on two disjoint halves.
+
+Each domain's first `n` validation sequences (n = data.val_sequences or eval.max_sequences, at most
+what the store holds) are split in two: the first half is `val_*` (the "select" half, used to pick
+LRs and replay fractions) and the second half is `test_*` (the "report" half). Tuning on one half
+and reporting the other keeps the reported number honest.
+bpb = loss_nats / ln 2 / bytes_per_token.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from replaylab.errors import DataError
+from replaylab.runconfig import RunConfig
+
+
+@dataclass
+class EvalSet:
+    domain: str
+    val: np.ndarray  # int64 (n_val, seq_len + 1): the select half
+    test: np.ndarray  # int64 (n_test, seq_len + 1): the report half
+    bytes_per_token: float
+
+
+def build_eval_sets(config: RunConfig, stores: dict) -> list[EvalSet]:
+    names = config.eval.domains if config.eval.domains is not None else list(config.data.domains)
+    unknown = [d for d in names if d not in config.data.domains]
+    if unknown:
+        raise DataError(
+            f"eval.domains names {unknown[0]!r}, which data.domains does not define "
+            f"(defined: {', '.join(config.data.domains)})"
+        )
+    seq_len = config.data.seq_len
+    cap = config.data.val_sequences or config.eval.max_sequences
+    sets = []
+    for name in names:
+        store = stores[name]
+        n = min(cap, store.num_sequences("val", seq_len))
+        if n < 2:
+            raise DataError(
+                f"domain {name!r} has {n} held-out sequence(s) of {seq_len} tokens; evaluation needs >= 2 "
+                "(a select half and a report half): give the store more validation documents or lower data.seq_len"
+            )
+        seqs = store.sequences("val", seq_len, np.arange(n, dtype=np.int64))
+        half = (n + 1) // 2
+        sets.append(EvalSet(name, seqs[:half], seqs[half:], float(store.bytes_per_token("val"))))
+    return sets
+
+
+@torch.no_grad()
+def _mean_loss(model: torch.nn.Module, seqs: np.ndarray, batch_size: int, device: torch.device,
+               autocast_dtype: torch.dtype | None) -> float:
+    """Mean token cross-entropy (nats) over all tokens of `seqs`; sums in float64 so the batch size
+    does not change the result beyond float rounding."""
+    total, count = 0.0, 0
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    for i in range(0, len(seqs), batch_size):
+        batch = torch.from_numpy(seqs[i : i + batch_size]).to(device)
+        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) each
+        with ctx:
+            logits = model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        total += float(loss.double())
+        count += y.numel()
+    return total / count
+
+
+def evaluate(model: torch.nn.Module, sets: list[EvalSet], *, batch_size: int, device: torch.device,
+             autocast_dtype: torch.dtype | None) -> dict[str, dict[str, float]]:
+    """{domain: {val_loss, test_loss, val_bpb, test_bpb}}; the model is left in train mode."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    try:
+        for s in sets:
+            val = _mean_loss(model, s.val, batch_size, device, autocast_dtype)
+            test = _mean_loss(model, s.test, batch_size, device, autocast_dtype)
+            scale = 1.0 / math.log(2) / s.bytes_per_token
+            out[s.domain] = {"val_loss": val, "test_loss": test, "val_bpb": val * scale, "test_bpb": test * scale}
+    finally:
+        model.train(was_training)
+    return out

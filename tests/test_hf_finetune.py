@@ -1,0 +1,333 @@
+"""Replay fine-tuning of Hugging Face causal LMs, on a tiny random LlamaForCausalLM (real transformers
+code) with a BPE tokenizer trained on real text: token-exact shares, fixed target exposure, full vs
+LoRA, resume bit for bit, multiple-choice scoring, clear errors."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from replaylab.config import from_dict
+from replaylab.errors import ConfigError, ReplaylabError
+from replaylab.hf.config import FinetuneConfig
+from replaylab.hf.packing import REPLAY, TARGET, open_stores, plan_mix, sampler_config
+from replaylab.train.mixture import MixtureSampler
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """REPLAYLAB_HOME, a target corpus (stdlib Python source), a replay corpus (stdlib docstrings:
+    English prose), and a tiny Llama folder whose tokenizer was trained on both."""
+    root = tmp_path_factory.mktemp("hf")
+    old_home = os.environ.get("REPLAYLAB_HOME")
+    os.environ["REPLAYLAB_HOME"] = str(root / "home")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    code = root / "code"
+    code.mkdir()
+    for name in ["textwrap", "heapq", "bisect", "fnmatch", "glob", "shlex", "colorsys", "calendar", "csv",
+                 "difflib", "fractions", "getopt", "gettext", "graphlib", "keyword", "numbers", "operator",
+                 "pprint", "queue", "random", "sched", "secrets", "selectors", "statistics", "string", "stringprep"]:
+        shutil.copy(stdlib / f"{name}.py", code / f"{name}.py")
+    import argparse, collections, email, json as js, logging, pathlib, unittest, urllib.parse, zipfile
+    docs = []
+    for mod in (argparse, collections, email, js, logging, pathlib, unittest, urllib.parse, zipfile, inspect):
+        for _, obj in inspect.getmembers(mod):
+            d = inspect.getdoc(obj)
+            if d and len(d) > 200 and d not in docs:
+                docs.append(d)
+    prose = root / "prose.jsonl"
+    prose.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = docs + [p.read_text() for p in sorted(code.glob("*.py"))]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model_dir = root / "tiny-llama"
+    model_dir.mkdir()
+    tok.save(str(model_dir / "tokenizer.json"))
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "model_max_length": 1024}))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      eos_token_id=0, bos_token_id=0, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    yield {"root": root, "code": str(code), "prose": str(prose), "model": str(model_dir)}
+    if old_home is None:
+        os.environ.pop("REPLAYLAB_HOME", None)
+    else:
+        os.environ["REPLAYLAB_HOME"] = old_home
+
+
+def make_config(world, **kw) -> FinetuneConfig:
+    raw = {"model": world["model"], "target": {"source": world["code"], "budget": 12, "options": {"glob": "*.py"}},
+           "replay": {"source": world["prose"]}, "replay_fraction": 0.5, "target_epochs": 2.0, "seq_len": 32,
+           "batch_size": 4, "optim": {"lr": 1e-2, "warmup": 0.1}, "eval": {"max_sequences": 8, "initial": True},
+           "log_every": 1, "progress": "off", "threads": 1}
+    for key, value in kw.items():
+        node = raw
+        *parents, last = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return from_dict(FinetuneConfig, raw)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.25, 0.5, 0.75])
+def test_fixed_target_exposure_stretches_the_run(rho):
+    plan = plan_mix(budget=64, target_epochs=2, replay_fraction=rho, batch_size=8)
+    assert plan.target_draws == 128 and plan.target_steps == 16
+    assert plan.total_steps == math.ceil(16 / (1 - rho) - 1e-9)  # total steps = target steps / (1 - R)
+    assert plan.target_weight * plan.total_steps * 8 == pytest.approx(128)  # exactly 2 epochs of target
+    assert 0 <= (1 - rho) - plan.target_weight < 1 / plan.total_steps  # the share is 1 - R to within a batch
+
+
+def test_token_exact_shares_and_exposure_on_real_stores(world):
+    from replaylab.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(world["model"])
+    for rho in (0.0, 0.3, 0.75):
+        cfg = make_config(world, replay_fraction=rho)
+        stores = open_stores(cfg, tokenizer)
+        plan = plan_mix(budget=12, target_epochs=2, replay_fraction=rho, batch_size=4)
+        sampler = MixtureSampler(sampler_config(cfg, plan, str(tokenizer.path)), stores)
+        drawn = {TARGET: 0, REPLAY: 0}
+        for step in range(plan.total_steps):
+            tokens, slots = sampler.batch(step)
+            assert tokens.shape == (4, 33)  # packed: every sequence is seq_len + 1 tokens, no padding
+            drawn[TARGET] += int((slots == 0).sum())
+            drawn[REPLAY] += int((slots == 1).sum())
+        assert drawn[TARGET] == plan.target_draws == 24  # exactly 2 epochs of 12, whatever R is
+        share = drawn[REPLAY] * 32 / (plan.total_steps * 4 * 32)  # token share of replay
+        assert abs(share - rho) <= 4 / (plan.total_steps * 4) + 1e-9  # within one batch of R
+        assert sampler.realized_shares(0).get(REPLAY, 0.0) == pytest.approx(share)
+
+
+def read_losses(run: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+
+
+def test_full_finetune_resume_is_bit_exact(world, tmp_path):
+    from replaylab.hf.finetune import run_finetune
+
+    straight = run_finetune(make_config(world), tmp_path / "a")
+    assert straight["status"] == "done" and straight["plan"]["total_steps"] == 12  # 6 target steps / (1 - 0.5)
+    assert straight["realized_token_shares"] == {TARGET: 0.5, REPLAY: 0.5}
+    assert set(straight["final"]) == {TARGET, REPLAY}
+    assert straight["final"][TARGET]["val_loss"] < straight["initial"]["losses"][TARGET]["val_loss"] - 0.2
+    assert (tmp_path / "a" / "model" / "model.safetensors").exists()
+
+    cfg = make_config(world, checkpoint_every=5)
+    run_finetune(cfg, tmp_path / "b")
+    # Pretend the run died after step 5: drop the later checkpoint's successors and the result.
+    b = tmp_path / "b"
+    shutil.rmtree(b / "model")
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["status"] = "running"
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    assert [p.name for p in sorted((b / "checkpoints").iterdir())] == ["step_0000005", "step_0000010"]
+    shutil.rmtree(b / "checkpoints" / "step_0000010")
+    with pytest.raises(ConfigError, match="--resume"):
+        run_finetune(cfg, b)
+    resumed = run_finetune(cfg, b, resume=True)
+    assert resumed["final"] == straight["final"]  # bit for bit
+    assert read_losses(b) == read_losses(tmp_path / "a")
+
+
+def test_lora_trains_only_adapters(world, tmp_path):
+    from safetensors.torch import load_file
+
+    from replaylab.hf.finetune import run_finetune
+
+    full = run_finetune(make_config(world, replay_fraction=0.0), tmp_path / "full")
+    lora = run_finetune(make_config(world, replay_fraction=0.0, lora__enabled=True, lora__r=4,
+                                    gradient_checkpointing=True, optim__lr=1e-2), tmp_path / "lora")
+    assert full["plan"]["total_steps"] == lora["plan"]["total_steps"] == 6
+    assert lora["trainable_params"] < full["trainable_params"] / 5
+    adapter = load_file(str(tmp_path / "lora" / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert lora["final"][TARGET]["val_loss"] < lora["initial"]["losses"][TARGET]["val_loss"]
+    assert lora["final"] != full["final"]
+
+
+def test_multiple_choice_scoring_matches_direct_likelihoods(world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from replaylab.data.tokenizer import load_tokenizer
+    from replaylab.hf.evaluate import load_mc_task, score_mc
+
+    tok = load_tokenizer(world["model"])
+    model = AutoModelForCausalLM.from_pretrained(world["model"])
+    items = []
+    for i in range(6):
+        context = f"def function_{i}(x):\n    return"
+        choices = [" x + 1", " sorted(x)", " None", " 'text'"][: 2 + i % 3]
+        scores = []
+        for c in choices:  # summed log-prob of the choice, computed independently with HF's labels loss
+            ctx, cont = tok.encode(context), tok.encode(c)
+            ids = torch.tensor([ctx + cont])
+            labels = ids.clone()
+            labels[0, : len(ctx)] = -100
+            with torch.no_grad():
+                scores.append(-float(model(input_ids=ids, labels=labels).loss) * len(cont))
+        items.append({"context": context, "choices": choices, "answer": int(np.argmax(scores))})
+    path = tmp_path / "task.jsonl"
+    path.write_text("".join(json.dumps(it) + "\n" for it in items))
+    res = score_mc(model, tok, load_mc_task(path), device=torch.device("cpu"), dtype=None)
+    assert res == {"acc": 1.0, "acc_norm": res["acc_norm"], "n": 6}
+    path.write_text('{"context": "x", "choices": ["a"], "answer": 0}\n')
+    with pytest.raises(ReplaylabError, match="needs"):
+        load_mc_task(path)
+
+
+def test_cli_runs_and_reports_errors_on_one_line(world, tmp_path, capsys):
+    from replaylab.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["finetune", "--model", world["model"], "--target", world["code"], "--set", "target.options.glob=*.py",
+               "--budget", "8", "--replay", world["prose"], "--replay-fraction", "0.75", "--seq-len", "32",
+               "--batch-size", "4", "--max-steps", "3", "--lr", "1e-3", "--threads", "1", "--set", "eval.initial=false",
+               "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "realized token shares: target 0.2500, replay 0.7500" in text and "final" in text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["plan"]["capped"] and manifest["plan"]["planned_steps"] == 8 and manifest["steps_done"] == 3
+    assert manifest["meta"]["rho"] == 0.75 and manifest["kind"] == "finetune_hf"
+
+    assert main(["finetune", "--model", world["model"], "--replay-fraction", "1.0", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "replay_fraction must lie in [0, 1), got 1.0" in err
+
+
+def test_unreachable_model_ids_fail_fast(monkeypatch, tmp_path):
+    import time
+
+    from replaylab.hf.models import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    t = time.monotonic()
+    with pytest.raises(ConfigError, match="cannot be reached"):
+        resolve_model("nobody-here/no-such-model")
+    assert time.monotonic() - t < 10
+    with pytest.raises(ConfigError, match="neither an existing folder"):
+        resolve_model("./missing/model/folder")
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_matches_one_process(world, tmp_path):
+    """Two gloo ranks under torchrun train on halves of each global batch and average gradients:
+    the run must match the single-process one up to float rounding."""
+    import subprocess
+    import sys
+
+    from replaylab.config import dump_yaml
+    from replaylab.hf.finetune import run_finetune
+
+    cfg = make_config(world, eval__initial=False, save_final=False)
+    single = run_finetune(cfg, tmp_path / "one")
+    (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                    "-m", "replaylab.cli", "finetune", "--config", str(tmp_path / "cfg.yaml"),
+                    "--out", str(tmp_path / "two")], check=True, env=env, timeout=300)
+    two = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert two["status"] == "done"
+    for dom in (TARGET, REPLAY):
+        assert two["final"][dom]["test_loss"] == pytest.approx(single["final"][dom]["test_loss"], abs=1e-4)
+
+
+def test_fresh_lr_schedule_is_a_pure_function_of_the_step():
+    from replaylab.hf.finetune import lr_at
+
+    cfg = from_dict(FinetuneConfig, {"optim": {"lr": 1e-3, "warmup": 0.25, "schedule": "cosine"}})
+    lrs = [lr_at(s, 8, cfg) for s in range(8)]
+    assert lrs[:3] == [5e-4, 1e-3, 1e-3]  # 2 warmup steps, then the peak
+    assert all(a > b > 0 for a, b in zip(lrs[2:], lrs[3:]))  # decays, never wastes a step at LR 0
+
+
+def test_remote_code_stays_off_unless_asked(tmp_path):
+    from replaylab.hf.models import load_model
+
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "not-in-transformers", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"}}))
+    (folder / "configuration_custom.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(ConfigError, match="--trust-remote-code"):
+        load_model(str(folder))
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_resume_matches_straight_run(world, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from replaylab.config import dump_yaml
+    from replaylab.hf.finetune import run_finetune
+
+    cfg = make_config(world, replay_fraction=0.75, eval__initial=False, save_final=False)  # 24 steps
+    straight = run_finetune(cfg, tmp_path / "straight")
+    (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
+    cmd = [sys.executable, "-m", "replaylab.cli", "finetune", "--config", str(tmp_path / "cfg.yaml"),
+           "--out", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and '"train"' in metrics.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived (machine too fast for this check)")
+    assert proc.returncode == 143 and "--resume" in err
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+    assert subprocess.run(cmd + ["--resume"], env=env, timeout=300).returncode == 0
+    resumed = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert resumed["final"] == straight["final"]
+    assert read_losses(tmp_path / "run") == read_losses(tmp_path / "straight")
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"replay_fraction": 1.0}, "replay_fraction must lie in [0, 1), got 1.0"),
+    ({"replay": None, "replay_fraction": 0.5}, "no replay pool is set"),
+    ({"batch_size": 6, "micro_batch_size": 4}, "batch_size (6) must be a positive multiple of micro_batch_size (4)"),
+    ({"lora": {"r": 0}}, "lora.r must be >= 1, got 0"),
+    ({"eval": {"max_sequences": 1}}, "eval.max_sequences must be >= 2"),
+    ({"optim": {"schedule": "wsd"}}, "optim.schedule 'wsd' is unknown"),
+])
+def test_config_mistakes_name_the_value_and_the_fix(raw, message):
+    with pytest.raises(ConfigError) as e:
+        from_dict(FinetuneConfig, raw)
+    assert message in str(e.value)
+
+
+def test_lm_eval_without_the_package_is_a_clear_error():
+    import importlib.util
+
+    from replaylab.hf.evaluate import run_lm_eval
+
+    if importlib.util.find_spec("lm_eval") is not None:
+        pytest.skip("lm-eval is installed here")
+    with pytest.raises(ConfigError, match="pip install lm-eval"):
+        run_lm_eval(None, None, ["xcopa_eu"], batch_size=1)
