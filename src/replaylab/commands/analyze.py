@@ -67,12 +67,23 @@ def _print_table(console, title: str, rows: list[dict[str, str]]) -> None:
 def main(args: argparse.Namespace) -> int:
     import json
 
-    from rich.console import Console
-
-    from replaylab.analysis.report import SELECTION_NOTE, cell_rows, summary_rows
     from replaylab.paths import atomic_write_text
 
     analysis, source = load_analysis(args)
+    print_analysis(analysis, source, cells=args.cells)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(analysis.to_dict(), indent=1, default=str) + "\n")
+    if args.csv:
+        atomic_write_text(args.csv, analysis.summary_frame().to_csv(index=False))
+    return 0
+
+
+def print_analysis(analysis, source: str, *, cells: bool = False) -> None:
+    """The law fits, the headline multiplier table and (with `cells`) every cell, on the console."""
+    from rich.console import Console
+
+    from replaylab.analysis.report import SELECTION_NOTE, cell_rows, summary_rows
+
     console = Console()
     console.print(f"source: {source}   law form: {analysis.form}", soft_wrap=True)
     for name, dom in analysis.domains.items():
@@ -91,11 +102,6 @@ def main(args: argparse.Namespace) -> int:
         if note:
             console.print(f"  *{i}: {note}", highlight=False, soft_wrap=True)
     console.print(SELECTION_NOTE, highlight=False, soft_wrap=True)
-    if args.cells:
+    if cells:
         for name in analysis.domains:
             _print_table(console, f"{name}: cells at their chosen LR", cell_rows(analysis, name))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(analysis.to_dict(), indent=1, default=str) + "\n")
-    if args.csv:
-        atomic_write_text(args.csv, analysis.summary_frame().to_csv(index=False))
-    return 0

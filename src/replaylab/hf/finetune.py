@@ -32,6 +32,7 @@ from replaylab.hf.config import FinetuneConfig
 from replaylab.hf.models import load_model, resolve_model
 from replaylab.hf.packing import REPLAY, TARGET, open_stores, plan_mix, sampler_config, target_budget
 from replaylab.paths import atomic_write_text
+from replaylab.runconfig import OptimConfig
 from replaylab.runtime import autocast, resolve_device, resolve_precision, set_threads
 from replaylab.train import checkpoint as ckpt
 from replaylab.train import ddp
@@ -39,6 +40,7 @@ from replaylab.train.evaluate import build_eval_sets
 from replaylab.train.logging import Progress, RunLogger, truncate_metrics
 from replaylab.train.manifest import new_manifest, now, read_manifest, write_manifest
 from replaylab.train.mixture import MixtureSampler
+from replaylab.train.optim import param_groups
 from replaylab.train.trainer import TrainingInterrupted
 
 KIND = "finetune_hf"
@@ -76,16 +78,6 @@ class _Trainable(torch.nn.Module):
         with torch.no_grad():
             for n, p in self.named:
                 p.copy_(tensors[n])
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: not norms, biases or embeddings (the paper's AdamW)."""
-    decay, keep = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 and "embed" not in name and "lm_head" not in name else keep).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
 def build_model(cfg: FinetuneConfig, folder: str, device: torch.device) -> torch.nn.Module:
@@ -197,7 +189,7 @@ def _run(cfg: FinetuneConfig, out: Path, old: dict | None, device: torch.device,
     dtype = resolve_precision(cfg.precision, device)
     model = build_model(cfg, folder, device)
     trainable = _Trainable(model)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+    optimizer = torch.optim.AdamW(param_groups(model, OptimConfig(weight_decay=cfg.optim.weight_decay)), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
     micro = cfg.micro_batch_size or max(1, cfg.batch_size // dist.world_size)  # default: no accumulation
     lo, hi = ddp.shard_rows(cfg.batch_size, micro, dist)
