@@ -137,3 +137,19 @@ def test_bad_inputs_raise_one_clear_error(budgets, losses, match):
 def test_unknown_form_names_the_choices():
     with pytest.raises(ReplaylabError, match="paper, loglinear, robust"):
         fit_reference_law([1, 2, 4], [3, 2.5, 2.2], form="chinchilla")
+
+
+def test_x_unit_fits_in_the_papers_unit_and_reports_in_the_callers():
+    """The paper's curve_fit starts from a p0 made for budgets as fractions of all tokens: fitting
+    sequence counts with x_unit = fraction per sequence must give the law fitted on fractions,
+    with effective data read back in sequences."""
+    seqs = np.array([48.0, 96, 192, 384, 768])
+    losses = np.array([6.902, 6.214, 5.779, 5.521, 5.063])  # a real demo sweep's reference points
+    unit = 1 / 6144  # 6144 sequences per run
+    on_fractions = fit_reference_law(seqs * unit, losses, form="paper")
+    scaled = fit_reference_law(seqs, losses, form="paper", x_unit=unit)
+    assert scaled.params == on_fractions.params and not scaled.diagnostics.degenerate
+    assert scaled.predict(192.0) == pytest.approx(on_fractions.predict(192.0 * unit))
+    assert scaled.effective_data(scaled.predict(100.0)) == pytest.approx(100.0)
+    naive = fit_reference_law(seqs, losses, form="paper")  # raw sequence counts from the paper's p0
+    assert naive.diagnostics.degenerate  # why analysis passes the unit

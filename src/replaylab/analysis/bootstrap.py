@@ -75,24 +75,24 @@ class ReferenceBootstrap:
     which other comparisons were asked for."""
 
     def __init__(self, reference: Mapping[float, Sequence[float]], *, form: str = "paper",
-                 n_boot: int = DEFAULT_BOOT, seed: int = 0):
+                 n_boot: int = DEFAULT_BOOT, seed: int = 0, x_unit: float = 1.0):
         if n_boot < 10:
             raise AnalysisError(f"n_boot={n_boot} is too few resamples for an interval; use at least 100")
         self.form, self.n_boot, self.seed = form, n_boot, seed
         budgets = sorted(float(b) for b in reference)
         ref = [_clean(reference[b], f"reference budget {b:g}") for b in sorted(reference)]
-        fit_reference_law(budgets, [c.mean() for c in ref], form=form)  # checks the points once, with clear errors
+        fit_reference_law(budgets, [c.mean() for c in ref], form=form, x_unit=x_unit)  # checks the points once, with clear errors
         x = np.asarray(budgets)
         rng = np.random.default_rng([seed, 0])
         if all(c.size == 1 for c in ref):  # one seed per budget: the law has no resampling noise
-            law, _ = _fit(x, np.array([c[0] for c in ref]), form)
+            law, _ = _fit(x, np.array([c[0] for c in ref]), form, x_unit)
             self.laws: list = [law] * n_boot
             return
         means = np.column_stack([c[rng.integers(0, c.size, (n_boot, c.size))].mean(axis=1) for c in ref])
         self.laws = []
         for row in means:
             try:
-                self.laws.append(_fit(x, row, form)[0])
+                self.laws.append(_fit(x, row, form, x_unit)[0])
             except AnalysisError:
                 self.laws.append(None)  # a resample the fit cannot handle: dropped, and counted
 

@@ -159,6 +159,19 @@ def _is_baseline(row) -> bool:
     return float(row["rho"]) == 0.0 and float(row["alpha"]) == 1.0
 
 
+def _token_fraction_unit(ref: pd.DataFrame) -> float:
+    """Fraction of a run's tokens per budget unit (sequence), from the reference runs' records
+    (gamma = budget x epochs / all sequences). The law is fitted with x in that unit, as the paper
+    does (its curve_fit p0 assumes it); budgets and effective data stay in sequences. 1 when the
+    records do not say (CSV input without gamma / target_epochs)."""
+    if not {"gamma", "target_epochs", "budget"} <= set(ref.columns) or ref.empty:
+        return 1.0
+    unit = pd.to_numeric(ref["gamma"], errors="coerce") / (
+        pd.to_numeric(ref["target_epochs"], errors="coerce") * pd.to_numeric(ref["budget"], errors="coerce"))
+    unit = unit[np.isfinite(unit) & (unit > 0)]
+    return float(unit.median()) if len(unit) else 1.0
+
+
 def analyze_runs(table, *, form: str = "paper", n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Analysis:
     """Group runs by target domain, fit each domain's reference law, and read every fine-tuning and
     mid-training cell against its baseline (same domain, strategy, budget and epochs; the baseline is
@@ -173,9 +186,10 @@ def analyze_runs(table, *, form: str = "paper", n_boot: int = 1000, level: float
         dnotes: list[str] = []
         ref = dc[dc["strategy"] == "reference"].sort_values("budget").reset_index(drop=True)
         law, boot = None, None
+        x_unit = _token_fraction_unit(table[(table["target_domain"] == domain) & (table["strategy"] == "reference")])
         if len(ref) >= 3:
             try:
-                law = fit_reference_law(ref["budget"], ref["test_loss"], form=form)
+                law = fit_reference_law(ref["budget"], ref["test_loss"], form=form, x_unit=x_unit)
             except AnalysisError as e:
                 dnotes.append(f"reference law: {e}")
         else:
@@ -208,7 +222,7 @@ def analyze_runs(table, *, form: str = "paper", n_boot: int = 1000, level: float
                 if row["n_seeds"] >= 2 and base["n_seeds"] >= 2 and idx != base.name:
                     if boot is None:
                         boot = ReferenceBootstrap({b: v for b, v in zip(ref["budget"], ref["test_losses"])},
-                                                  form=form, n_boot=n_boot, seed=seed)
+                                                  form=form, n_boot=n_boot, seed=seed, x_unit=x_unit)
                     try:
                         ci = boot.multiplier_ci(row["test_losses"], base["test_losses"], level=level,
                                                 stream=1 + int(idx))

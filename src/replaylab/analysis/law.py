@@ -73,6 +73,10 @@ class ReferenceLaw:
     budgets: np.ndarray
     losses: np.ndarray
     diagnostics: LawDiagnostics | None = None
+    # Budgets are given and returned in the caller's unit; the fit sees x = budget * x_unit. The
+    # paper's curve_fit starts from a fixed p0 tuned for x = fraction of all tokens, so the unit of x
+    # changes where that fit lands: analysis passes x_unit = (fraction of tokens per budget unit).
+    x_unit: float = 1.0
 
     @property
     def asymptote(self) -> float:
@@ -80,7 +84,7 @@ class ReferenceLaw:
         return self.params["C"] if self.form != "loglinear" else -math.inf
 
     def predict(self, x: Any) -> Any:
-        x = np.asarray(x, dtype=float)
+        x = np.asarray(x, dtype=float) * self.x_unit
         if self.form == "loglinear":
             out = self.params["a"] - self.params["b"] * np.log(x)
         else:
@@ -119,6 +123,7 @@ class ReferenceLaw:
         else:
             A, B, C = self.params["A"], self.params["B"], self.params["C"]
             out = np.power(A / (arr - C), 1.0 / B)
+        out = out / self.x_unit
         return float(out) if out.ndim == 0 else out
 
     def _inverse_domain(self) -> str:
@@ -247,7 +252,7 @@ def _diagnose(form: str, params: dict[str, float], stderr: dict[str, float], x: 
     )
 
 
-def fit_reference_law(budgets: Any, losses: Any, form: str = "paper") -> ReferenceLaw:
+def fit_reference_law(budgets: Any, losses: Any, form: str = "paper", *, x_unit: float = 1.0) -> ReferenceLaw:
     """Fit the reference law to reference runs' unique target budgets and final held-out target losses.
 
     Several seeds per budget may be given as repeated budgets (each point is one run). The result's
@@ -255,14 +260,16 @@ def fit_reference_law(budgets: Any, losses: Any, form: str = "paper") -> Referen
     """
     if form not in FORMS:
         raise AnalysisError(f"law form {form!r} is unknown; choose one of {', '.join(FORMS)}")
+    if not (math.isfinite(x_unit) and x_unit > 0):
+        raise AnalysisError(f"x_unit={x_unit} must be a positive number (the fitted x is budget * x_unit)")
     x, y = _check_inputs(budgets, losses)
-    law, stderr = _fit(x, y, form)
+    law, stderr = _fit(x, y, form, x_unit)
     law.diagnostics = _diagnose(form, law.params, stderr, x, y, law)
     return law
 
 
-def _fit(x: np.ndarray, y: np.ndarray, form: str) -> tuple[ReferenceLaw, dict[str, float]]:
+def _fit(x: np.ndarray, y: np.ndarray, form: str, x_unit: float = 1.0) -> tuple[ReferenceLaw, dict[str, float]]:
     """The bare fit on checked, sorted points (no diagnostics): the bootstrap's inner loop."""
     fit = {"paper": _fit_paper, "loglinear": _fit_loglinear, "robust": _fit_robust}[form]
-    params, stderr = fit(x, y)
-    return ReferenceLaw(form=form, params=params, budgets=x, losses=y), stderr
+    params, stderr = fit(x * x_unit, y)
+    return ReferenceLaw(form=form, params=params, budgets=x, losses=y, x_unit=x_unit), stderr
