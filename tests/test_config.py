@@ -70,3 +70,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("stages: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(RunConfig, bad)
+
+
+def test_yaml_on_off_switches_stay_strings():
+    cfg = from_dict(RunConfig, apply_overrides(BASE, ["train.compile=off", "train.progress=on"]))
+    assert (cfg.train.compile, cfg.train.progress) == ("off", "on")
