@@ -17,6 +17,17 @@ def home() -> Path:
     return path
 
 
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks (memory bounded)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)

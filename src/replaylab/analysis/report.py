@@ -154,11 +154,11 @@ def write_report(analysis: Analysis, out_dir: str | Path, *, source: str = "", s
         fig_dir.mkdir()
         figs = _figures(analysis, fig_dir, sweep, max_curves)
         summary = summary_rows(analysis)
-        md = [f"# replaylab data-efficiency report\n", f"Source: `{source}`\n" if source else "",
+        md = ["# replaylab data-efficiency report\n", f"Source: `{source}`\n" if source else "",
               f"Law form: **{analysis.form}**; bootstrap: {analysis.n_boot} resamples of seeds, "
               f"{analysis.level:.0%} percentile intervals.\n", f"_{SELECTION_NOTE}_\n",
               "## Headline multipliers\n", _md_table(summary)]
-        page = [f"<h1>replaylab data-efficiency report</h1>",
+        page = ["<h1>replaylab data-efficiency report</h1>",
                 f"<p>Source: <code>{html.escape(source)}</code></p>" if source else "",
                 f"<p>Law form: <b>{analysis.form}</b>; bootstrap: {analysis.n_boot} resamples of seeds, "
                 f"{analysis.level:.0%} percentile intervals.</p>", f"<p><em>{html.escape(SELECTION_NOTE)}</em></p>",

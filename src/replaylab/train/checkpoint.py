@@ -12,7 +12,6 @@ resume then falls back to the previous good checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -26,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from replaylab.errors import ReplaylabError
-from replaylab.paths import atomic_dir
+from replaylab.paths import atomic_dir, sha256_file
 
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
@@ -53,14 +52,6 @@ class Checkpoint:
 
 def step_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step_{step:07d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _flatten_optim(optim_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -125,7 +116,7 @@ def save_checkpoint(
             "kind": kind,
             "rng": rng_state(),
             "optim": optim_meta,
-            "sha256": {name: _sha256(tmp / name) for name in ("model.safetensors", "optim.safetensors")},
+            "sha256": {name: sha256_file(tmp / name) for name in ("model.safetensors", "optim.safetensors")},
             **(extra or {}),
         }
         (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
@@ -157,7 +148,7 @@ def load_checkpoint(path: Path | str, *, verify: bool = True) -> Checkpoint:
         file = path / name
         if not file.exists():
             raise CheckpointError(f"checkpoint {str(path)!r} lacks {name}; it is incomplete, use an earlier one")
-        if verify and _sha256(file) != state.get("sha256", {}).get(name):
+        if verify and sha256_file(file) != state.get("sha256", {}).get(name):
             raise CheckpointError(
                 f"checkpoint {str(path)!r}: {name} does not match its recorded sha256 (truncated or damaged); "
                 "use an earlier checkpoint"
