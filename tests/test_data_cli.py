@@ -112,3 +112,13 @@ def test_val_docs_and_fraction_are_exclusive(capsys):
     with pytest.raises(SystemExit) as e:
         main(["data", "build", "x", "--val-docs", "1", "--val-fraction", "0.5"])
     assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_inspect_by_source_name(capsys, isolated_home, prose_corpus, tiny_tokenizer):
+    """A store built without --name is named <source>-<tokenizer hash>-<key>; `inspect SOURCE` finds it."""
+    rc, out, _ = run(capsys, "data", "build", str(prose_corpus), "--tokenizer", tiny_tokenizer, "--val-docs", "4")
+    assert rc == 0
+    name = os.path.basename(out.strip().splitlines()[-1])
+    source = name.rsplit("-", 2)[0]
+    rc, out, _ = run(capsys, "data", "inspect", source)
+    assert rc == 0 and name in out

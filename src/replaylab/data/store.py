@@ -347,13 +347,26 @@ def store_key(source: str, tokenizer: Tokenizer, corpus_opts: CorpusOptions, sto
 
 
 def open_store(name_or_dir: str | Path) -> TokenStore:
-    """Open a built store by folder path or by its name under $REPLAYLAB_HOME/stores."""
+    """Open a built store by folder path, by its name under $REPLAYLAB_HOME/stores, or by its source
+    name (`code`) when that picks one store."""
     p = Path(name_or_dir)
     if (p / "meta.json").exists():
         return TokenStore(p)
     cached = stores_dir() / str(name_or_dir)
     if (cached / "meta.json").exists():
         return TokenStore(cached)
+    # A source name (e.g. `code`): its stores are named `<source>-<tokenizer hash>-<key>`. One match
+    # is unambiguous; with several, the one made with the default tokenizer, if it is among them.
+    matches = sorted(p for p in stores_dir().glob(f"{name_or_dir}-*-*") if (p / "meta.json").exists()) \
+        if stores_dir().exists() and "/" not in str(name_or_dir) else []
+    if len(matches) > 1:
+        default = [m for m in matches if json.loads((m / "meta.json").read_text()).get("tokenizer") == "default"]
+        matches = default if len(default) == 1 else matches
+    if len(matches) == 1:
+        return TokenStore(matches[0])
+    if len(matches) > 1:
+        raise DataError(f"{len(matches)} stores match {str(name_or_dir)!r}: {', '.join(m.name for m in matches)}; "
+                        "give the full store name")
     raise DataError(f"no token store {str(name_or_dir)!r} (not a store folder, nor a name in {stores_dir()}); "
                     "see `replaylab data list` or build it with `replaylab data build SOURCE`")
 
