@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from analysis_fixtures import make_sweep
+from run_configs import tiny_raw
 
 from replaylab.analysis import analyze_runs, load_sweep_table
 from replaylab.analysis import plots
@@ -77,22 +78,7 @@ def test_loss_curves_of_a_real_training_run(tmp_path, prose_store, code_store, t
     from replaylab.runconfig import RunConfig
     from replaylab.train import run_training
 
-    raw = {
-        "name": "curve-test", "seed": 1,
-        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
-        "data": {"tokenizer": tiny_tokenizer, "seq_len": 32,
-                 "domains": {"generic": {"source": str(prose_store.path)},
-                             "code": {"source": str(code_store.path), "budget": 8, "epochs": 1.0}}},
-        "stages": [
-            {"name": "pretrain", "steps": 8, "mixture": {"generic": 1.0}, "lr": {"schedule": "cosine", "peak": 3e-3}},
-            {"name": "finetune", "steps": 4, "mixture": {"code": 0.5, "generic": 0.5}, "optimizer": "reset",
-             "lr": {"schedule": "cosine", "peak": 1e-3}},
-        ],
-        "train": {"total_steps": 12, "batch_size": 4, "precision": "fp32", "compile": "off", "threads": 1,
-                  "log_every": 1, "progress": "off"},
-        "eval": {"max_sequences": 8, "batch_size": 8},
-        "logging": {"tensorboard": False},
-    }
+    raw = tiny_raw(prose_store, code_store, tiny_tokenizer)
     run = tmp_path / "run"
     run_training(from_dict(RunConfig, raw), run)
     records = [__import__("json").loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
