@@ -164,3 +164,8 @@ def test_init_from_prefix_equals_run_alone(prose_store, code_store, tiny_tokeniz
     other["stages"][0]["lr"]["peak"] = 1e-3  # a different prefix
     with pytest.raises(ConfigError, match="learning rates"):
         run_training(from_dict(RunConfig, other), tmp_path / "bad", init_from=branch_point)
+    # A domain's budget matters once it is drawn: generic is drawn in the prefix, so a generic budget breaks it.
+    other = json.loads(json.dumps(child))
+    other["data"]["domains"]["generic"]["budget"] = 64
+    with pytest.raises(ConfigError, match="different budget"):
+        run_training(from_dict(RunConfig, other), tmp_path / "bad2", init_from=branch_point)

@@ -98,14 +98,24 @@ def test_sweep_skips_done_records_failures_and_retries(write_exp, tmp_path):
 def test_branched_runs_equal_the_same_runs_alone(write_exp, tmp_path):
     # Mid-training alpha = 1 at gamma = 1/8: stage 2 is 2 / 4 / 8 steps for rho = 0 / 0.5 / 0.75, so the
     # generic-only WSD stable phase is shared up to steps 14 / 12 / 8. The fine-tuning LR grid shares
-    # its pre-training (the fine-tuning stage, with its optimizer reset, starts at the branch step).
+    # its pre-training (the fine-tuning stage, with its optimizer reset, starts at the branch step), and
+    # so does fine-tuning on a second target (its budget only matters from its first draw on).
     strategies = [{"strategy": "midtrain", "grid": {"rho": [0.0, 0.5, 0.75]}, "args": {"alpha": 1, "epochs": 1}},
-                  {"strategy": "finetune", "grid": {"multiplier": [2]}, "lrs": [1e-3, 3e-3], "args": {"epochs": 1}}]
+                  {"strategy": "finetune", "grid": {"multiplier": [2]}, "lrs": [1e-3, 3e-3], "args": {"epochs": 1}},
+                  {"strategy": "finetune", "grid": {"multiplier": [2]}, "args": {"epochs": 1, "target": "code2",
+                                                                              "lr": 1e-3}}]
     path = write_exp(strategies)
+    raw = yaml.safe_load(path.read_text())
+    domains = raw["base"]["data"]["domains"]
+    domains["code2"] = {"source": domains["code"]["source"]}  # same text, another domain: other draws
+    path.write_text(yaml.safe_dump(raw))
     out = tmp_path / "shared"
     doc = prepare_sweep(path, out)
     children = [e for e in doc["runs"] if e["branch"]]
-    assert sorted(e["branch"]["step"] for e in children) == [8, 12, 12]
+    assert sorted(e["branch"]["step"] for e in children) == [8, 12, 12, 12]
+    cross = next(e for e in children if e["config"]["meta"]["target_domain"] == "code2")
+    parent = next(e for e in doc["runs"] if e["run_id"] == cross["branch"]["parent"])
+    assert parent["config"]["meta"]["target_domain"] == "code"
     worker_loop(out, threads=1)
     store = RunStore(out)
     starts = {e["run_id"]: e for e in store.events() if e["event"] == "start"}

@@ -124,9 +124,11 @@ def _record_failure(store: RunStore, rid: str, error: BaseException) -> None:
 
 
 def ordered_entries(plan: dict) -> list[dict]:
-    """Carriers of shared prefixes first (their children wait for them), then the rest in plan order."""
+    """Seed by seed (a sweep stopped early leaves whole replicates, not a little of every seed); within a
+    seed, carriers of shared prefixes first (their children wait for them), then the rest in plan order."""
     carriers = {e["branch"]["parent"] for e in plan["runs"] if e.get("branch")}
-    return sorted(plan["runs"], key=lambda e: (e["run_id"] not in carriers, e.get("branch") is not None))
+    return sorted(plan["runs"], key=lambda e: (e["config"].get("seed") or 0, e["run_id"] not in carriers,
+                                                e.get("branch") is not None))
 
 
 def worker_loop(sweep_dir: str | Path, *, retry_before: float | None = None, lease_ttl: float = 60.0,

@@ -3,9 +3,11 @@
 Two runs share their first s steps when everything that decides those steps agrees: every config
 field outside the stages (model, data, optimizer, seed, batch, precision...), and at each step the
 stage and position in it, the sequences drawn per domain (`replaylab.train.mixture.plan_counts`),
-the LR and whether the optimizer is reset. Typical case: mid-training with alpha = 1 under one WSD
-schedule: every rho pre-trains on generic data only in the stable phase and differs only from its own
-transition point on.
+the LR and whether the optimizer is reset. A domain's budget and epochs matter only from the first step
+that draws from it, so they sit in the step signature, not the global one. Typical cases: mid-training
+with alpha = 1 under one WSD schedule (every rho pre-trains on generic data only in the stable phase and
+differs only from its own transition point on), and fine-tuning on several targets after the same
+generic pre-training.
 
 `plan_prefixes` links each run to the run it shares the longest prefix with (a maximum spanning tree
 over shared lengths, which for this prefix relation equals the prefix trie). The parent ("carrier")
@@ -37,6 +39,9 @@ def global_signature(config: RunConfig) -> str:
         for f in fields:
             raw[section].pop(f, None)
     raw["train"].pop("total_steps", None)  # enters through the per-step LR and stage layout
+    for dom in raw["data"]["domains"].values():  # enter through the steps that draw the domain
+        dom.pop("budget", None)
+        dom.pop("epochs", None)
     raw["_domain_order"] = list(config.data.domains)  # columns of the count arrays
     raw["_init"] = config.stages[0].init
     return json.dumps(raw, sort_keys=True, default=str)
@@ -71,6 +76,11 @@ def step_signatures(config: RunConfig, interner: dict) -> np.ndarray:
     from replaylab.train.mixture import plan_counts
 
     counts = np.diff(plan_counts(config), axis=0)  # sequences per domain at each step
+    # Which sequences a draw yields depends on the domain's budget (and its epochs check on the run):
+    # one column per domain, nonzero at the steps that draw from it.
+    limits = np.array([interner.setdefault(("domain", name, d.budget, d.epochs), len(interner))
+                       for name, d in config.data.domains.items()], dtype=np.int64)
+    drawn = np.where(counts > 0, limits[None, :] + 1, 0)
     lengths = config.stage_steps()
     rows = []
     for idx, (stage, n, (desc, span_len, span_off)) in enumerate(zip(config.stages, lengths, _lr_spans(config))):
@@ -80,7 +90,7 @@ def step_signatures(config: RunConfig, interner: dict) -> np.ndarray:
         reset[0] = int(idx == 0 or stage.optimizer == "reset")
         rows.append(np.stack([np.full(n, idx), offset, reset, np.full(n, curve), span_off + offset], axis=1))
     layout = np.concatenate(rows, axis=0)
-    return np.concatenate([layout, counts], axis=1)
+    return np.concatenate([layout, counts, drawn], axis=1)
 
 
 def shared_steps(a: np.ndarray, b: np.ndarray) -> int:

@@ -231,6 +231,7 @@ def check_prefix(config: Any, checkpoint: Checkpoint) -> None:
         d["train"] = {k: v for k, v in d["train"].items() if k not in _PREFIX_IGNORED_TRAIN}
         for dom in d["data"]["domains"].values():
             dom.pop("epochs", None)  # a check on the whole run, not part of the data stream
+            dom.pop("budget", None)  # decides the sequences drawn: checked below, for drawn domains only
         return d
 
     a, b = settings(config), settings(other)
@@ -238,8 +239,13 @@ def check_prefix(config: Any, checkpoint: Checkpoint) -> None:
         if a[key] != b.get(key):
             raise ConfigError(f"{where}: its run differs from this one in {key!r} "
                               f"({config_hash(b.get(key))} vs {config_hash(a[key])}); it cannot seed this run")
-    if not np.array_equal(plan_counts(config)[: step + 1], plan_counts(other)[: step + 1]):
+    counts = plan_counts(config)[: step + 1]
+    if not np.array_equal(counts, plan_counts(other)[: step + 1]):
         raise ConfigError(f"{where}: its run drew different data before step {step}; it cannot seed this run")
+    for j, name in enumerate(config.data.domains):
+        if config.data.domains[name].budget != other.data.domains[name].budget and counts[-1, j] > 0:
+            raise ConfigError(f"{where}: its run drew domain {name!r} from a different budget before step {step}; "
+                              "it cannot seed this run")
     if step and not np.array_equal(lr_schedule(config)[:step], lr_schedule(other)[:step]):
         raise ConfigError(f"{where}: its run used different learning rates before step {step}; it cannot seed this run")
 
