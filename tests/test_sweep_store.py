@@ -87,7 +87,9 @@ def test_paper_midtraining_alpha1_column_trains_over_3x_fewer_steps():
     assert total["steps"] / total["steps_trained"] >= 3.0
     carrier = [e for e in doc["runs"] if e["branch_steps"]]
     assert len(carrier) == 1  # a star: every other rho branches off one carrier as it passes its point
-    assert sorted(e["branch"]["step"] for e in doc["runs"] if e["branch"]) == [768, 896, 960, 976]
+    # exactly where each rho's stage 2 starts (delta = gamma / (1 - rho) of 1024 steps, gamma = 1/32)
+    assert sorted(e["branch"]["step"] for e in doc["runs"] if e["branch"]) == [768, 896, 960, 981]
+    assert carrier[0]["config"]["train"]["checkpoint_steps"] == [768, 896, 960, 981]
 
 
 def test_paper_configs_plan_cleanly():

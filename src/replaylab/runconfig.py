@@ -210,6 +210,9 @@ class TrainConfig:
     deterministic: bool = True
     checkpoint_every: int = 0  # steps; 0 = only at stage ends and on SIGINT/SIGTERM
     keep_checkpoints: int = 2  # periodic checkpoints kept (stage-end ones are always kept)
+    # Extra checkpoints at exactly these steps, kept like stage ends: a sweep sets them on the carrier of
+    # a shared prefix, one per branch point, so children start exactly where they diverge.
+    checkpoint_steps: list[int] = field(default_factory=list)
     log_every: int = 10
     progress: str = "auto"  # auto (a bar on a terminal) | on | off
 
@@ -221,6 +224,9 @@ class TrainConfig:
             raise ConfigError(
                 f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size ({mb})"
             )
+        bad = [s for s in self.checkpoint_steps if not 1 <= s <= self.total_steps]
+        if bad:
+            raise ConfigError(f"train.checkpoint_steps {bad} lie outside 1..{self.total_steps} (train.total_steps)")
         for name, allowed in (("precision", ("auto", "fp32", "bf16")), ("compile", ("auto", "on", "off")),
                               ("device", ("auto", "cpu", "cuda")), ("progress", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:

@@ -26,12 +26,25 @@ def main(args: argparse.Namespace) -> int:
     table, doc = plan_experiment(args.experiment, gpu_tflops=args.gpu_tflops, mfu=args.mfu)
     console = Console()
     t = Table(title=f"{doc['name']}: {len(doc['runs'])} runs")
-    for col in ("strategy", "runs", "steps", "steps trained", "steps saved", "tokens", "FLOPs", "GPU-hours"):
-        t.add_column(col, justify="left" if col == "strategy" else "right")
+    hf = doc.get("kind") == "finetune_hf"  # no shared prefixes; FLOPs would need the model's shape
+    first = "cell" if hf else "strategy"  # kind: finetune_hf rows are grid cells (axis values)
+    cols = {first: None, "runs": None, "steps": ",", "steps trained": ",", "steps saved": ",", "tokens": ".3g",
+            "FLOPs": ".3g", "GPU-hours": ".3g"}
+    if hf:
+        cols = {k: v for k, v in cols.items() if k in (first, "runs", "steps", "tokens")}
+    for col in cols:
+        t.add_column(col, justify="left" if col == first else "right")
+
+    def num(x: float, fmt: str) -> str:  # NaN = unknown before the data is tokenized
+        return "?" if x != x else format(int(x) if fmt == "," else x, fmt)
+
+    names = {"steps trained": "steps_trained", "steps saved": "steps_saved", "FLOPs": "flops", "GPU-hours": "gpu_hours"}
     for _, r in table.iterrows():
-        t.add_row(str(r["strategy"]), f"{int(r['runs'])}", f"{int(r['steps']):,}", f"{int(r['steps_trained']):,}",
-                  f"{int(r['steps_saved']):,}", f"{r['tokens']:.3g}", f"{r['flops']:.3g}", f"{r['gpu_hours']:.3g}")
+        t.add_row(str(r[first]), f"{int(r['runs'])}", *(num(r[names.get(c, c)], f) for c, f in cols.items() if f))
     console.print(t)
+    if hf:
+        console.print("finetune_hf: runs = lrs x seeds per cell; steps are ? where target.budget is unset "
+                      "(every train sequence: known once tokenized)")
     total = table.iloc[-1]
     if total["steps_saved"]:
         console.print(f"shared prefixes: {int(total['steps'])} -> {int(total['steps_trained'])} steps "

@@ -24,12 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from replaylab.paths import home
     from replaylab.sweep import run_sweep
-    from replaylab.sweep.experiment import load_experiment
+    from replaylab.sweep.plan import experiment_name
 
     out = args.out
     if out is None:
-        exp, _ = load_experiment(args.experiment)
-        out = home() / "sweeps" / exp.name
+        out = home() / "sweeps" / experiment_name(args.experiment)
     counts = run_sweep(args.experiment, out, workers=args.workers, threads=args.threads, backend=args.backend,
                        address=args.address, retry=args.retry, lease_ttl=args.lease_ttl,
                        gpus_per_run=args.gpus_per_run)

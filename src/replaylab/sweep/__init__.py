@@ -15,12 +15,10 @@ from replaylab.errors import ConfigError
 
 def prepare_sweep(experiment: str | Path, out: str | Path) -> dict[str, Any]:
     """Expand the experiment and write SWEEP/experiment.yaml + sweep.json; returns the plan document."""
-    from replaylab.sweep.experiment import load_experiment
-    from replaylab.sweep.plan import build_plan
+    from replaylab.sweep.plan import load_plan
     from replaylab.sweep.runstore import RunStore
 
-    exp, base = load_experiment(experiment)
-    _, _, doc = build_plan(exp, base)
+    _, _, doc = load_plan(experiment)  # schedule experiments, or kind: finetune_hf
     store = RunStore(out)
     store.write_plan(doc, Path(experiment).read_text(encoding="utf-8"), {})
     return doc

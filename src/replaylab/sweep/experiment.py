@@ -72,7 +72,7 @@ class Experiment:
     target: str | None = None
     generic: str = "generic"
     target_fraction: Any = 1 / 1024  # a number or "a/b"
-    prefix_granularity: int | None = None  # branch-point spacing for shared prefixes; None = total_steps // 64
+    prefix_granularity: int = 1  # branch points at multiples of this many steps (1 = exactly where runs diverge)
     shared_prefixes: bool = True
 
     def validate(self) -> None:
@@ -154,9 +154,6 @@ def expand(exp: Experiment, base: dict) -> list[PlannedRun]:
 
 
 def prefix_granularity(exp: Experiment, runs: list[PlannedRun]) -> int:
-    if exp.prefix_granularity is not None:
-        if exp.prefix_granularity < 1:
-            raise ConfigError(f"prefix_granularity={exp.prefix_granularity} must be >= 1 step")
-        return exp.prefix_granularity
-    longest = max((r.config.train.total_steps for r in runs), default=64)
-    return max(1, longest // 64)
+    if exp.prefix_granularity < 1:
+        raise ConfigError(f"prefix_granularity={exp.prefix_granularity} must be >= 1 step")
+    return exp.prefix_granularity

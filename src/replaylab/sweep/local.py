@@ -67,7 +67,7 @@ def terminal(store: RunStore, run_id: str, retry_before: float | None) -> bool:
 
 def execute_run(store: RunStore, entry: dict, *, retry_before: float | None = None) -> str:
     """Claim, train and release one run. Returns its final status, or busy / skipped / waiting."""
-    from replaylab.train import TrainingInterrupted, run_training
+    from replaylab.train import TrainingInterrupted
 
     rid = entry["run_id"]
     if terminal(store, rid, retry_before):
@@ -92,9 +92,8 @@ def execute_run(store: RunStore, entry: dict, *, retry_before: float | None = No
                 store.event(rid, "resume", took_over=bool(lease.took_over))
             else:
                 store.event(rid, "start", init_from=str(source) if source else None)
-            config = from_dict(RunConfig, entry["config"])
             try:
-                manifest = run_training(config, run_dir, resume=True, init_from=None if has_ckpt else source)
+                manifest = _train(entry, run_dir, init_from=None if has_ckpt else source)
                 status = manifest.get("status", "done")
             except TrainingInterrupted:
                 if lease.lost:
@@ -108,6 +107,18 @@ def execute_run(store: RunStore, entry: dict, *, retry_before: float | None = No
             return status
     finally:
         lease.release()
+
+
+def _train(entry: dict, run_dir: Path, *, init_from: Path | None) -> dict:
+    """Train (or resume) one plan entry by its kind; both raise a TrainingInterrupted on SIGTERM."""
+    if entry.get("kind") == "finetune_hf":
+        from replaylab.hf.config import FinetuneConfig
+        from replaylab.hf.finetune import run_finetune
+
+        return run_finetune(from_dict(FinetuneConfig, entry["config"]), run_dir, resume=True)
+    from replaylab.train import run_training
+
+    return run_training(from_dict(RunConfig, entry["config"]), run_dir, resume=True, init_from=init_from)
 
 
 def _record_failure(store: RunStore, rid: str, error: BaseException) -> None:

@@ -46,11 +46,10 @@ def build_plan(exp: Experiment, base: dict) -> tuple[list[PlannedRun], dict[str,
     for r in runs:
         raw = to_dict(r.config)
         if r.run_id in keep:
-            # A carrier keeps a checkpoint at every branch step (multiples of the granularity). These
-            # fields do not change what it computes; the run id stays the hash of the planned config.
+            # A carrier writes (and keeps) a checkpoint at exactly its children's branch steps. This does
+            # not change what it computes; the run id stays the hash of the planned config.
             raw = copy.deepcopy(raw)
-            raw["train"]["checkpoint_every"] = gran
-            raw["train"]["keep_checkpoints"] = r.config.train.total_steps // gran + 1
+            raw["train"]["checkpoint_steps"] = keep[r.run_id]
         b = branches.get(r.run_id)
         entries.append({"run_id": r.run_id, "coords": r.coords, "config": raw,
                         "branch": {"parent": b.parent, "step": b.step} if b else None,
@@ -81,7 +80,27 @@ def estimate(runs: list[PlannedRun], branches: dict[str, Branch], *, gpu_tflops:
     return out
 
 
+def load_plan(path: str | Path) -> tuple[list, dict[str, Branch], dict[str, Any]]:
+    """`build_plan` for an experiment file of either kind: schedule (strategies:) or `kind: finetune_hf`
+    (`replaylab.sweep.hf_experiment`: entries carry "kind": "finetune_hf" and never branch)."""
+    from replaylab.sweep.hf_experiment import build_hf_plan, is_hf_experiment, load_hf_experiment
+
+    if is_hf_experiment(path):
+        runs, doc = build_hf_plan(*load_hf_experiment(path))
+        return runs, {}, doc
+    return build_plan(*load_experiment(path))
+
+
+def experiment_name(path: str | Path) -> str:
+    from replaylab.sweep.hf_experiment import is_hf_experiment, load_hf_experiment
+
+    return (load_hf_experiment(path) if is_hf_experiment(path) else load_experiment(path))[0].name
+
+
 def plan_experiment(path: str | Path, **kw: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
-    exp, base = load_experiment(path)
-    runs, branches, doc = build_plan(exp, base)
+    runs, branches, doc = load_plan(path)
+    if doc.get("kind") == "finetune_hf":
+        from replaylab.sweep.hf_experiment import estimate_hf
+
+        return estimate_hf(runs), doc
     return estimate(runs, branches, **kw), doc

@@ -27,7 +27,7 @@ from replaylab.config import to_dict
 from replaylab.runconfig import RunConfig
 
 # Fields that do not change what a run computes (where and how often it writes, what it prints).
-BOOKKEEPING = {"train": ("checkpoint_every", "keep_checkpoints", "log_every", "progress")}
+BOOKKEEPING = {"train": ("checkpoint_every", "keep_checkpoints", "checkpoint_steps", "log_every", "progress")}
 
 
 def global_signature(config: RunConfig) -> str:

@@ -36,6 +36,12 @@ def load_results(sweep_dir: str | Path) -> pd.DataFrame:
         for dom, r in sorted(final.items()):
             row[f"val_loss.{dom}"] = r.get("val_loss")
             row[f"test_loss.{dom}"] = r.get("test_loss")
+        if entry.get("kind") == "finetune_hf":
+            # finetune_hf runs: final = {target, replay} (meta names them); also the swept axes (lora.r, ...)
+            # and the realized replay token share
+            row.update({k: v for k, v in entry.get("coords", {}).items() if k not in row})
+            shares = manifest.get("realized_token_shares")
+            row["replay_share"] = shares.get("replay", 0.0) if shares else None
         row["error"] = manifest.get("error")
         rows.append(row)
     df = pd.DataFrame(rows)

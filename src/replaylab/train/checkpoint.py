@@ -102,7 +102,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `checkpoints/step_<step>/` atomically. kind: stage_end | periodic | signal."""
+    """Write `checkpoints/step_<step>/` atomically. kind: stage_end | branch | periodic | signal."""
     final = step_dir(Path(run_dir), step)
     model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optim_tensors, optim_meta = _flatten_optim(optimizer.state_dict())
@@ -185,14 +185,14 @@ def resolve_checkpoint_path(spec: Path | str) -> Path:
 
 
 def prune_checkpoints(run_dir: Path | str, keep: int) -> None:
-    """Keep the newest `keep` periodic/signal checkpoints; stage-end checkpoints are always kept."""
+    """Keep the newest `keep` periodic/signal checkpoints; stage-end and branch checkpoints are always kept."""
     periodic = []
     for path in list_checkpoints(run_dir):
         try:
             kind = json.loads((path / "state.json").read_text(encoding="utf-8")).get("kind")
         except (OSError, json.JSONDecodeError):
             kind = None  # damaged: not a stage end we must keep
-        if kind != "stage_end":
+        if kind not in ("stage_end", "branch"):
             periodic.append(path)
     for path in periodic[: max(0, len(periodic) - max(keep, 1))]:
         shutil.rmtree(path, ignore_errors=True)
@@ -201,7 +201,8 @@ def prune_checkpoints(run_dir: Path | str, keep: int) -> None:
 # Fields that do not change the training state up to a step: how the run is named, logged, evaluated
 # and checkpointed, and how long it goes on (stages are compared through their per-step effects).
 _PREFIX_IGNORED = {"name", "meta", "eval", "logging", "stages"}
-_PREFIX_IGNORED_TRAIN = {"total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress"}
+_PREFIX_IGNORED_TRAIN = {"total_steps", "checkpoint_every", "keep_checkpoints", "checkpoint_steps", "log_every",
+                         "progress"}
 
 
 def check_prefix(config: Any, checkpoint: Checkpoint) -> None:

@@ -251,6 +251,8 @@ def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, device: torc
     tokens_per_step = config.train.batch_size * config.data.seq_len
     final: dict[str, dict[str, float]] = {}
 
+    branch_steps = set(config.train.checkpoint_steps)
+
     def stage_of(s: int) -> int:
         return max(i for i in range(len(config.stages)) if starts[i] <= s)
 
@@ -316,6 +318,8 @@ def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, device: torc
                 saved = True
                 if stage_end:
                     save(step, "stage_end")
+                elif step in branch_steps:
+                    save(step, "branch")
                 elif config.train.checkpoint_every and step % config.train.checkpoint_every == 0:
                     save(step, "periodic")
                 else:
