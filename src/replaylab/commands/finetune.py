@@ -29,8 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations to save memory")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="bf16 autocast where supported (auto)")
+    p.add_argument("--fsdp", action="store_const", const="fsdp", dest="parallel",
+                   help="under torchrun, shard the model, gradients and AdamW state over the processes (FSDP2) "
+                        "instead of a full copy per process (DDP): for models that do not fit one GPU")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a hub model's own Python code")
     p.add_argument("--mc-task", action="append", help="a multiple-choice .jsonl scored by log-likelihood (repeatable)")
+    p.add_argument("--lm-eval-task", action="append", metavar="NAME",
+                   help="an lm-evaluation-harness task run at the end, e.g. replaylab_basque_vocab (repeatable; "
+                        "needs replaylab[eval])")
+    p.add_argument("--lm-eval-include", metavar="DIR", help="a folder of lm-eval task YAML files (e.g. over local jsonl)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch threads (default: leave as is)")
     p.add_argument("--out", help="run folder (default: runs/finetune-<config hash>)")
@@ -49,7 +56,7 @@ def build_config(args: argparse.Namespace):
         "max_steps": args.max_steps, "seq_len": args.seq_len, "batch_size": args.batch_size,
         "micro_batch_size": args.micro_batch_size, "gradient_checkpointing": args.gradient_checkpointing,
         "precision": args.precision, "trust_remote_code": args.trust_remote_code, "seed": args.seed,
-        "threads": args.threads,
+        "threads": args.threads, "parallel": args.parallel,
     }
     raw.update({k: v for k, v in flags.items() if v is not None})
     if args.target is not None:
@@ -66,6 +73,10 @@ def build_config(args: argparse.Namespace):
             raw["lora"]["r"] = args.lora_r
     if args.mc_task:
         raw.setdefault("eval", {})["mc_tasks"] = list(args.mc_task)
+    if args.lm_eval_task:
+        raw.setdefault("eval", {})["lm_eval_tasks"] = list(args.lm_eval_task)
+    if args.lm_eval_include is not None:
+        raw.setdefault("eval", {})["lm_eval_include"] = args.lm_eval_include
     return from_dict(FinetuneConfig, apply_overrides(raw, args.overrides))
 
 

@@ -41,6 +41,8 @@ def main(args: argparse.Namespace) -> int:
     names = {"steps trained": "steps_trained", "steps saved": "steps_saved", "FLOPs": "flops", "GPU-hours": "gpu_hours"}
     for _, r in table.iterrows():
         t.add_row(str(r[first]), f"{int(r['runs'])}", *(num(r[names.get(c, c)], f) for c, f in cols.items() if f))
+    if not console.is_terminal:  # a file or pipe: never fold or elide numbers
+        console.width = max(console.width, 120)
     console.print(t)
     if hf:
         console.print("finetune_hf: runs = lrs x seeds per cell; steps are ? where target.budget is unset "
@@ -48,8 +50,7 @@ def main(args: argparse.Namespace) -> int:
     total = table.iloc[-1]
     if total["steps_saved"]:
         console.print(f"shared prefixes: {int(total['steps'])} -> {int(total['steps_trained'])} steps "
-                      f"({total['steps'] / total['steps_trained']:.2f}x fewer; branch points every "
-                      f"{doc['prefix_granularity']} steps)")
+                      f"({total['steps'] / total['steps_trained']:.2f}x fewer)")
     if args.runs:
         for e in doc["runs"]:
             branch = f"  <- {e['branch']['parent']}@{e['branch']['step']}" if e["branch"] else ""

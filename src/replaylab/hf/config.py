@@ -84,7 +84,10 @@ class FTEvalConfig:
     """Held-out evaluation. Each pool's first `max_sequences` validation sequences are split in two
     halves, `val` (select: LR and rho) and `test` (report), as the engine does.
     mc_tasks: local jsonl files of multiple-choice items scored by log-likelihood (see evaluate.py).
-    lm_eval_tasks: lm-evaluation-harness task names (needs the `lm_eval` package and its data)."""
+    lm_eval_tasks: lm-evaluation-harness task names (needs `pip install 'replaylab[eval]'`): its own
+    tasks (their data must be in the Hugging Face cache: downloads are off while evaluating unless
+    HF_DATASETS_OFFLINE=0), replaylab's examples (e.g. replaylab_basque_vocab) or tasks in
+    lm_eval_include, a folder of task YAML files (e.g. over a local jsonl)."""
 
     every: int = 0  # steps between evaluations; 0 = only at the end (and at step 0)
     max_sequences: int = 32
@@ -93,8 +96,12 @@ class FTEvalConfig:
     mc_tasks: list[str] = field(default_factory=list)
     mc_max_items: int | None = None
     lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_include: str | None = None
 
     def validate(self) -> None:
+        if self.lm_eval_include is not None and not self.lm_eval_tasks:
+            raise ConfigError(f"eval.lm_eval_include is {self.lm_eval_include!r} but eval.lm_eval_tasks is empty; "
+                              "name the tasks to run from it, e.g. --lm-eval-task NAME")
         if self.max_sequences < 2:
             raise ConfigError(f"eval.max_sequences must be >= 2 (it is split in val/test halves), got {self.max_sequences}")
         if self.every < 0 or self.batch_size < 1:
@@ -125,6 +132,9 @@ class FinetuneConfig:
     precision: str = "auto"  # auto (bf16 on CUDA with bf16 support, else fp32) | fp32 | bf16
     gradient_checkpointing: bool = False
     device: str = "auto"  # auto | cpu | cuda
+    # Under torchrun: ddp = every rank holds the whole model; fsdp = FSDP2 shards weights, gradients
+    # and AdamW state over the ranks (hf/parallel.py), for models that do not fit one GPU.
+    parallel: str = "ddp"  # ddp | fsdp
     threads: int | None = None
     checkpoint_every: int = 0  # steps; 0 = only at the end
     keep_checkpoints: int = 2
@@ -151,7 +161,7 @@ class FinetuneConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         for name, allowed in (("precision", ("auto", "fp32", "bf16")), ("device", ("auto", "cpu", "cuda")),
-                              ("progress", ("auto", "on", "off"))):
+                              ("progress", ("auto", "on", "off")), ("parallel", ("ddp", "fsdp"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} {getattr(self, name)!r} is unknown; choose one of {', '.join(allowed)}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:

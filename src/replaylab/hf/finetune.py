@@ -7,9 +7,10 @@ trainable tensors + AdamW state in safetensors, JSON state), and the final weigh
 (full fine-tuning) or `adapter/` (LoRA).
 
 A step: the engine's sampler yields the global batch (a pure function of seed and step); under
-`torchrun` each rank trains its rows and gradients are averaged (`replaylab.train.ddp`); AdamW is
-fresh, with its own warmup + cosine/linear schedule (a pure function of the step, so resuming needs
-no scheduler state).
+`torchrun` each rank trains its rows and gradients are averaged (`replaylab.train.ddp`), or, with
+`parallel: fsdp`, the model, gradients and AdamW state are sharded over the ranks (`hf/parallel.py`).
+AdamW is fresh, with its own warmup + cosine/linear schedule (a pure function of the step, so
+resuming needs no scheduler state).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from replaylab.config import config_hash, dump_yaml, load_config
 from replaylab.errors import ConfigError
 from replaylab.hf import evaluate as ev
+from replaylab.hf import parallel
 from replaylab.hf.config import FinetuneConfig
 from replaylab.hf.models import load_model, resolve_model
 from replaylab.hf.packing import REPLAY, TARGET, open_stores, plan_mix, sampler_config, target_budget
@@ -177,8 +179,13 @@ def run_finetune(config: FinetuneConfig, out_dir: Path | str, resume: bool = Fal
 def _run(cfg: FinetuneConfig, out: Path, old: dict | None, device: torch.device, dist) -> dict[str, Any]:
     from replaylab.data.tokenizer import load_tokenizer
 
+    fsdp = parallel.use_fsdp(cfg.parallel, dist.world_size, dist.is_main)
+    if fsdp:
+        parallel.check_supported(cfg.eval.lm_eval_tasks)
     folder = resolve_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer = load_tokenizer(folder)  # the model's own tokenizer packs the data
+    if cfg.eval.lm_eval_tasks:  # every rank, so all stop together: a bad task name fails before training, not after
+        ev.check_lm_eval(cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_include)
     stores = open_stores(cfg, tokenizer)
     plan = plan_mix(budget=target_budget(cfg, stores[TARGET]), target_epochs=cfg.target_epochs,
                     replay_fraction=cfg.replay_fraction, batch_size=cfg.batch_size, max_steps=cfg.max_steps)
@@ -187,8 +194,13 @@ def _run(cfg: FinetuneConfig, out: Path, old: dict | None, device: torch.device,
     shares = sampler.realized_shares(0)
     eval_sets = build_eval_sets(scfg, stores)
     dtype = resolve_precision(cfg.precision, device)
-    model = build_model(cfg, folder, device)
-    trainable = _Trainable(model)
+    if fsdp:
+        # Load on CPU; sharding moves one layer at a time to the device, so no GPU holds the whole model.
+        model = parallel.shard(build_model(cfg, folder, torch.device("cpu")), device, dist.world_size, dtype)
+        dtype = None  # FSDP's mixed-precision policy already computes in bf16: no autocast on top
+    else:
+        model = build_model(cfg, folder, device)
+    trainable = _Trainable(model)  # after sharding: the optimizer must hold the sharded parameters
     optimizer = torch.optim.AdamW(param_groups(model, OptimConfig(weight_decay=cfg.optim.weight_decay)), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
     micro = cfg.micro_batch_size or max(1, cfg.batch_size // dist.world_size)  # default: no accumulation
@@ -198,8 +210,11 @@ def _run(cfg: FinetuneConfig, out: Path, old: dict | None, device: torch.device,
     start = 0
     found = ckpt.latest_good_checkpoint(out) if old is not None else None
     if found is not None:
-        trainable.load(found.model)
-        optimizer.load_state_dict(found.optim)
+        if fsdp:
+            parallel.load(model, optimizer, found.model, found.optim)
+        else:
+            trainable.load(found.model)
+            optimizer.load_state_dict(found.optim)
         ckpt.set_rng_state(found.state["rng"])
         start = found.step
     meta = {"strategy": KIND, "target_domain": TARGET, "generic_domain": REPLAY, "rho": cfg.replay_fraction,
@@ -237,11 +252,13 @@ def _run(cfg: FinetuneConfig, out: Path, old: dict | None, device: torch.device,
                 manifest.update(steps_done=result["step"])
                 write_manifest(out, manifest)
             raise FinetuneInterrupted(result["signum"], result["step"], out)
+        # Sharded: every rank takes part in gathering the weights, rank 0 writes them.
+        state = parallel.full_model_state(model, trainable_only=cfg.lora.enabled) if fsdp and cfg.save_final else None
         if main:
             manifest.update(status="done", finished=now(), steps_done=plan.total_steps, final=result["final"],
                             mc=result["mc"], train_tokens_seen=sampler.tokens_seen(plan.total_steps))
             if cfg.save_final:
-                _save_final(cfg, model, folder, out)
+                _save_final(cfg, model, folder, out, state)
             write_manifest(out, manifest)
         ddp.barrier(dist)
         return manifest if main else {}
@@ -275,6 +292,7 @@ def _train(cfg, model, trainable, optimizer, sampler, plan, eval_sets, tokenizer
     total = plan.total_steps
     lo, hi = rows
     params = [p for _, p in trainable.named]
+    sharded = parallel.is_sharded(model)
     progress = Progress(cfg.progress, total, start, enabled=dist.is_main)
     model.train()
     t0, tokens_since = time.perf_counter(), 0
@@ -295,8 +313,9 @@ def _train(cfg, model, trainable, optimizer, sampler, plan, eval_sets, tokenizer
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1)) / n_micro
                 loss.backward()
                 loss_sum += float(loss.detach())
-            ddp.average_gradients(params, dist)
-            if cfg.optim.grad_clip > 0:
+            if not sharded:  # FSDP averaged (reduce-scattered) each layer's gradients in the backward pass
+                ddp.average_gradients(params, dist)
+            if cfg.optim.grad_clip > 0:  # on FSDP's DTensor shards this is still the global norm
                 torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -319,9 +338,12 @@ def _train(cfg, model, trainable, optimizer, sampler, plan, eval_sets, tokenizer
                 _evaluate(cfg, model, eval_sets, tokenizer, device, dtype, logger, step, mc=False)
             stop = ddp.any_flag(flag["signum"] is not None, dist, device)
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total) or (stop and step < total):
+                # Sharded: gather the full tensors onto rank 0 (every rank takes part) in the same format.
+                saved = parallel.gather(model, optimizer, [n for n, _ in trainable.named]) if sharded else (
+                    trainable, optimizer)
                 if dist.is_main:
                     ckpt.save_checkpoint(out, step=step, stage=0, kind="signal" if stop else "periodic",
-                                         model=trainable, optimizer=optimizer)
+                                         model=saved[0], optimizer=saved[1])
                     ckpt.prune_checkpoints(out, cfg.keep_checkpoints)
                 ddp.barrier(dist)
             if stop:
@@ -331,18 +353,20 @@ def _train(cfg, model, trainable, optimizer, sampler, plan, eval_sets, tokenizer
         from transformers import AutoTokenizer
 
         hf_tok = AutoTokenizer.from_pretrained(str(tokenizer.path), local_files_only=True)
-        final["mc"].update(ev.run_lm_eval(model, hf_tok, cfg.eval.lm_eval_tasks, batch_size=cfg.eval.batch_size))
+        final["mc"].update(ev.run_lm_eval(model, hf_tok, cfg.eval.lm_eval_tasks, batch_size=cfg.eval.batch_size,
+                                          include=cfg.eval.lm_eval_include))
     return {"stopped": False, "step": step, "final": final["losses"], "mc": final["mc"]}
 
 
-def _save_final(cfg: FinetuneConfig, model, folder: str, out: Path) -> None:
-    """The fine-tuned weights as a loadable Hugging Face folder (LoRA: the adapter only)."""
+def _save_final(cfg: FinetuneConfig, model, folder: str, out: Path, state: dict | None = None) -> None:
+    """The fine-tuned weights as a loadable Hugging Face folder (LoRA: the adapter only).
+    state: the gathered full state dict of a sharded model (None: the model's own)."""
     from transformers import AutoTokenizer
 
     from replaylab.paths import atomic_dir
 
     name = "adapter" if cfg.lora.enabled else "model"
     with atomic_dir(out / name) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
         AutoTokenizer.from_pretrained(folder, local_files_only=True).save_pretrained(tmp)
 
