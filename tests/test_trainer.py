@@ -118,6 +118,8 @@ def test_existing_run_dir_rules(raw, tmp_path):
     out = tmp_path / "run"
     first = run_training(from_dict(RunConfig, raw), out)
     assert run_training(from_dict(RunConfig, raw), out) == first  # same finished run: nothing to do
+    raw["train"].update(log_every=1, checkpoint_steps=[1])  # bookkeeping only: still the same run
+    assert run_training(from_dict(RunConfig, raw), out, resume=True)["final"] == first["final"]
     raw["seed"] = 4
     with pytest.raises(ConfigError, match="different run.*--out"):
         run_training(from_dict(RunConfig, raw), out)

@@ -130,6 +130,20 @@ def init_weights(model: torch.nn.Module, config: RunConfig, hf_state: dict | Non
                           f"the checkpoint's shape): {first[1].strip() if len(first) > 1 else first[0]}") from None
 
 
+# How often a run checkpoints, logs and shows progress: a resumed run may change these (a sweep re-planned
+# with other branch points, another log interval) and still be the same run.
+_BOOKKEEPING_TRAIN = ("checkpoint_every", "keep_checkpoints", "checkpoint_steps", "log_every", "progress")
+
+
+def _run_hash(config: RunConfig) -> str:
+    from replaylab.config import to_dict
+
+    raw = to_dict(config)
+    for f in _BOOKKEEPING_TRAIN:
+        raw["train"].pop(f, None)
+    return config_hash(raw)
+
+
 def _prepare_run_dir(config: RunConfig, out_dir: Path, resume: bool) -> dict | None:
     """Check what `out_dir` holds. Returns the existing manifest when there is a run to continue."""
     saved = out_dir / "config.yaml"
@@ -139,7 +153,7 @@ def _prepare_run_dir(config: RunConfig, out_dir: Path, resume: bool) -> dict | N
                 raise ConfigError(f"--out {str(out_dir)!r} holds a damaged run (no config.yaml); choose another --out")
         return None
     other = load_config(RunConfig, saved)
-    mine, theirs = config_hash(config), config_hash(other)
+    mine, theirs = _run_hash(config), _run_hash(other)
     manifest = read_manifest(out_dir) or {}
     # The hash ignores key order, but the order of data.domains is the sampler's tie-break order.
     if mine != theirs or list(config.data.domains) != list(other.data.domains):
