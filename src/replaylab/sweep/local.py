@@ -229,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll", type=float, default=0.5)
     p.add_argument("--retry-before", type=float, default=None)
     args = p.parse_args(argv)
+
+    def stop(signum, frame):  # between runs; while training, the trainer's own handler checkpoints first
+        raise SystemExit(128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, stop)
     worker_loop(args.sweep_dir, retry_before=args.retry_before, lease_ttl=args.lease_ttl,
                 threads=args.threads, poll=args.poll)
     return 0

@@ -356,6 +356,10 @@ def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, device: torc
     if dist.is_main:
         manifest.update(status="done", finished=now(), steps_done=step, final=final)
         write_manifest(out_dir, manifest)
+    if stop["signum"] is not None:
+        # The signal came during the last step: the run is complete and saved, but whoever sent it
+        # (a shell, a sweep worker's supervisor) still wants this process to stop: pass it on.
+        os.kill(os.getpid(), stop["signum"])
     return manifest if manifest is not None else {"status": "done", "final": final, "steps_done": step}
 
 
