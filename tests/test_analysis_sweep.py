@@ -134,6 +134,12 @@ def test_cli_analyze_from_csv_matches_the_sweep(sweep, tmp_path, capsys):
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     pd.testing.assert_series_equal(a["multiplier"], b["multiplier"])
     pd.testing.assert_series_equal(a["ci_low"], b["ci_low"])
+    # --seeds: only the finished replicates of a sweep (here two of its three seeds)
+    assert cli(["analyze", str(sweep), "--boot", "50", "--seeds", "0,2", "--csv", str(tmp_path / "s.csv")]) == 0
+    assert "(seeds 0,2)" in capsys.readouterr().out
+    assert (pd.read_csv(tmp_path / "s.csv")["seeds"] == 2).all()
+    assert cli(["analyze", str(sweep), "--seeds", "0,x"]) == 2
+    assert "--seeds '0,x'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -21,6 +21,8 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
     p.add_argument("--level", type=float, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--seeds", help="only these run seeds, e.g. 0,1 (a sweep still running: analyze the finished "
+                                   "replicates; LR selection prefers LRs whose seeds all finished)")
 
 
 def load_analysis(args: argparse.Namespace):
@@ -39,6 +41,15 @@ def load_analysis(args: argparse.Namespace):
         table, source = load_sweep_table(args.sweep_dir), str(args.sweep_dir)
     else:
         raise AnalysisError("nothing to analyze; give SWEEP_DIR or --reference REF.csv --compare CMP.csv")
+    if getattr(args, "seeds", None):
+        try:
+            keep = {int(s) for s in args.seeds.split(",") if s.strip()}
+        except ValueError:
+            raise AnalysisError(f"--seeds {args.seeds!r}: give run seeds as integers separated by commas, e.g. 0,1") from None
+        table = table[table["seed"].isin(keep)]
+        if table.empty:
+            raise AnalysisError(f"--seeds {args.seeds}: no runs with these seeds")
+        source += f" (seeds {','.join(map(str, sorted(keep)))})"
     return analyze_runs(table, form=args.form, n_boot=args.boot, level=args.level, seed=args.seed), source
 
 
