@@ -320,14 +320,3 @@ def test_config_mistakes_name_the_value_and_the_fix(raw, message):
     with pytest.raises(ConfigError) as e:
         from_dict(FinetuneConfig, raw)
     assert message in str(e.value)
-
-
-def test_lm_eval_without_the_package_is_a_clear_error():
-    import importlib.util
-
-    from replaylab.hf.evaluate import run_lm_eval
-
-    if importlib.util.find_spec("lm_eval") is not None:
-        pytest.skip("lm-eval is installed here")
-    with pytest.raises(ConfigError, match="pip install lm-eval"):
-        run_lm_eval(None, None, ["xcopa_eu"], batch_size=1)
