@@ -4,6 +4,7 @@ LoRA, resume bit for bit, multiple-choice scoring, clear errors."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -25,11 +26,10 @@ from replaylab.train.mixture import MixtureSampler
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+@contextlib.contextmanager
+def tiny_world(root: Path):
     """REPLAYLAB_HOME, a target corpus (stdlib Python source), a replay corpus (stdlib docstrings:
-    English prose), and a tiny Llama folder whose tokenizer was trained on both."""
-    root = tmp_path_factory.mktemp("hf")
+    English prose), and a tiny Llama folder whose tokenizer was trained on both (shared by the HF tests)."""
     old_home = os.environ.get("REPLAYLAB_HOME")
     os.environ["REPLAYLAB_HOME"] = str(root / "home")
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -68,11 +68,17 @@ def world(tmp_path_factory):
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       eos_token_id=0, bos_token_id=0, tie_word_embeddings=True)
     LlamaForCausalLM(cfg).save_pretrained(model_dir)
-    yield {"root": root, "code": str(code), "prose": str(prose), "model": str(model_dir)}
+    yield {"root": root, "code": str(code), "prose": str(prose), "docs": docs, "model": str(model_dir)}
     if old_home is None:
         os.environ.pop("REPLAYLAB_HOME", None)
     else:
         os.environ["REPLAYLAB_HOME"] = old_home
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    with tiny_world(tmp_path_factory.mktemp("hf")) as w:
+        yield w
 
 
 def make_config(world, **kw) -> FinetuneConfig:

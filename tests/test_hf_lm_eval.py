@@ -5,19 +5,17 @@ fine-tuning CLI end to end, and one-line errors (unknown task, hub data while of
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import os
 import random
-import shutil
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("lm_eval")
+
+from test_hf_finetune import tiny_world  # noqa: E402
 
 from replaylab.errors import ConfigError  # noqa: E402
 from replaylab.hf.evaluate import LM_EVAL_TASKS_DIR, load_mc_task, run_lm_eval, score_mc  # noqa: E402
@@ -28,54 +26,16 @@ BUILTIN = "replaylab_basque_vocab"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """REPLAYLAB_HOME, stdlib docstrings (English prose) as a jsonl corpus, stdlib source as a code
-    corpus, and a tiny Llama folder whose tokenizer was trained on both (as in test_hf_finetune)."""
-    root = tmp_path_factory.mktemp("lmeval")
-    old_home = os.environ.get("REPLAYLAB_HOME")
-    os.environ["REPLAYLAB_HOME"] = str(root / "home")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    code = root / "code"
-    code.mkdir()
-    for name in ["textwrap", "heapq", "bisect", "fnmatch", "glob", "shlex", "colorsys", "calendar", "csv", "difflib"]:
-        shutil.copy(stdlib / f"{name}.py", code / f"{name}.py")
-    docs = []
-    for name in ("argparse", "collections", "email", "json", "logging", "pathlib", "unittest", "zipfile", "inspect"):
-        mod = importlib.import_module(name)
-        for _, obj in inspect.getmembers(mod):
-            d = inspect.getdoc(obj)
-            if d and len(d) > 200 and d not in docs:
-                docs.append(d)
-    prose = root / "prose.jsonl"
-    prose.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """test_hf_finetune's tiny world (REPLAYLAB_HOME, stdlib prose + code corpora, a tiny Llama folder),
+    with the model and both tokenizers loaded."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from replaylab.data.tokenizer import load_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    texts = docs + [p.read_text() for p in sorted(code.glob("*.py"))]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    model_dir = root / "tiny-llama"
-    model_dir.mkdir()
-    tok.save(str(model_dir / "tokenizer.json"))
-    (model_dir / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "model_max_length": 1024}))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      eos_token_id=0, bos_token_id=0, tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(model_dir)
-    yield {"root": root, "code": str(code), "prose": str(prose), "docs": docs, "model_dir": str(model_dir),
-           "model": AutoModelForCausalLM.from_pretrained(model_dir), "hf_tok": AutoTokenizer.from_pretrained(model_dir),
-           "tok": load_tokenizer(str(model_dir))}
-    if old_home is None:
-        os.environ.pop("REPLAYLAB_HOME", None)
-    else:
-        os.environ["REPLAYLAB_HOME"] = old_home
+    with tiny_world(tmp_path_factory.mktemp("lmeval")) as w:
+        model_dir = w["model"]
+        yield {**w, "model_dir": model_dir, "model": AutoModelForCausalLM.from_pretrained(model_dir),
+               "hf_tok": AutoTokenizer.from_pretrained(model_dir), "tok": load_tokenizer(model_dir)}
 
 
 def ours(world, items: list[dict]) -> dict:
