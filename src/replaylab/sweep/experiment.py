@@ -116,15 +116,13 @@ def load_experiment(path: str | Path) -> tuple[Experiment, dict]:
     return exp, base
 
 
-def _cells(spec: StrategySpec) -> list[dict[str, Any]]:
-    grid_keys = list(spec.grid)
-    grid = [dict(zip(grid_keys, vals)) for vals in itertools.product(*(spec.grid[k] for k in grid_keys))]
-    if spec.zip:
-        n = len(next(iter(spec.zip.values())))
-        zipped = [{k: v[i] for k, v in spec.zip.items()} for i in range(n)]
-    else:
-        zipped = [{}]
-    return [{**g, **z} for g in grid for z in zipped]
+def grid_cells(grid: dict[str, list[Any]], zipped: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The product over `grid`'s axes, each crossed with the zipped axes taken together (one cell each)."""
+    keys = list(grid)
+    product = [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+    n = len(next(iter(zipped.values()))) if zipped else 1
+    rows = [{k: v[i] for k, v in zipped.items()} for i in range(n)]
+    return [{**g, **z} for g in product for z in rows]
 
 
 def expand(exp: Experiment, base: dict) -> list[PlannedRun]:
@@ -135,7 +133,7 @@ def expand(exp: Experiment, base: dict) -> list[PlannedRun]:
     defaults = {"target": exp.target, "generic": exp.generic, "target_fraction": _number(exp.target_fraction)}
     for spec in exp.strategies:
         builder = STRATEGIES[spec.strategy]
-        for cell in _cells(spec):
+        for cell in grid_cells(spec.grid, spec.zip):
             for lr in spec.lrs or [None]:
                 for seed in spec.seeds or exp.seeds:
                     kwargs = {**defaults, **{k: _number(v) for k, v in {**spec.args, **cell}.items()}, "seed": seed}

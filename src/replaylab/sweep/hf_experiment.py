@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import math
 import types
 import typing
@@ -35,6 +34,7 @@ import pandas as pd
 from replaylab.config import apply_overrides, config_hash, from_dict, load_yaml, to_dict
 from replaylab.errors import ConfigError
 from replaylab.hf.config import FinetuneConfig
+from replaylab.sweep.experiment import grid_cells
 
 KIND = "finetune_hf"
 # Axes with a dedicated key: listing them in grid/zip would silently fight with lrs/seeds.
@@ -147,18 +147,10 @@ def _get(obj: Any, key: str) -> Any:
     return list(obj) if isinstance(obj, tuple) else obj
 
 
-def _cells(exp: HFExperiment) -> list[dict[str, Any]]:
-    keys = list(exp.grid)
-    grid = [dict(zip(keys, vals)) for vals in itertools.product(*(exp.grid[k] for k in keys))]
-    n = len(next(iter(exp.zip.values()))) if exp.zip else 1
-    zipped = [{k: v[i] for k, v in exp.zip.items()} for i in range(n)]
-    return [{**g, **z} for g in grid for z in zipped]
-
-
 def expand_hf(exp: HFExperiment, base: dict) -> list[HFRun]:
     """Every run of the experiment, in a stable order (cell, lr, seed); identical configs appear once."""
     runs: dict[str, HFRun] = {}
-    for cell in _cells(exp):
+    for cell in grid_cells(exp.grid, exp.zip):
         for lr in exp.lrs or [None]:
             for seed in exp.seeds:
                 raw = copy.deepcopy(base)
