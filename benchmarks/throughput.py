@@ -28,13 +28,13 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from replaylab import runtime
 from replaylab.config import from_dict
 from replaylab.hf_convert import hf_config, to_hf_state_dict
 from replaylab.model import Transformer, count_parameters, describe
 from replaylab.runconfig import ModelConfig
+from replaylab.train.loss import build_step_loss
 
 # Dense bf16 peak FLOP/s by GPU name fragment (vendor datasheets, without sparsity).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
@@ -59,20 +59,29 @@ def parse_args(argv=None):
 
 
 class Contender:
-    def __init__(self, name, model, dtype, compile_, device, hf: bool):
+    """One setting's train step. Ours is built like `replaylab train` builds it (train.loss.build_step_loss:
+    on a GPU the loss is compiled with the model). HF computes its own loss from `labels` (its fp32
+    upcast included), so compiling the model compiles the loss with it too."""
+
+    def __init__(self, name, model, dtype, compile_, device, hf: bool, example: torch.Tensor):
         self.name, self.dtype, self.device, self.hf = name, dtype, device, hf
         self.model = model.to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                                      **runtime.adamw_kwargs("auto", device))
-        self.step_model = torch.compile(self.model) if compile_ else self.model
+        if hf:
+            step_model = torch.compile(self.model) if compile_ else self.model
+            # shift_labels: score all T next tokens, as ours does (labels alone would drop the last one)
+            self.loss_fn = lambda t: step_model(input_ids=t[:, :-1], labels=t[:, 1:], shift_labels=t[:, 1:].contiguous(),
+                                                use_cache=False).loss
+        else:
+            self.loss_fn = build_step_loss(self.model, "on" if compile_ else "off", example, dtype)
         self.rates: list[float] = []
         self.warmup_s = 0.0
+        self.first_loss = float('nan')
 
     def step(self, batch: torch.Tensor) -> float:
-        x, y = batch[:, :-1], batch[:, 1:]
         with runtime.autocast(self.device, self.dtype):
-            out = self.step_model(x) if not self.hf else self.step_model(input_ids=x, use_cache=False).logits
-        loss = F.cross_entropy(out.float().reshape(-1, out.shape[-1]), y.reshape(-1))
+            loss = self.loss_fn(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
@@ -80,7 +89,7 @@ class Contender:
         return loss.item()  # a host sync, so timings are honest on GPU too
 
 
-def contenders(cfg: ModelConfig, device: torch.device, emulated_bf16: bool = False):
+def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, emulated_bf16: bool = False):
     from transformers import LlamaForCausalLM
 
     auto_dtype = runtime.resolve_precision("auto", device)
@@ -90,7 +99,7 @@ def contenders(cfg: ModelConfig, device: torch.device, emulated_bf16: bool = Fal
 
     def ours(name, dtype, compile_):
         torch.manual_seed(0)
-        return name, lambda: Contender(name, Transformer(cfg), dtype, compile_, device, hf=False)
+        return name, lambda: Contender(name, Transformer(cfg), dtype, compile_, device, hf=False, example=example)
 
     def hf(name, dtype, compile_):
         def make():
@@ -98,7 +107,7 @@ def contenders(cfg: ModelConfig, device: torch.device, emulated_bf16: bool = Fal
             ref = Transformer(cfg)
             model = LlamaForCausalLM._from_config(hf_config(cfg), attn_implementation="sdpa")
             model.load_state_dict(to_hf_state_dict(ref.state_dict(), cfg), strict=False)  # same weights
-            return Contender(name, model, dtype, compile_, device, hf=True)
+            return Contender(name, model, dtype, compile_, device, hf=True, example=example)
         return name, make
 
     auto_name = f"ours/auto ({'bf16' if auto_dtype else 'fp32'}{' + compile' if compile_ok else ''})"
@@ -136,13 +145,15 @@ def main(argv=None) -> None:
 
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     runs = []
-    for name, make in contenders(cfg, device, args.emulated_bf16):
+    for name, make in contenders(cfg, device, batch, args.emulated_bf16):
         if only and not any(name.startswith(o) for o in only):
             continue
         c = make()
         t0 = time.perf_counter()
-        for _ in range(args.warmup):
-            c.step(batch)
+        for i in range(args.warmup):
+            loss = c.step(batch)
+            if i == 0:
+                c.first_loss = loss  # same weights and tokens: every contender should agree here
         c.warmup_s = time.perf_counter() - t0
         runs.append(c)
         print(f"  warmed {c.name}: {c.warmup_s:.1f} s", flush=True)
@@ -160,12 +171,12 @@ def main(argv=None) -> None:
     flops_per_token = 6 * matmul_params + 6 * cfg.n_layers * args.seq_len * cfg.d_model
     best_hf = max((c for c in runs if c.hf), key=lambda c: statistics.median(c.rates), default=None)
     ours_auto = next((c for c in runs if c.name.startswith("ours/auto")), None)
-    print(f"\n| setting | tokens/s (median of {args.rounds}) | warm-up + compile s |" + (" MFU |" if peak else ""))
-    print("|---|---|---|" + ("---|" if peak else ""))
+    print(f"\n| setting | tokens/s (median of {args.rounds}) | warm-up + compile s | first loss |" + (" MFU |" if peak else ""))
+    print("|---|---|---|---|" + ("---|" if peak else ""))
     for c in runs:
         rate = statistics.median(c.rates)
         mfu = f" {flops_per_token * rate / peak:.1%} |" if peak else ""
-        print(f"| {c.name} | {rate:,.0f} | {c.warmup_s:.1f} |{mfu}")
+        print(f"| {c.name} | {rate:,.0f} | {c.warmup_s:.1f} | {c.first_loss:.4f} |{mfu}")
     if best_hf and ours_auto:
         ratio = statistics.median(ours_auto.rates) / statistics.median(best_hf.rates)
         print(f"\nours/auto vs best HF ({best_hf.name}): {ratio:.2f}x")

@@ -13,6 +13,7 @@ from replaylab.config import from_dict
 from replaylab.errors import ConfigError, ReplaylabError
 from replaylab.model import Transformer, count_parameters, describe, parameter_counts
 from replaylab.runconfig import MODEL_PRESETS, ModelConfig
+from replaylab.train.loss import NextTokenLoss, build_step_loss
 
 torch.set_num_threads(1)
 
@@ -174,15 +175,40 @@ def test_compile_falls_back_to_eager_without_a_cxx_compiler(monkeypatch, tmp_pat
         runtime.maybe_compile(m, "yes")
 
 
+def test_next_token_loss_is_the_shifted_cross_entropy():
+    m = build(cfg())
+    tokens = torch.randint(0, 97, (3, 12))
+    want = F.cross_entropy(m(tokens[:, :-1]).reshape(-1, 97), tokens[:, 1:].reshape(-1))
+    assert torch.equal(NextTokenLoss(m)(tokens), want)
+
+
 @pytest.mark.slow  # a cold inductor compile of forward + backward: 20-120 s on 2 busy cores
 def test_compile_works_or_falls_back_and_matches_eager():
-    m = build(cfg(n_layers=1))
-    idx = torch.randint(0, 97, (2, 8))
-    eager = m(idx).detach()
+    # The GPU path (model + loss compiled as one graph), run here on the CPU: same loss and gradients.
+    tokens = torch.randint(0, 97, (2, 12))
+    eager, m = build(cfg(n_layers=1)), build(cfg(n_layers=1))
+    want = NextTokenLoss(eager)(tokens)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        compiled = runtime.maybe_compile(m, "auto", example=idx)
-    assert runtime.unwrap(compiled) is m
-    assert all(p.grad is None for p in m.parameters())  # the trial left no gradients behind
-    torch.testing.assert_close(compiled(idx), eager, rtol=1e-4, atol=1e-4)
+        warnings.simplefilter("ignore")  # where compile is unavailable "auto" falls back to eager
+        step_loss = build_step_loss(m, "auto", tokens, None, fuse=True)
+    assert runtime.unwrap(step_loss).model is m
+    assert all(p.grad is None for p in m.parameters())  # the compile trial left no gradients behind
+    got = step_loss(tokens)
+    want.backward()
+    got.backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(eager.named_parameters(), m.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert runtime.maybe_compile(m, "off") is m
+
+
+def test_deterministic_attention_picks_the_math_kernel_on_cuda_only():
+    import contextlib
+
+    assert isinstance(runtime.deterministic_attention("cpu", True), contextlib.nullcontext)
+    assert isinstance(runtime.deterministic_attention("cuda", False), contextlib.nullcontext)
+    m = build(cfg())
+    idx = torch.randint(0, 97, (2, 9))
+    with runtime.deterministic_attention("cuda", True):  # math-only attention; runs on a CPU too
+        restricted = m(idx)
+    torch.testing.assert_close(restricted, m(idx), rtol=1e-5, atol=1e-5)

@@ -114,7 +114,7 @@ def test_sigterm_saves_checkpoint_and_damaged_checkpoint_falls_back(setup, tmp_p
     proc = _start(cfg, out, env)
     _wait_for_step(out, 7, proc)
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 143, stderr
     assert "--resume" in stderr
     manifest = json.loads((out / "manifest.json").read_text())

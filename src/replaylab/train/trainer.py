@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from replaylab import runtime
 from replaylab.config import config_hash, dump_yaml, load_config
@@ -33,6 +32,7 @@ from replaylab.runconfig import RunConfig
 from replaylab.train import checkpoint as ckpt
 from replaylab.train import ddp
 from replaylab.train.evaluate import build_eval_sets, evaluate
+from replaylab.train.loss import build_step_loss
 from replaylab.train.logging import Progress, RunLogger, read_metrics, truncate_metrics
 from replaylab.train.manifest import new_manifest, now, read_manifest, write_manifest
 
@@ -189,7 +189,8 @@ def run_training(config: RunConfig, out_dir: Path | str, *, resume: bool = False
     if device.type == "cuda" and dist.active:
         device = torch.device("cuda", dist.local_rank)
     try:
-        return _run(config, out_dir, resume, init_from, device, dist)
+        with runtime.deterministic_attention(device, config.train.deterministic):
+            return _run(config, out_dir, resume, init_from, device, dist)
     finally:
         ddp.teardown(dist)
 
@@ -238,8 +239,8 @@ def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, device: torc
         optimizer.load_state_dict(state.optim)
         ckpt.set_rng_state(state.state["rng"])
         step = state.step
-    first = torch.from_numpy(sampler.batch(min(step, total - 1))[0][lo : lo + micro, :-1]).to(device)
-    step_model = runtime.maybe_compile(model, config.train.compile, example=first, autocast_dtype=dtype)
+    first = torch.from_numpy(sampler.batch(min(step, total - 1))[0][lo : lo + micro]).to(device)  # (mb, T+1)
+    step_loss_fn = build_step_loss(model, config.train.compile, first, dtype)
 
     # The run folder: config, manifest, metrics cut back to the starting step.
     manifest = None
@@ -305,8 +306,7 @@ def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, device: torc
                 for m in range(n_micro):
                     chunk = tokens[m * micro : (m + 1) * micro]
                     with runtime.autocast(device, dtype):
-                        logits = step_model(chunk[:, :-1])  # (mb, T, V) fp32
-                    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), chunk[:, 1:].reshape(-1))
+                        loss = step_loss_fn(chunk)  # mean cross-entropy over the (mb, T) next tokens, fp32
                     (loss / n_micro).backward()
                     loss_sum += loss.detach()
                 ddp.average_gradients(params, dist)

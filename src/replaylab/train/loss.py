@@ -1,0 +1,53 @@
+"""The training objective: next-token cross-entropy, and what torch.compile gets to see of it.
+
+At the paper's shapes the output layer dominates memory: a micro-batch of 16 x 4096 tokens over the
+Llama-3 vocabulary (128,256) has 34 GB of fp32 logits, and eager cross-entropy keeps as much again
+for its log-softmax and for the logits' gradient. Measured on an H200 (139 GB), compiling the model
+alone ran out of memory at micro-batch 16 (BENCHMARKS.md). Compiling the model together with its loss
+lets inductor fuse the upcast, the log-sum-exp and the gradient into the output projection's
+neighbours, so the fp32 logits are never stored.
+
+On a CPU the loss stays outside the compiled graph: the logits are small there, and keeping the
+kernels as they were keeps CPU runs bit-identical to runs recorded before this existed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from replaylab import runtime
+
+
+class NextTokenLoss(nn.Module):
+    """model(tokens[:, :-1]) scored against tokens[:, 1:]: mean cross-entropy in nats (fp32)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens (B, T+1) -> scalar
+        logits = self.model(tokens[:, :-1])  # (B, T, V), fp32
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tokens[:, 1:].reshape(-1))
+
+
+def fuse_loss_by_default(device: torch.device) -> bool:
+    """Compile the loss with the model on GPUs (see the module docstring), not on CPUs."""
+    return device.type == "cuda"
+
+
+def build_step_loss(model: nn.Module, compile_spec: str, example: torch.Tensor,
+                    autocast_dtype: torch.dtype | None, fuse: bool | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function tokens (B, T+1) -> mean loss that trains `model`, compiled as `compile_spec` says.
+
+    fuse: compile model and loss as one graph (None: `fuse_loss_by_default`). `example` is a micro-batch
+    of tokens (B, T+1) on the model's device, used to trial the compile (runtime.maybe_compile)."""
+    device = next(model.parameters()).device
+    fuse = fuse_loss_by_default(device) if fuse is None else fuse
+    if fuse:
+        return runtime.maybe_compile(NextTokenLoss(model), compile_spec, example=example, autocast_dtype=autocast_dtype)
+    return NextTokenLoss(runtime.maybe_compile(model, compile_spec, example=example[:, :-1],
+                                               autocast_dtype=autocast_dtype))
