@@ -71,13 +71,13 @@ class Contender:
         if hf:
             step_model = torch.compile(self.model) if compile_ else self.model
             # shift_labels: score all T next tokens, as ours does (labels alone would drop the last one)
-            self.loss_fn = lambda t: step_model(input_ids=t[:, :-1], labels=t[:, 1:], shift_labels=t[:, 1:].contiguous(),
-                                                use_cache=False).loss
+            self.loss_fn = lambda t: step_model(input_ids=t[:, :-1], labels=t[:, 1:],
+                                                shift_labels=t[:, 1:].contiguous(), use_cache=False).loss
         else:
             self.loss_fn = build_step_loss(self.model, "on" if compile_ else "off", example, dtype)
         self.rates: list[float] = []
         self.warmup_s = 0.0
-        self.first_loss = float('nan')
+        self.first_loss = float("nan")
 
     def step(self, batch: torch.Tensor) -> float:
         with runtime.autocast(self.device, self.dtype):
@@ -148,8 +148,8 @@ def main(argv=None) -> None:
     for name, make in contenders(cfg, device, batch, args.emulated_bf16):
         if only and not any(name.startswith(o) for o in only):
             continue
-        c = make()
         t0 = time.perf_counter()
+        c = make()  # ours trials its compile here (train.loss.build_step_loss): count it as warm-up
         for i in range(args.warmup):
             loss = c.step(batch)
             if i == 0:

@@ -1,8 +1,8 @@
 """`replaylab demo`: the quick mini experiment on the built-in data, from nothing to a report.
 
 Builds the default data (cached after the first time), runs the demo sweep (reference law points and
-fine-tuning with and without replay, on the instructions target) on local workers, then prints the data-efficiency table and
-writes the HTML report. The experiment is `replaylab/experiments/demo.yaml`.
+fine-tuning with and without replay, on the instructions target) on local workers, then prints the
+data-efficiency table and writes the HTML report. The experiment is `replaylab/experiments/demo.yaml`.
 """
 
 from __future__ import annotations
