@@ -204,6 +204,9 @@ def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, device: torc
 
     config, tokenizer, model_state = resolve_config(config)
     existing = _prepare_run_dir(config, out_dir, resume)
+    # Every rank reads the folder before rank 0 writes to it: a slower rank would otherwise find rank
+    # 0's fresh manifest and take it for an earlier run (seen in CI: "already holds this run").
+    ddp.barrier(dist)
     if existing is not None and existing.get("status") == "done":
         return existing  # nothing left to do: same config, already finished
     stores = load_stores(config, tokenizer)
