@@ -14,7 +14,12 @@ TOK=$(ls -d "$STORES"/../tokenizers/default-*/ | head -1)  # the default tokeniz
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PY=${PY:-python3}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-rl() { "$PY" -c 'import sys; from replaylab.cli import main; sys.exit(main())' "$@"; }
+rl() { "$PY" -m replaylab.cli "$@"; }
+slice_run() {  # the paper-shape slice on the carried stores; extra overrides as arguments
+  rl train benchmarks/paper_slice.yaml --out runs/gpu_slice data.tokenizer="$TOK" data.domains.generic.source="$GENERIC" \
+    data.domains.math.source="$MATH" "$@" ${SLICE_ARGS:-}
+}
+export -f rl slice_run; export TOK GENERIC MATH  # `timeout` runs them through `bash -c`
 final_losses() {  # the last eval loss per domain of a run folder, one line
   "$PY" - "$1" <<'PYEOF'
 import json, sys
@@ -40,12 +45,11 @@ fi
 if [[ ${PARTS:-123} == *2* ]]; then
 echo "== 2. paper-shape slice: replaylab train benchmarks/paper_slice.yaml =="
 rm -rf runs/gpu_slice
-timeout ${SLICE_S:-240} bash -c "$(declare -f rl); rl train benchmarks/paper_slice.yaml --out runs/gpu_slice data.tokenizer=$TOK data.domains.generic.source=$GENERIC data.domains.math.source=$MATH ${SLICE_ARGS:-}" \
-  > "$OUT/slice.txt" 2>&1; echo "exit $?" >> "$OUT/slice.txt"; tail -5 "$OUT/slice.txt"
+timeout ${SLICE_S:-240} bash -c slice_run > "$OUT/slice.txt" 2>&1; echo "exit $?" >> "$OUT/slice.txt"; tail -5 "$OUT/slice.txt"
 if grep -qi "out of memory" "$OUT/slice.txt"; then  # the paper's micro-batch does not fit this GPU: halve it
   echo "== 2b. again with train.micro_batch_size=8 ==" | tee -a "$OUT/slice.txt"; rm -rf runs/gpu_slice
-  timeout ${SLICE_S:-240} bash -c "$(declare -f rl); rl train benchmarks/paper_slice.yaml --out runs/gpu_slice data.tokenizer=$TOK data.domains.generic.source=$GENERIC data.domains.math.source=$MATH train.micro_batch_size=8 ${SLICE_ARGS:-}" \
-    >> "$OUT/slice.txt" 2>&1; echo "exit $?" >> "$OUT/slice.txt"; tail -3 "$OUT/slice.txt"
+  timeout ${SLICE_S:-240} bash -c 'slice_run train.micro_batch_size=8' >> "$OUT/slice.txt" 2>&1
+  echo "exit $?" >> "$OUT/slice.txt"; tail -3 "$OUT/slice.txt"
 fi
 cp runs/gpu_slice/metrics.jsonl "$OUT/slice_metrics.jsonl" 2>/dev/null
 "$PY" - runs/gpu_slice/metrics.jsonl <<'PYEOF' 2>&1 | tee -a "$OUT/slice.txt"
@@ -76,7 +80,6 @@ TINY=(data.tokenizer=$TOK data.domains="{generic: {source: $GENERIC}, math: {sou
 TINY+=( ${TINY_EXTRA:-} )  # e.g. train.compile=off for a quick check on a CPU
 rm -rf runs/gpu_a runs/gpu_b runs/gpu_c
 timeout ${TINY_S:-150} bash -c '
-  '"$(declare -f rl)"'
   rl train configs/tiny.yaml --out runs/gpu_a "$@" >/dev/null 2>&1 || echo "run a failed"
   rl train configs/tiny.yaml --out runs/gpu_b "$@" >/dev/null 2>&1 || echo "run b failed"
   rl train configs/tiny.yaml --out runs/gpu_c "$@" >/dev/null 2>&1 &

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -203,8 +204,6 @@ def test_compile_works_or_falls_back_and_matches_eager():
 
 
 def test_deterministic_attention_picks_the_math_kernel_on_cuda_only():
-    import contextlib
-
     assert isinstance(runtime.deterministic_attention("cpu", True), contextlib.nullcontext)
     assert isinstance(runtime.deterministic_attention("cuda", False), contextlib.nullcontext)
     m = build(cfg())
