@@ -156,4 +156,11 @@ def test_export_cli_errors(tmp_path, tokenizer_dir, capsys):
     assert "--step 7 has no checkpoint" in error(run2, "--hf", tmp_path / "o", "--step", 7)
     assert "available steps: 5, 10" in error(run2, "--hf", tmp_path / "o", "--step", 7)
     (tmp_path / "o").mkdir()
-    assert "already exists" in error(run2, "--hf", tmp_path / "o")
+    (tmp_path / "o" / "notes.txt").write_text("mine")
+    assert "did not create" in error(run2, "--hf", tmp_path / "o")
+    assert (tmp_path / "o" / "notes.txt").read_text() == "mine"
+    # Our own export: the same checkpoint again is fine; another one needs --overwrite (or the old --force).
+    assert cli.main(["export", str(run2), "--hf", str(tmp_path / "e"), "--step", "5"]) == 0
+    assert cli.main(["export", str(run2), "--hf", str(tmp_path / "e"), "--step", "5"]) == 0
+    assert "pass --overwrite" in error(run2, "--hf", tmp_path / "e", "--step", 10)
+    assert cli.main(["export", str(run2), "--hf", str(tmp_path / "e"), "--step", "10", "--force"]) == 0

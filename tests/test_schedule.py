@@ -120,3 +120,14 @@ def test_builder_errors_are_actionable():
         reference(BASE, target="math")
     with pytest.raises(ConfigError, match="rounds to 0"):
         reference({**BASE, "train": {"total_steps": 10, "batch_size": 2}})
+
+
+def test_schedule_and_strategies_do_not_import_each_other():
+    import subprocess
+    import sys
+
+    import replaylab.strategies as strategies
+
+    assert strategies.finetune is finetune  # the old import path still works
+    code = "import sys, replaylab.schedule; assert 'replaylab.strategies' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -17,7 +17,8 @@ def _file_hashes(store: TokenStore) -> dict[str, str]:
 
 def test_store_layout_and_meta(code_store, tiny_tokenizer):
     names = {p.name for p in code_store.path.iterdir()}
-    assert names == {"train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "meta.json", "tokenizer.json"}
+    assert names == {"train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "meta.json", "tokenizer.json",
+                     ".replaylab.json"}  # the marker: a store of replaylab's (replaylab.outputs)
     m = code_store.meta
     tok = load_tokenizer(tiny_tokenizer)
     assert m["tokenizer_hash"] == tok.hash == code_store.tokenizer().hash and m["dtype"] == "uint16"

@@ -1,8 +1,8 @@
 """`replaylab ...`: one entry point; each subcommand lives in `replaylab.commands.<name>`.
 
 A command module defines `HELP` (one line), `add_arguments(parser)` and `main(args) -> int`.
-User mistakes raise `ReplaylabError`: printed as one line, exit status 2, no traceback
-(`replaylab --debug ...` shows it).
+User mistakes raise `ReplaylabError`, and the file system's refusals are `OSError`s: either is printed as
+one line, exit status 2, no traceback (`replaylab --debug ...` shows it).
 """
 
 from __future__ import annotations
@@ -31,12 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"replaylab.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"replaylab.commands.{name}":
-                continue  # not built yet
-            raise
+        module = importlib.import_module(f"replaylab.commands.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_module=module)
@@ -55,7 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     except ReplaylabError as e:
         if args.debug:
             raise
-        print(f"replaylab {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the message holds
+        print(f"replaylab {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (permissions, a full disk, a path through a file)
+        if args.debug:
+            raise
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"replaylab {args.command}: error: cannot use{where}: {e.strerror or e}; check the path and its "
+              "permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"replaylab {args.command}: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,83 @@ import yaml
 from replaylab.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark):
+        lines = f"line {again.line + 1}" if first.line == again.line else f"lines {first.line + 1} and {again.line + 1}"
+        super().__init__(problem=f"key {key!r} is given twice ({lines}); keep one", problem_mark=again)
+        self.key = key
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """The YAML loader for everything replaylab reads (configs, experiments, override values): a key
+    given twice in one mapping is an error (PyYAML would silently keep the last one), and dates stay
+    strings (no config field is a date, and a date object would not survive the JSON copy of overrides)."""
+
+
+def _construct_mapping(loader: ConfigLoader, node: yaml.MappingNode):
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: keys written after it override, by design
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node)
+        except TypeError:  # an unhashable key: construct_yaml_map reports it
+            continue
+        if first is not key_node:
+            raise _DuplicateKey(key, first.start_mark, key_node.start_mark)
+    yield from loader.construct_yaml_map(node)
+
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: Any, what: str, key: str = "", _parents: tuple[int, ...] = ()) -> None:
+    """Raise ConfigError unless `value` is plain data: numbers, strings, booleans, null, lists, mappings
+    (no !!binary, !!set or !!omap, and no alias that contains itself)."""
+    if isinstance(value, _PLAIN):
+        return
+    where = f"{what} at {key}" if key else what
+    if id(value) in _parents:
+        raise ConfigError(f"{where}: an alias refers to a value that contains it; write the value out instead")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, _PLAIN):
+                raise ConfigError(f"{where}: key {k!r} is not a plain string or number; write it as a string")
+            _check_plain(v, what, f"{key}.{k}" if key else str(k), (*_parents, id(value)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_plain(v, what, f"{key}[{i}]", (*_parents, id(value)))
+    else:
+        raise ConfigError(f"{where}: {value!r} ({type(value).__name__}) is not plain YAML data; write a number, "
+                          "string, list or mapping")
+
+
+def parse_number(value: Any, where: str) -> float:
+    """The one reader of numbers in configs and experiments: a YAML int/float, a numeric string
+    ("3e-4": YAML 1.1 reads it as a string) or a fraction "a/b" ("1/256"). The result must be
+    finite: nan, inf, a zero denominator or anything else raise ConfigError naming `where` and the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    num, slash, den = value.partition("/") if isinstance(value, str) else (value, "", None)
+    try:
+        parts = [float(num), float(den)] if slash else [float(num)]
+    except ValueError:
+        raise ConfigError(f"{where}: expected a number (like 3e-4 or 1/256), got {value!r}") from None
+    except OverflowError:  # an int beyond the float range
+        parts = [math.inf]
+    if len(parts) == 2 and parts[1] == 0:
+        raise ConfigError(f"{where}: {value!r} divides by zero; give a nonzero denominator, e.g. 1/256")
+    number = parts[0] / parts[1] if len(parts) == 2 else parts[0]  # 1e308/1e-308 overflows to inf
+    if not all(math.isfinite(x) for x in (*parts, number)):
+        raise ConfigError(f"{where}: {value!r} is not a finite number; nan and inf are not allowed, give a value "
+                          "such as 3e-4")
+    return number
 
 
 def _type_name(tp: Any) -> str:
@@ -75,20 +153,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp is int:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: {value!r} is not a finite number; give a whole number")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        if not -(2**63) <= int(value) < 2**63:  # steps, sizes and seeds end up in int64 tensors and floats
+            raise ConfigError(f"{where}: {value!r} is too large for a 64-bit integer; give a realistic value")
         return int(value)
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads "3e-4" as a string
-                return float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return parse_number(value, where)
     if tp is str:
         if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans; our switches say on/off
             return "on" if value else "off"
@@ -109,7 +182,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         data = hook(dict(data))
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(
@@ -144,22 +217,26 @@ def to_dict(obj: Any) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """An override value as YAML would read it (`3e-4`, `true`, `[1, 2]`, `{a: 1}`)."""
+    """An override value as YAML would read it (`3e-4`, `true`, `[1, 2]`, `{a: 1}`); text YAML cannot
+    read stays a string. A key given twice (`{a: 1, a: 2}`) is an error."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = yaml.load(text, Loader=ConfigLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"override value {text!r}: key {e.key!r} is given twice; keep one") from None
+    except (yaml.YAMLError, RecursionError):
         return text
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in ".eE") else value
-        except ValueError:
+    _check_plain(value, f"override value {text!r}")
+    if isinstance(value, str) and "/" not in value and any(c in value for c in ".eE"):
+        try:  # "3e-4": a string to YAML 1.1; fractions are left to the field's type
+            return parse_number(value, "override")
+        except ConfigError:
             return value
     return value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply dotted `a.b.c=value` overrides to a raw config dict (list items by index: `stages.1.lr.peak=1e-3`)."""
-    data = json.loads(json.dumps(data))  # deep copy of plain data
+    data = json.loads(json.dumps(data))  # deep copy of plain data (load_yaml and parse_value return only that)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not KEY=VALUE; write it like optim.lr=3e-4")
@@ -204,15 +281,34 @@ def _step(node: Any, part: str, key: str, create: bool) -> Any:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """The mapping at the top of a YAML file; every way the file can be unreadable is a ConfigError."""
     path = Path(path)
+    name = str(path)
     if not path.exists():
-        raise ConfigError(f"config file {str(path)!r} does not exist; check the path")
+        raise ConfigError(f"config file {name!r} does not exist; check the path")
+    if path.is_dir():
+        raise ConfigError(f"config file {name!r} is a folder; give the path of a YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError(f"config file {name!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at line {line}); "
+                          "save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {name!r} cannot be read ({e.strerror or e}); check the path and its "
+                          "permissions") from None
+    try:
+        data = yaml.load(text, Loader=ConfigLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"config file {name!r}: {e.problem}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        problem = getattr(e, "problem", None) or e
+        raise ConfigError(f"config file {name!r} is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {name!r} nests too deeply for YAML to read; flatten it") from None
+    _check_plain(data, f"config file {name!r}")
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from replaylab import paths
 from replaylab.errors import ReplaylabError
 from replaylab.runconfig import ModelConfig
 
@@ -117,11 +116,15 @@ def _eos_token(tokenizer_file: Path, eos_id: int | None) -> str | None:
 
 
 def export_hf(model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor], cfg: ModelConfig,
-              tokenizer_dir: str | Path | None, out_dir: str | Path, *, eos_id: int | None = None) -> Path:
+              tokenizer_dir: str | Path | None, out_dir: str | Path, *, eos_id: int | None = None,
+              identity: str | None = None, overwrite: bool = False) -> Path:
     """Write `out_dir` as a Hugging Face Llama checkpoint (safetensors, fp32 as trained), plus the
     tokenizer as a PreTrainedTokenizerFast when `tokenizer_dir` (a folder with tokenizer.json) is
     given. Built in a temp folder and renamed into place: never half-written. `eos_id` defaults to
-    the tokenizer's EOS as `replaylab.data.tokenizer` finds it."""
+    the tokenizer's EOS as `replaylab.data.tokenizer` finds it. `out_dir` is new, or an export of replaylab's
+    of the same `identity` (e.g. run + step), or of another one with `overwrite` (replaylab.outputs)."""
+    from replaylab.outputs import build_output
+
     from safetensors.torch import save_file
 
     state = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, torch.nn.Module) else model_or_state_dict
@@ -137,7 +140,8 @@ def export_hf(model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor], cf
         from tokenizers import Tokenizer
 
         eos_id = Tokenizer.from_file(str(tok_file)).token_to_id(eos_token)
-    with paths.atomic_dir(out_dir) as tmp:
+    with build_output(out_dir, "export", identity, overwrite=overwrite, option="--hf",
+                      describe="of another checkpoint") as tmp:
         hf_config(cfg, eos_token_id=eos_id).save_pretrained(tmp)
         save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tok_file is not None:

@@ -1,9 +1,14 @@
 """Where replaylab keeps its cache (corpora, tokenizers, token stores): `$REPLAYLAB_HOME`,
-default `~/.cache/replaylab`. Never inside the git checkout."""
+default `~/.cache/replaylab`, never inside the git checkout; and writing files and folders atomically
+(write aside, then rename), with temporaries that say which process made them.
+What a command may write where is `replaylab.outputs`."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,9 +16,20 @@ from typing import Iterator
 
 
 def home() -> Path:
-    root = os.environ.get("REPLAYLAB_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "replaylab")
+    """The cache folder, created if missing; one that cannot be a folder is a ReplaylabError."""
+    from replaylab.errors import ReplaylabError
+
+    env = os.environ.get("REPLAYLAB_HOME")
+    root = env or os.path.join(os.path.expanduser("~"), ".cache", "replaylab")
+    what = f"REPLAYLAB_HOME is {env!r}" if env else f"the default cache folder {root!r} (REPLAYLAB_HOME is unset)"
+    fix = "set REPLAYLAB_HOME to a folder you can write: export REPLAYLAB_HOME=/path/to/cache"
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise ReplaylabError(f"{what}, which is a file, not a folder; {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReplaylabError(f"{what}, which cannot be created ({e.strerror or e}); {fix}") from None
     return path
 
 
@@ -32,7 +48,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=temp_suffix(), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -49,21 +65,63 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def temp_suffix() -> str:
+    """Temporary files and folders name their maker, `.<pid>@<host>.tmp`, so a later process can tell the ones
+    a killed process left behind (`clean_stale_temps`) from a live build."""
+    return f".{os.getpid()}@{socket.gethostname()}.tmp"
+
+
+_TEMP = re.compile(r"\.(\d+)@(.+)\.tmp$")
+
+
+def clean_stale_temps(final: Path | str) -> None:
+    """Remove temporary builds of `final` (`.NAME.*.tmp` beside it) whose maker on this host has died."""
+    final = Path(final)
+    host = socket.gethostname()
+    try:
+        siblings = list(final.parent.glob(f".{final.name}.*.tmp"))
+    except OSError:
+        return
+    for tmp in siblings:
+        m = _TEMP.search(tmp.name)
+        if m and m.group(2) == host and not pid_alive(int(m.group(1))):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_dir(final: Path | str) -> Iterator[Path]:
     """Build a directory under a temporary name beside `final`, rename it into place on success.
 
-    On any error the temporary directory is removed and `final` is left as it was."""
-    import shutil
-
-    final = Path(final)
+    On any error the temporary directory is removed and `final` is left as it was. An existing `final` is
+    moved aside before the rename and deleted after it, so a crash never leaves half of either. Callers
+    decide whether `final` may be replaced (`replaylab.outputs.claim_output`); this only makes it atomic."""
+    final = Path(os.path.abspath(final))
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    clean_stale_temps(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=temp_suffix(), dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
+        old = None
+        if final.exists() and (not final.is_dir() or any(final.iterdir())):
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=temp_suffix(), dir=final.parent))
+            os.replace(final, old / final.name)
         os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

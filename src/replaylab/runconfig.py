@@ -50,7 +50,7 @@ class ModelConfig:
         preset = data.get("preset")
         if preset is None:
             return data
-        if preset not in MODEL_PRESETS:
+        if not isinstance(preset, str) or preset not in MODEL_PRESETS:
             raise ConfigError(f"model.preset {preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}")
         return {**MODEL_PRESETS[preset], **data}
 

@@ -11,15 +11,25 @@ so that w1 (1 - delta) + w2 delta = gamma. Any two of (rho, alpha, delta) fix th
 `solve_two_stage` solves and checks a point; given `total_steps` it also rounds the stage boundary to a
 whole step and returns the *realized* point (alpha and gamma kept exact, rho and delta re-derived), so
 the target exposure the engine checks is exactly what was asked for.
-The builders (`reference`, `finetune`, `midtrain`) live in `replaylab.strategies` and are re-exported here.
+
+The strategy builders (`reference`, `finetune`, `midtrain`) turn a base config (model, data domains,
+optimizer, train length and batch: everything but the stages) into a validated `RunConfig` whose stages
+realize the strategy and whose `meta` records it (the keys analysis reads, see docs/design.md). Target
+budgets are given in units of the base budget `target_fraction` x all sequences of the run (paper:
+1/1024, one global batch), so the same recipe works at any scale.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
+from replaylab.config import from_dict, to_dict
 from replaylab.errors import ConfigError
+from replaylab.fingerprint import lr_group
+from replaylab.runconfig import RunConfig
 
 _EPS = 1e-9
 
@@ -164,6 +174,172 @@ def replay_fraction(multiplier: float) -> float:
     return 1 - 1 / multiplier
 
 
-from replaylab.strategies import STRATEGIES, finetune, midtrain, reference  # noqa: E402  (re-export)
+# ---------------------------------------------------------------------------------------------------
+# The strategy builders.
+
+PAPER_TARGET_FRACTION = 1 / 1024
+
+
+def _raw(base: RunConfig | dict) -> dict:
+    raw = copy.deepcopy(to_dict(base) if not isinstance(base, dict) else base)
+    raw.setdefault("data", {}).setdefault("domains", {})
+    raw.setdefault("train", {})
+    raw.pop("stages", None)
+    return raw
+
+
+def _domains(raw: dict, target: str | None, generic: str) -> tuple[str, str]:
+    domains = raw["data"]["domains"]
+    if generic not in domains:
+        raise ConfigError(f"generic domain {generic!r} is not in data.domains ({', '.join(domains) or 'none'}); "
+                          "add it or pass generic=NAME")
+    if target is None:
+        others = [d for d in domains if d != generic]
+        if len(others) != 1:
+            raise ConfigError(f"cannot tell the target domain among {others}; pass target=NAME")
+        target = others[0]
+    if target not in domains:
+        raise ConfigError(f"target domain {target!r} is not in data.domains ({', '.join(domains)}); add it or fix target")
+    if target == generic:
+        raise ConfigError(f"target and generic are both {target!r}; they must be two different domains")
+    return target, generic
+
+
+def _run_shape(raw: dict) -> tuple[int, int]:
+    defaults = RunConfig().train
+    total = int(raw["train"].get("total_steps", defaults.total_steps))
+    batch = int(raw["train"].get("batch_size", defaults.batch_size))
+    return total, batch
+
+
+def target_budget(total_steps: int, batch_size: int, target_fraction: float, budget_multiple: float = 1.0) -> int:
+    """Unique target sequences: multiple x fraction x all sequences of the run, rounded half up."""
+    if not 0 < target_fraction <= 1:
+        raise ConfigError(f"target_fraction={target_fraction} must lie in (0, 1] (paper: 1/1024 of all tokens)")
+    if budget_multiple <= 0:
+        raise ConfigError(f"budget_multiple={budget_multiple} must be > 0")
+    seqs = math.floor(budget_multiple * target_fraction * total_steps * batch_size + 0.5)
+    if seqs < 1:
+        raise ConfigError(
+            f"target budget = {budget_multiple} x {target_fraction:.6g} x {total_steps} steps x {batch_size} sequences "
+            "rounds to 0 sequences; raise target_fraction, budget_multiple, total_steps or batch_size"
+        )
+    return seqs
+
+
+def _gamma(budget: int, epochs: float, total: int, batch: int) -> float:
+    gamma = budget * epochs / (total * batch)
+    if gamma > 1:
+        raise ConfigError(
+            f"{epochs} epochs of {budget} target sequences need {budget * epochs:g} sequences, more than the run's "
+            f"{total * batch}; use fewer epochs or a smaller budget"
+        )
+    return gamma
+
+
+def _lr(schedule: str, peak: float, warmup: float, **extra: Any) -> dict:
+    return {"schedule": schedule, "peak": peak, "warmup": warmup, **extra}
+
+
+def _mix(weights: dict[str, float]) -> dict[str, float]:
+    # Zero-weight domains are left out: the stage simply does not draw from them.
+    return {d: w for d, w in weights.items() if w > 0}
+
+
+def _finish(raw: dict, stages: list[dict], *, target: str, budget: int, epochs: float, name: str,
+            seed: int | None, meta: dict) -> RunConfig:
+    raw["data"]["domains"][target] = {**raw["data"]["domains"][target], "budget": budget, "epochs": epochs}
+    raw["stages"] = stages
+    raw["name"] = name
+    if seed is not None:
+        raw["seed"] = seed
+    # meta.lr names the tuned stage's peak; lr_group hashes the run with it blanked (replaylab.fingerprint).
+    raw["meta"] = dict(meta)
+    raw["meta"]["lr_group"] = lr_group(raw)
+    return from_dict(RunConfig, raw)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def reference(base: RunConfig | dict, *, target: str | None = None, generic: str = "generic",
+              budget_multiple: float = 1.0, target_fraction: float = PAPER_TARGET_FRACTION,
+              epochs: float = 32, lr: float = 3e-3, warmup: float = 0.01, schedule: str = "cosine",
+              init: str = "scratch", seed: int | None = None) -> RunConfig:
+    """One stage, the target mixed uniformly through all of training (the scaling-law reference points)."""
+    raw = _raw(base)
+    target, generic = _domains(raw, target, generic)
+    total, batch = _run_shape(raw)
+    budget = target_budget(total, batch, target_fraction, budget_multiple)
+    gamma = _gamma(budget, epochs, total, batch)
+    stages = [{"name": "main", "steps": total, "mixture": _mix({target: gamma, generic: 1 - gamma}),
+               "lr": _lr(schedule, lr, warmup), "init": init}]
+    meta = {"strategy": "reference", "target_domain": target, "generic_domain": generic, "rho": None,
+            "alpha": None, "delta": None, "gamma": gamma, "budget": budget, "budget_multiple": budget_multiple,
+            "target_epochs": epochs, "lr": lr}
+    return _finish(raw, stages, target=target, budget=budget, epochs=epochs, seed=seed, meta=meta,
+                   name=f"reference-{target}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}")
+
+
+def finetune(base: RunConfig | dict, *, target: str | None = None, generic: str = "generic",
+             rho: float | None = None, multiplier: float | None = None, budget_multiple: float = 1.0,
+             target_fraction: float = PAPER_TARGET_FRACTION, epochs: float = 64, pretrain_lr: float = 1e-3,
+             lr: float = 3e-4, warmup: float = 0.01, init: str = "scratch", seed: int | None = None) -> RunConfig:
+    """Generic-only pre-training, then a fresh optimizer and a new cosine over the fine-tuning stage.
+
+    Replay fraction rho (or the stretch multiplier m, rho = 1 - 1/m) fills fine-tuning with generic data
+    and stretches it by 1/(1 - rho); pre-training is shortened so total steps stay fixed.
+    """
+    if (rho is None) == (multiplier is None):
+        raise ConfigError("finetune: give exactly one of rho (replay fraction) or multiplier (rho = 1 - 1/m)")
+    if multiplier is not None:
+        rho = replay_fraction(multiplier)
+    raw = _raw(base)
+    target, generic = _domains(raw, target, generic)
+    total, batch = _run_shape(raw)
+    budget = target_budget(total, batch, target_fraction, budget_multiple)
+    gamma = _gamma(budget, epochs, total, batch)
+    point = solve_two_stage(gamma, rho=rho, alpha=1.0, total_steps=total)
+    stages = [
+        {"name": "pretrain", "steps": point.stage1_steps, "mixture": {generic: 1.0},
+         "lr": _lr("cosine", pretrain_lr, warmup), "init": init},
+        {"name": "finetune", "steps": point.stage2_steps, "mixture": _mix({target: point.w2, generic: 1 - point.w2}),
+         "lr": _lr("cosine", lr, warmup), "optimizer": "reset"},
+    ]
+    meta = {"strategy": "finetune", "target_domain": target, "generic_domain": generic, "rho": point.rho,
+            "alpha": point.alpha, "delta": point.delta, "gamma": gamma, "budget": budget,
+            "budget_multiple": budget_multiple, "target_epochs": epochs, "lr": lr,
+            "multiplier": 1 / (1 - point.rho), "pretrain_lr": pretrain_lr}
+    return _finish(raw, stages, target=target, budget=budget, epochs=epochs, seed=seed, meta=meta,
+                   name=f"finetune-{target}-rho{_fmt(rho)}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}")
+
+
+def midtrain(base: RunConfig | dict, *, target: str | None = None, generic: str = "generic",
+             rho: float = 0.0, alpha: float = 1.0, budget_multiple: float = 1.0,
+             target_fraction: float = PAPER_TARGET_FRACTION, epochs: float = 32, lr: float = 3e-3,
+             warmup: float = 0.01, decay: float = 0.1, init: str = "scratch", seed: int | None = None) -> RunConfig:
+    """One WSD run (no optimizer reset) over two mixtures: alpha of the target tokens in a final stage with
+    replay fraction rho, the rest spread through stage 1."""
+    raw = _raw(base)
+    target, generic = _domains(raw, target, generic)
+    total, batch = _run_shape(raw)
+    budget = target_budget(total, batch, target_fraction, budget_multiple)
+    gamma = _gamma(budget, epochs, total, batch)
+    point = solve_two_stage(gamma, rho=rho, alpha=alpha, total_steps=total)
+    stages = [
+        {"name": "stage1", "steps": point.stage1_steps, "mixture": _mix({target: point.w1, generic: 1 - point.w1}),
+         "lr": _lr("wsd", lr, warmup, decay=decay), "init": init},
+        {"name": "stage2", "steps": point.stage2_steps, "mixture": _mix({target: point.w2, generic: 1 - point.w2}),
+         "lr": {"schedule": "continue", "peak": lr}, "optimizer": "carry"},
+    ]
+    meta = {"strategy": "midtrain", "target_domain": target, "generic_domain": generic, "rho": point.rho,
+            "alpha": point.alpha, "delta": point.delta, "gamma": gamma, "budget": budget,
+            "budget_multiple": budget_multiple, "target_epochs": epochs, "lr": lr}
+    return _finish(raw, stages, target=target, budget=budget, epochs=epochs, seed=seed, meta=meta,
+                   name=f"midtrain-{target}-rho{_fmt(rho)}-a{_fmt(alpha)}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}")
+
+
+STRATEGIES: dict[str, Callable[..., RunConfig]] = {"reference": reference, "finetune": finetune, "midtrain": midtrain}
 
 __all__ = ["TwoStage", "solve_two_stage", "replay_fraction", "reference", "finetune", "midtrain", "STRATEGIES"]

@@ -12,12 +12,13 @@ import base64
 import html
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from replaylab.analysis.efficiency import Analysis
-from replaylab.paths import atomic_dir
+from replaylab.outputs import build_output
 
 SELECTION_NOTE = ("LR, best rho and best alpha are chosen on the select half of each domain's held-out data "
                   "(target_val_loss); losses and multipliers are reported on the other half (target_test_loss).")
@@ -144,12 +145,15 @@ def _label(run: pd.Series) -> str:
 
 
 def write_report(analysis: Analysis, out_dir: str | Path, *, source: str = "", sweep_dir: str | Path | None = None,
-                 max_curves: int = 6) -> Path:
+                 max_curves: int = 6, identity: str | None = None, overwrite: bool = False) -> Path:
     """Write report.html (self-contained), report.md, analysis.json, summary.csv and figures/ into
-    `out_dir` (replaced as a whole). Returns the path of report.html."""
+    `out_dir`, replaced as a whole when it is a report of the same runs (`identity`: by default the sweep
+    folder's absolute path), or of other runs with `overwrite` (replaylab.outputs). Returns report.html."""
     out_dir = Path(out_dir)
     sweep = Path(sweep_dir) if sweep_dir is not None else None
-    with atomic_dir(out_dir) as tmp:
+    if identity is None and sweep is not None:
+        identity = os.path.abspath(sweep)
+    with build_output(out_dir, "report", identity, overwrite=overwrite, describe="of other runs") as tmp:
         fig_dir = tmp / "figures"
         fig_dir.mkdir()
         figs = _figures(analysis, fig_dir, sweep, max_curves)

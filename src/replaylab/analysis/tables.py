@@ -5,7 +5,8 @@ The input is the results table of docs/design.md (one row per run): `strategy`, 
 `target_epochs`, `status`, `run_id`, `generic_test_loss` are used when present. A *cell* is one
 point of the experiment grid (domain, strategy, budget, epochs, rho, alpha); its runs differ only in
 seed and LR. Per cell the LR with the lowest mean `target_val_loss` (the *select* half) over seeds is
-chosen, and the cell reports its seeds' `target_test_loss` (the *report* half) at that LR.
+chosen (`replaylab.sweep.results.select_lr`, the rule `replaylab results` marks `selected` with), and the
+cell reports its seeds' `target_test_loss` (the *report* half) at that LR.
 """
 
 from __future__ import annotations
@@ -44,23 +45,12 @@ def load_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
 def _scan_manifests(root: Path) -> pd.DataFrame:
     import json
 
+    from replaylab.sweep.results import run_row
+
     paths = sorted((root / "runs").glob("*/manifest.json")) or sorted(root.glob("*/manifest.json"))
     if not paths:
         raise AnalysisError(f"{str(root)!r} holds no sweep.json and no runs/*/manifest.json; is it a sweep folder?")
-    rows = []
-    for path in paths:
-        man = json.loads(path.read_text(encoding="utf-8"))
-        meta = man.get("meta") or {}
-        final = man.get("final") or {}
-        row = {k: meta.get(k) for k in ("strategy", "target_domain", "generic_domain", "rho", "alpha", "delta",
-                                        "gamma", "budget", "budget_multiple", "target_epochs", "lr", "lr_group")}
-        row.update(run_id=path.parent.name, status=man.get("status"), seed=man.get("seed"),
-                   steps=man.get("steps_done"))
-        for role in ("target", "generic"):
-            for half in ("val", "test"):
-                row[f"{role}_{half}_loss"] = final.get(meta.get(f"{role}_domain"), {}).get(f"{half}_loss")
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame([run_row(p.parent.name, json.loads(p.read_text(encoding="utf-8"))) for p in paths])
 
 
 def load_csv_tables(reference_csv: str | Path, compare_csv: str | Path) -> pd.DataFrame:
@@ -142,23 +132,19 @@ def select_cells(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str
       generic_test_loss (mean), label.
     runs: the chosen runs (one per cell and seed), for figures and per-seed tables.
     """
+    from replaylab.sweep.results import lr_key, select_lr
+
     notes: list[str] = []
     df = normalize(df)
     cells, chosen_runs = [], []
     for key, g in df.groupby(CELL_KEYS, dropna=False, sort=True):
         info = dict(zip(CELL_KEYS, key))
-        lrs = {float(lr): sub for lr, sub in g.groupby(g["lr"].fillna(-1.0), sort=True)}
+        lrs = {float(lr): sub for lr, sub in g.groupby(lr_key(g["lr"]), sort=True)}
         label = _cell_label(info)
-        if len(lrs) > 1:
-            if g["target_val_loss"].isna().any():
-                raise AnalysisError(f"cell {label!r} has runs at {len(lrs)} LRs but no target_val_loss for some; "
-                                    "the LR is chosen on the select half, so give target_val_loss for every run")
-            full = max(sub["seed"].nunique() for sub in lrs.values())
-            # An LR whose seeds did not all finish (diverged, failed) only wins if no LR finished them all.
-            score = {lr: (sub["seed"].nunique() < full, sub["target_val_loss"].mean()) for lr, sub in lrs.items()}
-            best_lr = min(score, key=lambda k: score[k])
-        else:
-            best_lr = next(iter(lrs))
+        if len(lrs) > 1 and g["target_val_loss"].isna().any():
+            raise AnalysisError(f"cell {label!r} has runs at {len(lrs)} LRs but no target_val_loss for some; "
+                                "the LR is chosen on the select half, so give target_val_loss for every run")
+        best_lr = select_lr(g)  # the rule `replaylab results` marks `selected` with
         runs = lrs[best_lr]
         if runs["seed"].duplicated().any():
             dup = runs.loc[runs["seed"].duplicated(), "seed"].iloc[0]

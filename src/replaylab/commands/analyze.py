@@ -30,6 +30,12 @@ def load_analysis(args: argparse.Namespace):
     from replaylab.analysis import analyze_runs, load_csv_tables, load_sweep_table
     from replaylab.analysis.law import AnalysisError
 
+    # Checked up front: deep inside, a bad level only drops each interval with a note.
+    if not 0 < args.level < 1:
+        raise AnalysisError(f"--level {args.level} is not a confidence level in (0, 1); give e.g. --level 0.95")
+    if args.boot < 10:  # the bootstrap's own floor (analysis/bootstrap.py)
+        raise AnalysisError(f"--boot {args.boot} is too few bootstrap resamples for an interval; give at least 10 "
+                            "(default 1000)")
     csv_given = args.reference is not None or args.compare is not None
     if csv_given and args.sweep_dir:
         raise AnalysisError("give either SWEEP_DIR or --reference/--compare CSV files, not both")
@@ -58,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells", action="store_true", help="also print every cell (each rho / alpha) per domain")
     p.add_argument("--json", metavar="FILE", help="write the whole analysis as JSON")
     p.add_argument("--csv", metavar="FILE", help="write the headline table as CSV")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json / --csv files if they exist")
 
 
 def _print_table(console, title: str, rows: list[dict[str, str]]) -> None:
@@ -78,8 +85,12 @@ def _print_table(console, title: str, rows: list[dict[str, str]]) -> None:
 def main(args: argparse.Namespace) -> int:
     import json
 
+    from replaylab.outputs import check_output_file
     from replaylab.paths import atomic_write_text
 
+    for option, path in (("--json", args.json), ("--csv", args.csv)):
+        if path:
+            check_output_file(path, overwrite=args.overwrite, option=option)  # before the analysis, not after
     analysis, source = load_analysis(args)
     print_analysis(analysis, source, cells=args.cells)
     if args.json:

@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     val.add_argument("--val-docs", type=int, default=None, help="hold out exactly N documents for validation")
     val.add_argument("--val-fraction", type=float, default=None, help="hold out this fraction of the documents")
     b.add_argument("--force", action="store_true", help="rebuild even if the store is cached")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace a store of that --name built from another corpus, tokenizer or options")
     _add_source_options(b)
 
     i = sub.add_parser("inspect", help="token/document counts, chars per token, validation size, a decoded sample")
@@ -110,7 +112,7 @@ def _build(args: argparse.Namespace) -> int:
     from replaylab.data.store import get_store
 
     store = get_store(args.source, tokenizer=args.tokenizer, options=source_options(args), name=args.name,
-                      force=args.force)
+                      force=args.force, overwrite=args.overwrite)
     m = store.meta
     print(f"{m['tokens']:,} tokens from {m['documents']:,} documents "
           f"({m['splits']['val']['documents']:,} held out for validation), identity {store.identity[:12]}")

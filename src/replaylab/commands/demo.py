@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="sweep folder (default: demo under $REPLAYLAB_HOME/sweeps)")
     p.add_argument("--experiment", help="run this experiment YAML instead of the built-in demo")
     p.add_argument("--workers", type=int, default=2, help="local worker processes, one thread each (default 2)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a replaylab sweep folder of another experiment at --out (its runs are deleted)")
 
 
 def _data(experiment: Path) -> tuple[dict[str, str], str]:
@@ -40,13 +42,16 @@ def main(args: argparse.Namespace) -> int:
     from replaylab.commands.analyze import print_analysis
     from replaylab.data.store import get_store
     from replaylab.errors import ConfigError
+    from replaylab.outputs import claim_output
     from replaylab.paths import home
     from replaylab.sweep import run_sweep
+    from replaylab.sweep.plan import experiment_name
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
     experiment = Path(args.experiment) if args.experiment else demo_experiment()
     out = Path(args.out) if args.out else home() / "sweeps" / "demo"
+    claim_output(out, "sweep", experiment_name(experiment), overwrite=args.overwrite)  # before building data
     t0 = time.time()
 
     print("[1/3] data: building the built-in corpora, tokenizer and token stores (cached after the first time)")
@@ -57,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     t_data = time.time() - t0
 
     print(f"[2/3] sweep: training {experiment.name} with {args.workers} worker(s) into {out}")
-    counts = run_sweep(experiment, out, workers=args.workers, threads=1, backend="local")
+    counts = run_sweep(experiment, out, workers=args.workers, threads=1, backend="local", overwrite=args.overwrite)
     print("      " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     t_sweep = time.time() - t0 - t_data
 

@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (holding config.yaml and checkpoints/)")
     p.add_argument("--hf", required=True, metavar="OUT", help="output folder for the Hugging Face checkpoint")
     p.add_argument("--step", type=int, help="checkpoint step to export (default: the latest)")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--overwrite", "--force", action="store_true", dest="overwrite",
+                   help="replace OUT if it is a replaylab export of another checkpoint (--force: the old name)")
 
 
 def available_steps(run_dir: Path) -> dict[int, Path]:
@@ -35,11 +36,12 @@ def available_steps(run_dir: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None, force: bool = False) -> Path:
+def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None, overwrite: bool = False) -> Path:
     from safetensors.torch import load_file
 
-    from replaylab.config import load_config
+    from replaylab.config import config_hash, load_config
     from replaylab.hf_convert import export_hf
+    from replaylab.outputs import claim_output
     from replaylab.runconfig import RunConfig
 
     run_dir, out = Path(run_dir), Path(out)
@@ -55,9 +57,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     elif step not in steps:
         raise ReplaylabError(f"--step {step} has no checkpoint in {str(run_dir)!r}; available steps: "
                              f"{', '.join(map(str, steps))}")
-    if out.exists() and not force:
-        raise ReplaylabError(f"output folder {str(out)!r} already exists; choose another --hf folder or pass --force")
     config = load_config(RunConfig, run_dir / "config.yaml")
+    identity = f"{config_hash(config)}@{step}"
+    claim_output(out, "export", identity, overwrite=overwrite, option="--hf", describe="of another checkpoint")
     if config.model.vocab_size is None or config.model.max_seq_len is None:
         raise ReplaylabError(f"{str(run_dir / 'config.yaml')!r} has no resolved model.vocab_size/max_seq_len; "
                              "it was not written by `replaylab train`")
@@ -65,10 +67,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
 
     tokenizer = get_tokenizer(config.data.tokenizer)
     state = load_file(str(steps[step] / "model.safetensors"))
-    return export_hf(state, config.model, tokenizer.path, out, eos_id=tokenizer.eos_id)
+    return export_hf(state, config.model, tokenizer.path, out, eos_id=tokenizer.eos_id, identity=identity,
+                     overwrite=overwrite)
 
 
 def main(args: argparse.Namespace) -> int:
-    out = export_run(args.run_dir, args.hf, step=args.step, force=args.force)
+    out = export_run(args.run_dir, args.hf, step=args.step, overwrite=args.overwrite)
     print(f"exported {args.run_dir} -> {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0

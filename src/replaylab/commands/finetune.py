@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from replaylab.config import apply_overrides, from_dict, load_yaml
+from replaylab.errors import ConfigError
 
 HELP = "fine-tune a pretrained Hugging Face causal LM on target data, replaying generic data"
 
@@ -42,8 +43,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: leave as is)")
     p.add_argument("--out", help="run folder (default: runs/finetune-<config hash>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a replaylab run folder at --out that holds another config (never a folder it did not make)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set optim.warmup=0.05 (repeatable)")
+
+
+def _section(raw: dict, key: str, default: dict | None = None) -> dict:
+    """raw[key] as the mapping the flags add to (made when missing); a config that gives it as a plain
+    value (e.g. `target: basque`) is a ConfigError."""
+    value = raw.get(key)
+    if value is None:
+        value = dict(default or {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"config field {key} is {value!r}, not a section; write it as a mapping, e.g. "
+                          f"{key}: {{{'source: basque' if key in ('target', 'replay') else '...'}}}")
+    raw[key] = value
+    return value
 
 
 def build_config(args: argparse.Namespace):
@@ -60,23 +76,26 @@ def build_config(args: argparse.Namespace):
     }
     raw.update({k: v for k, v in flags.items() if v is not None})
     if args.target is not None:
-        raw["target"] = {**(raw.get("target") or {}), "source": args.target}
+        _section(raw, "target")["source"] = args.target
     if args.budget is not None:
-        raw["target"] = {**(raw.get("target") or {"source": "basque"}), "budget": args.budget}
+        _section(raw, "target", {"source": "basque"})["budget"] = args.budget
     if args.replay is not None:
-        raw["replay"] = None if args.replay == "none" else {**(raw.get("replay") or {}), "source": args.replay}
+        if args.replay == "none":
+            raw["replay"] = None
+        else:
+            _section(raw, "replay")["source"] = args.replay
     if args.lr is not None:
-        raw.setdefault("optim", {})["lr"] = args.lr
+        _section(raw, "optim")["lr"] = args.lr
     if args.lora or args.lora_r is not None:
-        raw.setdefault("lora", {})["enabled"] = True
+        _section(raw, "lora")["enabled"] = True
         if args.lora_r is not None:
             raw["lora"]["r"] = args.lora_r
     if args.mc_task:
-        raw.setdefault("eval", {})["mc_tasks"] = list(args.mc_task)
+        _section(raw, "eval")["mc_tasks"] = list(args.mc_task)
     if args.lm_eval_task:
-        raw.setdefault("eval", {})["lm_eval_tasks"] = list(args.lm_eval_task)
+        _section(raw, "eval")["lm_eval_tasks"] = list(args.lm_eval_task)
     if args.lm_eval_include is not None:
-        raw.setdefault("eval", {})["lm_eval_include"] = args.lm_eval_include
+        _section(raw, "eval")["lm_eval_include"] = args.lm_eval_include
     return from_dict(FinetuneConfig, apply_overrides(raw, args.overrides))
 
 
@@ -89,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
     config = build_config(args)
     out = Path(args.out) if args.out else Path("runs") / f"finetune-{config_hash(config)}"
     try:
-        manifest = run_finetune(config, out, resume=args.resume)
+        manifest = run_finetune(config, out, resume=args.resume, overwrite=args.overwrite)
     except TrainingInterrupted as e:
         print(f"replaylab finetune: {e}", file=sys.stderr)
         return e.exit_code

@@ -9,13 +9,17 @@ HELP = "tabulate a sweep's runs: strategy, rho, alpha, budget, seed, LR, final p
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep_dir", help="a folder written by replaylab sweep")
-    p.add_argument("--csv", help="write the full table to this CSV file")
+    p.add_argument("--csv", help="write the full table to this CSV file (a new file, or --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --csv file if it exists")
 
 
 def main(args: argparse.Namespace) -> int:
+    from replaylab.outputs import check_output_file
     from replaylab.paths import atomic_write_text
     from replaylab.sweep.results import load_results
 
+    if args.csv:
+        check_output_file(args.csv, overwrite=args.overwrite, option="--csv")
     df = load_results(args.sweep_dir)
     if args.csv:
         atomic_write_text(args.csv, df.to_csv(index=False))

@@ -16,7 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", help="train a deterministic byte-level BPE on a sample of each source")
     t.add_argument("sources", nargs="+", metavar="SOURCE", help="recipe names, .jsonl/.txt/.parquet files or folders, hf:...")
     t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size including <|endoftext|> (>= 257)")
-    t.add_argument("--out", required=True, help="folder to write tokenizer.json into")
+    t.add_argument("--out", required=True, help="folder to write tokenizer.json into (a new folder, or one of "
+                   "replaylab's tokenizer folders)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a replaylab tokenizer folder trained on other sources or settings")
     t.add_argument("--sample-mb", type=float, default=2.0, help="MB of text taken from the start of each source (default 2)")
     _add_source_options(t)
     s = sub.add_parser("show", help="vocab size, EOS token, hash, and how a text tokenizes")
@@ -31,7 +34,8 @@ def main(args: argparse.Namespace) -> int:
         if args.sample_mb <= 0:
             raise DataError(f"--sample-mb must be > 0, got {args.sample_mb}")
         tok = train_tokenizer(args.sources, vocab_size=args.vocab_size, out=args.out,
-                              sample_bytes=int(args.sample_mb * 1e6), options=source_options(args))
+                              sample_bytes=int(args.sample_mb * 1e6), options=source_options(args),
+                              overwrite=args.overwrite)
         print(f"vocab {tok.vocab_size:,}, eos id {tok.eos_id}, hash {tok.hash[:12]}")
         print(tok.path)
         return 0

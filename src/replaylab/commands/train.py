@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. stages.1.lr.peak=3e-4")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest good checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a replaylab run folder at --out that holds another config (never a folder it did not make)")
     p.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start from the full training state of another run's checkpoint (a shared prefix)")
     # argparse stops filling positionals at the first option, so `CONFIG --out DIR KEY=VALUE` would leave
@@ -62,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
         config = load_config(RunConfig, args.config, args.overrides)
         out = Path(args.out) if args.out else _default_out(config.name)
     try:
-        manifest = run_training(config, out, resume=bool(args.resume), init_from=args.init_from)
+        manifest = run_training(config, out, resume=bool(args.resume), init_from=args.init_from,
+                                overwrite=args.overwrite)
     except TrainingInterrupted as e:
         print(f"replaylab train: {e}", file=sys.stderr)
         return e.exit_code

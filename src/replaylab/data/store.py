@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from replaylab.data.corpus import (CorpusOptions, CorpusStats, check_source, ite
                                   source_name)
 from replaylab.data.tokenizer import Tokenizer, get_tokenizer
 from replaylab.errors import DataError
+from replaylab.outputs import check_name, claim_output, write_marker
 
 SPLITS = ("train", "val")
 STORE_FORMAT = 1
@@ -326,6 +328,7 @@ def build_store(source: str, out: Path | str, tokenizer: Tokenizer, corpus_opts:
             "identity": hashlib.sha256(f"{content_hash}\0{tokenizer.hash}".encode()).hexdigest(),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        write_marker(tmp, "store", key)
         # A copy of the tokenizer makes the store self-contained: it can always be decoded and checked.
         shutil.copyfile(tokenizer.path / "tokenizer.json", tmp / "tokenizer.json")
     note = stats.note()
@@ -357,7 +360,8 @@ def open_store(name_or_dir: str | Path) -> TokenStore:
         return TokenStore(cached)
     # A source name (e.g. `code`): its stores are named `<source>-<tokenizer hash>-<key>`. One match
     # is unambiguous; with several, the one made with the default tokenizer, if it is among them.
-    matches = sorted(p for p in stores_dir().glob(f"{name_or_dir}-*-*") if (p / "meta.json").exists()) \
+    matches = sorted(p for p in stores_dir().glob(f"{name_or_dir}-*-*")
+                     if not p.name.startswith(".") and (p / "meta.json").exists()) \
         if stores_dir().exists() and "/" not in str(name_or_dir) else []
     if len(matches) > 1:
         default = [m for m in matches if json.loads((m / "meta.json").read_text()).get("tokenizer") == "default"]
@@ -372,16 +376,21 @@ def open_store(name_or_dir: str | Path) -> TokenStore:
 
 
 def get_store(source: str, tokenizer: str | Tokenizer = "default", options: dict[str, Any] | None = None,
-              build: bool = True, *, name: str | None = None, force: bool = False) -> TokenStore:
+              build: bool = True, *, name: str | None = None, force: bool = False,
+              overwrite: bool = False) -> TokenStore:
     """The store of `source` tokenized with `tokenizer`, built and cached on first use.
 
     source: a recipe name, a .jsonl/.txt/.parquet file or folder, hf:..., or a built store folder.
     options: corpus options (text_field, template, glob, split, max_docs) and store options
     (val_docs, val_fraction, split_seed). name: the cache folder name (default: derived from the
-    source, the tokenizer hash and the options)."""
+    source, the tokenizer hash and the options). force: rebuild this store even if it is cached.
+    overwrite: a store `name` that holds another corpus (or tokenizer, or options) is replaced; without it,
+    that is an error (replaylab.outputs)."""
     source = str(source)
     if (Path(source) / "meta.json").exists():  # already a store folder
         return TokenStore(source)
+    if name is not None:
+        check_name(name)
     corpus_opts, store_opts = _split_options(options)
     kind = check_source(source)  # a missing path, unknown recipe or offline hf: fails here, before any tokenizer work
     if kind == "recipe" and build:
@@ -399,17 +408,40 @@ def get_store(source: str, tokenizer: str | Tokenizer = "default", options: dict
                 return store
         return None
 
+    def check_folder() -> None:
+        """Only this store, or (with overwrite) another store, may be rebuilt at `folder`."""
+        theirs = None
+        if (folder / "meta.json").exists():
+            try:
+                theirs = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            except ValueError:
+                theirs = {}
+        describe = f"from {theirs.get('source')!r}, tokenizer {theirs.get('tokenizer')!r}" if theirs else ""
+        claim_output(folder, "store", key, overwrite=overwrite, option="--name" if name else "store",
+                     describe=describe)
+        if theirs and theirs.get("key") not in (None, key) and not overwrite:
+            raise DataError(f"store {folder.name!r} holds another corpus ({describe}); choose another --name, or "
+                            "pass --overwrite to replace it")
+
     store = cached()
     if store is not None:
         return store
     if not build:
         raise DataError(f"token store for {source!r} is not built ({folder}); run `replaylab data build {source}`")
+    check_folder()
     # One builder at a time per store: parallel workers asking for the same store wait, then reuse it.
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         store = cached()
         if store is None:
+            # Under the lock no one else builds this store: its temporary folders were all left by dead builders.
+            # (`.NAME.<8 random chars>[.<pid>@<host>].tmp`: exactly this store's, not those of a store `NAME.x`.)
+            own = re.compile(rf"\.{re.escape(folder.name)}\.[a-z0-9_]{{8}}(\.\d+@.+)?\.tmp")
+            for tmp in folder.parent.iterdir():
+                if own.fullmatch(tmp.name):
+                    shutil.rmtree(tmp, ignore_errors=True)
+            check_folder()
             store = build_store(source, folder, tok, corpus_opts, store_opts, key=key)
     return store
 
@@ -418,4 +450,4 @@ def list_stores() -> list[TokenStore]:
     root = stores_dir()
     if not root.exists():
         return []
-    return [TokenStore(p) for p in sorted(root.iterdir()) if (p / "meta.json").exists()]
+    return [TokenStore(p) for p in sorted(root.iterdir()) if not p.name.startswith(".") and (p / "meta.json").exists()]

@@ -5,7 +5,8 @@ store's identity, so a store built with one tokenizer is never read with another
 
 `get_tokenizer(spec)` accepts:
 - "default": vocab 4096 byte-level BPE trained on ~2 MB spread over each built-in recipe, cached
-  under `$REPLAYLAB_HOME/tokenizers/default/`;
+  under `$REPLAYLAB_HOME/tokenizers/default-<key>/` and found again by the recipes' pins without
+  building them (see `default_tokenizer`);
 - a `tokenizer.json` path, or a folder holding one;
 - a Hugging Face hub id (`org/name`, optionally `@revision`) when online, cached under
   `$REPLAYLAB_HOME/tokenizers/hf/`.
@@ -166,7 +167,7 @@ def sample_documents(sources: Sequence[str], sample_bytes: int,
 
 def train_tokenizer(sources: Sequence[str], *, vocab_size: int, out: Path | str,
                     sample_bytes: int = DEFAULT_SAMPLE_BYTES, options: CorpusOptions | dict | None = None,
-                    min_frequency: int = 2) -> Tokenizer:
+                    min_frequency: int = 2, overwrite: bool = False) -> Tokenizer:
     """Train a byte-level BPE on a sample of `sources` and write `out/tokenizer.json` atomically.
 
     Deterministic: the same sample and vocab size give a byte-identical tokenizer.json."""
@@ -179,6 +180,13 @@ def train_tokenizer(sources: Sequence[str], *, vocab_size: int, out: Path | str,
         raise DataError(f"vocab size {vocab_size} is implausibly large; use at most {1 << 20}")
     if sample_bytes < 1:
         raise DataError(f"tokenizer sample size must be > 0 bytes, got {sample_bytes}")
+    from replaylab.outputs import build_output, claim_output
+
+    opts = options.as_dict() if isinstance(options, CorpusOptions) else dict(options or {})
+    identity = hashlib.sha256(json.dumps({"sources": list(map(str, sources)), "vocab_size": vocab_size,
+                                          "sample_bytes": sample_bytes, "options": opts, "min_frequency": min_frequency},
+                                         sort_keys=True, default=str).encode()).hexdigest()
+    claim_output(out, "tokenizer", identity, overwrite=overwrite)  # before the (slow) training, and again after
     backend = HFTokenizer(models.BPE())
     # add_prefix_space=False: a document's first word is not rewritten; use_regex: GPT-2 word splitting.
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -187,7 +195,7 @@ def train_tokenizer(sources: Sequence[str], *, vocab_size: int, out: Path | str,
                                   special_tokens=[EOS_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(sample_documents(sources, sample_bytes, options), trainer=trainer)
     out = Path(out)
-    with paths.atomic_dir(out) as tmp:
+    with build_output(out, "tokenizer", identity, overwrite=overwrite) as tmp:
         backend.save(str(tmp / "tokenizer.json"), pretty=False)
         (tmp / "tokenizer_config.json").write_text(json.dumps({
             "eos_token": EOS_TOKEN, "model_max_length": 1 << 30, "tokenizer_class": "PreTrainedTokenizerFast",
@@ -196,11 +204,62 @@ def train_tokenizer(sources: Sequence[str], *, vocab_size: int, out: Path | str,
     return load_tokenizer(out)
 
 
+def _default_pins() -> dict:
+    """What the default tokenizer is trained from, as fixed in the code: the training parameters and
+    each default recipe's pins (`Recipe.pins()`: name, description, licence, format version, sources
+    with versions and sha256). Computable without downloading or building anything."""
+    from replaylab.data.recipes import get_recipe
+
+    return {"vocab_size": DEFAULT_VOCAB, "sample_bytes": DEFAULT_SAMPLE_BYTES, "sampling": "spread",
+            "recipes": [get_recipe(name).pins() for name in DEFAULT_RECIPES]}
+
+
+def _pins_index_path(pins: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(pins, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return paths.home() / "tokenizers" / f"default.pins-{digest[:12]}.json"
+
+
+def _indexed_default(index: Path) -> Tokenizer | None:
+    """The tokenizer a pins index file points to, or None when there is none (or it was replaced)."""
+    try:
+        entry = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    folder = index.parent / entry["folder"]
+    if not (folder / "tokenizer.json").exists():
+        return None
+    tok = load_tokenizer(folder, name="default")
+    return tok if tok.hash == entry["tokenizer_sha256"] else None
+
+
+def _cannot_build_message(recipe: str, error: DataError) -> str:
+    """One line: the default tokenizer is not cached, building it failed (offline?), what to do instead."""
+    tokenizers = paths.home() / "tokenizers"
+    older = sorted(str(p.parent) for p in tokenizers.glob("default-*/tokenizer.json"))
+    hint = (f"; {older[0]} holds a default tokenizer cached by an older replaylab (without its recipe pins): "
+            f"--tokenizer {older[0]} uses it as is") if older else ""
+    reason = " ".join(str(error).split())  # one line, whatever the client printed
+    return (f"the default tokenizer is not cached in {tokenizers} and cannot be built offline: it is trained "
+            f"on the built-in recipes, and building {recipe!r} failed ({reason}); "
+            f"pass --tokenizer PATH (a tokenizer.json or a folder holding one; `data.tokenizer` in a run config), "
+            f"or train one with `replaylab tokenizer train SOURCE... --vocab-size {DEFAULT_VOCAB} --out DIR` "
+            f"and pass --tokenizer DIR{hint}")
+
+
 def default_tokenizer() -> Tokenizer:
     """The project's default tokenizer, cached under $REPLAYLAB_HOME/tokenizers/default-<key>.
 
-    The key hashes the built recipes' summaries (their content), the vocab size and the sample size,
-    so a change to any recipe trains a new default instead of silently reusing a stale one."""
+    Found without building or downloading anything when cached: the pins index
+    `tokenizers/default.pins-<pins key>.json` maps the hash of what the code pins (`_default_pins()`:
+    vocab size, sample size, and each recipe's declared sources with versions and sha256) to the
+    folder and sha256 of the tokenizer trained from them.
+
+    Otherwise (first use, or a cache written before the index existed) the five recipes are built
+    (downloaded when missing) and the folder key is, as always, a hash of their summaries, so existing
+    caches are found again and a new default is trained only when the built contents changed; training
+    itself is unchanged, so tokenizer.json stays byte-identical. The index is then written, but only
+    when the built summaries agree with the current pins (a corpus built from older pins is not
+    recorded under the new ones). A failed build (no network) is one DataError saying what to do."""
     from replaylab.data.corpus import _recipes
     from replaylab.data.recipes import build_recipe
 
@@ -208,17 +267,32 @@ def default_tokenizer() -> Tokenizer:
     if missing:
         raise DataError(f"the default tokenizer needs the built-in recipes {', '.join(missing)}, which are not "
                         "available; pass a tokenizer.json path or train one with `replaylab tokenizer train`")
+    pins = _default_pins()
+    index = _pins_index_path(pins)
+    tok = _indexed_default(index)
+    if tok is not None:
+        return tok
     key = hashlib.sha256(f"{DEFAULT_VOCAB}:{DEFAULT_SAMPLE_BYTES}:spread".encode())
+    summaries = []
     for name in DEFAULT_RECIPES:  # builds a recipe only when it is missing
-        key.update((build_recipe(name) / "summary.json").read_bytes())
+        try:
+            raw = (build_recipe(name) / "summary.json").read_bytes()
+        except DataError as e:
+            raise DataError(_cannot_build_message(name, e)) from None
+        key.update(raw)
+        summaries.append(json.loads(raw))
     folder = paths.home() / "tokenizers" / f"default-{key.hexdigest()[:12]}"
-    if (folder / "tokenizer.json").exists():
-        return load_tokenizer(folder, name="default")
-    # One trainer at a time: parallel workers asking for the default tokenizer wait, then load it.
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / ".default.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / "tokenizer.json").exists():
-            train_tokenizer(list(DEFAULT_RECIPES), vocab_size=DEFAULT_VOCAB, out=folder,
-                            sample_bytes=DEFAULT_SAMPLE_BYTES)
-    return load_tokenizer(folder, name="default")
+    if not (folder / "tokenizer.json").exists():
+        # One trainer at a time: parallel workers asking for the default tokenizer wait, then load it.
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / ".default.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (folder / "tokenizer.json").exists():
+                train_tokenizer(list(DEFAULT_RECIPES), vocab_size=DEFAULT_VOCAB, out=folder,
+                                sample_bytes=DEFAULT_SAMPLE_BYTES)
+    tok = load_tokenizer(folder, name="default")
+    built_from_pins = all({k: s.get(k) for k in p} == p for s, p in zip(summaries, pins["recipes"]))
+    if built_from_pins:
+        paths.atomic_write_text(index, json.dumps({"folder": folder.name, "tokenizer_sha256": tok.hash,
+                                                   "pins": pins}, indent=1, sort_keys=True) + "\n")
+    return tok

@@ -19,7 +19,7 @@ import math
 import signal
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,13 @@ import torch.nn.functional as F
 
 from replaylab.config import config_hash, dump_yaml, load_config
 from replaylab.errors import ConfigError
+from replaylab.fingerprint import run_id, run_identity
 from replaylab.hf import evaluate as ev
 from replaylab.hf import parallel
 from replaylab.hf.config import FinetuneConfig
-from replaylab.hf.models import load_model, resolve_model
+from replaylab.hf.models import check_seq_len, load_model, resolve_model
 from replaylab.hf.packing import REPLAY, TARGET, open_stores, plan_mix, sampler_config, target_budget
+from replaylab.outputs import OutputError, claim_output, read_marker, remove_ours, write_marker
 from replaylab.paths import atomic_write_text
 from replaylab.runconfig import OptimConfig
 from replaylab.runtime import autocast, resolve_device, resolve_precision, set_threads
@@ -43,7 +45,7 @@ from replaylab.train.logging import Progress, RunLogger, truncate_metrics
 from replaylab.train.manifest import new_manifest, now, read_manifest, write_manifest
 from replaylab.train.mixture import MixtureSampler
 from replaylab.train.optim import param_groups
-from replaylab.train.trainer import TrainingInterrupted
+from replaylab.train.trainer import TrainingInterrupted, lock_run_dir
 
 KIND = "finetune_hf"
 
@@ -146,37 +148,70 @@ def _stop_on_signals():
             signal.signal(s, h)
 
 
-def _prepare(cfg: FinetuneConfig, out: Path, resume: bool) -> dict | None:
-    """Check the folder; return the existing manifest when resuming (None = start fresh)."""
+def _check_inputs(cfg: FinetuneConfig) -> None:
+    """Fail fast on every input the run names, before the model loads and before the run folder exists:
+    the corpora, the multiple-choice files, the model's config (seq_len within its positions), the
+    lm-eval tasks (slowest: last). Every rank checks, so all stop together."""
+    from replaylab.data.corpus import check_source
+
+    for pool in (cfg.target, cfg.replay):
+        if pool is not None:
+            check_source(pool.source)
+    for task in cfg.eval.mc_tasks:
+        ev.load_mc_task(task, cfg.eval.mc_max_items)
+    check_seq_len(cfg.model, resolve_model(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg.seq_len,
+                  trust_remote_code=cfg.trust_remote_code)
+    if cfg.eval.lm_eval_tasks:
+        ev.check_lm_eval(cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_include)
+
+
+def _prepare(cfg: FinetuneConfig, out: Path, resume: bool, overwrite: bool = False, remove: bool = False) -> dict | None:
+    """Check the folder (replaylab.outputs: a new path or a run folder of ours); return the existing manifest
+    when resuming (None = start fresh). With `overwrite`, a run of another config is replaced (when `remove`)."""
+    claim_output(out, "run")  # new, or a run folder of ours: which run it holds is config.yaml's to say
     manifest = read_manifest(out)
     if manifest is None:
         return None
     saved = out / "config.yaml"
-    if saved.exists() and config_hash(load_config(FinetuneConfig, saved)) != config_hash(cfg):
-        raise ConfigError(f"run folder {str(out)!r} holds a different config; use another --out or delete it")
+    if saved.exists() and run_identity(load_config(FinetuneConfig, saved)) != run_identity(cfg):
+        if overwrite:
+            if remove:
+                remove_ours(out, "run")
+            return None
+        raise ConfigError(f"run folder {str(out)!r} holds a different config; use another --out, or pass --overwrite "
+                          "to replace it")
     if not resume and manifest.get("status") != "done":
         raise ConfigError(f"run folder {str(out)!r} already holds a run ({manifest.get('status')}); "
                           "pass --resume to continue it, or choose another --out")
     return manifest
 
 
-def run_finetune(config: FinetuneConfig, out_dir: Path | str, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) one replay fine-tuning run; returns the final manifest."""
+def run_finetune(config: FinetuneConfig, out_dir: Path | str, resume: bool = False,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) one replay fine-tuning run; returns the final manifest. The run folder is locked while
+    the run trains (a second trainer is refused); `overwrite` replaces a run folder of another config."""
     config.validate()
+    _check_inputs(config)
     out = Path(out_dir)
-    old = _prepare(config, out, resume)
+    old = _prepare(config, out, resume, overwrite)
     if old is not None and old.get("status") == "done":
         return old
     set_threads(config.threads)
     device = resolve_device(config.device)
     dist = ddp.setup(device.type)
     try:
-        return _run(config, out, old, device, dist)
+        with ExitStack() as held:
+            if out.is_dir():  # lock it before reading it again: another trainer may hold it
+                lock_run_dir(out, dist, device, held)
+                old = _prepare(config, out, resume, overwrite, remove=dist.is_main)
+                ddp.barrier(dist)
+            return _run(config, out, old, device, dist, held)
     finally:
         ddp.teardown(dist)
 
 
-def _run(cfg: FinetuneConfig, out: Path, old: dict | None, device: torch.device, dist) -> dict[str, Any]:
+def _run(cfg: FinetuneConfig, out: Path, old: dict | None, device: torch.device, dist,
+         held: ExitStack) -> dict[str, Any]:
     from replaylab.data.tokenizer import load_tokenizer
 
     fsdp = parallel.use_fsdp(cfg.parallel, dist.world_size, dist.is_main)
@@ -184,8 +219,6 @@ def _run(cfg: FinetuneConfig, out: Path, old: dict | None, device: torch.device,
         parallel.check_supported(cfg.eval.lm_eval_tasks)
     folder = resolve_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer = load_tokenizer(folder)  # the model's own tokenizer packs the data
-    if cfg.eval.lm_eval_tasks:  # every rank, so all stop together: a bad task name fails before training, not after
-        ev.check_lm_eval(cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_include)
     stores = open_stores(cfg, tokenizer)
     plan = plan_mix(budget=target_budget(cfg, stores[TARGET]), target_epochs=cfg.target_epochs,
                     replay_fraction=cfg.replay_fraction, batch_size=cfg.batch_size, max_steps=cfg.max_steps)
@@ -221,13 +254,18 @@ def _run(cfg: FinetuneConfig, out: Path, old: dict | None, device: torch.device,
             "target_source": cfg.target.source, "replay_source": cfg.replay.source if cfg.replay else None,
             "budget": plan.budget, "target_epochs": plan.target_epochs, "lr": cfg.optim.lr,
             "model": cfg.model, "lora": cfg.lora.enabled, **cfg.meta}
+    lock_run_dir(out, dist, device, held)  # a no-op where this process holds it already
+    if old is None and read_manifest(out) is not None:
+        raise OutputError(f"run folder {str(out)!r} was started by another process meanwhile; choose another --out")
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        if (read_marker(out) or {}).get("identity") is None:
+            write_marker(out, "run", config_hash(cfg))
         atomic_write_text(out / "config.yaml", dump_yaml(cfg))
         if old is not None:  # drop what the interrupted attempt logged after its checkpoint
             truncate_metrics(out, start if start > 0 else -1)
         manifest = old if old is not None else new_manifest(
-            config_hash=config_hash(cfg), name=cfg.name, seed=cfg.seed, meta=meta,
+            config_hash=run_id(cfg), name=cfg.name, seed=cfg.seed, meta=meta,
             store_identities={k: s.identity for k, s in stores.items()}, tokenizer_hash=tokenizer.hash,
             extra={"kind": KIND, "model_folder": folder})
         manifest.update(status="running", error=None, meta=meta, plan={

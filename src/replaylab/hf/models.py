@@ -52,26 +52,44 @@ def load_tokenizer(folder: str, *, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
 
 
-def load_model(folder: str, *, trust_remote_code: bool = False, dtype=None):
-    """The model in fp32 (training master weights); bf16 is applied by autocast, not by casting."""
-    import sys
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    if not sys.stderr.isatty():  # no per-tensor progress bars in logs and sweep workers
-        hf_logging.disable_progress_bar()
+def load_model_config(folder: str, *, trust_remote_code: bool = False):
+    """The model's transformers config (config.json only: no weights are read)."""
+    from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
-    except ValueError as e:
+        return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
         if "trust_remote_code" in str(e):
             raise ConfigError(
                 f"model {folder!r} needs custom code from its repository; rerun with --trust-remote-code "
                 "if you trust its authors"
             ) from None
-        raise
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"model folder {folder!r}: its config.json cannot be used ({reason}); point --model at "
+                          "a Hugging Face causal LM folder") from None
+
+
+def check_seq_len(spec: str, folder: str, seq_len: int, *, trust_remote_code: bool = False) -> None:
+    """Refuse a seq_len beyond the model's `max_position_embeddings` (when its config names one)."""
+    config = load_model_config(folder, trust_remote_code=trust_remote_code)
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and seq_len > limit:
+        raise ConfigError(f"seq_len {seq_len} is longer than model {spec!r} allows (max_position_embeddings "
+                          f"{limit}); use --seq-len {limit} or less")
+
+
+def load_model(folder: str, *, trust_remote_code: bool = False, dtype=None):
+    """The model in fp32 (training master weights); bf16 is applied by autocast, not by casting."""
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    if not sys.stderr.isatty():  # no per-tensor progress bars in logs and sweep workers
+        hf_logging.disable_progress_bar()
+
+    config = load_model_config(folder, trust_remote_code=trust_remote_code)
     return AutoModelForCausalLM.from_pretrained(
         folder, config=config, dtype=dtype or torch.float32, local_files_only=True,
         trust_remote_code=trust_remote_code,

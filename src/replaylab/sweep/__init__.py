@@ -13,27 +13,39 @@ from typing import Any
 from replaylab.errors import ConfigError
 
 
-def prepare_sweep(experiment: str | Path, out: str | Path) -> dict[str, Any]:
-    """Expand the experiment and write SWEEP/experiment.yaml + sweep.json; returns the plan document."""
+def prepare_sweep(experiment: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Expand the experiment and write SWEEP/experiment.yaml + sweep.json; returns the plan document.
+
+    `out` is new, or a sweep folder of the same experiment (by name: a re-planned grid continues there), or,
+    with `overwrite`, a sweep folder of another experiment, which is replaced (replaylab.outputs)."""
+    from replaylab.outputs import claim_output, folder_lock, read_marker, remove_ours, write_marker
     from replaylab.sweep.plan import load_plan
     from replaylab.sweep.runstore import RunStore
 
     _, _, doc = load_plan(experiment)  # schedule experiments, or kind: finetune_hf
+    out = Path(out)
+    theirs = (read_marker(out) or {}).get("identity") if out.is_dir() else None
+    if claim_output(out, "sweep", doc["name"], overwrite=overwrite, describe=f"experiment {theirs!r}") == "replace":
+        remove_ours(out, "sweep")
     store = RunStore(out)
-    store.write_plan(doc, Path(experiment).read_text(encoding="utf-8"), {})
+    with folder_lock(out, "sweep folder", wait=True):  # sweeps started at once on one folder write the plan in turn
+        if read_marker(out) is None:
+            write_marker(out, "sweep", doc["name"])
+        store.write_plan(doc, Path(experiment).read_text(encoding="utf-8"), {})
     return doc
 
 
 def run_sweep(experiment: str | Path, out: str | Path, *, workers: int = 1, threads: int = 1,
               backend: str = "local", address: str | None = None, retry: bool = False,
-              lease_ttl: float = 60.0, gpus_per_run: float = 0.0, progress: bool | None = None) -> dict[str, int]:
+              lease_ttl: float = 60.0, gpus_per_run: float = 0.0, progress: bool | None = None,
+              overwrite: bool = False) -> dict[str, int]:
     """Prepare the sweep folder and train every run not done yet; returns status counts."""
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend {backend!r} is unknown; choose local or ray")
     if workers < 1 or threads < 1:
         raise ConfigError(f"--workers ({workers}) and --threads ({threads}) must be >= 1")
     retry_before = time.time() if retry else None
-    prepare_sweep(experiment, out)
+    prepare_sweep(experiment, out, overwrite=overwrite)
     if backend == "ray":
         from replaylab.sweep.ray_backend import run_ray
 

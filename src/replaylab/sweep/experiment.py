@@ -17,22 +17,21 @@ YAML form (see configs/tiny_sweep.yaml):
         args: {pretrain_lr: 3e-3}                  # fixed builder arguments
 
 Each grid point x LR x seed becomes one run (a `RunConfig` from `replaylab.schedule`), identified by
-the content hash of its resolved config.
+its run id (`replaylab.fingerprint.run_id`: the content hash of its resolved config).
 """
 
 from __future__ import annotations
 
 import itertools
-import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from replaylab.config import apply_overrides, config_hash, from_dict, load_yaml
+from replaylab.config import apply_overrides, from_dict, load_yaml, parse_number
 from replaylab.errors import ConfigError
+from replaylab.fingerprint import run_id
 from replaylab.runconfig import RunConfig
-
-_FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 
 
 @dataclass
@@ -89,17 +88,23 @@ class PlannedRun:
     coords: dict[str, Any]  # strategy, grid coordinates, lr, seed
 
 
-def _number(value: Any) -> Any:
-    """YAML-friendly numbers: "1/1024" and "3e-4" (a string in YAML 1.1) become floats."""
-    if isinstance(value, str):
-        m = _FRACTION.match(value)
-        if m:
-            return float(m.group(1)) / float(m.group(2))
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+def _number(value: Any, where: str) -> Any:
+    """A number from YAML through `parse_number` ("1/1024", "3e-4": a string in YAML 1.1): a zero
+    denominator, nan or text is an error naming the value. A YAML number is kept as written (8 stays
+    an int): the resolved config, and so the run id, must not change."""
+    number = parse_number(value, where)
+    return value if isinstance(value, (int, float)) else number
+
+
+def _numbers(builder: Any, args: dict[str, Any], where: str) -> dict[str, Any]:
+    """The builder's float arguments read with `_number`; None and other arguments pass as given."""
+    hints = typing.get_type_hints(builder)
+
+    def is_float(name: str) -> bool:
+        tp = hints.get(name)
+        return tp is float or float in typing.get_args(tp)
+
+    return {k: _number(v, f"{where} {k}") if v is not None and is_float(k) else v for k, v in args.items()}
 
 
 def load_experiment(path: str | Path) -> tuple[Experiment, dict]:
@@ -130,22 +135,28 @@ def expand(exp: Experiment, base: dict) -> list[PlannedRun]:
     from replaylab.schedule import STRATEGIES
 
     runs: dict[str, PlannedRun] = {}
-    defaults = {"target": exp.target, "generic": exp.generic, "target_fraction": _number(exp.target_fraction)}
+    defaults = {"target": exp.target, "generic": exp.generic,
+                "target_fraction": _number(exp.target_fraction, "experiment target_fraction")}
     for spec in exp.strategies:
         builder = STRATEGIES[spec.strategy]
         for cell in grid_cells(spec.grid, spec.zip):
+            args = _numbers(builder, {**spec.args, **cell}, f"strategy {spec.strategy!r}")
             for lr in spec.lrs or [None]:
                 for seed in spec.seeds or exp.seeds:
-                    kwargs = {**defaults, **{k: _number(v) for k, v in {**spec.args, **cell}.items()}, "seed": seed}
+                    kwargs = {**defaults, **args, "seed": seed}
                     if lr is not None:
-                        kwargs["lr"] = _number(lr)
+                        kwargs["lr"] = lr  # spec.lrs are floats already (parse_number via from_dict)
                     try:
                         cfg = builder(base, **kwargs)
                     except TypeError as e:
                         raise ConfigError(f"strategy {spec.strategy!r}: {e}; check the grid/args names") from None
                     except ConfigError as e:
                         raise ConfigError(f"strategy {spec.strategy!r} at {cell or 'its defaults'}: {e}") from None
-                    rid = config_hash(cfg)
+                    except ArithmeticError as e:  # finite but extreme grid values (1e308, 1e-300) overflow or vanish
+                        raise ConfigError(f"strategy {spec.strategy!r} at {cell or 'its defaults'}: these values "
+                                          f"cannot be computed with ({type(e).__name__}: {e}); keep them in a "
+                                          "realistic range") from None
+                    rid = run_id(cfg)
                     coords = {"strategy": spec.strategy, **cell, "lr": cfg.meta["lr"], "seed": seed}
                     runs.setdefault(rid, PlannedRun(rid, cfg, coords))
     return list(runs.values())

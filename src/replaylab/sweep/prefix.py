@@ -1,9 +1,10 @@
 """Shared prefixes: runs whose training is identical up to step s are trained once up to s.
 
 Two runs share their first s steps when everything that decides those steps agrees: every config
-field outside the stages (model, data, optimizer, seed, batch, precision...), and at each step the
-stage and position in it, the sequences drawn per domain (`replaylab.train.mixture.plan_counts`),
-the LR and whether the optimizer is reset. A domain's budget and epochs matter only from the first step
+field outside the stages (model, data, optimizer, seed, batch, precision, eval...: the signature
+`replaylab.fingerprint.prefix_signature`), and at each step the stage and position in it, the
+sequences drawn per domain (`replaylab.train.mixture.plan_counts`), the LR and whether the optimizer
+is reset. A domain's budget and epochs matter only from the first step
 that draws from it, so they sit in the step signature, not the global one. Typical cases: mid-training
 with alpha = 1 under one WSD schedule (every rho pre-trains on generic data only in the stable phase and
 differs only from its own transition point on), and fine-tuning on several targets after the same
@@ -24,27 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from replaylab.config import to_dict
+from replaylab.fingerprint import prefix_signature
 from replaylab.runconfig import RunConfig
-
-# Fields that do not change what a run computes (where and how often it writes, what it prints).
-BOOKKEEPING = {"train": ("checkpoint_every", "keep_checkpoints", "checkpoint_steps", "log_every", "progress")}
-
-
-def global_signature(config: RunConfig) -> str:
-    """Everything outside the stage list that decides a run's training, as a canonical string."""
-    raw = to_dict(config)
-    for key in ("name", "meta", "stages", "logging"):
-        raw.pop(key, None)
-    for section, fields in BOOKKEEPING.items():
-        for f in fields:
-            raw[section].pop(f, None)
-    raw["train"].pop("total_steps", None)  # enters through the per-step LR and stage layout
-    for dom in raw["data"]["domains"].values():  # enter through the steps that draw the domain
-        dom.pop("budget", None)
-        dom.pop("epochs", None)
-    raw["_domain_order"] = list(config.data.domains)  # columns of the count arrays
-    raw["_init"] = config.stages[0].init
-    return json.dumps(raw, sort_keys=True, default=str)
 
 
 def _lr_spans(config: RunConfig) -> list[tuple[str, int, int]]:
@@ -112,7 +94,7 @@ def plan_prefixes(configs: dict[str, RunConfig], *, granularity: int = 1, min_sh
     for rid, cfg in configs.items():
         if cfg.stages[0].init != "scratch" and not cfg.stages[0].init.startswith(("checkpoint:", "hf:")):
             continue
-        groups.setdefault(global_signature(cfg), []).append(rid)
+        groups.setdefault(prefix_signature(cfg), []).append(rid)
     out: dict[str, Branch] = {}
     for members in groups.values():
         if len(members) < 2:

@@ -1,8 +1,16 @@
-"""`load_results(sweep_dir)`: one row per run (the columns analysis reads, docs/design.md).
+"""A sweep's results table (one row per run, the columns of docs/design.md) and the LR selection that
+`replaylab results` and `replaylab analyze` share.
 
-LR selection, as the paper tunes: within each `lr_group` (runs that differ only in the tuned stage's
-peak LR) the finished run with the lowest target loss on the *select* half (`target_val_loss`) gets
-`selected = True`; the reported half (`target_test_loss`) is never used to choose.
+`run_row` is the one reader of a run's manifest: `load_results` calls it for every run of sweep.json,
+and `replaylab.analysis.tables` for bare run folders (no sweep.json).
+
+LR selection (`select_lr`), as the paper tunes: within a cell (runs that differ only in the tuned LR
+and the seed) the LR with the lowest mean target loss over seeds on the *select* half
+(`target_val_loss`) is chosen; an LR whose seeds did not all finish only wins when no LR finished them
+all. The report half (`target_test_loss`) is never used to choose. In this table a cell is
+`replaylab.fingerprint.lr_cell` of the run's planned config, and `selected = True` marks the cell's
+runs at the chosen LR (one per seed); analysis groups its cells by their grid columns instead
+(`replaylab.analysis.tables.CELL_KEYS`), with the same rule.
 """
 
 from __future__ import annotations
@@ -11,47 +19,71 @@ from pathlib import Path
 
 import pandas as pd
 
+from replaylab.fingerprint import lr_cell
 from replaylab.sweep.runstore import RunStore
 
 META_COLUMNS = ["strategy", "target_domain", "generic_domain", "rho", "alpha", "delta", "gamma", "budget",
                 "budget_multiple", "target_epochs"]
+LOSS_COLUMNS = ["target_val_loss", "target_test_loss", "generic_val_loss", "generic_test_loss"]
+_NO_LR = -1.0  # the LR key of runs that record none: they count as one LR
+
+
+def run_row(run_id: str, manifest: dict, *, entry: dict | None = None, status: str | None = None) -> dict:
+    """One run's table row from its manifest (empty while the run has not started) and, in a sweep, its
+    sweep.json entry (the planned config: meta and seed before the manifest exists). `status`: the run
+    store's view (leases); default the manifest's."""
+    config = (entry or {}).get("config") or {}
+    meta = manifest.get("meta") or config.get("meta") or {}
+    row = {"run_id": run_id, "status": status or manifest.get("status")}
+    row.update({k: meta.get(k) for k in META_COLUMNS})
+    row.update(seed=config.get("seed", manifest.get("seed")), lr=meta.get("lr"), lr_group=meta.get("lr_group"),
+               steps=manifest.get("steps_done", 0))
+    final = manifest.get("final") or {}
+    for role in ("target", "generic"):
+        dom = meta.get(f"{role}_domain")
+        for half in ("val", "test"):
+            row[f"{role}_{half}_loss"] = final.get(dom, {}).get(f"{half}_loss")
+    for dom, r in sorted(final.items()):
+        row[f"val_loss.{dom}"] = r.get("val_loss")
+        row[f"test_loss.{dom}"] = r.get("test_loss")
+    if (entry or {}).get("kind") == "finetune_hf":
+        # finetune_hf runs: final = {target, replay} (meta names them); also the swept axes (lora.r, ...)
+        # and the realized replay token share
+        row.update({k: v for k, v in entry.get("coords", {}).items() if k not in row})
+        shares = manifest.get("realized_token_shares")
+        row["replay_share"] = shares.get("replay", 0.0) if shares else None
+    row["error"] = manifest.get("error")
+    return row
+
+
+def lr_key(lrs: pd.Series) -> pd.Series:
+    """The LR column as selection keys: runs without an LR share one key."""
+    return pd.to_numeric(lrs, errors="coerce").fillna(_NO_LR)
+
+
+def select_lr(runs: pd.DataFrame) -> float:
+    """The LR key (see `lr_key`) chosen among one cell's finished runs (columns lr, seed,
+    target_val_loss): the lowest mean target_val_loss over seeds, preferring LRs that finished every
+    seed any LR finished. Ties go to the smaller LR."""
+    per_lr = {lr: sub for lr, sub in runs.groupby(lr_key(runs["lr"]), sort=True)}
+    full = max(sub["seed"].nunique() for sub in per_lr.values())
+    score = {lr: (sub["seed"].nunique() < full, sub["target_val_loss"].mean()) for lr, sub in per_lr.items()}
+    return min(score, key=lambda lr: score[lr])
 
 
 def load_results(sweep_dir: str | Path) -> pd.DataFrame:
     store = RunStore(sweep_dir)
-    rows = []
-    for entry in store.plan()["runs"]:
-        rid = entry["run_id"]
-        manifest = store.manifest(rid) or {}
-        meta = manifest.get("meta") or entry["config"].get("meta", {})
-        row = {"run_id": rid, "status": store.status(rid)}
-        row.update({k: meta.get(k) for k in META_COLUMNS})
-        row.update(seed=entry["config"].get("seed"), lr=meta.get("lr"), lr_group=meta.get("lr_group"),
-                   steps=manifest.get("steps_done", 0))
-        final = manifest.get("final") or {}
-        for role in ("target", "generic"):
-            dom = meta.get(f"{role}_domain")
-            for half in ("val", "test"):
-                row[f"{role}_{half}_loss"] = final.get(dom, {}).get(f"{half}_loss")
-        for dom, r in sorted(final.items()):
-            row[f"val_loss.{dom}"] = r.get("val_loss")
-            row[f"test_loss.{dom}"] = r.get("test_loss")
-        if entry.get("kind") == "finetune_hf":
-            # finetune_hf runs: final = {target, replay} (meta names them); also the swept axes (lora.r, ...)
-            # and the realized replay token share
-            row.update({k: v for k, v in entry.get("coords", {}).items() if k not in row})
-            shares = manifest.get("realized_token_shares")
-            row["replay_share"] = shares.get("replay", 0.0) if shares else None
-        row["error"] = manifest.get("error")
-        rows.append(row)
-    df = pd.DataFrame(rows)
+    entries = store.plan()["runs"]
+    df = pd.DataFrame([run_row(e["run_id"], store.manifest(e["run_id"]) or {}, entry=e,
+                               status=store.status(e["run_id"])) for e in entries])
     if df.empty:
         return df
-    for col in ("target_val_loss", "target_test_loss", "generic_val_loss", "generic_test_loss"):
+    for col in LOSS_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="coerce")
+    cells = pd.Series([lr_cell(e.get("config") or {}) for e in entries], index=df.index)
     df["selected"] = False
     done = df[(df["status"] == "done") & df["target_val_loss"].notna()]
-    if not done.empty:
-        best = done.groupby(done["lr_group"].fillna(done["run_id"]))["target_val_loss"].idxmin()
-        df.loc[best.values, "selected"] = True
+    for _, runs in done.groupby(cells[done.index], sort=False):
+        best = runs.index[lr_key(runs["lr"]) == select_lr(runs)]
+        df.loc[best, "selected"] = True
     return df

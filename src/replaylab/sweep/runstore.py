@@ -27,21 +27,12 @@ from typing import Any, Callable, Iterator
 
 from replaylab.config import dump_yaml
 from replaylab.errors import ConfigError
-from replaylab.paths import atomic_write_text
+from replaylab.outputs import write_marker
+from replaylab.paths import atomic_write_text, pid_alive
 
 LEASE = "lease.json"
 TERMINAL_OK = "done"
 FAILED = ("failed", "diverged")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Lease:
@@ -143,7 +134,13 @@ class RunStore:
     @contextmanager
     def _locked(self, run_id: str) -> Iterator[None]:
         d = self.run_dir(run_id)
-        d.mkdir(parents=True, exist_ok=True)
+        if not d.is_dir():
+            d.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir()
+                write_marker(d, "run")  # a run folder of replaylab's (replaylab.outputs); the trainer adds its identity
+            except FileExistsError:  # another worker made it first
+                pass
         fd = os.open(d / "lease.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -161,7 +158,7 @@ class RunStore:
     def _stale(self, lease: dict) -> bool:
         if lease.get("expires", 0) < time.time():
             return True
-        return lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", 0)))
+        return lease.get("host") == socket.gethostname() and not pid_alive(int(lease.get("pid", 0)))
 
     def _write_lease(self, run_id: str, holder: str) -> None:
         record = {"holder": holder, "host": socket.gethostname(), "pid": os.getpid(),

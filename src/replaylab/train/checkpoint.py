@@ -198,21 +198,16 @@ def prune_checkpoints(run_dir: Path | str, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# Fields that do not change the training state up to a step: how the run is named, logged, evaluated
-# and checkpointed, and how long it goes on (stages are compared through their per-step effects).
-_PREFIX_IGNORED = {"name", "meta", "eval", "logging", "stages"}
-_PREFIX_IGNORED_TRAIN = {"total_steps", "checkpoint_every", "keep_checkpoints", "checkpoint_steps", "log_every",
-                         "progress"}
-
-
 def check_prefix(config: Any, checkpoint: Checkpoint) -> None:
     """Refuse to branch from `checkpoint` unless its run trained exactly what `config` would up to
-    the checkpoint's step: same model/data/optimizer/seed settings, same sequences drawn per domain
-    before every step, same LR at every step and the same optimizer resets."""
+    the checkpoint's step: the same settings outside the stages (`replaylab.fingerprint.prefix_settings`:
+    model, data, optimizer, seed, eval...), the same sequences drawn per domain before every step, the same
+    LR at every step and the same optimizer resets."""
     import numpy as np
 
-    from replaylab.config import config_hash, load_config, to_dict
+    from replaylab.config import config_hash, load_config
     from replaylab.errors import ConfigError
+    from replaylab.fingerprint import prefix_settings
     from replaylab.runconfig import RunConfig
     from replaylab.train.lr import lr_schedule
     from replaylab.train.mixture import plan_counts, stage_starts
@@ -227,15 +222,8 @@ def check_prefix(config: Any, checkpoint: Checkpoint) -> None:
     if step > config.train.total_steps:
         raise ConfigError(f"{where} is at step {step}, past this run's {config.train.total_steps} steps")
 
-    def settings(c: Any) -> dict:
-        d = {k: v for k, v in to_dict(c).items() if k not in _PREFIX_IGNORED}
-        d["train"] = {k: v for k, v in d["train"].items() if k not in _PREFIX_IGNORED_TRAIN}
-        for dom in d["data"]["domains"].values():
-            dom.pop("epochs", None)  # a check on the whole run, not part of the data stream
-            dom.pop("budget", None)  # decides the sequences drawn: checked below, for drawn domains only
-        return d
-
-    a, b = settings(config), settings(other)
+    # Domain budgets are not in the settings: they decide the sequences drawn, checked below for drawn domains.
+    a, b = prefix_settings(config), prefix_settings(other)
     for key in a:
         if a[key] != b.get(key):
             raise ConfigError(f"{where}: its run differs from this one in {key!r} "

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from replaylab.errors import DataError
 from replaylab.paths import atomic_write_text
 
 MANIFEST = "manifest.json"
@@ -69,10 +70,22 @@ def new_manifest(*, config_hash: str, name: str, seed: int, meta: dict, store_id
 
 
 def read_manifest(run_dir: Path | str) -> dict[str, Any] | None:
+    """The run's manifest, or None when it has none. One that cannot be read (cut short by a full disk,
+    edited by hand) is a DataError: guessing its status could retrain a finished run or skip a failed one."""
     path = Path(run_dir) / MANIFEST
     if not path.exists():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    fix = ("it was cut short or edited: restore it, or delete it (replaylab train --resume then rebuilds it from "
+           "the newest checkpoint) or the whole run folder")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON ({e.msg}: line {e.lineno} column {e.colno}); {fix}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} cannot be read ({getattr(e, 'strerror', None) or e}); {fix}") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path} holds {type(manifest).__name__}, not a JSON object; {fix}")
+    return manifest
 
 
 def write_manifest(run_dir: Path | str, manifest: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ import torch
 from replaylab import runtime
 from replaylab.config import config_hash, dump_yaml, load_config
 from replaylab.errors import ConfigError, DataError
+from replaylab.fingerprint import run_identity
+from replaylab.outputs import OutputError, claim_output, folder_lock, read_marker, remove_ours, write_marker
 from replaylab.paths import atomic_write_text
 from replaylab.runconfig import RunConfig
 from replaylab.train import checkpoint as ckpt
@@ -130,22 +132,12 @@ def init_weights(model: torch.nn.Module, config: RunConfig, hf_state: dict | Non
                           f"the checkpoint's shape): {first[1].strip() if len(first) > 1 else first[0]}") from None
 
 
-# How often a run checkpoints, logs and shows progress: a resumed run may change these (a sweep re-planned
-# with other branch points, another log interval) and still be the same run.
-_BOOKKEEPING_TRAIN = ("checkpoint_every", "keep_checkpoints", "checkpoint_steps", "log_every", "progress")
-
-
-def _run_hash(config: RunConfig) -> str:
-    from replaylab.config import to_dict
-
-    raw = to_dict(config)
-    for f in _BOOKKEEPING_TRAIN:
-        raw["train"].pop(f, None)
-    return config_hash(raw)
-
-
-def _prepare_run_dir(config: RunConfig, out_dir: Path, resume: bool) -> dict | None:
-    """Check what `out_dir` holds. Returns the existing manifest when there is a run to continue."""
+def _prepare_run_dir(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool = False,
+                     is_main: bool = True) -> dict | None:
+    """Check what `out_dir` holds (replaylab.outputs: a new path or a run folder of ours). Returns the existing
+    manifest when there is a run to continue. With `overwrite`, a run folder of another config is replaced
+    (by the main process)."""
+    claim_output(out_dir, "run")  # new, or a run folder of ours: which run it holds is config.yaml's to say
     saved = out_dir / "config.yaml"
     if not saved.exists():
         if out_dir.exists() and any(p for p in out_dir.iterdir() if not p.name.startswith(".")) and not resume:
@@ -153,13 +145,17 @@ def _prepare_run_dir(config: RunConfig, out_dir: Path, resume: bool) -> dict | N
                 raise ConfigError(f"--out {str(out_dir)!r} holds a damaged run (no config.yaml); choose another --out")
         return None
     other = load_config(RunConfig, saved)
-    mine, theirs = _run_hash(config), _run_hash(other)
+    mine, theirs = run_identity(config), run_identity(other)
     manifest = read_manifest(out_dir) or {}
     # The hash ignores key order, but the order of data.domains is the sampler's tie-break order.
+    if (mine != theirs or list(config.data.domains) != list(other.data.domains)) and overwrite:
+        if is_main:
+            remove_ours(out_dir, "run")
+        return None
     if mine != theirs or list(config.data.domains) != list(other.data.domains):
         raise ConfigError(
             f"--out {str(out_dir)!r} already holds a different run (config {theirs}, this one {mine}); "
-            "choose another --out, or continue that run with replaylab train --resume DIR"
+            "choose another --out, continue that run with replaylab train --resume DIR, or pass --overwrite"
         )
     if not resume and manifest.get("status") != "done":
         raise ConfigError(
@@ -170,13 +166,15 @@ def _prepare_run_dir(config: RunConfig, out_dir: Path, resume: bool) -> dict | N
 
 
 def run_training(config: RunConfig, out_dir: Path | str, *, resume: bool = False,
-                 init_from: Path | str | None = None) -> dict[str, Any]:
+                 init_from: Path | str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train `config` into run folder `out_dir`; returns the final manifest.
 
     resume: continue from the newest good checkpoint in `out_dir` (a folder with no run yet just
     starts). init_from: a checkpoint folder of another run whose config agrees with this one up to
     that checkpoint's step; training continues from its full state as a resume would.
-    A run that diverges (NaN/inf loss) returns its manifest with status `diverged`."""
+    A run that diverges (NaN/inf loss) returns its manifest with status `diverged`.
+    out_dir: a new path or a run folder of replaylab's (replaylab.outputs); `overwrite` replaces one that holds
+    another config. The folder is locked while the run trains: a second trainer is refused."""
     config.validate()
     out_dir = Path(out_dir)
     runtime.set_threads(config.train.threads)
@@ -189,21 +187,36 @@ def run_training(config: RunConfig, out_dir: Path | str, *, resume: bool = False
     if device.type == "cuda" and dist.active:
         device = torch.device("cuda", dist.local_rank)
     try:
-        with runtime.deterministic_attention(device, config.train.deterministic):
-            return _run(config, out_dir, resume, init_from, device, dist)
+        with runtime.deterministic_attention(device, config.train.deterministic), ExitStack() as held:
+            return _run(config, out_dir, resume, init_from, device, dist, held, overwrite)
     finally:
         ddp.teardown(dist)
 
 
+def lock_run_dir(out_dir: Path, dist: ddp.DistInfo, device: torch.device, held: ExitStack) -> None:
+    """Rank 0 holds the run folder's lock until `held` closes; every rank stops if another process holds it."""
+    error = None
+    if dist.is_main:
+        try:
+            held.enter_context(folder_lock(out_dir, "run folder"))
+        except OutputError as e:
+            error = e
+    if ddp.any_flag(error is not None, dist, device):
+        raise error or OutputError(f"run folder {str(out_dir)!r} is being written by another process")
+
+
 def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, device: torch.device,
-         dist: ddp.DistInfo) -> dict[str, Any]:
+         dist: ddp.DistInfo, held: ExitStack, overwrite: bool) -> dict[str, Any]:
     from replaylab.model import Transformer
     from replaylab.train.lr import lr_schedule
     from replaylab.train.mixture import MixtureSampler, stage_starts
     from replaylab.train.optim import build_optimizer, clip_gradients, set_lr
 
     config, tokenizer, model_state = resolve_config(config)
-    existing = _prepare_run_dir(config, out_dir, resume)
+    locked = out_dir.is_dir()  # an existing folder is locked before it is read; a new one when it is created
+    if locked:
+        lock_run_dir(out_dir, dist, device, held)
+    existing = _prepare_run_dir(config, out_dir, resume, overwrite, dist.is_main)
     # Every rank reads the folder before rank 0 writes to it: a slower rank would otherwise find rank
     # 0's fresh manifest and take it for an earlier run (seen in CI: "already holds this run").
     ddp.barrier(dist)
@@ -246,9 +259,16 @@ def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, device: torc
     step_loss_fn = build_step_loss(model, config.train.compile, first, dtype)
 
     # The run folder: config, manifest, metrics cut back to the starting step.
+    lock_run_dir(out_dir, dist, device, held)  # a no-op where this process holds it already
+    if not locked:  # again, under the lock: another process may have been first
+        existing = _prepare_run_dir(config, out_dir, resume, overwrite, dist.is_main)
+        if existing is not None and existing.get("status") == "done":
+            return existing
     manifest = None
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if (read_marker(out_dir) or {}).get("identity") is None:
+            write_marker(out_dir, "run", run_identity(config))
         atomic_write_text(out_dir / "config.yaml", dump_yaml(config))
         manifest = new_manifest(
             config_hash=config_hash(config), name=config.name, seed=config.seed, meta=config.meta,

@@ -40,6 +40,13 @@ class Recipe:
     artifacts: tuple[Artifact, ...]
     documents: Callable[[], Iterator[tuple[str, str | bytes]]]
 
+    def pins(self) -> dict:
+        """What the recipe declares before downloading anything: the part of its summary.json that
+        the code fixes (name, description, licence, format version, sources with versions and sha256).
+        The default tokenizer is looked up by these, so a cached one is found without building."""
+        return {"format_version": FORMAT_VERSION, "name": self.name, "description": self.description,
+                "licence": self.licence, "sources": [a.to_dict() for a in self.artifacts]}
+
 
 def normalize(raw: str | bytes) -> tuple[str, int]:
     """Valid UTF-8 text and the number of replacement characters this introduced."""
@@ -119,17 +126,13 @@ def _write_corpus(recipe: Recipe, final: Path, *, progress: bool) -> dict:
                     if bar and docs % 1000 == 0:
                         bar.update(task, completed=docs)
             summary = {
-                "format_version": FORMAT_VERSION,
-                "name": recipe.name,
-                "description": recipe.description,
+                **recipe.pins(),  # written with sort_keys: the file does not depend on this order
                 "docs": docs,
                 "chars": chars,
                 "bytes": nbytes,
-                "licence": recipe.licence,
                 "duplicates_removed": duplicates,
                 "utf8_replacements": replaced,
                 "docs_per_source": dict(sorted(per_source.items())),
-                "sources": [a.to_dict() for a in recipe.artifacts],
             }
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     finally:

@@ -1,0 +1,134 @@
+"""A run's fingerprint: what names it, what it may change and stay the same run, which runs can share a
+training prefix, and which runs differ only in their learning rate.
+
+- `run_id(config)`: the content hash of the config as planned (every field, bookkeeping included). A
+  sweep's run folder is `SWEEP/runs/<run_id>/`; a manifest's `config_hash` is that of the config the run
+  trained (the engine's is resolved: vocab size filled in, a carrier's branch steps).
+- `run_identity(config)`: the same hash with the `BOOKKEEPING` fields removed. Two configs with one
+  identity are one run: a resumed run (or a carrier re-planned with other branch steps) may change how
+  often it checkpoints and logs.
+- `prefix_settings(config)` / `prefix_signature(config)`: everything outside the stage list that decides
+  a run's steps and what it records over them. Runs sharing a prefix must agree on it (the planner groups
+  by the signature, `replaylab.sweep.prefix`; the engine refuses an `init_from` that differs,
+  `replaylab.train.checkpoint.check_prefix`); the stages are then compared step by step.
+- `lr_cell(config)`: runs that differ only in the tuned LR and the seed: the unit of LR selection
+  (`replaylab.sweep.results.select_lr`).
+- `lr_group(raw)`: the `meta.lr_group` the strategy builders write. It is part of every run id, so it
+  keeps its original rule (see its docstring) and LR selection does not use it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from replaylab.config import config_hash, to_dict
+
+# Fields that do not change what a run computes: where and how often it checkpoints, logs and shows
+# progress. Run configs hold them under `train`, fine-tuning configs (replaylab.hf) at the top level.
+BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "checkpoint_steps", "log_every", "progress")
+
+# Outside the stage list, what does not decide the steps of a shared prefix: names and records, and how
+# the run is logged. `eval` does, except `eval.every`: over the shared prefix a branched run's
+# metrics.jsonl is the carrier's records (train.trainer._prefix_records), re-picked at the child's own
+# log and eval steps. So the settings that decide what an eval record *says* (eval.max_sequences,
+# batch_size, domains) must agree, or the child would show losses it never computes alone; those that
+# decide only *when* records are written (log_every, eval.every) may differ, like the bookkeeping. The
+# records are re-picked, not recomputed: a step where the child evaluates and the carrier did not has none.
+# (sweep.prefix used to keep eval.every, train.checkpoint.check_prefix ignored all of eval.)
+_PREFIX_FREE = ("name", "meta", "logging", "stages")
+
+
+def run_id(config: Any) -> str:
+    """A run's id: the content hash of its config as planned (see `config_hash` on key order)."""
+    return config_hash(config)
+
+
+def _without_bookkeeping(config: Any) -> dict:
+    raw = to_dict(config)  # a new nest of dicts and lists, also from a dict
+    for section in (raw, raw.get("train")):
+        if isinstance(section, dict):
+            for f in BOOKKEEPING:
+                section.pop(f, None)
+    return raw
+
+
+def run_identity(config: Any) -> str:
+    """The content hash of a run config (engine or fine-tuning) with the bookkeeping fields removed:
+    equal identities = the same run."""
+    return config_hash(_without_bookkeeping(config))
+
+
+def prefix_settings(config: Any) -> dict:
+    """Everything outside the stage list that decides a run's training and its records up to any step,
+    by section. Left out: `_PREFIX_FREE`, the bookkeeping, `eval.every`, `train.total_steps` (it enters
+    through the per-step LR and stage layout) and each domain's budget and epochs (they matter only from
+    the first step that draws the domain: compared per step). Added: the order of the domains (the
+    columns of the per-step counts) and stage 1's init."""
+    raw = _without_bookkeeping(config)
+    for key in _PREFIX_FREE:
+        raw.pop(key, None)
+    raw["train"].pop("total_steps", None)
+    raw["eval"].pop("every", None)
+    for dom in raw["data"]["domains"].values():
+        dom.pop("budget", None)
+        dom.pop("epochs", None)
+    raw["domain_order"] = list(config.data.domains)
+    raw["init"] = config.stages[0].init
+    return raw
+
+
+def prefix_signature(config: Any) -> str:
+    """`prefix_settings` as one canonical string: runs can share a prefix only when theirs are equal."""
+    return json.dumps(prefix_settings(config), sort_keys=True, default=str)
+
+
+def _lr_curves(stages: list[dict]) -> list[list[int]]:
+    """Stage indices per LR curve: a stage and the `continue` stages after it (train.lr's spans)."""
+    curves: list[list[int]] = []
+    for i, stage in enumerate(stages):
+        if (stage.get("lr") or {}).get("schedule") == "continue" and curves:
+            curves[-1].append(i)
+        else:
+            curves.append([i])
+    return curves
+
+
+def _tuned_curve(stages: list[dict], lr: Any) -> list[int]:
+    """The stages of the tuned LR curve: the last curve whose first stage's peak is `meta.lr` (the
+    builders tune the run's last curve; a fine-tuning pre-training at the same peak is not it)."""
+    tuned = [c for c in _lr_curves(stages) if lr is not None and (stages[c[0]].get("lr") or {}).get("peak") == lr]
+    return tuned[-1] if tuned else []
+
+
+def lr_cell(config: Any) -> str:
+    """The hash of a run config (engine or fine-tuning) with the tuned LR and the seed blanked, and the
+    name (it spells the LR) and the bookkeeping left out: runs that differ only in LR and seed share it.
+    The tuned LR is `meta.lr`: every stage of its curve (a mid-training `continue` stage copies the
+    peak), or `optim.lr` of a fine-tuning config. `meta` counts without its `lr` and `lr_group`."""
+    raw = _without_bookkeeping(config)  # a carrier's planned config has its branch steps as checkpoint_steps
+    meta = raw.pop("meta", None) or {}
+    raw.pop("name", None)
+    raw["seed"] = None
+    if "stages" in raw:
+        for i in _tuned_curve(raw["stages"], meta.get("lr")):
+            raw["stages"][i]["lr"]["peak"] = None
+    elif isinstance(raw.get("optim"), dict) and "lr" in raw["optim"]:
+        raw["optim"]["lr"] = None
+    raw["meta"] = {k: v for k, v in meta.items() if k not in ("lr", "lr_group")}
+    return config_hash(raw, 12)
+
+
+def lr_group(raw: dict) -> str:
+    """`meta.lr_group` of a strategy builder's config (a raw mapping, key order as built): its hash with
+    `name` and `meta` left out and the peak of the tuned curve's first stage blanked. A mid-training
+    run's `continue` stage keeps its copy of the peak, so mid-training runs at two LRs get two groups:
+    the field is part of every run id, so it keeps this rule; `lr_cell` is the corrected cell."""
+    cell = copy.deepcopy(raw)
+    meta = cell.pop("meta", None) or {}
+    cell.pop("name", None)
+    curve = _tuned_curve(cell["stages"], meta.get("lr"))
+    if curve:
+        cell["stages"][curve[0]]["lr"]["peak"] = None
+    return config_hash(cell, 12)
