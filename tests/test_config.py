@@ -75,3 +75,34 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_yaml_on_off_switches_stay_strings():
     cfg = from_dict(RunConfig, apply_overrides(BASE, ["train.compile=off", "train.progress=on"]))
     assert (cfg.train.compile, cfg.train.progress) == ("off", "on")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.precision=fp16", "train.precision 'fp16' is unknown; choose one of auto, fp32, bf16"),
+    ("train.compile=no", None),  # YAML 1.1: no = false = off
+    ("train.progress=maybe", "train.progress 'maybe' is unknown; choose one of auto, on, off"),
+    ("stages.1.optimizer=keep", "stages[1].optimizer 'keep' is unknown; choose one of reset, carry"),
+    ("stages.0.lr.schedule=step", "stages[0].lr.schedule 'step' is unknown; choose one of constant, cosine, wsd, "
+                                  "linear, continue"),
+    ("optim.implementation=apex", "optim.implementation 'apex' is unknown; choose one of auto, fused, foreach, single"),
+])
+def test_enumerated_fields_are_typed_choices(override, message):
+    """Fields with a fixed set of values are Literal types: the error lists the values."""
+    if message is None:
+        assert from_dict(RunConfig, apply_overrides(BASE, [override])).train.compile == "off"
+        return
+    with pytest.raises(ConfigError) as e:
+        from_dict(RunConfig, apply_overrides(BASE, [override]))
+    assert str(e.value) == message
+
+
+def test_choices_are_checked_for_configs_built_in_python_too():
+    from replaylab.hf.config import FinetuneConfig
+
+    cfg = from_dict(RunConfig, BASE)
+    cfg.train.device = "tpu"
+    with pytest.raises(ConfigError, match="train.device 'tpu' is unknown; choose one of auto, cpu, cuda"):
+        cfg.train.validate()
+    with pytest.raises(ConfigError, match="^parallel 'zero3' is unknown; choose one of ddp, fsdp$"):
+        FinetuneConfig(parallel="zero3").validate()
+    assert from_dict(FinetuneConfig, {"progress": False}).progress == "off"

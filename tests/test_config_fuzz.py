@@ -153,6 +153,16 @@ GRID_VALUE = st.one_of(SENSIBLE, SENSIBLE, SENSIBLE, EXTREME, SPECIAL, NUMBERS, 
 EXP_BASE = {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
             "data": {"seq_len": 32, "domains": {"generic": {"source": "generic"}, "code": {"source": "code"}}},
             "train": {"total_steps": 1024, "batch_size": 8}}
+# The base's run shape (None = EXP_BASE's), which the builders read before anything else.
+SHAPE_VALUE = st.one_of(st.none(), EXTREME, SPECIAL, NUMBERS, WORDS,
+                        st.sampled_from([0, 1, 2, 2**62, 2**63, 2.5, "64"]))
+
+
+def _base(total_steps=None, batch_size=None) -> dict:
+    """EXP_BASE with train.total_steps / train.batch_size replaced where given."""
+    train = {**EXP_BASE["train"], **{k: v for k, v in (("total_steps", total_steps), ("batch_size", batch_size))
+                                     if v is not None}}
+    return {**EXP_BASE, "train": train}
 
 
 @st.composite
@@ -164,12 +174,13 @@ def experiments(draw) -> dict:
         spec["args"] = {"rho": draw(st.one_of(st.just(0.5), GRID_VALUE))}
     if draw(st.booleans()):
         spec["lrs"] = draw(st.lists(GRID_VALUE, min_size=1, max_size=2))
-    return {"name": "fuzz", "base": EXP_BASE, "target": "code", "seeds": [0], "strategies": [spec],
+    base = draw(st.one_of(st.just(EXP_BASE), st.builds(_base, SHAPE_VALUE, SHAPE_VALUE)))
+    return {"name": "fuzz", "base": base, "target": "code", "seeds": [0], "strategies": [spec],
             "target_fraction": draw(st.one_of(st.just("1/256"), st.just(0.004), GRID_VALUE))}
 
 
-def _exp(strategy: str, grid: dict, **args) -> dict:
-    return {"name": "fuzz", "base": EXP_BASE, "target": "code", "seeds": [0], "target_fraction": "1/256",
+def _exp(strategy: str, grid: dict, base: dict = EXP_BASE, **args) -> dict:
+    return {"name": "fuzz", "base": base, "target": "code", "seeds": [0], "target_fraction": "1/256",
             "strategies": [{"strategy": strategy, "grid": grid, "args": args}]}
 
 
@@ -177,6 +188,11 @@ def _exp(strategy: str, grid: dict, **args) -> dict:
 @example(exp=_exp("reference", {"budget_multiple": [1.7976931348623157e308]}))  # found by this test: overflow
 @example(exp=_exp("finetune", {"epochs": [1e-300]}, rho=0.5))  # found by this test: realized rho = 1
 @example(exp=_exp("midtrain", {"rho": ["1/0", "0/0"]}))
+@example(exp=_exp("reference", {"epochs": [1e300, 5e-324]}, budget_multiple=1e300))
+@example(exp=_exp("finetune", {"multiplier": [1.7976931348623157e308, 1e300]}))
+@example(exp=_exp("reference", {}, base=_base(total_steps="abc")))  # the base's run shape, read unchecked before
+@example(exp=_exp("midtrain", {}, base=_base(total_steps=".nan", batch_size=2**64)))
+@example(exp=_exp("finetune", {}, base=_base(batch_size=2**60), rho=0.5, target_fraction=2**-70))  # rho rounds to 1
 @given(exp=experiments())
 def test_experiment_grid_expands_or_raises_replaylab_error(tmp_path, exp):
     path = tmp_path / "exp.yaml"

@@ -1,4 +1,5 @@
-"""FSDP2 for `replaylab finetune` on CPU (gloo), on the tiny random Llama of test_hf_finetune (real
+"""FSDP2 for `replaylab finetune` on CPU (gloo; `device: cpu`, so also on a machine with one GPU) and
+on two GPUs (NCCL, where two are visible), on the tiny random Llama of test_hf_finetune (real
 transformers code, real text): 2 sharded ranks match 1 process, checkpoints keep the engine's format
 and resume bit for bit, LoRA shards too, and the gathered model/ and adapter/ folders load."""
 
@@ -12,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from test_hf_finetune import make_config, read_losses, world  # noqa: F401 - the module-scoped fixture
+from test_hf_finetune import RANK_DEVICES, make_config, read_losses, world  # noqa: F401 - the module-scoped fixture
 from replaylab.config import dump_yaml
 from replaylab.errors import ConfigError
 from replaylab.hf.packing import REPLAY, TARGET
@@ -112,73 +113,76 @@ def test_fsdp_flag_and_one_process_fallback(world, tmp_path, capsys):
 DRIVER = """
 import json, shutil, sys
 from pathlib import Path
-import torch.distributed as dist
 from replaylab.config import load_config
 from replaylab.hf.config import FinetuneConfig
 from replaylab.hf.finetune import run_finetune
+from replaylab.runtime import deterministic_attention
+from replaylab.train import ddp
 
-dist.init_process_group("gloo")
-root = Path(sys.argv[1])
+root, device = Path(sys.argv[1]), sys.argv[2]
+info = ddp.setup(device)  # the group the runs join: gloo on CPU; NCCL with GPU LOCAL_RANK on CUDA
 full, lora = (load_config(FinetuneConfig, root / f"{n}.yaml") for n in ("full", "lora"))
-run_finetune(full, root / "two_full")
-run_finetune(lora, root / "two_lora")
-if dist.get_rank() == 0:  # pretend the full run died after its step-5 checkpoint
-    res = root / "resumed"
-    shutil.copytree(root / "two_full", res)
-    shutil.rmtree(res / "model")
-    shutil.rmtree(res / "checkpoints" / "step_0000010")
-    manifest = json.loads((res / "manifest.json").read_text())
-    (res / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
-dist.barrier()
-run_finetune(full, root / "resumed", resume=True)
-dist.destroy_process_group()
+with deterministic_attention(device, True):  # CUDA: the math kernel, so the resume is bit for bit
+    run_finetune(full, root / "two_full")
+    run_finetune(lora, root / "two_lora")
+    if info.is_main:  # pretend the full run died after its step-5 checkpoint
+        res = root / "resumed"
+        shutil.copytree(root / "two_full", res)
+        shutil.rmtree(res / "model")
+        shutil.rmtree(res / "checkpoints" / "step_0000010")
+        manifest = json.loads((res / "manifest.json").read_text())
+        (res / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    ddp.barrier(info)
+    run_finetune(full, root / "resumed", resume=True)
+ddp.teardown(info)
 """
 
 
 @pytest.mark.slow
-def test_two_fsdp_ranks_match_one_process_and_resume_bit_for_bit(world, tmp_path):
-    """2 gloo ranks shard the tiny Llama and train on halves of each global batch: losses, final
-    weights and checkpoints match the 1-process run (float rounding), full and LoRA; a sharded run
-    resumed from its step-5 checkpoint matches the straight sharded run bit for bit."""
+@pytest.mark.parametrize(("device", "pin", "tol"), RANK_DEVICES)
+def test_two_fsdp_ranks_match_one_process_and_resume_bit_for_bit(device, pin, tol, world, tmp_path):
+    """2 ranks (gloo on CPU, NCCL on two GPUs) shard the tiny Llama and train on halves of each global
+    batch: losses, final weights and checkpoints match the 1-process run (float rounding), full and LoRA;
+    a sharded run resumed from its step-5 checkpoint matches the straight sharded run bit for bit."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from replaylab.hf.finetune import run_finetune
 
     # 12 steps; a clip that binds at every step, so the global gradient norm across shards must be right
-    full = make_config(world, eval__initial=False, parallel="fsdp", checkpoint_every=5, optim__grad_clip=0.1)
+    full = make_config(world, eval__initial=False, parallel="fsdp", checkpoint_every=5, optim__grad_clip=0.1, **pin)
     lora = make_config(world, eval__initial=False, parallel="fsdp", replay_fraction=0.0, lora__enabled=True,
-                       lora__r=4, micro_batch_size=1, gradient_checkpointing=True)  # accumulation: 2 micro per rank
+                       lora__r=4, micro_batch_size=1, gradient_checkpointing=True, **pin)  # 2 micro per rank
     for name, cfg in (("full", full), ("lora", lora)):
         (tmp_path / f"{name}.yaml").write_text(dump_yaml(cfg))
         run_finetune(cfg, tmp_path / f"one_{name}")  # one process: the unsharded fallback
     (tmp_path / "driver.py").write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
-                    str(tmp_path / "driver.py"), str(tmp_path)], check=True, env=env, timeout=300)
+                    str(tmp_path / "driver.py"), str(tmp_path), device], check=True, env=env, timeout=300)
 
     for name in ("full", "lora"):
         one, two = tmp_path / f"one_{name}", tmp_path / f"two_{name}"
-        assert read_losses(two) == pytest.approx(read_losses(one), abs=1e-4)
+        assert read_losses(two) == pytest.approx(read_losses(one), abs=tol)
         m1, m2 = (json.loads((r / "manifest.json").read_text()) for r in (one, two))
         assert m2["status"] == "done" and set(m2["final"]) == {TARGET, REPLAY}
         for dom in m1["final"]:
-            assert m2["final"][dom]["test_loss"] == pytest.approx(m1["final"][dom]["test_loss"], abs=1e-4)
+            assert m2["final"][dom]["test_loss"] == pytest.approx(m1["final"][dom]["test_loss"], abs=tol)
 
     # Checkpoints: the same tensors, names and optimizer layout as the unsharded run's.
     for file in ("model.safetensors", "optim.safetensors"):
         a, b = (load_file(str(r / "checkpoints" / "step_0000005" / file)) for r in (tmp_path / "one_full",
                                                                                     tmp_path / "two_full"))
         assert a.keys() == b.keys()
-        assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+        assert all(torch.allclose(a[k], b[k], atol=tol) for k in a)
     # The final folders were written from the gathered state and load as plain HF model / adapter.
     a, b = (load_file(str(tmp_path / r / "model" / "model.safetensors")) for r in ("one_full", "two_full"))
     assert a.keys() == b.keys()  # the tied lm_head is dropped as in an unsharded save
-    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert all(torch.allclose(a[k], b[k], atol=tol) for k in a)
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "two_full" / "model"))
     a, b = (load_file(str(tmp_path / r / "adapter" / "adapter_model.safetensors")) for r in ("one_lora", "two_lora"))
     assert a.keys() == b.keys() and all("lora_" in k for k in a)
-    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert all(torch.allclose(a[k], b[k], atol=tol) for k in a)
 
     resumed, straight = tmp_path / "resumed", tmp_path / "two_full"
     assert read_losses(resumed) == read_losses(straight)

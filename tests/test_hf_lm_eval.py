@@ -1,7 +1,8 @@
 """lm-evaluation-harness on the in-memory model, for real: a tiny random LlamaForCausalLM (real
 transformers code, BPE tokenizer trained on real English prose), replaylab's shipped example task,
 a user's task folder over a local jsonl, agreement with replaylab's own multiple-choice scorer, the
-fine-tuning CLI end to end, and one-line errors (unknown task, hub data while offline)."""
+fine-tuning CLI end to end, and one-line errors (unknown task, hub data while offline). Also the
+held-out losses of a Hugging Face model: the engine's evaluation, scored as before it was shared."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ pytest.importorskip("lm_eval")
 from test_hf_finetune import tiny_world  # noqa: E402
 
 from replaylab.errors import ConfigError  # noqa: E402
-from replaylab.hf.evaluate import LM_EVAL_TASKS_DIR, load_mc_task, run_lm_eval, score_mc  # noqa: E402
+from replaylab.hf.evaluate import LM_EVAL_TASKS_DIR, evaluate_losses, load_mc_task, run_lm_eval, score_mc  # noqa: E402
+from replaylab.train.evaluate import EvalSet  # noqa: E402
 
 torch.set_num_threads(1)
 BUILTIN = "replaylab_basque_vocab"
@@ -40,6 +42,35 @@ def world(tmp_path_factory):
 
 def ours(world, items: list[dict]) -> dict:
     return score_mc(world["model"], world["tok"], items, device=torch.device("cpu"), dtype=None)
+
+
+def test_held_out_losses_are_the_engines_evaluation_of_the_hf_model(world):
+    import math
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    model = world["model"]
+    rng = np.random.default_rng(0)
+    seqs = rng.integers(0, model.config.vocab_size, size=(5, 17), dtype=np.int64)
+    sets = [EvalSet("target", seqs[:3], seqs[3:], bytes_per_token=3.5)]
+    model.train()
+    got = evaluate_losses(model, sets, batch_size=2, device=torch.device("cpu"), dtype=None)["target"]
+    assert model.training  # the mode is handed back as it was
+    # What hf/evaluate.py computed before it used the engine's evaluation: the same bits.
+    with torch.no_grad():
+        model.eval()
+        for half, part in (("val", seqs[:3]), ("test", seqs[3:])):
+            total = 0.0
+            for i in range(0, len(part), 2):
+                batch = torch.from_numpy(part[i : i + 2])
+                logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+                total += float(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
+                                               reduction="sum").double())
+            want = total / (len(part) * 16)
+            assert got[f"{half}_loss"] == want
+            assert got[f"{half}_bpb"] == pytest.approx(want / math.log(2) / 3.5, rel=1e-15)
+    model.train()
 
 
 def test_shipped_task_runs_and_agrees_with_our_scorer(world):

@@ -10,7 +10,7 @@ import pytest
 from replaylab.config import from_dict
 from replaylab.errors import ConfigError
 from replaylab.runconfig import RunConfig
-from replaylab.train.lr import lr_at, lr_schedule, lr_spans
+from replaylab.train.lr import lr_at, lr_schedule, lr_span_stages, lr_spans
 
 
 def make_config(*stages) -> RunConfig:
@@ -67,6 +67,8 @@ def test_continue_makes_one_curve_across_stages():
     cfg = make_config((100, {"schedule": "cosine"}), (50, {"schedule": "continue"}), (50, {"schedule": "continue"}),
                       (20, {"schedule": "wsd"}))
     assert [(a, b) for a, b, _ in lr_spans(cfg)] == [(0, 200), (200, 220)]
+    assert lr_span_stages([s.lr.schedule for s in cfg.stages]) == [[0, 1, 2], [3]]
+    assert lr_span_stages(["continue", "continue", None, "wsd"]) == [[0, 1], [2], [3]]  # raw stages (fingerprint)
 
 
 def test_each_non_continue_stage_restarts():

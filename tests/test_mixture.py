@@ -9,7 +9,7 @@ from replaylab.config import from_dict
 from replaylab.errors import ConfigError, DataError, ReplaylabError
 from replaylab.runconfig import RunConfig
 from replaylab.train.mixture import (MixtureSampler, apportion_blocks, check_epochs, domain_names, plan_counts,
-                                     stage_of_step, stage_starts)
+                                     stage_at, stage_starts)
 
 SEQ = 32
 
@@ -55,9 +55,10 @@ def test_plan_counts_shape_and_totals():
     assert starts == [0, 40, 64]
     # stage 1: 40 steps * 16 * 1/32 = 20 target sequences; stage 2: 24 * 16 * 0.25 = 96
     assert plan[40, 1] == 20 and plan[64, 1] - plan[40, 1] == 96
-    assert stage_of_step(cfg, 39) == 0 and stage_of_step(cfg, 40) == 1
-    with pytest.raises(ConfigError, match="outside the run"):
-        stage_of_step(cfg, 64)
+    assert [stage_at(starts, s) for s in (0, 39, 40, 63)] == [0, 0, 1, 1]
+    for outside in (-1, 64):
+        with pytest.raises(ConfigError, match="outside the run"):
+            stage_at(starts, outside)
 
 
 def test_one_in_1024_gives_one_target_sequence_every_64_blocks():

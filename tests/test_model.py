@@ -154,8 +154,6 @@ def test_runtime_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ReplaylabError, match="no CUDA GPU"):
             runtime.resolve_device("cuda")
-    assert runtime.adamw_kwargs("auto", "cpu") == {"foreach": True}
-    assert runtime.adamw_kwargs("auto", "cuda") == {"fused": True}
     before = torch.get_num_threads()
     assert runtime.set_threads(1) == 1
     assert runtime.set_threads(None) == 1

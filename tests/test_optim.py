@@ -9,7 +9,7 @@ from torch import nn
 from replaylab.config import from_dict
 from replaylab.model import Transformer
 from replaylab.runconfig import ModelConfig, OptimConfig
-from replaylab.train.optim import build_optimizer, clip_gradients, param_groups, set_lr
+from replaylab.train.optim import adamw_kwargs, build_optimizer, clip_gradients, param_groups, set_lr
 
 torch.set_num_threads(1)
 
@@ -90,6 +90,10 @@ def test_weight_decay_really_applies_to_the_decay_group_only():
 
 
 def test_implementation_choice():
+    # auto: fused kernels on CUDA, the multi-tensor path on CPU (what build_optimizer passes to AdamW)
+    assert adamw_kwargs("auto", "cuda") == {"fused": True}
+    assert adamw_kwargs("auto", torch.device("cpu")) == {"foreach": True, "fused": False}
+    assert adamw_kwargs("single", "cuda") == {"foreach": False, "fused": False}
     model = tiny_model()
     auto = build_optimizer(model, OptimConfig(), "cpu")
     assert auto.defaults["foreach"] is True and not auto.defaults["fused"]
@@ -134,19 +138,19 @@ def test_reset_is_a_fresh_optimizer():
 
 def test_clip_gradients():
     model = tiny_model()
-    assert clip_gradients(model, 1.0) == 0.0  # no gradients yet
+    assert float(clip_gradients(model, 1.0)) == 0.0  # no gradients yet
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.01)
     total = sum(p.numel() for p in model.parameters())
     expect = 0.01 * total ** 0.5
-    assert clip_gradients(model, 0.0) == pytest.approx(expect, rel=1e-5)  # 0 = off: report only
+    assert float(clip_gradients(model, 0.0)) == pytest.approx(expect, rel=1e-5)  # 0 = off: report only
     assert all(torch.all(p.grad == 0.01) for p in model.parameters())
-    assert clip_gradients(model, 1.0) == pytest.approx(expect, rel=1e-5)  # returns the norm before clipping
+    assert float(clip_gradients(model, 1.0)) == pytest.approx(expect, rel=1e-5)  # returns the norm before clipping
     after = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
     assert after == pytest.approx(1.0, rel=1e-4)
-    assert clip_gradients(model, 10.0) == pytest.approx(1.0, rel=1e-4)  # under the limit: untouched
+    assert float(clip_gradients(model, 10.0)) == pytest.approx(1.0, rel=1e-4)  # under the limit: untouched
     model.lm_head.weight.grad[0, 0] = float("inf")
-    assert clip_gradients(model, 1.0) == float("inf")
+    assert float(clip_gradients(model, 1.0)) == float("inf")
 
 
 def test_config_round_trip():

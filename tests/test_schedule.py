@@ -131,3 +131,32 @@ def test_schedule_and_strategies_do_not_import_each_other():
     assert strategies.finetune is finetune  # the old import path still works
     code = "import sys, replaylab.schedule; assert 'replaylab.strategies' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("build, words", [
+    # an overflowing budget: budget_multiple x fraction x steps x batch is inf (it reached math.floor before)
+    (lambda: reference(BASE, budget_multiple=1.7976931348623157e308), "budget_multiple=1.79769e+308"),
+    (lambda: reference(BASE, budget_multiple=1e300, epochs=1e-300), "beyond a 64-bit count"),
+    (lambda: reference(BASE, budget_multiple=float("nan")), "budget_multiple=nan"),
+    # realized rho = 1: no target sequence drawn (it divided by 1 - rho = 0 before)
+    (lambda: finetune(BASE, rho=0.5, epochs=1e-300), "epochs=1e-300 over a budget of 1024"),
+    (lambda: midtrain(BASE, epochs=float("nan")), "epochs=nan"),
+    (lambda: finetune(BASE, multiplier=float("nan")), "multiplier=nan"),
+    # one target sequence in a stage of 2**60 sequences: a share below float resolution
+    (lambda: finetune({**BASE, "train": {"total_steps": 1024, "batch_size": 2**60}}, rho=0.5, epochs=1,
+                      target_fraction=2**-70), "realized rho = 1"),
+    # the base's run shape is read as the run config reads it (int() took "abc" and nan before)
+    (lambda: reference({**BASE, "train": {"total_steps": "abc", "batch_size": 8}}),
+     "train.total_steps: expected a whole"),
+    (lambda: finetune({**BASE, "train": {"total_steps": float("nan")}}, rho=0.5), "train.total_steps: nan"),
+    (lambda: midtrain({**BASE, "train": {"total_steps": 1024, "batch_size": 2.5}}),
+     "train.batch_size: expected a whole"),
+    (lambda: reference({**BASE, "train": {"total_steps": 0}}), "train.total_steps and train.batch_size must be >= 1"),
+    (lambda: finetune({**BASE, "train": {"total_steps": 2**62, "batch_size": 1}}, rho=0.5, target_fraction=0.5,
+                      epochs=1), "beyond 2**53"),
+])
+def test_builders_refuse_extreme_arguments_with_a_config_error(build, words):
+    with pytest.raises(ConfigError) as e:
+        build()
+    assert words in str(e.value)
+    assert "\n" not in str(e.value)

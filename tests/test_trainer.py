@@ -56,7 +56,8 @@ def test_run_folder_contents(raw, tmp_path, tiny_tokenizer):
 
     train = records(out, "train")
     assert [r["step"] for r in train] == list(range(1, 13))
-    assert all(set(r) == {"type", "step", "loss", "lr", "tokens", "tok_per_s"} for r in train)
+    assert all(set(r) == {"type", "step", "loss", "lr", "tokens", "tok_per_s", "grad_norm"} for r in train)
+    assert all(r["grad_norm"] > 0 for r in train)
     assert train[-1]["tokens"] == 12 * 4 * 32
     evals = records(out, "eval")
     assert sorted({(r["step"], r["stage"]) for r in evals}) == [(6, "pretrain"), (8, "pretrain"), (12, "finetune")]
@@ -111,7 +112,8 @@ def test_diverged_run_is_recorded(raw, tmp_path):
     assert "diverged" in manifest["error"] and "lr.peak" in manifest["error"]
     assert json.loads((tmp_path / "div/manifest.json").read_text())["status"] == "diverged"
     last = records(tmp_path / "div", "train")[-1]
-    assert last["loss"] is None or not math.isfinite(last["loss"])
+    # the step that was not applied: its gradient norm is not finite (JSON writes that as null)
+    assert last["tok_per_s"] is None and (last["grad_norm"] is None or not math.isfinite(last["grad_norm"]))
 
 
 def test_existing_run_dir_rules(raw, tmp_path):

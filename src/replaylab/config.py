@@ -8,10 +8,13 @@ Any dataclass works. Two optional hooks on a config class:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -105,6 +108,31 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _choice(value: Any, choices: tuple, where: str) -> Any:
+    """`value` if it is one of a Literal's `choices`, else a ConfigError naming them."""
+    if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans; our choices are words
+        value = "on" if value else "off"
+    if value not in choices:
+        raise ConfigError(f"{where} {value!r} is unknown; choose one of {', '.join(map(str, choices))}")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _literal_fields(cls: type) -> tuple[tuple[str, tuple], ...]:
+    """(field name, choices) of every field of dataclass `cls` typed as a Literal."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, typing.get_args(hints[f.name])) for f in dataclasses.fields(cls)
+                 if typing.get_origin(hints[f.name]) is typing.Literal)
+
+
+def check_choices(obj: Any, prefix: str = "") -> None:
+    """Raise ConfigError unless every Literal-typed field of dataclass `obj` holds one of its choices:
+    what `from_dict` checks, for configs built in Python. For `validate()` hooks; `prefix` names the
+    section in the message (e.g. "train.")."""
+    for name, choices in _literal_fields(type(obj)):
+        _choice(getattr(obj, name), choices, f"{prefix}{name}")
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML value into type `tp`, or raise ConfigError naming `where`."""
     if tp is Any:
@@ -124,9 +152,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} does not fit {_type_name(tp)}")
     if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
+        return _choice(value, args, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -256,6 +282,42 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         else:
             raise ConfigError(f"override {key!r}: {'.'.join(parts[:-1])} is a value, not a section")
     return data
+
+
+def add_override_arguments(p: argparse.ArgumentParser, example: str = "optim.lr=3e-4") -> None:
+    """Dotted overrides on a command line, the same for every command: bare `KEY=VALUE` arguments and
+    `--set KEY=VALUE` (repeatable), mixed freely. After parsing, `args.overrides` holds them all in
+    command-line order (a key given twice: the last one wins), ready for `apply_overrides`. Call it
+    after the command's other positional arguments."""
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help=f"dotted config overrides, applied in order, e.g. {example} (same as --set KEY=VALUE)")
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dotted config override (repeatable), same as a bare KEY=VALUE")
+    # argparse stops filling positionals at the first option, so `CONFIG --out DIR KEY=VALUE` would leave
+    # KEY=VALUE unrecognized: collect such leftovers into the overrides too.
+    parse_known = p.parse_known_args
+
+    def parse_known_with_overrides(args=None, namespace=None):
+        argv = list(sys.argv[1:] if args is None else args)
+        ns, rest = parse_known(argv, namespace)
+        extra = [a for a in rest if "=" in a and not a.startswith("-")]
+        ns.overrides = _in_argv_order(argv, [*(ns.overrides or []), *extra, *ns.set_overrides])
+        del ns.set_overrides
+        return ns, [a for a in rest if a not in extra]
+
+    p.parse_known_args = parse_known_with_overrides
+
+
+def _in_argv_order(argv: list[str], items: list[str]) -> list[str]:
+    """`items` (strings found in `argv`, bare or as `--opt=ITEM`) sorted by where they occur in `argv`."""
+    left, out = list(items), []
+    for token in argv:
+        for candidate in (token, token.partition("=")[2] if token.startswith("--") else None):
+            if candidate in left:
+                left.remove(candidate)
+                out.append(candidate)
+                break
+    return out + left
 
 
 def _index(node: list, part: str, key: str) -> int:

@@ -14,8 +14,9 @@ both use a flat 0.02, and matching the paper's model matters more here than the 
 of GPT-2-style scaling. Init is a pure function of `torch.manual_seed` (modules are initialised in
 construction order).
 
-Parameter names (used by the trainer for weight-decay groups): `tok_emb.weight` (embedding),
+Parameter names (what `replaylab.hf_convert` maps to HF's): `tok_emb.weight` (embedding),
 `lm_head.weight` (absent when tied), `*norm.weight` (RMSNorm gains), everything else is a matrix.
+Weight-decay groups go by module type, not by these names (train/optim.py).
 """
 
 from __future__ import annotations

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from replaylab.config import check_choices
 from replaylab.errors import ConfigError
+
+# Settings with a fixed set of values: the types name the values (YAML and overrides are checked against
+# them by replaylab.config, with an error that lists them), and the fine-tuning config shares them.
+Precision = Literal["auto", "fp32", "bf16"]  # bf16 = autocast; auto = bf16 where the hardware runs it natively
+Device = Literal["auto", "cpu", "cuda"]
+Switch = Literal["auto", "on", "off"]
+LRSchedule = Literal["constant", "cosine", "wsd", "linear", "continue"]
 
 # Model presets. Tiny sizes are what 2-core CPUs can train (see shared CPU measurements); `150m` is
 # the paper's "150m4k" Llama; larger ones follow common Llama shapes.
@@ -76,7 +84,8 @@ class DomainConfig:
     budget: unique training sequences of this domain (a limited domain, e.g. the target);
     None = unlimited (the generic pool, cycled only if exhausted).
     epochs: if given, how many passes over the budget the whole run must make; the engine checks
-    that the stages draw exactly that many (to within one sequence per block) and errors otherwise.
+    that the stages draw exactly that many (to within one sequence per stage that mixes the domain)
+    and errors otherwise.
     """
 
     source: str
@@ -108,9 +117,6 @@ class DataConfig:
             raise ConfigError("data.domains is empty; name at least one domain, e.g. {generic: {source: generic}}")
 
 
-LR_SCHEDULES = ("constant", "cosine", "wsd", "linear", "continue")
-
-
 @dataclass
 class LRConfig:
     """LR over a stage (or a span of stages: a stage whose schedule is `continue` extends the previous
@@ -120,15 +126,14 @@ class LRConfig:
     decay: for `wsd`, the fraction of the span's steps (at the end) decaying linearly to `final`.
     """
 
-    schedule: str = "cosine"
+    schedule: LRSchedule = "cosine"
     peak: float = 3e-3
     final: float = 0.0
     warmup: float = 0.01
     decay: float = 0.1
 
     def validate(self) -> None:
-        if self.schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr.schedule {self.schedule!r} is unknown; choose one of {', '.join(LR_SCHEDULES)}")
+        check_choices(self, "lr.")
         if self.peak < 0 or self.final < 0:
             raise ConfigError(f"lr.peak and lr.final must be >= 0, got {self.peak} and {self.final}")
         if not 0 <= self.warmup < 1:
@@ -152,7 +157,7 @@ class StageConfig:
     steps: int | None = None
     fraction: float | None = None
     lr: LRConfig = field(default_factory=LRConfig)
-    optimizer: str = "carry"
+    optimizer: Literal["reset", "carry"] = "carry"
     init: str = "scratch"
 
     def validate(self) -> None:
@@ -170,8 +175,7 @@ class StageConfig:
         total = sum(self.mixture.values())
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise ConfigError(f"stage {self.name!r}: mixture weights sum to {total:.6g}; they are token shares and must sum to 1")
-        if self.optimizer not in ("reset", "carry"):
-            raise ConfigError(f"stage {self.name!r}: optimizer must be 'reset' or 'carry', got {self.optimizer!r}")
+        check_choices(self, f"stage {self.name!r}: ")
         if not (self.init == "scratch" or self.init.startswith(("checkpoint:", "hf:"))):
             raise ConfigError(f"stage {self.name!r}: init {self.init!r} must be scratch, checkpoint:PATH or hf:PATH")
 
@@ -186,15 +190,14 @@ class OptimConfig:
     decay_norms: bool = False
     decay_embeddings: bool = False
     grad_clip: float = 1.0  # global-norm clipping; 0 = off
-    implementation: str = "auto"  # auto | fused | foreach | single
+    implementation: Literal["auto", "fused", "foreach", "single"] = "auto"  # auto: fused on CUDA, foreach on CPU
 
     def validate(self) -> None:
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must lie in [0, 1), got {self.betas}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("optim.weight_decay and optim.grad_clip must be >= 0")
-        if self.implementation not in ("auto", "fused", "foreach", "single"):
-            raise ConfigError(f"optim.implementation {self.implementation!r}: choose auto, fused, foreach or single")
+        check_choices(self, "optim.")
 
 
 @dataclass
@@ -203,10 +206,10 @@ class TrainConfig:
     batch_size: int = 16  # sequences per optimizer step (global, across DDP ranks)
     micro_batch_size: int | None = None  # sequences per forward pass; None = batch_size (no accumulation)
     mixture_block: int | None = None  # sequences per mixture block; None = batch_size
-    precision: str = "auto"  # auto | fp32 | bf16 (autocast)
-    compile: str = "auto"  # auto | on | off
+    precision: Precision = "auto"
+    compile: Switch = "auto"  # auto: compile where it works, else eager (runtime.maybe_compile)
     threads: int | None = None  # torch intra-op threads; None = leave as is
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"  # auto: CUDA when available
     deterministic: bool = True
     checkpoint_every: int = 0  # steps; 0 = only at stage ends and on SIGINT/SIGTERM
     keep_checkpoints: int = 2  # periodic checkpoints kept (stage-end ones are always kept)
@@ -214,7 +217,7 @@ class TrainConfig:
     # a shared prefix, one per branch point, so children start exactly where they diverge.
     checkpoint_steps: list[int] = field(default_factory=list)
     log_every: int = 10
-    progress: str = "auto"  # auto (a bar on a terminal) | on | off
+    progress: Switch = "auto"  # auto: a bar on a terminal
 
     def validate(self) -> None:
         if self.total_steps < 1 or self.batch_size < 1:
@@ -227,10 +230,7 @@ class TrainConfig:
         bad = [s for s in self.checkpoint_steps if not 1 <= s <= self.total_steps]
         if bad:
             raise ConfigError(f"train.checkpoint_steps {bad} lie outside 1..{self.total_steps} (train.total_steps)")
-        for name, allowed in (("precision", ("auto", "fp32", "bf16")), ("compile", ("auto", "on", "off")),
-                              ("device", ("auto", "cpu", "cuda")), ("progress", ("auto", "on", "off"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"train.{name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        check_choices(self, "train.")
 
 
 @dataclass

@@ -2,10 +2,12 @@
 
 The defaults ("auto") pick the fastest settings that are correct on the machine at hand:
 - CPU: bf16 autocast only when the CPU has native bf16 matmuls (avx512_bf16 or AMX); without them
-  bf16 is emulated and slower than fp32. torch.compile whenever it works (2-3x on our 2-core
-  machines, see BENCHMARKS.md), eager otherwise.
-- CUDA: bf16 autocast where the GPU supports it, fused AdamW, flash attention (SDPA picks it for
-  bf16), compile, TF32 for the remaining fp32 matmuls.
+  bf16 is emulated and slower than fp32. torch.compile whenever it works, eager otherwise (on our
+  fp32-only 2-core machines it gains little or nothing for small models, see BENCHMARKS.md).
+- CUDA: bf16 autocast where the GPU supports it, compile, TF32 for the remaining fp32 matmuls.
+  Attention runs SDPA's math kernel under the default train.deterministic=true (the fused kernels'
+  backward is not bit-reproducible, see `deterministic_attention`); train.deterministic=false lets
+  SDPA pick flash attention for bf16. (AdamW's fused kernels: optim.implementation, train/optim.py.)
 
 Typical use in a training loop:
 
@@ -69,7 +71,8 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(spec: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype for `spec` in {auto, fp32, bf16}, or None for plain fp32.
 
-    Weights, optimizer state and logits stay fp32 either way; autocast only runs matmuls in bf16."""
+    Weights and optimizer state stay fp32 either way; autocast only runs matmuls in bf16 (our Transformer
+    returns fp32 logits, and the loss upcasts a Hugging Face model's bf16 ones: train/loss.py)."""
     device = torch.device(device)
     if spec == "fp32":
         return None
@@ -110,18 +113,6 @@ def deterministic_attention(device: torch.device | str, deterministic: bool):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(SDPBackend.MATH)
-
-
-def adamw_kwargs(implementation: str, device: torch.device | str) -> dict:
-    """torch.optim.AdamW keyword arguments for optim.implementation in {auto, fused, foreach, single}.
-
-    auto = fused on CUDA (one kernel for all parameters), foreach on CPU (fused CPU AdamW is not
-    faster on our 2-core machines and foreach is the well-trodden path)."""
-    device = torch.device(device)
-    if implementation == "auto":
-        implementation = "fused" if device.type == "cuda" else "foreach"
-    return {"fused": {"fused": True}, "foreach": {"foreach": True},
-            "single": {"foreach": False, "fused": False}}[implementation]
 
 
 def compile_unavailable_reason(device: torch.device | str = "cpu") -> str | None:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from replaylab.config import from_dict, to_dict
 from replaylab.errors import ConfigError
 from replaylab.fingerprint import lr_group
-from replaylab.runconfig import RunConfig
+from replaylab.runconfig import RunConfig, TrainConfig
 
 _EPS = 1e-9
 
@@ -169,7 +169,7 @@ def _round_to_steps(gamma: float, alpha: float, delta: float, total: int) -> Two
 
 def replay_fraction(multiplier: float) -> float:
     """The paper's fine-tuning replay: stretching fine-tuning by m fills it with rho = 1 - 1/m generic data."""
-    if multiplier < 1:
+    if not multiplier >= 1:  # nan too
         raise ConfigError(f"multiplier={multiplier}: the fine-tuning stretch must be >= 1 (1 = no replay)")
     return 1 - 1 / multiplier
 
@@ -206,19 +206,29 @@ def _domains(raw: dict, target: str | None, generic: str) -> tuple[str, str]:
 
 
 def _run_shape(raw: dict) -> tuple[int, int]:
-    defaults = RunConfig().train
-    total = int(raw["train"].get("total_steps", defaults.total_steps))
-    batch = int(raw["train"].get("batch_size", defaults.batch_size))
-    return total, batch
+    """The base's train.total_steps and train.batch_size, read and checked as the run config will read them
+    ("abc", nan, 2.5 or 0 is a ConfigError naming the field)."""
+    train = from_dict(TrainConfig, raw["train"], "train")
+    if train.total_steps > 2**53:  # the solver places stage boundaries as float fractions of the run
+        raise ConfigError(f"train.total_steps={train.total_steps} is beyond 2**53, where a fraction of the run no "
+                          "longer resolves single steps; give a realistic number of steps")
+    return train.total_steps, train.batch_size
 
 
 def target_budget(total_steps: int, batch_size: int, target_fraction: float, budget_multiple: float = 1.0) -> int:
     """Unique target sequences: multiple x fraction x all sequences of the run, rounded half up."""
     if not 0 < target_fraction <= 1:
         raise ConfigError(f"target_fraction={target_fraction} must lie in (0, 1] (paper: 1/1024 of all tokens)")
-    if budget_multiple <= 0:
-        raise ConfigError(f"budget_multiple={budget_multiple} must be > 0")
-    seqs = math.floor(budget_multiple * target_fraction * total_steps * batch_size + 0.5)
+    if not budget_multiple > 0:  # nan too
+        raise ConfigError(f"budget_multiple={budget_multiple} must be a number > 0 (1 = the base budget)")
+    exact = budget_multiple * target_fraction * total_steps * batch_size
+    if not exact < 2**63:  # inf too: a budget is a 64-bit count of sequences (DomainConfig.budget)
+        raise ConfigError(
+            f"budget_multiple={budget_multiple:g} gives a target budget of {exact:.6g} sequences "
+            f"({target_fraction:.6g} x {total_steps} steps x {batch_size} sequences x {budget_multiple:g}), beyond "
+            "a 64-bit count; give a smaller budget_multiple"
+        )
+    seqs = math.floor(exact + 0.5)
     if seqs < 1:
         raise ConfigError(
             f"target budget = {budget_multiple} x {target_fraction:.6g} x {total_steps} steps x {batch_size} sequences "
@@ -228,6 +238,13 @@ def target_budget(total_steps: int, batch_size: int, target_fraction: float, bud
 
 
 def _gamma(budget: int, epochs: float, total: int, batch: int) -> float:
+    if not 0 < epochs < math.inf:  # nan too
+        raise ConfigError(f"epochs={epochs} must be a finite number > 0 (passes over the target budget)")
+    if budget * epochs < 1:
+        raise ConfigError(
+            f"epochs={epochs:g} over a budget of {budget} target sequences draws {budget * epochs:.3g} sequences, "
+            "less than one; give more epochs or a larger budget_multiple"
+        )
     gamma = budget * epochs / (total * batch)
     if gamma > 1:
         raise ConfigError(
@@ -301,6 +318,12 @@ def finetune(base: RunConfig | dict, *, target: str | None = None, generic: str 
     budget = target_budget(total, batch, target_fraction, budget_multiple)
     gamma = _gamma(budget, epochs, total, batch)
     point = solve_two_stage(gamma, rho=rho, alpha=1.0, total_steps=total)
+    if point.rho >= 1:  # stage 2 is at least one step: its target share is below float resolution (huge batch)
+        raise ConfigError(
+            f"finetune: {budget * epochs:g} target sequences in a fine-tuning stage of {point.stage2_steps} steps x "
+            f"{batch} sequences is a target share that rounds to 0 (realized rho = 1); give more epochs, a larger "
+            "budget_multiple or a smaller train.batch_size"
+        )
     stages = [
         {"name": "pretrain", "steps": point.stage1_steps, "mixture": {generic: 1.0},
          "lr": _lr("cosine", pretrain_lr, warmup), "init": init},

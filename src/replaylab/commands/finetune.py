@@ -1,14 +1,17 @@
-"""`replaylab finetune`: fine-tune a pretrained Hugging Face causal LM on target data with generic replay."""
+"""`replaylab finetune [--config YAML] [flags] [KEY=VALUE | --set KEY=VALUE ...]`: fine-tune a pretrained
+Hugging Face causal LM on target data with generic replay."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import typing
 from pathlib import Path
 
-from replaylab.config import apply_overrides, from_dict, load_yaml
+from replaylab.config import add_override_arguments, apply_overrides, from_dict, load_yaml
 from replaylab.errors import ConfigError
+from replaylab.runconfig import Precision
 
 HELP = "fine-tune a pretrained Hugging Face causal LM on target data, replaying generic data"
 
@@ -29,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (peft) instead of all weights")
     p.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations to save memory")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="bf16 autocast where supported (auto)")
+    p.add_argument("--precision", choices=typing.get_args(Precision), help="bf16 autocast where supported (auto)")
     p.add_argument("--fsdp", action="store_const", const="fsdp", dest="parallel",
                    help="under torchrun, shard the model, gradients and AdamW state over the processes (FSDP2) "
                         "instead of a full copy per process (DDP): for models that do not fit one GPU")
@@ -45,8 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a replaylab run folder at --out that holds another config (never a folder it did not make)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set optim.warmup=0.05 (repeatable)")
+    add_override_arguments(p, "optim.warmup=0.05")
 
 
 def _section(raw: dict, key: str, default: dict | None = None) -> dict:
@@ -63,7 +65,7 @@ def _section(raw: dict, key: str, default: dict | None = None) -> dict:
 
 
 def build_config(args: argparse.Namespace):
-    """The FinetuneConfig from --config, the flags and the --set overrides (in that order)."""
+    """The FinetuneConfig from --config, the flags and the KEY=VALUE / --set overrides (in that order)."""
     from replaylab.hf.config import FinetuneConfig
 
     raw = load_yaml(args.config) if args.config else {}
@@ -101,11 +103,12 @@ def build_config(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     from replaylab.config import config_hash
-    from replaylab.hf.finetune import run_finetune
 
+    config = build_config(args)  # before the heavy imports: a bad override fails at once
+
+    from replaylab.hf.finetune import run_finetune
     from replaylab.train import TrainingInterrupted
 
-    config = build_config(args)
     out = Path(args.out) if args.out else Path("runs") / f"finetune-{config_hash(config)}"
     try:
         manifest = run_finetune(config, out, resume=args.resume, overwrite=args.overwrite)

@@ -1,4 +1,4 @@
-"""`replaylab train CONFIG [--out RUN_DIR] [KEY=VALUE ...]` and `replaylab train --resume RUN_DIR`.
+"""`replaylab train CONFIG [--out RUN_DIR] [KEY=VALUE | --set KEY=VALUE ...]` and `replaylab train --resume RUN_DIR`.
 
 Exit status: 0 done, 1 diverged (NaN/inf loss; the manifest says so), 2 a user mistake,
 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint (resume with --resume).
@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+from replaylab.config import add_override_arguments
 from replaylab.errors import ConfigError
 
 HELP = "train one run (a list of stages) into a run folder, or resume one"
@@ -19,24 +20,13 @@ HELP = "train one run (a list of stages) into a run folder, or resume one"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="run config YAML (see docs/training.md)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. stages.1.lr.peak=3e-4")
+    add_override_arguments(p, "stages.1.lr.peak=3e-4")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest good checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a replaylab run folder at --out that holds another config (never a folder it did not make)")
     p.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start from the full training state of another run's checkpoint (a shared prefix)")
-    # argparse stops filling positionals at the first option, so `CONFIG --out DIR KEY=VALUE` would leave
-    # KEY=VALUE unrecognized: collect such leftovers into the overrides, in order.
-    parse_known = p.parse_known_args
-
-    def parse_known_with_overrides(args=None, namespace=None):
-        ns, rest = parse_known(args, namespace)
-        extra = [a for a in rest if "=" in a and not a.startswith("-")]
-        ns.overrides = list(ns.overrides or []) + extra
-        return ns, [a for a in rest if a not in extra]
-
-    p.parse_known_args = parse_known_with_overrides
 
 
 def _default_out(name: str) -> Path:

@@ -9,10 +9,11 @@ total steps = target steps / (1 - replay_fraction).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from replaylab.config import check_choices
 from replaylab.errors import ConfigError
-from replaylab.runconfig import LoggingConfig
+from replaylab.runconfig import Device, LoggingConfig, Precision, Switch
 
 
 @dataclass
@@ -58,7 +59,7 @@ class FTOptimConfig:
     """A fresh AdamW with its own schedule (the paper resets the optimizer for fine-tuning)."""
 
     lr: float = 3e-4
-    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after warmup
     warmup: float = 0.01  # fraction of total steps
     final_lr: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
@@ -69,8 +70,7 @@ class FTOptimConfig:
     def validate(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"optim.schedule {self.schedule!r} is unknown; choose cosine, linear or constant")
+        check_choices(self, "optim.")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"optim.warmup is a fraction of the run in [0, 1), got {self.warmup}")
         if not all(0 <= b < 1 for b in self.betas):
@@ -129,17 +129,17 @@ class FinetuneConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     optim: FTOptimConfig = field(default_factory=FTOptimConfig)
     eval: FTEvalConfig = field(default_factory=FTEvalConfig)
-    precision: str = "auto"  # auto (bf16 on CUDA with bf16 support, else fp32) | fp32 | bf16
+    precision: Precision = "auto"  # auto: bf16 where the GPU (or CPU) runs it natively, else fp32
     gradient_checkpointing: bool = False
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"
     # Under torchrun: ddp = every rank holds the whole model; fsdp = FSDP2 shards weights, gradients
     # and AdamW state over the ranks (hf/parallel.py), for models that do not fit one GPU.
-    parallel: str = "ddp"  # ddp | fsdp
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     threads: int | None = None
     checkpoint_every: int = 0  # steps; 0 = only at the end
     keep_checkpoints: int = 2
     log_every: int = 10
-    progress: str = "auto"  # auto | on | off
+    progress: Switch = "auto"
     save_final: bool = True  # write the fine-tuned model/ (or LoRA adapter/) folder at the end
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(tensorboard=False))
     meta: dict[str, Any] = field(default_factory=dict)
@@ -160,9 +160,6 @@ class FinetuneConfig:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a positive multiple of micro_batch_size ({mb})")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
-        for name, allowed in (("precision", ("auto", "fp32", "bf16")), ("device", ("auto", "cpu", "cuda")),
-                              ("progress", ("auto", "on", "off")), ("parallel", ("ddp", "fsdp"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} {getattr(self, name)!r} is unknown; choose one of {', '.join(allowed)}")
+        check_choices(self)
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")

@@ -1,7 +1,7 @@
 """Evaluation of a fine-tuned causal LM: held-out loss per pool (target = what we tune for, replay =
 forgetting of the generic domain) and multiple-choice accuracy scored by log-likelihood.
 
-Held-out sets are the engine's (`replaylab.train.evaluate.build_eval_sets`): each pool's first
+Held-out sets and their scoring are the engine's (`replaylab.train.evaluate`): each pool's first
 validation sequences, split into a `val` half (select LR / rho) and a `test` half (report).
 
 Multiple-choice tasks are local jsonl files, one item per line:
@@ -22,55 +22,28 @@ import difflib
 import functools
 import importlib
 import json
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from replaylab.errors import ConfigError, DataError
 from replaylab.runtime import autocast
-from replaylab.train.evaluate import EvalSet
+from replaylab.train.evaluate import EvalSet, evaluate
 
 
-def _logits(model, x: torch.Tensor) -> torch.Tensor:
+def lm_logits(model, x: torch.Tensor) -> torch.Tensor:
+    """Logits (B, T, V) of a Hugging Face causal LM for tokens x (B, T), without a KV cache."""
     return model(input_ids=x, use_cache=False).logits
-
-
-@torch.no_grad()
-def mean_loss(model, seqs: np.ndarray, *, batch_size: int, device: torch.device, dtype) -> float:
-    """Mean next-token cross-entropy (nats) over every token of `seqs` [n, seq_len + 1]."""
-    total, count = 0.0, 0
-    for i in range(0, len(seqs), batch_size):
-        batch = torch.from_numpy(seqs[i : i + batch_size]).to(device)
-        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) each
-        with autocast(device, dtype):
-            logits = _logits(model, x)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
-        total += float(loss.double())
-        count += y.numel()
-    return total / count
 
 
 def evaluate_losses(model, sets: list[EvalSet], *, batch_size: int, device: torch.device,
                     dtype) -> dict[str, dict[str, float]]:
-    """{pool: {val_loss, test_loss, val_bpb, test_bpb}}; the model's train/eval mode is restored."""
-    was_training = model.training
-    model.eval()
-    out = {}
-    try:
-        for s in sets:
-            rec = {}
-            for half, seqs in (("val", s.val), ("test", s.test)):
-                loss = mean_loss(model, seqs, batch_size=batch_size, device=device, dtype=dtype)
-                rec[f"{half}_loss"] = loss
-                rec[f"{half}_bpb"] = loss / math.log(2) / s.bytes_per_token
-            out[s.domain] = rec
-    finally:
-        model.train(was_training)
-    return out
+    """{pool: {val_loss, test_loss, val_bpb, test_bpb}}: the engine's held-out evaluation
+    (`replaylab.train.evaluate.evaluate`) of a Hugging Face model; its train/eval mode is restored."""
+    return evaluate(model, sets, batch_size=batch_size, device=device, autocast_dtype=dtype,
+                    forward=functools.partial(lm_logits, model))
 
 
 def load_mc_task(path: str | Path, max_items: int | None = None) -> list[dict]:
@@ -126,7 +99,7 @@ def score_mc(model, tokenizer, items: list[dict], *, device: torch.device, dtype
             for i, r in enumerate(rows):
                 x[i, : len(r)] = torch.tensor(r)  # right padding: causal attention never looks at it
             with autocast(device, dtype):
-                logp = torch.log_softmax(_logits(model, x.to(device)).float(), dim=-1)  # (C, W, V)
+                logp = torch.log_softmax(lm_logits(model, x.to(device)).float(), dim=-1)  # (C, W, V)
             for i, (r, k) in enumerate(zip(rows, spans)):
                 # Tokens r[-k:] are predicted by positions len(r)-k-1 .. len(r)-2.
                 pos = torch.arange(len(r) - k - 1, len(r) - 1, device=logp.device)

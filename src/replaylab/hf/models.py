@@ -46,12 +46,6 @@ def resolve_model(spec: str, *, trust_remote_code: bool = False) -> str:
         raise ConfigError(f"model {spec!r} could not be downloaded ({type(e).__name__}: {e}); check the id") from None
 
 
-def load_tokenizer(folder: str, *, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
-
-
 def load_model_config(folder: str, *, trust_remote_code: bool = False):
     """The model's transformers config (config.json only: no weights are read)."""
     from transformers import AutoConfig
@@ -78,8 +72,9 @@ def check_seq_len(spec: str, folder: str, seq_len: int, *, trust_remote_code: bo
                           f"{limit}); use --seq-len {limit} or less")
 
 
-def load_model(folder: str, *, trust_remote_code: bool = False, dtype=None):
-    """The model in fp32 (training master weights); bf16 is applied by autocast, not by casting."""
+def load_model(folder: str, *, trust_remote_code: bool = False):
+    """The model in fp32 (training master weights); bf16 is applied by autocast (or FSDP's mixed-precision
+    policy), not by casting."""
     import sys
 
     import torch
@@ -91,17 +86,7 @@ def load_model(folder: str, *, trust_remote_code: bool = False, dtype=None):
 
     config = load_model_config(folder, trust_remote_code=trust_remote_code)
     return AutoModelForCausalLM.from_pretrained(
-        folder, config=config, dtype=dtype or torch.float32, local_files_only=True,
+        folder, config=config, dtype=torch.float32, local_files_only=True,
         trust_remote_code=trust_remote_code,
     )
 
-
-def tokenizer_json(folder: str) -> Path:
-    """The `tokenizer.json` the data layer tokenizes with (fast tokenizers only)."""
-    path = Path(folder) / "tokenizer.json"
-    if not path.is_file():
-        raise ConfigError(
-            f"model folder {folder!r} has no tokenizer.json (a slow tokenizer); replaylab packs data with "
-            "fast tokenizers: save one with AutoTokenizer.from_pretrained(...).save_pretrained(folder)"
-        )
-    return path

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from replaylab.errors import ConfigError
 from replaylab.hf.config import FinetuneConfig
-from replaylab.runconfig import DataConfig, DomainConfig, EvalConfig, RunConfig, StageConfig, TrainConfig
+from replaylab.runconfig import (DataConfig, DomainConfig, EvalConfig, LRConfig, OptimConfig, RunConfig, StageConfig,
+                                 TrainConfig)
 
 TARGET, REPLAY = "target", "replay"
 
@@ -55,7 +56,11 @@ def plan_mix(*, budget: int, target_epochs: float, replay_fraction: float, batch
              max_steps: int | None = None) -> MixPlan:
     if budget < 1:
         raise ConfigError(f"the target budget is {budget} sequences; it needs at least 1")
-    draws = max(1, round(target_epochs * budget))
+    wanted = target_epochs * budget
+    if not wanted < 2**63:  # inf and nan too: the sampler counts sequences in int64
+        raise ConfigError(f"target_epochs={target_epochs:g} over {budget} target sequences draws {wanted:.6g} "
+                          "sequences, beyond a 64-bit count; give a realistic target_epochs (passes over the budget)")
+    draws = max(1, round(wanted))
     target_steps = math.ceil(draws / batch_size)
     if replay_fraction == 0:
         # Pure target: fill the last batch with the next target sequences rather than leave it short.
@@ -65,13 +70,18 @@ def plan_mix(*, budget: int, target_epochs: float, replay_fraction: float, batch
         planned = math.ceil(draws / (batch_size * (1 - replay_fraction)) - 1e-9)
         weight = draws / (planned * batch_size)
     total = planned if max_steps is None else min(planned, max_steps)
+    if total * batch_size >= 2**63:  # a replay fraction near 1 stretches the run without bound
+        raise ConfigError(f"the run would take {total} steps of {batch_size} sequences (target_epochs="
+                          f"{target_epochs:g}, replay_fraction={replay_fraction:g}), beyond a 64-bit count; lower "
+                          "target_epochs or replay_fraction, or set max_steps")
     return MixPlan(budget=budget, target_draws=draws, target_steps=target_steps, planned_steps=planned,
                    total_steps=total, target_weight=weight, replay_fraction=replay_fraction)
 
 
-def sampler_config(cfg: FinetuneConfig, plan: MixPlan, tokenizer: str) -> RunConfig:
-    """The one-stage RunConfig that drives the engine's MixtureSampler for this run (and names the
-    held-out sets for the engine's `build_eval_sets`)."""
+def sampler_config(cfg: FinetuneConfig, plan: MixPlan, tokenizer: str, micro_batch_size: int | None = None) -> RunConfig:
+    """The one-stage RunConfig of this run as the engine sees it: it drives the engine's MixtureSampler, names
+    the held-out sets for `build_eval_sets`, and gives the one Trainer its schedule (the fresh AdamW's LR
+    curve as the stage's LR, train.lr's pure function of the step) and its log, eval and checkpoint cadence."""
     domains = {TARGET: DomainConfig(source=cfg.target.source, budget=plan.budget,
                                     # a capped run stops early: the epoch check would (rightly) fail
                                     epochs=None if plan.capped else plan.target_epochs,
@@ -84,12 +94,17 @@ def sampler_config(cfg: FinetuneConfig, plan: MixPlan, tokenizer: str) -> RunCon
         mixture = {TARGET: plan.target_weight, REPLAY: 1.0 - plan.target_weight}
     elif cfg.replay is not None:  # evaluated (forgetting), never trained on
         domains[REPLAY] = DomainConfig(source=cfg.replay.source, options=dict(cfg.replay.options))
+    o = cfg.optim
     return RunConfig(
         name=cfg.name, seed=cfg.seed,
         data=DataConfig(tokenizer=tokenizer, seq_len=cfg.seq_len, domains=domains),
-        stages=[StageConfig(name="finetune", steps=plan.total_steps, mixture=mixture)],
-        train=TrainConfig(total_steps=plan.total_steps, batch_size=cfg.batch_size),
-        eval=EvalConfig(max_sequences=cfg.eval.max_sequences, batch_size=cfg.eval.batch_size),
+        stages=[StageConfig(name="finetune", steps=plan.total_steps, mixture=mixture,
+                            lr=LRConfig(schedule=o.schedule, peak=o.lr, final=o.final_lr, warmup=o.warmup))],
+        optim=OptimConfig(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip),
+        train=TrainConfig(total_steps=plan.total_steps, batch_size=cfg.batch_size, micro_batch_size=micro_batch_size,
+                          log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                          keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress),
+        eval=EvalConfig(every=cfg.eval.every, max_sequences=cfg.eval.max_sequences, batch_size=cfg.eval.batch_size),
     )
 
 

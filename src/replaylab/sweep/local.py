@@ -122,15 +122,21 @@ def _train(entry: dict, run_dir: Path, *, init_from: Path | None) -> dict:
 
 
 def _record_failure(store: RunStore, rid: str, error: BaseException) -> None:
-    """The engine records failures it sees; this covers errors before it wrote a manifest."""
+    """The engine records failures it sees; this covers errors before it wrote a manifest. A manifest that
+    cannot be read (cut short, edited) is replaced by a fresh record: its DataError must not hide `error`."""
+    from replaylab.errors import DataError
     from replaylab.train.manifest import read_manifest, write_manifest
 
     run_dir = store.run_dir(rid)
-    manifest = read_manifest(run_dir) or {"config_hash": rid, "status": "failed", "meta": {}, "final": {}}
+    try:
+        manifest = read_manifest(run_dir)
+    except DataError:
+        manifest = None
+    manifest = manifest or {"config_hash": rid, "status": "failed", "meta": {}, "final": {}}
     if manifest.get("status") != "failed":
         manifest.update(status="failed", error=f"{type(error).__name__}: {error}")
     manifest.setdefault("error", f"{type(error).__name__}: {error}")
-    manifest["traceback"] = traceback.format_exc(limit=8)
+    manifest["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=8))
     write_manifest(run_dir, manifest)
 
 

@@ -1,4 +1,6 @@
-"""The training engine. `run_training(config, out_dir, *, resume=False, init_from=None) -> dict`.
+"""The training engine: one Trainer (trainer.py) for every model, train modules (module.py: ours;
+replaylab.hf.train_module: Hugging Face), and `run_training(config, out_dir, *, resume=False, init_from=None)
+-> dict` (run.py).
 
 Imported lazily so that `replaylab.train.mixture` / `lr` / `optim` load without torch's model stack."""
 
@@ -10,8 +12,12 @@ __all__ = ["run_training", "TrainingInterrupted"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from replaylab.train import trainer
+    if name == "run_training":
+        from replaylab.train.run import run_training
 
-        return getattr(trainer, name)
+        return run_training
+    if name == "TrainingInterrupted":
+        from replaylab.train.trainer import TrainingInterrupted
+
+        return TrainingInterrupted
     raise AttributeError(f"module 'replaylab.train' has no attribute {name!r}")

@@ -1,5 +1,11 @@
 """Data parallelism under `torchrun`: gloo on CPU, NCCL on GPU.
 
+The run's device setting picks the backend: on CUDA each rank takes GPU LOCAL_RANK and joins with NCCL,
+so `--nproc_per_node` may not exceed the GPUs visible on the node (two ranks on one GPU crash NCCL);
+`setup` refuses that with a ConfigError on every rank before touching the GPU. Several ranks on one
+machine without enough GPUs run on CPU with gloo: set the device to cpu (`train.device=cpu`,
+`replaylab finetune --set device=cpu`).
+
 The sampler yields the same global batch on every rank (it is a pure function of the step); rank r
 trains on rows [r*B/W, (r+1)*B/W). After the micro-batches, gradients are summed with one all-reduce
 over a flat buffer and divided by W, so every rank holds the gradient of the global-batch mean loss
@@ -34,12 +40,30 @@ class DistInfo:
         return self.world_size > 1
 
 
+def check_gpu_count(*, local_world_size: int, num_visible_gpus: int) -> None:
+    """One GPU per rank: torchrun's processes on this node (LOCAL_WORLD_SIZE) must not outnumber the
+    visible GPUs, or two ranks would share a GPU and NCCL fails (a crash, not a message)."""
+    if local_world_size > num_visible_gpus:
+        raise ConfigError(
+            f"torchrun started {local_world_size} processes on this node (--nproc_per_node {local_world_size}) "
+            f"but only {num_visible_gpus} CUDA GPU(s) are visible, and each process needs its own GPU; use "
+            f"--nproc_per_node {num_visible_gpus} or fewer, or, to run {local_world_size} processes on CPU with "
+            f"gloo, set the device to cpu (replaylab train: train.device=cpu; replaylab finetune: --set device=cpu)"
+        )
+
+
 def setup(device_kind: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else single process."""
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else single process.
+    On CUDA, rank LOCAL_RANK takes GPU LOCAL_RANK (NCCL); elsewhere the group is gloo. A node with more
+    ranks than visible GPUs is refused (check_gpu_count) before any GPU or process-group work."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_kind == "cuda":
+        # torchrun sets LOCAL_WORLD_SIZE; another launcher may not, and then this rank needs GPU `local`.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(local + 1)))
+        check_gpu_count(local_world_size=local_world, num_visible_gpus=torch.cuda.device_count())
     initialized_here = False
     if not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"

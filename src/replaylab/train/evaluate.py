@@ -4,21 +4,23 @@ Each domain's first `n` validation sequences (n = data.val_sequences or eval.max
 what the store holds) are split in two: the first half is `val_*` (the "select" half, used to pick
 LRs and replay fractions) and the second half is `test_*` (the "report" half). Tuning on one half
 and reporting the other keeps the reported number honest.
-bpb = loss_nats / ln 2 / bytes_per_token.
+bpb = loss_nats / ln 2 / bytes_per_token. The engine and the Hugging Face bridge (`replaylab.hf.evaluate`)
+both score through `evaluate`.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from replaylab.errors import DataError
 from replaylab.runconfig import RunConfig
+from replaylab.runtime import autocast
+from replaylab.train.loss import next_token_loss
 
 
 @dataclass
@@ -54,34 +56,39 @@ def build_eval_sets(config: RunConfig, stores: dict) -> list[EvalSet]:
     return sets
 
 
+Forward = Callable[[torch.Tensor], torch.Tensor]  # tokens (B, T) -> logits (B, T, V)
+
+
 @torch.no_grad()
-def _mean_loss(model: torch.nn.Module, seqs: np.ndarray, batch_size: int, device: torch.device,
-               autocast_dtype: torch.dtype | None) -> float:
-    """Mean token cross-entropy (nats) over all tokens of `seqs`; sums in float64 so the batch size
-    does not change the result beyond float rounding."""
+def mean_loss(forward: Forward, seqs: np.ndarray, *, batch_size: int, device: torch.device,
+              autocast_dtype: torch.dtype | None) -> float:
+    """Mean next-token cross-entropy (nats) over every token of `seqs` (n, seq_len + 1); sums in
+    float64 so the batch size does not change the result beyond float rounding."""
     total, count = 0.0, 0
-    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     for i in range(0, len(seqs), batch_size):
         batch = torch.from_numpy(seqs[i : i + batch_size]).to(device)
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T) each
-        with ctx:
-            logits = model(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
-        total += float(loss.double())
+        with autocast(device, autocast_dtype):
+            logits = forward(x)  # (B, T, V)
+        total += float(next_token_loss(logits, y, reduction="sum").double())
         count += y.numel()
     return total / count
 
 
 def evaluate(model: torch.nn.Module, sets: list[EvalSet], *, batch_size: int, device: torch.device,
-             autocast_dtype: torch.dtype | None) -> dict[str, dict[str, float]]:
-    """{domain: {val_loss, test_loss, val_bpb, test_bpb}}; the model is left in train mode."""
+             autocast_dtype: torch.dtype | None, forward: Forward | None = None) -> dict[str, dict[str, float]]:
+    """{domain: {val_loss, test_loss, val_bpb, test_bpb}}; the model's train/eval mode is restored.
+
+    forward: how to get logits from `model` (default: `model(x)`, the engine's Transformer; a Hugging
+    Face model's is `model(input_ids=x, use_cache=False).logits`, see `replaylab.hf.evaluate`)."""
+    forward = model if forward is None else forward
     was_training = model.training
     model.eval()
     out = {}
     try:
         for s in sets:
-            val = _mean_loss(model, s.val, batch_size, device, autocast_dtype)
-            test = _mean_loss(model, s.test, batch_size, device, autocast_dtype)
+            val = mean_loss(forward, s.val, batch_size=batch_size, device=device, autocast_dtype=autocast_dtype)
+            test = mean_loss(forward, s.test, batch_size=batch_size, device=device, autocast_dtype=autocast_dtype)
             scale = 1.0 / math.log(2) / s.bytes_per_token
             out[s.domain] = {"val_loss": val, "test_loss": test, "val_bpb": val * scale, "test_bpb": test * scale}
     finally:

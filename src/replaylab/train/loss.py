@@ -1,4 +1,5 @@
-"""The training objective: next-token cross-entropy, and what torch.compile gets to see of it.
+"""The training objective: next-token cross-entropy (`next_token_loss`, also what held-out evaluation
+scores), and what torch.compile gets to see of it.
 
 At the paper's shapes the output layer dominates memory: a micro-batch of 16 x 4096 tokens over the
 Llama-3 vocabulary (128,256) has 34 GB of fp32 logits, and eager cross-entropy keeps as much again
@@ -22,6 +23,13 @@ from torch import nn
 from replaylab import runtime
 
 
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy in nats of logits (B, T, V) against targets (B, T), computed in fp32 (bf16 logits
+    are upcast first; upcasting before or after flattening gives the same bits). reduction: "mean"
+    (training) or "sum" (evaluation, which accumulates over batches itself)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+
+
 class NextTokenLoss(nn.Module):
     """model(tokens[:, :-1]) scored against tokens[:, 1:]: mean cross-entropy in nats (fp32)."""
 
@@ -30,8 +38,7 @@ class NextTokenLoss(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens (B, T+1) -> scalar
-        logits = self.model(tokens[:, :-1])  # (B, T, V), fp32
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tokens[:, 1:].reshape(-1))
+        return next_token_loss(self.model(tokens[:, :-1]), tokens[:, 1:])  # logits (B, T, V)
 
 
 def fuse_loss_by_default(device: torch.device) -> bool:

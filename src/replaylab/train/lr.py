@@ -21,26 +21,36 @@ bit for bit (vectorized numpy cos may differ in the last bit between SIMD and sc
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 
 from replaylab.errors import ConfigError
 from replaylab.runconfig import LRConfig, RunConfig
+from replaylab.train.mixture import stage_starts
+
+
+def lr_span_stages(schedules: Sequence[str | None]) -> list[list[int]]:
+    """Stage indices of each LR span, from the stages' `lr.schedule` values in order: a stage and the
+    `continue` stages right after it. (A leading `continue`, which RunConfig.validate refuses, opens
+    a span of its own.)"""
+    spans: list[list[int]] = []
+    for i, schedule in enumerate(schedules):
+        if schedule == "continue" and spans:
+            spans[-1].append(i)
+        else:
+            spans.append([i])
+    return spans
 
 
 def lr_spans(config: RunConfig) -> list[tuple[int, int, LRConfig]]:
     """(first global step, end step exclusive, parameters) of each LR span of the run."""
-    spans: list[list] = []
-    step = 0
-    for stage, n in zip(config.stages, config.stage_steps()):
-        if stage.lr.schedule == "continue":
-            if not spans:  # RunConfig.validate forbids this; keep the message for hand-built configs
-                raise ConfigError(f"stage {stage.name!r}: the first stage cannot continue a previous LR schedule")
-            spans[-1][1] += n
-        else:
-            spans.append([step, step + n, stage.lr])
-        step += n
-    return [(a, b, lr) for a, b, lr in spans]
+    first = config.stages[0]
+    if first.lr.schedule == "continue":  # RunConfig.validate forbids this; keep the message for hand-built configs
+        raise ConfigError(f"stage {first.name!r}: the first stage cannot continue a previous LR schedule")
+    starts = stage_starts(config)
+    return [(starts[span[0]], starts[span[-1] + 1], config.stages[span[0]].lr)
+            for span in lr_span_stages([s.lr.schedule for s in config.stages])]
 
 
 def _warmup_steps(lr: LRConfig, length: int) -> int:

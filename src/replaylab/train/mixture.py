@@ -22,6 +22,7 @@ iterator state, and two runs whose configs agree on a prefix of stages see ident
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import math
@@ -70,12 +71,11 @@ def stage_starts(config: RunConfig) -> list[int]:
     return starts
 
 
-def stage_of_step(config: RunConfig, step: int) -> int:
-    """Index of the stage that global `step` (0-based) belongs to."""
-    starts = stage_starts(config)
+def stage_at(starts: list[int], step: int) -> int:
+    """Index of the stage that global `step` (0-based) belongs to; `starts` is `stage_starts(config)`."""
     if not 0 <= step < starts[-1]:
         raise ConfigError(f"step {step} is outside the run (0..{starts[-1] - 1})")
-    return int(np.searchsorted(starts, step, side="right")) - 1
+    return bisect.bisect_right(starts, step) - 1
 
 
 def _stage_weights(config: RunConfig, stage_idx: int) -> list[float]:
@@ -320,7 +320,7 @@ class MixtureSampler:
     # ---- batches ---------------------------------------------------------------------------------
     def order(self, step: int) -> np.ndarray:
         """Domain index of every sequence slot of `step`'s batch: int16 (batch_size,)."""
-        stage = stage_of_step(self.config, step)
+        stage = stage_at(self.starts, step)
         per_step = self.batch_size // self.block
         first_block = self.starts[stage] * per_step  # global index of the stage's first block
         out = []
@@ -354,15 +354,19 @@ class MixtureSampler:
         budget_ids = self._budget_ids[name]
         return ids if budget_ids is None else budget_ids[ids]
 
-    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Step `step`'s batch: tokens int64 (batch_size, seq_len + 1) and domain index int16 (batch_size,)."""
+    def batch(self, step: int, rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Step `step`'s batch: tokens int64 (batch_size, seq_len + 1) and domain index int16 (batch_size,).
+        rows (lo, hi): only those rows of the same global batch (a data-parallel rank's share): the others'
+        sequences are never read."""
         slots = self.order(step)
         start = self._row(step)
-        tokens = np.empty((self.batch_size, self.seq_len + 1), dtype=np.int64)
+        lo, hi = rows if rows is not None else (0, self.batch_size)
+        tokens = np.empty((hi - lo, self.seq_len + 1), dtype=np.int64)
         for d, name in enumerate(self.names):
-            where = np.flatnonzero(slots == d)
-            if len(where) == 0:
+            where = np.flatnonzero(slots == d)  # the domain's k-th slot holds its k-th draw of the step
+            mine = (where >= lo) & (where < hi)
+            if not mine.any():
                 continue
-            ids = self.sequence_ids(name, start[d] + np.arange(len(where), dtype=np.int64))
-            tokens[where] = self.stores[name].sequences("train", self.seq_len, ids)
-        return tokens, slots
+            draws = start[d] + np.flatnonzero(mine).astype(np.int64)
+            tokens[where[mine] - lo] = self.stores[name].sequences("train", self.seq_len, self.sequence_ids(name, draws))
+        return tokens, slots[lo:hi]

@@ -49,14 +49,16 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def _implementation(cfg: OptimConfig, device: torch.device) -> dict:
-    impl = cfg.implementation
-    if impl == "auto":
-        # Fused kernels on CUDA; the multi-tensor (foreach) path on CPU.
-        impl = "fused" if device.type == "cuda" else "foreach"
-    if impl == "fused":
+def adamw_kwargs(implementation: str, device: torch.device | str) -> dict:
+    """torch.optim.AdamW keyword arguments for optim.implementation in {auto, fused, foreach, single}.
+
+    auto = fused on CUDA (one kernel for all parameters), foreach on CPU (fused CPU AdamW is not
+    faster on our 2-core machines and foreach is the well-trodden path)."""
+    if implementation == "auto":
+        implementation = "fused" if torch.device(device).type == "cuda" else "foreach"
+    if implementation == "fused":
         return {"fused": True}
-    if impl == "foreach":
+    if implementation == "foreach":
         return {"foreach": True, "fused": False}
     return {"foreach": False, "fused": False}
 
@@ -68,7 +70,7 @@ def build_optimizer(model: nn.Module, optim_cfg: OptimConfig, device: torch.devi
     groups = param_groups(model, optim_cfg)
     if not groups:
         raise ConfigError("the model has no trainable parameters; nothing for the optimizer to train")
-    kwargs = _implementation(optim_cfg, device)
+    kwargs = adamw_kwargs(optim_cfg.implementation, device)
     try:
         return torch.optim.AdamW(groups, lr=0.0, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
                                  weight_decay=optim_cfg.weight_decay, **kwargs)
@@ -87,16 +89,17 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def clip_gradients(model: nn.Module, max_norm: float) -> float:
-    """Clip gradients to global L2 norm `max_norm` (0 = off) and return the norm before clipping
-    (inf or nan when gradients are not finite: the trainer decides what divergence means)."""
+def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip gradients to global L2 norm `max_norm` (0 = off) and return the norm before clipping, a 0-dim
+    tensor on the gradients' device (no host sync; inf or nan when gradients are not finite: the trainer
+    decides what divergence means)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
-        return 0.0
+        return torch.zeros(())
     if max_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     elif hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
         norm = torch.nn.utils.get_total_norm(grads)
     else:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # scales by exactly 1
-    return float(norm)
+    return norm

@@ -1,0 +1,121 @@
+"""The train module of a pretrained Hugging Face causal LM (train/module.py says what a train module is):
+full fine-tuning, LoRA adapters (peft), or FSDP2 sharding under torchrun (hf/parallel.py).
+
+Checkpoints hold only what trains (every weight, or the adapters) with its AdamW state, in the engine's
+checkpoint format; a sharded model gathers the full tensors onto rank 0 first.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from replaylab.errors import ConfigError
+from replaylab.hf import evaluate as ev
+from replaylab.hf import parallel
+from replaylab.hf.config import FinetuneConfig
+from replaylab.hf.models import load_model
+from replaylab.runconfig import OptimConfig
+from replaylab.runtime import autocast
+from replaylab.train import checkpoint as ckpt
+from replaylab.train import ddp
+from replaylab.train.evaluate import EvalSet
+from replaylab.train.loss import next_token_loss
+from replaylab.train.optim import build_optimizer, clip_gradients, set_lr
+
+
+class Trainable(torch.nn.Module):
+    """What checkpoints hold: only the parameters that train (all of them, or the LoRA adapters)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def state_dict(self, *args, **kwargs):  # noqa: D401 - the checkpoint writer calls this
+        return {n: p for n, p in self.named}
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        names = {n for n, _ in self.named}
+        if set(tensors) != names:
+            raise ckpt.CheckpointError("checkpoint tensors do not match this run's trainable parameters; "
+                                       "it belongs to another configuration (LoRA vs full?)")
+        with torch.no_grad():
+            for n, p in self.named:
+                p.copy_(tensors[n])
+
+
+def build_model(cfg: FinetuneConfig, folder: str, device: torch.device) -> torch.nn.Module:
+    """The pretrained model of `folder`, with LoRA adapters when `cfg.lora.enabled`, on `device`."""
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices are random: same seed, same adapters
+    model = load_model(folder, trust_remote_code=cfg.trust_remote_code)
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        # transformers 5 renamed it; both recompute each layer's activations in the backward pass
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        try:
+            from peft import LoraConfig as PeftLora, get_peft_model
+        except ImportError:
+            raise ConfigError("lora needs peft: pip install 'replaylab[hf]'") from None
+        lc = cfg.lora
+        model = get_peft_model(model, PeftLora(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                               target_modules=list(lc.target_modules), task_type="CAUSAL_LM"))
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+    return model.to(device)
+
+
+class HFCausalLMModule:
+    """`model` (built by `build_model`, already sharded for FSDP) trained with the engine's AdamW. `dtype`:
+    bf16 autocast, or None (fp32, or FSDP's own mixed precision)."""
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, device: torch.device, dtype: torch.dtype | None):
+        self.model, self.optim, self.device, self.dtype = model, optim, device, dtype
+        self.trainable = Trainable(model)  # after sharding: the optimizer must hold the sharded parameters
+        self.params = [p for _, p in self.trainable.named]
+        self.sharded = parallel.is_sharded(model)
+        self.optimizer = build_optimizer(model, optim, device)
+
+    def micro_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        x, y = tokens[:, :-1], tokens[:, 1:]  # (b, L) each
+        with autocast(self.device, self.dtype):
+            logits = ev.lm_logits(self.model, x)  # (b, L, V)
+        return next_token_loss(logits, y)
+
+    def sync_gradients(self, dist: ddp.DistInfo) -> None:
+        if not self.sharded:  # FSDP averaged (reduce-scattered) each layer's gradients in the backward pass
+            ddp.average_gradients(self.params, dist)
+
+    def clip_gradients(self, max_norm: float) -> torch.Tensor:
+        return clip_gradients(self.model, max_norm)  # on FSDP's DTensor shards still the global norm
+
+    def optimizer_step(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def reset_optimizer(self) -> None:
+        self.optimizer = build_optimizer(self.model, self.optim, self.device)
+
+    def checkpoint_state(self) -> tuple[object, object]:
+        if self.sharded:  # every rank takes part in gathering the full tensors onto rank 0
+            return parallel.gather(self.model, self.optimizer, [n for n, _ in self.trainable.named])
+        return self.trainable, self.optimizer
+
+    def load_checkpoint(self, found: ckpt.Checkpoint) -> None:
+        if self.sharded:
+            parallel.load(self.model, self.optimizer, found.model, found.optim)
+        else:
+            self.trainable.load(found.model)
+            self.optimizer.load_state_dict(found.optim)
+
+    def evaluate(self, sets: list[EvalSet], batch_size: int) -> dict[str, dict[str, float]]:
+        return ev.evaluate_losses(self.model, sets, batch_size=batch_size, device=self.device, dtype=self.dtype)
+
+    def train(self) -> None:
+        self.model.train()

@@ -1,0 +1,187 @@
+"""`run_training`: one run of our Transformer, from a RunConfig to a finished run folder.
+
+The run-specific part only: resolve the config (vocabulary, sequence length, `hf:` init), open the domains'
+token stores, build the model from its stage-1 init or continue from a checkpoint (its own, or a shared
+prefix's with `init_from`), then hand a `TransformerModule` to the one Trainer (train/trainer.py).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from replaylab import runtime
+from replaylab.config import from_dict, to_dict
+from replaylab.errors import ConfigError, DataError
+from replaylab.fingerprint import run_id
+from replaylab.runconfig import RunConfig
+from replaylab.train import checkpoint as ckpt
+from replaylab.train import ddp
+from replaylab.train.evaluate import build_eval_sets
+from replaylab.train.logging import read_metrics, truncate_metrics
+from replaylab.train.manifest import new_manifest
+from replaylab.train.mixture import MixtureSampler
+from replaylab.train.module import TransformerModule
+from replaylab.train.run_folder import RunFolder
+from replaylab.train.trainer import Trainer, prefix_records
+
+
+def resolve_config(config: RunConfig):
+    """Fill model.vocab_size / max_seq_len (and, for `hf:` init, the model shape) so the saved
+    config.yaml says exactly what was trained. Returns (config, tokenizer, hf_state_dict or None)."""
+    from replaylab.data.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer(config.data.tokenizer)
+    raw = to_dict(config)
+    model, hf_state = raw["model"], None
+    init = config.stages[0].init
+    if init.startswith("hf:"):
+        from replaylab.hf_convert import import_hf
+
+        hf_cfg, hf_state = import_hf(init[3:])
+        model.update({k: v for k, v in hf_cfg.items() if k in model})
+        model["preset"] = None
+    model["vocab_size"] = model["vocab_size"] or tokenizer.vocab_size
+    model["max_seq_len"] = model["max_seq_len"] or config.data.seq_len
+    if model["vocab_size"] < tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size {model['vocab_size']} is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size}; leave model.vocab_size unset to use the tokenizer's")
+    if model["max_seq_len"] < config.data.seq_len:
+        raise ConfigError(f"model.max_seq_len {model['max_seq_len']} is below data.seq_len {config.data.seq_len}; "
+                          "raise model.max_seq_len or leave it unset")
+    return from_dict(RunConfig, raw), tokenizer, hf_state
+
+
+def load_stores(config: RunConfig, tokenizer) -> dict:
+    from replaylab.data.store import get_store
+
+    stores = {}
+    for name, dom in config.data.domains.items():
+        store = get_store(dom.source, tokenizer=tokenizer, options=dom.options or None)
+        made_with = store.meta.get("tokenizer_hash") if hasattr(store, "meta") else None
+        if made_with and made_with != tokenizer.hash:
+            raise DataError(f"domain {name!r}: store {dom.source!r} was tokenized with another tokenizer "
+                            f"({made_with[:8]}, run uses {tokenizer.hash[:8]}); give the corpus, not a built store")
+        stores[name] = store
+    return stores
+
+
+def init_weights(model: torch.nn.Module, config: RunConfig, hf_state: dict | None) -> None:
+    """Stage-1 init: scratch (already done by the constructor), checkpoint:PATH (weights only) or hf:PATH."""
+    init = config.stages[0].init
+    if init.startswith("checkpoint:"):
+        state = ckpt.load_checkpoint(ckpt.resolve_checkpoint_path(init[len("checkpoint:"):])).model
+        where = init
+    elif init.startswith("hf:"):
+        state, where = hf_state, init
+    else:
+        return
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ConfigError(f"stages.0.init {where}: its weights do not fit model (the model section must match "
+                          f"the checkpoint's shape): {first[1].strip() if len(first) > 1 else first[0]}") from None
+
+
+def run_training(config: RunConfig, out_dir: Path | str, *, resume: bool = False,
+                 init_from: Path | str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Train `config` into run folder `out_dir`; returns the final manifest.
+
+    resume: continue from the newest good checkpoint in `out_dir` (a folder with no run yet just
+    starts). init_from: a checkpoint folder of another run whose config agrees with this one up to
+    that checkpoint's step; training continues from its full state as a resume would.
+    A run that diverges (NaN/inf loss) returns its manifest with status `diverged`.
+    out_dir: a new path or a run folder of replaylab's (replaylab.outputs); `overwrite` replaces one that holds
+    another config. The folder is locked while the run trains: a second trainer is refused."""
+    config.validate()
+    out_dir = Path(out_dir)
+    runtime.set_threads(config.train.threads)
+    if config.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    device = runtime.resolve_device(config.train.device)
+    dist = ddp.setup(device.type)
+    if device.type == "cuda" and dist.active:
+        device = torch.device("cuda", dist.local_rank)
+    try:
+        with runtime.deterministic_attention(device, config.train.deterministic), ExitStack() as held:
+            return _run(config, out_dir, resume, init_from, overwrite, device, dist, held)
+    finally:
+        ddp.teardown(dist)
+
+
+def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, overwrite: bool, device: torch.device,
+         dist: ddp.DistInfo, held: ExitStack) -> dict[str, Any]:
+    from replaylab.model import Transformer
+
+    config, tokenizer, model_state = resolve_config(config)
+    folder = RunFolder(out_dir, config, resume=resume, overwrite=overwrite, dist=dist, device=device, held=held,
+                       resume_hint=f"replaylab train --resume {out_dir}")
+    existing = folder.prepare()
+    # Every rank reads the folder before rank 0 writes to it: a slower rank would otherwise find rank
+    # 0's fresh manifest and take it for an earlier run (seen in CI: "already holds this run").
+    ddp.barrier(dist)
+    if existing is not None and existing.get("status") == "done":
+        return existing  # nothing left to do: same config, already finished
+    stores = load_stores(config, tokenizer)
+    sampler = MixtureSampler(config, stores)
+    eval_sets = build_eval_sets(config, stores)
+    total = config.train.total_steps
+    micro = config.train.micro_batch_size or config.train.batch_size
+    lo, _ = ddp.shard_rows(config.train.batch_size, micro, dist)
+    dtype = runtime.resolve_precision(config.train.precision, device)
+
+    # Starting state: own newest good checkpoint, else init_from, else the stage-1 init.
+    state = ckpt.latest_good_checkpoint(out_dir) if resume else None
+    if init_from is None and existing:
+        init_from = existing.get("init_from")  # a branched run killed before its own first checkpoint
+    source = None
+    if state is None and init_from is not None:
+        state = ckpt.load_checkpoint(ckpt.resolve_checkpoint_path(init_from))
+        ckpt.check_prefix(config, state)
+        source = state.path
+    torch.manual_seed(config.seed)
+    model = Transformer(config.model)
+    if state is not None:
+        model.load_state_dict(state.model)
+    else:
+        init_weights(model, config, model_state)
+    model.to(device)
+    step = 0
+    if state is not None:
+        ckpt.set_rng_state(state.state["rng"])
+        step = state.step
+    first = torch.from_numpy(sampler.batch(min(step, total - 1), rows=(lo, lo + micro))[0]).to(device)  # (mb, T+1)
+    module = TransformerModule(model, config.optim, device=device, dtype=dtype, compile_spec=config.train.compile,
+                               example=first, optimizer_state=state.optim if state is not None else None)
+
+    # The run folder: config, manifest, metrics cut back to the starting step.
+    manifest = new_manifest(
+        config_hash=run_id(config), name=config.name, seed=config.seed, meta=config.meta,
+        store_identities={n: s.identity for n, s in stores.items()}, tokenizer_hash=tokenizer.hash,
+        extra={"init_from": str(source) if source else (existing or {}).get("init_from"),
+               "world_size": dist.world_size, "steps_done": step})
+    finished = folder.create(manifest, existing)
+    if finished is not None:
+        return finished
+    prefix = prefix_records(config, read_metrics(source.parent.parent)) if source is not None else None
+    if dist.is_main:
+        truncate_metrics(out_dir, step, prefix)
+    ddp.barrier(dist)
+    # A branch point at this run's own stage end, where the carrier did not evaluate: evaluate there.
+    eval_at_start = prefix is not None and not any(r["type"] == "eval" and r["step"] == step for r in prefix)
+
+    with Trainer(config=config, module=module, sampler=sampler, eval_sets=eval_sets, folder=folder, start=step,
+                 logger_config=config, eval_at_start=eval_at_start) as trainer:
+        final = trainer.fit()
+        if final is None:  # diverged: the manifest says so
+            return folder.manifest or {"status": "diverged", "steps_done": trainer.step}
+        trainer.finish(final=final)
+    return folder.manifest if folder.manifest is not None else {"status": "done", "final": final,
+                                                                 "steps_done": trainer.step}
