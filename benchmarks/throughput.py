@@ -35,6 +35,7 @@ from replaylab.hf_convert import hf_config, to_hf_state_dict
 from replaylab.model import Transformer, count_parameters, describe
 from replaylab.runconfig import ModelConfig
 from replaylab.train.loss import build_step_loss
+from replaylab.train.optim import adamw_kwargs
 
 # Dense bf16 peak FLOP/s by GPU name fragment (vendor datasheets, without sparsity).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
@@ -67,7 +68,7 @@ class Contender:
         self.name, self.dtype, self.device, self.hf = name, dtype, device, hf
         self.model = model.to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                                     **runtime.adamw_kwargs("auto", device))
+                                     **adamw_kwargs("auto", device))
         if hf:
             step_model = torch.compile(self.model) if compile_ else self.model
             # shift_labels: score all T next tokens, as ours does (labels alone would drop the last one)

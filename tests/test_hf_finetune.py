@@ -341,3 +341,17 @@ def test_config_mistakes_name_the_value_and_the_fix(raw, message):
     with pytest.raises(ConfigError) as e:
         from_dict(FinetuneConfig, raw)
     assert message in str(e.value)
+
+
+def test_divergence_stops_before_the_bad_step_like_the_engine(world, tmp_path):
+    """The one Trainer's divergence rule holds for Hugging Face runs too: status diverged (not failed), a
+    message naming the setting to lower, and the step with a non-finite gradient norm is not applied."""
+    from replaylab.hf.finetune import run_finetune
+
+    cfg = make_config(world, optim__lr=1e12, optim__grad_clip=0.0, optim__warmup=0.0, eval__initial=False,
+                      save_final=False, log_every=1)
+    manifest = run_finetune(cfg, tmp_path / "div")
+    assert manifest["status"] == "diverged" and "optim.lr" in manifest["error"]
+    assert manifest["steps_done"] < manifest["plan"]["total_steps"]
+    last = [json.loads(line) for line in (tmp_path / "div" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["type"] == "train" and last["step"] == manifest["steps_done"] + 1 and last["tok_per_s"] is None

@@ -200,3 +200,19 @@ def test_stage_init_from_checkpoint_and_hf(raw, tmp_path, tiny_tokenizer):
     frozen["stages"][0]["init"] = f"checkpoint:{tmp_path / 'nowhere'}"
     with pytest.raises(ReplaylabError, match="nowhere.*neither a checkpoint"):
         run_training(from_dict(RunConfig, frozen), tmp_path / "bad")
+
+
+# The tiny two-stage run's numbers, recorded from the engine before the one-Trainer refactor (680aaf4) and
+# equal bit for bit after it on the machine that recorded them (2-vCPU AMD EPYC, torch 2.13 CPU, fp32).
+# Another CPU's kernels may round the last bits differently, hence the tolerance: what this pins is the
+# arithmetic (batches, LR schedule, loss, optimizer reset), which any real change moves far more.
+PINNED_FINAL = {"generic": 6.19519567489624, "code": 6.145096778869629}
+PINNED_TRAIN = [6.219804525375366, 6.234743118286133, 6.210691452026367, 6.1982741355896, 6.15435004234314,
+                6.217055320739746, 6.107212543487549, 6.122143983840942, 6.1202404499053955, 6.134339332580566,
+                6.016338586807251, 6.113072395324707]
+
+
+def test_engine_numbers_are_pinned(raw, tmp_path):
+    manifest = run_training(from_dict(RunConfig, raw), tmp_path / "pinned")
+    assert {d: r["test_loss"] for d, r in manifest["final"].items()} == pytest.approx(PINNED_FINAL, rel=1e-5)
+    assert [r["loss"] for r in records(tmp_path / "pinned", "train")] == pytest.approx(PINNED_TRAIN, rel=1e-5)

@@ -86,13 +86,9 @@ def prefix_signature(config: Any) -> str:
 
 def _lr_curves(stages: list[dict]) -> list[list[int]]:
     """Stage indices per LR curve: a stage and the `continue` stages after it (train.lr's spans)."""
-    curves: list[list[int]] = []
-    for i, stage in enumerate(stages):
-        if (stage.get("lr") or {}).get("schedule") == "continue" and curves:
-            curves[-1].append(i)
-        else:
-            curves.append([i])
-    return curves
+    from replaylab.train.lr import lr_span_stages
+
+    return lr_span_stages([(stage.get("lr") or {}).get("schedule") for stage in stages])
 
 
 def _tuned_curve(stages: list[dict], lr: Any) -> list[int]:

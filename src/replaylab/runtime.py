@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -98,6 +99,26 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def deterministic_run(device: torch.device | str, deterministic: bool = True):
+    """A context for a bit-reproducible run on `device` (`train.deterministic`; Hugging Face fine-tuning runs
+    always): deterministic algorithms (cuBLAS workspace, no cuDNN autotuning; a warning where an op has no
+    deterministic version) and attention's math kernel on CUDA (`deterministic_attention`). The previous
+    settings are restored on exit."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        with deterministic_attention(device, deterministic):
+            yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
 
 
 def deterministic_attention(device: torch.device | str, deterministic: bool):

@@ -117,6 +117,9 @@ def main(args: argparse.Namespace) -> int:
         return e.exit_code
     if not manifest:  # a non-zero rank under torchrun
         return 0
+    if manifest.get("status") == "diverged":
+        print(f"replaylab finetune: error: {manifest.get('error')}", file=sys.stderr)
+        return 1
     shares = manifest.get("realized_token_shares", {})
     print(f"run folder: {out}")
     print(f"steps: {manifest['plan']['total_steps']}  realized token shares: "

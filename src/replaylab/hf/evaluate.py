@@ -173,8 +173,7 @@ def _load_tasks(tasks: list[str], include: str | None, offline: bool):
     raise a one-line ConfigError."""
     folders = [str(LM_EVAL_TASKS_DIR)]
     if include is not None:
-        if not Path(include).is_dir():
-            raise ConfigError(f"eval.lm_eval_include {include!r} is not a folder; give a folder of lm-eval task YAML files")
+        _check_include(include)
         folders.append(str(Path(include).resolve()))
     manager = _task_manager(tuple(folders), False)
     if not all(n in manager.all_tasks or _is_task_file(n) for n in tasks):
@@ -210,8 +209,16 @@ def _load_tasks(tasks: list[str], include: str | None, offline: bool):
     return manager, loaded
 
 
+def _check_include(include: str) -> None:
+    if not Path(include).is_dir():
+        raise ConfigError(f"eval.lm_eval_include {include!r} is not a folder; give a folder of lm-eval task YAML files")
+
+
 def check_lm_eval(tasks: list[str], include: str | None = None) -> None:
-    """Fail fast, before training: lm-eval installed, every task known and its data loadable."""
+    """Fail fast, before training: the include folder (a mistake in the command comes first), lm-eval
+    installed, every task known and its data loadable."""
+    if include is not None:
+        _check_include(include)
     _import_lm_eval(tasks)
     with _hub_offline() as offline:
         _load_tasks(list(tasks), include, offline)

@@ -21,8 +21,8 @@ from replaylab.runtime import autocast
 from replaylab.train import checkpoint as ckpt
 from replaylab.train import ddp
 from replaylab.train.evaluate import EvalSet
-from replaylab.train.loss import next_token_loss
-from replaylab.train.optim import build_optimizer, clip_gradients, set_lr
+from replaylab.train.loss import build_step_loss, next_token_loss
+from replaylab.train.module import AdamWModule
 
 
 class Trainable(torch.nn.Module):
@@ -70,18 +70,42 @@ def build_model(cfg: FinetuneConfig, folder: str, device: torch.device) -> torch
     return model.to(device)
 
 
-class HFCausalLMModule:
-    """`model` (built by `build_model`, already sharded for FSDP) trained with the engine's AdamW. `dtype`:
-    bf16 autocast, or None (fp32, or FSDP's own mixed precision)."""
+class LMLogits(torch.nn.Module):
+    """A causal LM as the engine's loss sees a model: tokens (B, T) -> logits (B, T, V), no KV cache."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, device: torch.device, dtype: torch.dtype | None):
-        self.model, self.optim, self.device, self.dtype = model, optim, device, dtype
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ev.lm_logits(self.model, x)
+
+
+def compile_by_default(device: torch.device, sharded: bool) -> str:
+    """What a fine-tuning run compiles: model and loss together on a GPU (as the engine does: the fp32
+    logits of the 49k-token vocabulary are never stored), nothing on a CPU (compiling takes longer than a
+    small run) or for an FSDP-sharded model."""
+    return "auto" if device.type == "cuda" and not sharded else "off"
+
+
+class HFCausalLMModule(AdamWModule):
+    """`model` (built by `build_model`, already sharded for FSDP) trained with the engine's AdamW. `dtype`:
+    bf16 autocast, or None (fp32, or FSDP's own mixed precision). compile_spec: as `train.compile` (auto falls
+    back to eager if compiling fails); `example`, a micro-batch (mb, T+1) on the device, trials it."""
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, device: torch.device, dtype: torch.dtype | None,
+                 compile_spec: str = "off", example: torch.Tensor | None = None):
+        super().__init__(model, optim, device=device, dtype=dtype)
         self.trainable = Trainable(model)  # after sharding: the optimizer must hold the sharded parameters
-        self.params = [p for _, p in self.trainable.named]
         self.sharded = parallel.is_sharded(model)
-        self.optimizer = build_optimizer(model, optim, device)
+        self._loss = None
+        if compile_spec != "off" and example is not None:
+            self._loss = build_step_loss(LMLogits(model), compile_spec, example, dtype, fuse=True)
 
     def micro_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self._loss is not None:  # compiled with the loss
+            with autocast(self.device, self.dtype):
+                return self._loss(tokens)
         x, y = tokens[:, :-1], tokens[:, 1:]  # (b, L) each
         with autocast(self.device, self.dtype):
             logits = ev.lm_logits(self.model, x)  # (b, L, V)
@@ -89,18 +113,7 @@ class HFCausalLMModule:
 
     def sync_gradients(self, dist: ddp.DistInfo) -> None:
         if not self.sharded:  # FSDP averaged (reduce-scattered) each layer's gradients in the backward pass
-            ddp.average_gradients(self.params, dist)
-
-    def clip_gradients(self, max_norm: float) -> torch.Tensor:
-        return clip_gradients(self.model, max_norm)  # on FSDP's DTensor shards still the global norm
-
-    def optimizer_step(self, lr: float) -> None:
-        set_lr(self.optimizer, lr)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def reset_optimizer(self) -> None:
-        self.optimizer = build_optimizer(self.model, self.optim, self.device)
+            super().sync_gradients(dist)  # (clipping on FSDP's DTensor shards still takes the global norm)
 
     def checkpoint_state(self) -> tuple[object, object]:
         if self.sharded:  # every rank takes part in gathering the full tensors onto rank 0
@@ -116,6 +129,3 @@ class HFCausalLMModule:
 
     def evaluate(self, sets: list[EvalSet], batch_size: int) -> dict[str, dict[str, float]]:
         return ev.evaluate_losses(self.model, sets, batch_size=batch_size, device=self.device, dtype=self.dtype)
-
-    def train(self) -> None:
-        self.model.train()

@@ -27,6 +27,7 @@ import numpy as np
 from replaylab.config import to_dict
 from replaylab.fingerprint import prefix_signature
 from replaylab.runconfig import RunConfig
+from replaylab.train.lr import lr_span_stages
 
 
 def _lr_spans(config: RunConfig) -> list[tuple[str, int, int]]:
@@ -35,14 +36,8 @@ def _lr_spans(config: RunConfig) -> list[tuple[str, int, int]]:
     A stage with schedule `continue` extends the previous stage's curve, so one curve spans several
     stages; two steps have the same LR when their curve description, length and offset agree."""
     lengths = config.stage_steps()
-    spans: list[list[int]] = []
-    for i, s in enumerate(config.stages):
-        if s.lr.schedule == "continue" and spans:
-            spans[-1].append(i)
-        else:
-            spans.append([i])
     out: list[tuple[str, int, int]] = [("", 0, 0)] * len(lengths)
-    for span in spans:
+    for span in lr_span_stages([s.lr.schedule for s in config.stages]):
         lr = config.stages[span[0]].lr
         desc = json.dumps(to_dict(lr), sort_keys=True)
         total = sum(lengths[i] for i in span)

@@ -41,24 +41,14 @@ class TrainModule(Protocol):
     def train(self) -> None: ...
 
 
-class TransformerModule:
-    """Our Llama-style Transformer (replaylab.model) with AdamW (train/optim.py), compiled as `compile_spec`
-    says (train/loss.py: with the loss fused on GPUs). `example` is a micro-batch (mb, T+1) on the device for
-    the compile trial; `optimizer_state` a checkpoint's AdamW state to continue from."""
+class AdamWModule:
+    """What every train module shares: `model` trained by the engine's AdamW (train/optim.py: parameter groups,
+    fused/foreach kernels), gradients synced over ranks, clipped to a global norm. `dtype`: autocast dtype."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, device: torch.device,
-                 dtype: torch.dtype | None, compile_spec: str, example: torch.Tensor,
-                 optimizer_state: dict | None = None):
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, device: torch.device, dtype: torch.dtype | None):
         self.model, self.optim, self.device, self.dtype = model, optim, device, dtype
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(model, optim, device)
-        if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
-        self._loss = build_step_loss(model, compile_spec, example, dtype)
-
-    def micro_loss(self, tokens: torch.Tensor) -> torch.Tensor:
-        with runtime.autocast(self.device, self.dtype):
-            return self._loss(tokens)
 
     def sync_gradients(self, dist: ddp.DistInfo) -> None:
         ddp.average_gradients(self.params, dist)
@@ -74,11 +64,29 @@ class TransformerModule:
     def reset_optimizer(self) -> None:
         self.optimizer = build_optimizer(self.model, self.optim, self.device)
 
+    def train(self) -> None:
+        self.model.train()
+
+
+class TransformerModule(AdamWModule):
+    """Our Llama-style Transformer (replaylab.model), compiled as `compile_spec` says (train/loss.py: with the
+    loss fused on GPUs). `example` is a micro-batch (mb, T+1) on the device for the compile trial;
+    `optimizer_state` a checkpoint's AdamW state to continue from."""
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, device: torch.device,
+                 dtype: torch.dtype | None, compile_spec: str, example: torch.Tensor,
+                 optimizer_state: dict | None = None):
+        super().__init__(model, optim, device=device, dtype=dtype)
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        self._loss = build_step_loss(model, compile_spec, example, dtype)
+
+    def micro_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        with runtime.autocast(self.device, self.dtype):
+            return self._loss(tokens)
+
     def checkpoint_state(self) -> tuple[object, object]:
         return self.model, self.optimizer
 
     def evaluate(self, sets: list[EvalSet], batch_size: int) -> dict[str, dict[str, float]]:
         return evaluate(self.model, sets, batch_size=batch_size, device=self.device, autocast_dtype=self.dtype)
-
-    def train(self) -> None:
-        self.model.train()

@@ -7,7 +7,6 @@ prefix's with `init_from`), then hand a `TransformerModule` to the one Trainer (
 
 from __future__ import annotations
 
-import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -101,16 +100,12 @@ def run_training(config: RunConfig, out_dir: Path | str, *, resume: bool = False
     config.validate()
     out_dir = Path(out_dir)
     runtime.set_threads(config.train.threads)
-    if config.train.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
     device = runtime.resolve_device(config.train.device)
     dist = ddp.setup(device.type)
     if device.type == "cuda" and dist.active:
         device = torch.device("cuda", dist.local_rank)
     try:
-        with runtime.deterministic_attention(device, config.train.deterministic), ExitStack() as held:
+        with runtime.deterministic_run(device, config.train.deterministic), ExitStack() as held:
             return _run(config, out_dir, resume, init_from, overwrite, device, dist, held)
     finally:
         ddp.teardown(dist)

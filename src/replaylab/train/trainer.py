@@ -39,7 +39,7 @@ from replaylab.train import ddp
 from replaylab.train.evaluate import EvalSet
 from replaylab.train.logging import Progress, RunLogger
 from replaylab.train.lr import lr_schedule
-from replaylab.train.mixture import MixtureSampler, stage_starts
+from replaylab.train.mixture import MixtureSampler, stage_at, stage_starts
 from replaylab.train.module import TrainModule
 from replaylab.train.run_folder import RunFolder
 
@@ -109,7 +109,7 @@ class Trainer:
     # -- pieces ---------------------------------------------------------------------------------------
     def stage_of(self, step: int) -> int:
         """The stage that trains step `step` (0-based)."""
-        return max(i for i in range(len(self.config.stages)) if self.starts[i] <= step)
+        return stage_at(self.starts, step)
 
     def batch(self, step: int) -> torch.Tensor:
         """This rank's rows of step `step`'s global batch, int64 (B/W, T+1), pinned on CUDA."""
@@ -262,6 +262,6 @@ def prefix_records(config: RunConfig, records: list[dict]) -> list[dict]:
             keep = s in starts[1:] or bool(config.eval.every and s % config.eval.every == 0)
         if keep and 0 < s <= config.train.total_steps:
             if r.get("type") == "eval":
-                r = {**r, "stage": config.stages[max(i for i in range(len(config.stages)) if starts[i] < s)].name}
+                r = {**r, "stage": config.stages[stage_at(starts, s - 1)].name}
             out.append(r)
     return out
