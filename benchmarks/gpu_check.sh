@@ -9,7 +9,7 @@
 set -u
 # Point the domains at the built store folders, so nothing is fetched or rebuilt on a machine without network.
 STORES=${REPLAYLAB_HOME:-$HOME/.cache/replaylab}/stores
-GENERIC=$(ls -d "$STORES"/generic-*/ | head -1); MATH=$(ls -d "$STORES"/math-*/ | head -1)
+GENERIC=$(ls -d "$STORES"/generic-????????-????????/ | head -1); MATH=$(ls -d "$STORES"/math-????????-????????/ | head -1)
 # The default tokenizer's folder. "default" finds it offline only through the pins index
 # (tokenizers/default.pins-*.json); a cache written before the index would build the recipes (network).
 TOK=$(ls -d "$STORES"/../tokenizers/default-*/ | head -1)

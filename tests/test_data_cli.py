@@ -122,3 +122,26 @@ def test_inspect_by_source_name(capsys, isolated_home, prose_corpus, tiny_tokeni
     source = name.rsplit("-", 2)[0]
     rc, out, _ = run(capsys, "data", "inspect", source)
     assert rc == 0 and name in out
+
+
+def test_list_shows_full_source_paths(capsys, isolated_home, tmp_path, prose_corpus, tiny_tokenizer, monkeypatch):
+    """Two datasets' train.jsonl, built from relative paths: readable names, full paths, aligned columns."""
+    lines = prose_corpus.read_text(encoding="utf-8").splitlines(keepends=True)
+    for folder, part in (("wiki", lines[:10]), ("forum", lines[10:20])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "train.jsonl").write_text("".join(part))
+    monkeypatch.chdir(tmp_path)
+    names = {}
+    for folder in ("wiki", "forum"):
+        rc, out, _ = run(capsys, "data", "build", f"{folder}/train.jsonl", "--tokenizer", tiny_tokenizer, "--val-docs", "2")
+        assert rc == 0
+        names[folder] = os.path.basename(out.strip().splitlines()[-1])
+        assert names[folder].startswith(f"{folder}-train-")
+    rc, out, _ = run(capsys, "data", "list")
+    assert rc == 0
+    rows = out.split("stores:\n", 1)[1].splitlines()
+    assert rows[0].split() == ["name", "tokens", "docs", "on", "disk", "source"]
+    for folder in ("wiki", "forum"):
+        row = next(r for r in rows if r.split()[0] == names[folder])
+        assert row.endswith(f"  {tmp_path / folder / 'train.jsonl'}")
+    assert len({r.index("/") for r in rows[1:]} | {rows[0].index("source")}) == 1  # the source column lines up

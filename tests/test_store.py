@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from replaylab.data.corpus import source_name
 from replaylab.data.store import StoreOptions, TokenStore, choose_val_docs, get_store, open_store
 from replaylab.data.tokenizer import load_tokenizer
 from replaylab.errors import DataError
@@ -188,3 +189,39 @@ def test_build_streams_in_bounded_memory(isolated_home, tmp_path, prose_corpus, 
             tracemalloc.stop()
     assert store.meta["utf8_bytes"] > 1_300_000
     assert peaks[1] < 1.5 * peaks[0], peaks  # holding the text would need > 3x
+
+
+def _write_part(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines))
+    return str(path)
+
+
+def test_split_named_files_are_named_after_their_dataset(isolated_home, tmp_path, prose_corpus, tiny_tokenizer):
+    """Two datasets' train.jsonl give `<dataset>-train-...` stores, not two `train-...` ones (issue 15)."""
+    lines = prose_corpus.read_text(encoding="utf-8").splitlines(keepends=True)
+    wiki = _write_part(tmp_path / "wiki" / "train.jsonl", lines[:10])
+    forum = _write_part(tmp_path / "forum" / "data" / "train.jsonl", lines[10:20])  # a `data/` folder is skipped
+    a = get_store(wiki, tokenizer=tiny_tokenizer, options={"val_docs": 2})
+    b = get_store(forum, tokenizer=tiny_tokenizer, options={"val_docs": 2})
+    assert a.name.rsplit("-", 2)[0] == "wiki-train" and b.name.rsplit("-", 2)[0] == "forum-train"
+    assert a.meta["source_name"] == "wiki-train" and a.meta["source_path"] == str(tmp_path / "wiki" / "train.jsonl")
+    assert open_store("wiki-train").path == a.path and open_store("forum-train").path == b.path
+    # Split-like folders too, and any split stem; the prefix is sanitized like the rest of the name.
+    (tmp_path / "wiki" / "test").mkdir()
+    assert source_name(str(tmp_path / "wiki" / "test")) == "wiki-test"
+    assert source_name(_write_part(tmp_path / "my corpus" / "validation.jsonl", lines[:2])) == "my_corpus-validation"
+
+
+def test_other_sources_keep_their_names(isolated_home, tmp_path, prose_corpus, tiny_tokenizer):
+    """Recipes, hf: ids and non-split stems are named as before: run configs and the demo find their stores."""
+    assert source_name("code") == "code" and source_name("generic") == "generic"
+    assert source_name("hf:org/name:cfg") == "org_name_cfg"
+    assert source_name(str(prose_corpus)) == "prose"
+    lines = prose_corpus.read_text(encoding="utf-8").splitlines(keepends=True)
+    own = get_store(_write_part(tmp_path / "wiki.jsonl", lines[:10]), tokenizer=tiny_tokenizer, options={"val_docs": 2})
+    assert own.name.rsplit("-", 2)[0] == "wiki" and own.meta["source_name"] == "wiki"
+    # The source-name lookup matches `wiki-<tok>-<key>` exactly, never the store of wiki/train.jsonl.
+    get_store(_write_part(tmp_path / "wiki" / "train.jsonl", lines[10:20]), tokenizer=tiny_tokenizer,
+              options={"val_docs": 2})
+    assert open_store("wiki").path == own.path

@@ -131,8 +131,17 @@ def source_kind(source: str) -> str:
     raise DataError(f"unknown source {source!r}: not a recipe ({names}), an existing file/folder, or hf:org/name")
 
 
+# File stems (and folder names) that say which split or part of a dataset a path is, not which dataset.
+SPLIT_STEMS = frozenset({"train", "validation", "valid", "val", "test", "dev", "data", "all", "documents"})
+
+
 def source_name(source: str) -> str:
-    """A short, filesystem-safe name for a source, used to name cached stores."""
+    """A short, filesystem-safe name for a source, used to name cached stores (`<name>-<tok>-<key>`).
+
+    A recipe keeps its name (`code`), hf:org/name[:config] becomes `org_name[_config]`, a file its stem
+    and a folder its name (`my_corpus.jsonl` -> `my_corpus`). A split-like stem (SPLIT_STEMS:
+    `mydataset/train.jsonl`, `mydataset/data/train.jsonl`) is prefixed with the nearest enclosing folder
+    whose name is not split-like (`mydataset-train`), so two datasets' train.jsonl get different names."""
     kind = source_kind(source)
     if kind == "recipe":
         return source
@@ -142,6 +151,9 @@ def source_name(source: str) -> str:
     else:
         p = Path(source).resolve()
         raw = p.stem if p.is_file() else p.name
+        if raw.lower() in SPLIT_STEMS:
+            dataset = next((a.name for a in p.parents if a.name and a.name.lower() not in SPLIT_STEMS), None)
+            raw = f"{dataset}-{raw}" if dataset else raw
     return re.sub(r"[^\w.\-]+", "_", raw).strip("._") or "corpus"
 
 

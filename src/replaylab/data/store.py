@@ -4,7 +4,8 @@ A store folder holds
   train.bin / val.bin        flat uint16 (vocab <= 65536) or uint32 tokens; every document is
                              followed by one EOS token, so documents are joined by EOS;
   train_docs.npy / val_docs.npy  int64 document start offsets into the .bin, plus the end (n_docs + 1);
-  meta.json                  source, tokenizer hash, dtype, counts, UTF-8 bytes, content hash;
+  meta.json                  source (and a file's full path), tokenizer hash, dtype, counts, UTF-8 bytes,
+                             content hash;
   tokenizer.json             a copy of the tokenizer (so a store decodes on its own).
 
 The validation split is carved first, by document: a seeded permutation of document indices, whose
@@ -13,8 +14,9 @@ Packing: sequence i of a split is tokens [i*L, i*L + L + 1) (inputs plus the shi
 Budgets: `budget_indices(L, n, seed)` is the first n of a seeded permutation of the train sequences,
 so a budget of 2n always contains the budget of n (nested budgets, as the paper's scaling law needs).
 
-Building streams documents in batches (tokenized on all cores), appends to a .bin on disk, and
-renames the finished folder into place: memory stays bounded and no reader sees half a store.
+Building (`store_build.build_store`) streams documents in batches, appends to a .bin on disk, and
+renames the finished folder into place: memory stays bounded and no reader sees half a store. This
+module reads stores (`TokenStore`) and caches them under $REPLAYLAB_HOME/stores (`get_store`).
 """
 
 from __future__ import annotations
@@ -22,32 +24,23 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from replaylab import paths
-from replaylab.data.corpus import (CorpusOptions, CorpusStats, check_source, iter_documents, source_fingerprint,
-                                  source_name)
+from replaylab.data.corpus import CorpusOptions, check_source, source_fingerprint, source_name
+from replaylab.data.store_build import STORE_FORMAT, build_store
+from replaylab.data.store_build import choose_val_docs  # noqa: F401  (kept importable from here: tests use it)
 from replaylab.data.tokenizer import Tokenizer, get_tokenizer
 from replaylab.errors import DataError
-from replaylab.outputs import check_name, claim_output, write_marker
+from replaylab.outputs import check_name, claim_output
 
 SPLITS = ("train", "val")
-STORE_FORMAT = 1
-# Default held-out size: 1% of the corpus tokens, but at least 64 sequences of 256 tokens (so a small
-# corpus still gets a usable validation set) and at most 1024 of them (eval never reads more, so a
-# large corpus does not waste data); never more than a quarter of the corpus.
-VAL_MIN_TOKENS = 64 * 257
-VAL_MAX_TOKENS = 1024 * 257
-VAL_DEFAULT_FRACTION = 0.01
-VAL_MAX_SHARE = 0.25
 
 
 @dataclass
@@ -56,7 +49,8 @@ class StoreOptions:
 
     val_docs: hold out exactly this many documents (0 = no validation split).
     val_fraction: hold out this fraction of the documents.
-    Neither: the default rule above (measured in tokens). split_seed: which documents are held out.
+    Neither: the default rule, in tokens (`store_build.choose_val_docs`). split_seed: which documents are
+    held out.
     batch_docs / batch_chars: tokenization batch size (memory vs. speed; not part of the identity).
     """
 
@@ -200,143 +194,6 @@ class TokenStore:
         return self.meta["splits"][split]["utf8_bytes"] / tokens
 
 
-# --------------------------------------------------------------------------------------------- building
-def _batches(docs: Iterator[str], opts: StoreOptions) -> Iterator[list[str]]:
-    batch: list[str] = []
-    chars = 0
-    for text in docs:
-        batch.append(text)
-        chars += len(text)
-        if len(batch) >= opts.batch_docs or chars >= opts.batch_chars:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def _progress(description: str):
-    """A rich progress display on stderr, silent when stderr is not a terminal (logs, CI, pipes)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    return Progress(TextColumn(description), BarColumn(bar_width=None), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), console=console, disable=not console.is_terminal, transient=True)
-
-
-def choose_val_docs(doc_tokens: np.ndarray, opts: StoreOptions) -> np.ndarray:
-    """Boolean mask of the held-out documents (see StoreOptions); deterministic in split_seed."""
-    n_docs = len(doc_tokens)
-    order = np.random.default_rng(opts.split_seed).permutation(n_docs)
-    if opts.val_docs is not None:
-        k = opts.val_docs
-    elif opts.val_fraction is not None:
-        k = int(round(opts.val_fraction * n_docs))
-        k = max(k, 1) if opts.val_fraction > 0 else 0
-    else:
-        total = int(doc_tokens.sum())
-        want = min(max(VAL_DEFAULT_FRACTION * total, VAL_MIN_TOKENS), VAL_MAX_TOKENS, VAL_MAX_SHARE * total)
-        # Smallest prefix of the permuted documents that reaches `want` tokens (at least one document).
-        k = int(np.searchsorted(np.cumsum(doc_tokens[order]), want)) + 1
-        k = min(k, n_docs - 1)
-    if k >= n_docs:
-        raise DataError(f"the validation split ({k} documents) leaves no training document: the corpus has {n_docs}; "
-                        "lower --val-docs / --val-fraction or add documents")
-    mask = np.zeros(n_docs, dtype=bool)
-    mask[order[:k]] = True
-    return mask
-
-
-def _write_split(all_tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, keep: np.ndarray, out: Path) -> np.ndarray:
-    """Copy the kept documents' tokens into `out` in corpus order; return their offsets (n + 1)."""
-    with open(out, "wb") as f:
-        # Contiguous runs of kept documents are copied as one slice (few, large writes).
-        idx = np.flatnonzero(keep)
-        if idx.size:
-            breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-            for run in np.split(idx, breaks):
-                a, b = int(starts[run[0]]), int(starts[run[-1]] + lengths[run[-1]])
-                for c in range(a, b, 1 << 24):
-                    f.write(all_tokens[c:min(b, c + (1 << 24))].tobytes())
-    return np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
-
-
-def build_store(source: str, out: Path | str, tokenizer: Tokenizer, corpus_opts: CorpusOptions,
-                store_opts: StoreOptions, key: str = "") -> TokenStore:
-    """Tokenize `source` into a store folder at `out` (built beside it, renamed into place)."""
-    out = Path(out)
-    stats = CorpusStats()
-    eos = np.array([tokenizer.eos_id], dtype=tokenizer.dtype)
-    with paths.atomic_dir(out) as tmp:
-        lengths: list[np.ndarray] = []
-        doc_bytes: list[np.ndarray] = []
-        digests = bytearray()  # 16 bytes of sha256 per document: the content hash without keeping text
-        with open(tmp / "all.bin", "wb") as f, _progress(f"tokenizing {source}") as progress:
-            task = progress.add_task("", total=None, info="")
-            for batch in _batches(iter_documents(source, corpus_opts, stats), store_opts):
-                encoded = tokenizer.encode_batch(batch)
-                for text, ids in zip(batch, encoded):
-                    f.write(np.asarray(ids, dtype=tokenizer.dtype).tobytes())
-                    f.write(eos.tobytes())
-                    digests += hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).digest()[:16]
-                lengths.append(np.fromiter((len(ids) + 1 for ids in encoded), dtype=np.int64, count=len(encoded)))
-                doc_bytes.append(np.fromiter((len(t.encode("utf-8", errors="surrogatepass")) for t in batch),
-                                             dtype=np.int64, count=len(batch)))
-                progress.update(task, info=f"{stats.documents:,} docs, {stats.utf8_bytes / 1e6:,.1f} MB")
-        doc_tokens = np.concatenate(lengths)
-        nbytes = np.concatenate(doc_bytes)
-        starts = np.concatenate([[0], np.cumsum(doc_tokens)[:-1]]).astype(np.int64)
-        if len(doc_tokens) < 2 and not store_opts.val_docs == 0 and not store_opts.val_fraction == 0:
-            raise DataError(f"corpus {source!r} has a single document, so no document can be held out for validation; "
-                            "split it into several documents (e.g. a folder of files or a .jsonl) or pass --val-docs 0")
-        val_mask = choose_val_docs(doc_tokens, store_opts) if len(doc_tokens) > 1 else np.zeros(1, dtype=bool)
-        all_tokens = np.memmap(tmp / "all.bin", dtype=tokenizer.dtype, mode="r", shape=(int(doc_tokens.sum()),))
-        splits: dict[str, Any] = {}
-        content = hashlib.sha256(f"replaylab-store-v{STORE_FORMAT}\0".encode())
-        digest_rows = np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, 16)
-        for split, keep in (("train", ~val_mask), ("val", val_mask)):
-            offsets = _write_split(all_tokens, starts, doc_tokens, keep, tmp / f"{split}.bin")
-            np.save(tmp / f"{split}_docs.npy", offsets)
-            content.update(f"{split}\0".encode())
-            content.update(digest_rows[keep].tobytes())
-            splits[split] = {"documents": int(keep.sum()), "tokens": int(offsets[-1]),
-                             "utf8_bytes": int(nbytes[keep].sum())}
-        del all_tokens
-        os.unlink(tmp / "all.bin")
-        content_hash = content.hexdigest()
-        meta = {
-            "format": STORE_FORMAT,
-            "source": source,
-            "source_name": source_name(source),
-            "corpus_options": corpus_opts.as_dict(),
-            "store_options": store_opts.identity(),
-            "key": key,
-            "tokenizer": tokenizer.name,
-            "tokenizer_hash": tokenizer.hash,
-            "vocab_size": tokenizer.vocab_size,
-            "eos_id": tokenizer.eos_id,
-            "dtype": tokenizer.dtype.name,
-            "documents": stats.documents,
-            "chars": stats.chars,
-            "utf8_bytes": stats.utf8_bytes,
-            "tokens": int(doc_tokens.sum()),
-            "skipped_empty": stats.skipped_empty,
-            "invalid_utf8_docs": stats.invalid_utf8_docs,
-            "replaced_chars": stats.replaced_chars,
-            "splits": splits,
-            "content_hash": content_hash,
-            "identity": hashlib.sha256(f"{content_hash}\0{tokenizer.hash}".encode()).hexdigest(),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        write_marker(tmp, "store", key)
-        # A copy of the tokenizer makes the store self-contained: it can always be decoded and checked.
-        shutil.copyfile(tokenizer.path / "tokenizer.json", tmp / "tokenizer.json")
-    note = stats.note()
-    if note:
-        print(f"replaylab: warning: {source}: {note}", file=sys.stderr)
-    return TokenStore(out)
-
-
 # --------------------------------------------------------------------------------------------- the cache
 def stores_dir() -> Path:
     return paths.home() / "stores"
@@ -358,11 +215,12 @@ def open_store(name_or_dir: str | Path) -> TokenStore:
     cached = stores_dir() / str(name_or_dir)
     if (cached / "meta.json").exists():
         return TokenStore(cached)
-    # A source name (e.g. `code`): its stores are named `<source>-<tokenizer hash>-<key>`. One match
+    # A source name (e.g. `code`): its stores are named exactly `<source>-<tokenizer hash>-<key>` (8 hex
+    # digits each), so `code` never picks `code-train-...` (the store of code/train.jsonl). One match
     # is unambiguous; with several, the one made with the default tokenizer, if it is among them.
-    matches = sorted(p for p in stores_dir().glob(f"{name_or_dir}-*-*")
-                     if not p.name.startswith(".") and (p / "meta.json").exists()) \
-        if stores_dir().exists() and "/" not in str(name_or_dir) else []
+    own = re.compile(rf"{re.escape(str(name_or_dir))}-[0-9a-f]{{8}}-[0-9a-f]{{8}}")
+    matches = sorted(q for q in stores_dir().iterdir() if own.fullmatch(q.name) and (q / "meta.json").exists()) \
+        if stores_dir().is_dir() and "/" not in str(name_or_dir) else []
     if len(matches) > 1:
         default = [m for m in matches if json.loads((m / "meta.json").read_text()).get("tokenizer") == "default"]
         matches = default if len(default) == 1 else matches
@@ -442,7 +300,7 @@ def get_store(source: str, tokenizer: str | Tokenizer = "default", options: dict
                 if own.fullmatch(tmp.name):
                     shutil.rmtree(tmp, ignore_errors=True)
             check_folder()
-            store = build_store(source, folder, tok, corpus_opts, store_opts, key=key)
+            store = TokenStore(build_store(source, folder, tok, corpus_opts, store_opts, key=key))
     return store
 
 

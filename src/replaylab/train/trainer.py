@@ -86,8 +86,8 @@ class Trainer:
     checkpoint_at_end: save a checkpoint at the last step (ours: yes, it is exported and branched from; a
     Hugging Face run writes its model/ or adapter/ folder instead). eval_at_start: evaluate before the first
     step if an eval is due there (a run branched off a shared prefix at its own stage end, where the carrier
-    did not evaluate: the state is the one it would have had alone). divergence_hint: what to change when the run diverges (default:
-    the stage's lr.peak)."""
+    did not evaluate: the state is the one it would have had alone). divergence_hint: what to change when the
+    run diverges (default: the stage's lr.peak)."""
 
     def __init__(self, *, config: RunConfig, module: TrainModule, sampler: MixtureSampler, eval_sets: list[EvalSet],
                  folder: RunFolder, start: int, logger_config: Any, checkpoint_at_end: bool = True,
@@ -105,6 +105,7 @@ class Trainer:
         self.divergence_hint = divergence_hint
         self.logger = RunLogger(folder.path, config=logger_config, enabled=self.dist.is_main, resume_step=start)
         self.pin = self.device.type == "cuda"
+        self._signal_at_end: int | None = None  # a signal during the last step: passed on by `finish`
 
     # -- pieces ---------------------------------------------------------------------------------------
     def stage_of(self, step: int) -> int:
@@ -226,7 +227,6 @@ class Trainer:
                          "tok_per_s": None, "grad_norm": norm})
         print(f"replaylab: {message}", file=sys.stderr)
         self.folder.ended("diverged", error=message, steps_done=step)
-        self.diverged = message
 
     # -- how the run ends ---------------------------------------------------------------------------------
     def finish(self, **fields: Any) -> None:
@@ -234,9 +234,8 @@ class Trainer:
         is passed on once the run is saved: whoever sent it (a shell, a sweep worker's supervisor) still wants
         this process to stop."""
         self.folder.ended("done", steps_done=self.step, **fields)
-        signum = getattr(self, "_signal_at_end", None)
-        if signum is not None:
-            os.kill(os.getpid(), signum)
+        if self._signal_at_end is not None:
+            os.kill(os.getpid(), self._signal_at_end)
 
     def __enter__(self) -> "Trainer":
         return self
