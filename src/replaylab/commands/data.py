@@ -99,11 +99,16 @@ def _list(args: argparse.Namespace) -> int:
         print("  (none installed)")
     print("stores:")
     stores = list_stores()
-    for s in stores:
-        m = s.meta
-        print(f"  {s.name:<40} {m['tokens']:>13,} tokens  {m['documents']:>9,} docs  "
-              f"{_mb(dir_size(s.path)):>10} on disk  source={m['source']}")
-    if not stores:
+    # One aligned row per store; SOURCE last: the full path of a file or folder (recorded at build time;
+    # stores built before that show the path as given), else the recipe name or hf: id.
+    rows = [(s.name, f"{s.meta['tokens']:,}", f"{s.meta['documents']:,}", _mb(dir_size(s.path)),
+             s.meta.get("source_path") or s.meta["source"]) for s in stores]
+    if rows:
+        header = ("name", "tokens", "docs", "on disk", "source")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        for r in [header, *rows]:
+            print(f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]}")
+    else:
         print("  (none built; `replaylab data build SOURCE`)")
     return 0
 
