@@ -264,7 +264,7 @@ def test_torchrun_ddp_matches_one_process(device, pin, tol, world, tmp_path):
     single = run_finetune(cfg, tmp_path / "one")
     (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     "-m", "replaylab.cli", "finetune", "--config", str(tmp_path / "cfg.yaml"),
                     "--out", str(tmp_path / "two")], check=True, env=env, timeout=300)
     two = json.loads((tmp_path / "two" / "manifest.json").read_text())

@@ -158,7 +158,7 @@ def test_two_fsdp_ranks_match_one_process_and_resume_bit_for_bit(device, pin, to
         run_finetune(cfg, tmp_path / f"one_{name}")  # one process: the unsharded fallback
     (tmp_path / "driver.py").write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     str(tmp_path / "driver.py"), str(tmp_path), device], check=True, env=env, timeout=300)
 
     for name in ("full", "lora"):

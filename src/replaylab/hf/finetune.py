@@ -28,7 +28,7 @@ from replaylab.hf import evaluate as ev
 from replaylab.hf import parallel
 from replaylab.hf.config import FinetuneConfig
 from replaylab.hf.models import check_seq_len, resolve_model
-from replaylab.hf.packing import REPLAY, TARGET, open_stores, plan_mix, sampler_config, target_budget
+from replaylab.hf.packing import REPLAY, TARGET, open_stores, replay_sampler
 from replaylab.hf.train_module import HFCausalLMModule, build_model, compile_by_default
 from replaylab.runtime import deterministic_run, resolve_device, resolve_precision, set_threads
 from replaylab.train import checkpoint as ckpt
@@ -36,7 +36,6 @@ from replaylab.train import ddp
 from replaylab.train.evaluate import build_eval_sets
 from replaylab.train.logging import truncate_metrics
 from replaylab.train.manifest import new_manifest
-from replaylab.train.mixture import MixtureSampler
 from replaylab.train.run_folder import RunFolder
 from replaylab.train.trainer import Trainer
 
@@ -93,11 +92,8 @@ def _run(cfg: FinetuneConfig, folder: RunFolder, old: dict | None, device: torch
     model_folder = resolve_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer = load_tokenizer(model_folder)  # the model's own tokenizer packs the data
     stores = open_stores(cfg, tokenizer)
-    plan = plan_mix(budget=target_budget(cfg, stores[TARGET]), target_epochs=cfg.target_epochs,
-                    replay_fraction=cfg.replay_fraction, batch_size=cfg.batch_size, max_steps=cfg.max_steps)
     micro = cfg.micro_batch_size or max(1, cfg.batch_size // dist.world_size)  # default: no accumulation
-    scfg = sampler_config(cfg, plan, str(tokenizer.path), micro_batch_size=micro)
-    sampler = MixtureSampler(scfg, stores)
+    plan, scfg, sampler = replay_sampler(cfg, stores, str(tokenizer.path), micro_batch_size=micro)
     shares = sampler.realized_shares(0)
     eval_sets = build_eval_sets(scfg, stores)
     dtype = resolve_precision(cfg.precision, device)

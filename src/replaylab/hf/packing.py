@@ -15,6 +15,10 @@ whatever R is; those take `target_steps = ceil(draws / batch)` steps alone, and 
 stretched to `ceil(draws / (batch x (1 - R)))` steps. The target's token share is set to exactly
 draws / (steps x batch) (within one batch of 1 - R; the realized share is logged), so the target is
 drawn exactly `draws` times.
+
+`replay_sampler` puts the three together (plan, RunConfig, sampler): `replaylab finetune` and
+`replaylab.ReplayMixture` (the data component for HF Trainer, TRL, Accelerate and plain PyTorch) both
+build their batches through it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from replaylab.errors import ConfigError
 from replaylab.hf.config import FinetuneConfig
 from replaylab.runconfig import (DataConfig, DomainConfig, EvalConfig, LRConfig, OptimConfig, RunConfig, StageConfig,
                                  TrainConfig)
+from replaylab.train.mixture import MixtureSampler
 
 TARGET, REPLAY = "target", "replay"
 
@@ -106,6 +111,19 @@ def sampler_config(cfg: FinetuneConfig, plan: MixPlan, tokenizer: str, micro_bat
                           keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress),
         eval=EvalConfig(every=cfg.eval.every, max_sequences=cfg.eval.max_sequences, batch_size=cfg.eval.batch_size),
     )
+
+
+def replay_sampler(cfg: FinetuneConfig, stores: dict, tokenizer: str,
+                   micro_batch_size: int | None = None) -> tuple[MixPlan, RunConfig, MixtureSampler]:
+    """The one way a target + replay run becomes batches: the plan (fixed target exposure), the one-stage
+    RunConfig and the engine's MixtureSampler over `stores` ({"target": ..., "replay": ...}). `replaylab finetune`
+    trains on it and `replaylab.ReplayMixture` (HF Trainer, TRL, Accelerate, plain PyTorch) yields it. Of `cfg`
+    only the data fields are read: target (budget), replay, replay_fraction, target_epochs, seq_len, batch_size,
+    max_steps, seed, and the cadence fields copied into the RunConfig. tokenizer: the tokenizer's folder."""
+    plan = plan_mix(budget=target_budget(cfg, stores[TARGET]), target_epochs=cfg.target_epochs,
+                    replay_fraction=cfg.replay_fraction, batch_size=cfg.batch_size, max_steps=cfg.max_steps)
+    scfg = sampler_config(cfg, plan, tokenizer, micro_batch_size=micro_batch_size)
+    return plan, scfg, MixtureSampler(scfg, stores)
 
 
 def open_stores(cfg: FinetuneConfig, tokenizer) -> dict:

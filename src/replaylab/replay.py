@@ -1,0 +1,389 @@
+"""Replay where people already train: `ReplayMixture`, the engine's token-exact replay mixture as a PyTorch
+`IterableDataset` for HF Trainer, TRL, Accelerate and plain PyTorch loops (docs/integrations.md).
+
+It is not a second sampler. The target and replay token stores, the replay fraction, the target budget and epochs,
+the sequence length, the global batch and the seed go through `hf.packing.replay_sampler`, the function
+`replaylab finetune` builds its batches with, and every example is a row of the engine's `MixtureSampler` (a pure
+function of seed and step). So the component keeps the engine's guarantees: each global batch holds the floor or the
+ceiling of its share of replay sequences (exactly R x batch when that is a whole number and the planned run divides
+evenly), the target is drawn exactly budget x epochs times over the run, and data-parallel ranks get disjoint rows
+of the same global batch, which together make up the whole batch.
+
+What one example is. A store sequence has seq_len + 1 tokens, and the engine feeds seq[:-1] and scores seq[1:].
+An example is {"input_ids": seq, "labels": seq, "attention_mask": ones}, each seq_len + 1 long. A Hugging Face causal
+LM shifts the labels itself, so it scores positions 0..seq_len-1 against seq[1:]: the same seq_len targets as the
+engine. Causal attention makes those logits the same as a forward pass over seq[:-1] alone. The last position's
+logits are computed and thrown away (1 position in seq_len + 1). Passing seq[:-1] as both input_ids and labels would
+lose one target per sequence. The model needs max_position_embeddings >= seq_len + 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from replaylab import paths
+from replaylab.errors import ConfigError, DataError
+from replaylab.hf.packing import REPLAY, TARGET, replay_sampler
+
+__all__ = ["ReplayMixture"]
+
+
+class ReplayMixture(torch.utils.data.IterableDataset):
+    """Packed target + replay examples for a causal LM, in the engine's exact order (see the module docstring).
+
+    target, replay: a built token store (a `TokenStore`, its folder, or its name under $REPLAYLAB_HOME/stores), or,
+      with `tokenizer`, data to tokenize through the data layer (cached as a store, like `replaylab data build`):
+      a source (recipe name, .jsonl/.txt/.parquet file or folder, hf:org/name), a list of texts or of records, or a
+      Hugging Face `datasets` dataset. Records hold their text in `text_field`. replay may be None when
+      replay_fraction is 0.
+    replay_fraction: the replay share R of the tokens, in [0, 1).
+    seq_len: training tokens per sequence (each example holds seq_len + 1 ids). batch_size: the global batch, in
+      sequences per optimizer step, across every process and accumulation step.
+    budget: unique target sequences (None = every train sequence of the target store). epochs: passes over the
+      budget. The run has ceil(budget x epochs / (batch_size x (1 - R))) steps: replay stretches the run and the
+      target exposure stays fixed. max_steps: a cap on those steps (the last target epoch is then cut short).
+    seed: the order of the mixture. tokenizer: a `replaylab.data.tokenizer` spec ("default", a tokenizer.json or a
+      folder holding one, e.g. the model's folder, or a hub id), a loaded data-layer Tokenizer, or a fast Hugging Face
+      tokenizer object. options / replay_options: data-layer options of the target / replay source (e.g.
+      {"val_docs": 0}, {"glob": "*.py"}); by default the stores hold out a validation split, as `replaylab
+      finetune`'s do.
+    rows: "rank" (default) yields this process's rows of every global batch: rank and world size come from
+      `rank` / `world_size`, else from torch.distributed when it is initialized, else (0, 1); rank r of W gets the
+      contiguous rows [r*B/W, (r+1)*B/W). "global" yields every row of every global batch in order: for HF Trainer,
+      TRL and Accelerate's `prepare`, which split the stream over the processes themselves, by micro-batch (with
+      per-device batch b, process i gets rows [j*b*W + i*b, j*b*W + (i+1)*b) of a global batch as its micro-batch j).
+      Either way each optimizer step trains on exactly one global batch, with no row twice and none missing.
+
+    len(): examples (rows) per full pass from step 0, as this process yields them: num_steps x batch_size
+    ("global") or num_steps x batch_size / world_size ("rank"). A DataLoader with batch size b therefore has
+    num_steps x batch_size / (world_size x b) batches, and HF Trainer with per_device_train_batch_size b,
+    gradient_accumulation_steps g and b x g x world_size = batch_size plans exactly num_steps optimizer steps.
+
+    Resume: every iteration starts at the resume point, step 0 unless `load_state_dict` moved it; `state_dict()`
+    is the position after the last example the latest iteration yielded in this process (use `load_state_dict(
+    {"step": s})` when a DataLoader worker iterates a copy). For HF Trainer see `trainer_callback`."""
+
+    def __init__(self, target: Any, replay: Any = None, *, replay_fraction: float, seq_len: int, batch_size: int,
+                 budget: int | None = None, epochs: float = 1.0, max_steps: int | None = None, seed: int = 0,
+                 tokenizer: Any = None, text_field: str = "text", options: dict | None = None,
+                 replay_options: dict | None = None, rows: Literal["rank", "global"] = "rank",
+                 rank: int | None = None, world_size: int | None = None):
+        super().__init__()
+        rho = _fraction(replay_fraction)
+        _integer("seq_len", seq_len, 8)
+        _integer("batch_size", batch_size, 1)
+        _integer("budget", budget, 1, optional=True)
+        _integer("max_steps", max_steps, 1, optional=True)
+        _integer("seed", seed, None)
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 < epochs < math.inf:
+            raise ConfigError(f"epochs is {epochs!r}; give the passes over the target budget as a number > 0, e.g. 2")
+        if rho > 0 and replay is None:
+            raise ConfigError(f"replay_fraction is {rho:g} but replay is None; pass the replay data as the second "
+                              "argument, or set replay_fraction=0")
+        if target is None:
+            raise ConfigError("target is None; pass the target data: a token store, a source, texts or a dataset")
+        if rows not in ("rank", "global"):
+            raise ConfigError(f"rows is {rows!r}; choose 'rank' (this process's rows of each global batch) or "
+                              "'global' (every row: for HF Trainer, TRL and Accelerate's prepare)")
+        if (rank is None) != (world_size is None):
+            raise ConfigError(f"rank={rank!r} and world_size={world_size!r}: give both or neither "
+                              "(neither = from torch.distributed)")
+        if world_size is not None:
+            if rows == "global":
+                raise ConfigError("rank and world_size are set but rows='global' yields every row; drop them or use "
+                                  "rows='rank'")
+            _integer("world_size", world_size, 1)
+            _integer("rank", rank, 0)
+            if rank >= world_size:
+                raise ConfigError(f"rank {rank} is out of range for world_size {world_size}; "
+                                  f"ranks are 0..{world_size - 1}")
+            _check_split(batch_size, world_size)
+
+        tok = _tokenizer(tokenizer)
+        stores = {TARGET: _store(target, "target", tok, options, text_field)}
+        if replay is not None:
+            stores[REPLAY] = _store(replay, "replay", tok, replay_options, text_field)
+            if stores[REPLAY].tokenizer_hash != stores[TARGET].tokenizer_hash:
+                raise DataError(f"the target store ({stores[TARGET].path}) and the replay store "
+                                f"({stores[REPLAY].path}) were built with different tokenizers; build both with the "
+                                "model's tokenizer")
+        available = stores[TARGET].num_sequences("train", seq_len)
+        if budget is not None and budget > available:
+            raise DataError(f"budget {budget} sequences exceeds the {available} train sequences of {seq_len} tokens in "
+                            f"the target store {stores[TARGET].path}; give budget <= {available} or a shorter seq_len")
+
+        from replaylab.hf.config import FinetuneConfig, PoolConfig
+
+        cfg = FinetuneConfig(name="replay_mixture", seed=seed, target=PoolConfig(str(stores[TARGET].path), budget),
+                             replay=PoolConfig(str(stores[REPLAY].path)) if replay is not None else None,
+                             replay_fraction=rho, target_epochs=float(epochs), seq_len=seq_len, batch_size=batch_size,
+                             max_steps=max_steps, progress="off")
+        self.stores = stores
+        self.plan, self.run_config, self.sampler = replay_sampler(cfg, stores, str(stores[TARGET].path))
+        self.replay_fraction, self.seq_len, self.batch_size, self.seed = rho, seq_len, batch_size, seed
+        self.num_steps = self.plan.total_steps
+        self.rows, self._rank, self._world = rows, rank, world_size
+        self.fingerprint = hashlib.sha256(json.dumps({
+            "stores": {k: s.identity for k, s in stores.items()}, "plan": asdict(self.plan), "seed": seed,
+            "seq_len": seq_len, "batch_size": batch_size}, sort_keys=True).encode()).hexdigest()[:16]
+        self._resume = (0, 0)  # (step, row) where every iteration starts
+        self._position = (0, 0)  # (step, row) of the next example of the latest iteration
+
+    def __repr__(self) -> str:
+        return (f"ReplayMixture(replay_fraction={self.replay_fraction:g}, budget={self.plan.budget}, "
+                f"epochs={self.plan.target_epochs:g}, seq_len={self.seq_len}, batch_size={self.batch_size}, "
+                f"num_steps={self.num_steps}, rows={self.rows!r})")
+
+    # ---- what the run holds --------------------------------------------------------------------------
+    def realized_shares(self) -> dict[str, float]:
+        """Token (= sequence) share of target and replay over the whole run."""
+        return self.sampler.realized_shares(0)
+
+    def domain_counts(self, step: int) -> dict[str, int]:
+        """Sequences of each domain in global batch `step` (0-based)."""
+        order = self.sampler.order(step)
+        return {name: int((order == d).sum()) for d, name in enumerate(self.sampler.names)}
+
+    def target_exposure(self) -> dict[str, float]:
+        """The target budget, the target sequences the whole run draws, and the passes that makes."""
+        draws = self.sampler.counts_before(self.num_steps)[TARGET]
+        return {"budget": self.plan.budget, "draws": draws, "epochs": draws / self.plan.budget}
+
+    def rank_rows(self) -> tuple[int, int]:
+        """Rows [lo, hi) of every global batch that this process yields (resolved now: torch.distributed may
+        have been initialized after the dataset was made)."""
+        if self.rows == "global":
+            return 0, self.batch_size
+        rank, world = self._rank, self._world
+        if world is None:
+            dist = torch.distributed
+            rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
+                else (0, 1)
+            if world > 1 and _accelerate_processes() > 1:
+                raise ConfigError("rows='rank' under Accelerate (HF Trainer, TRL, accelerator.prepare) would split "
+                                  "each global batch twice; use rows='global', or pass rank= and world_size= if your "
+                                  "own loop feeds each process its rows")
+            _check_split(self.batch_size, world)
+        per = self.batch_size // world
+        return rank * per, (rank + 1) * per
+
+    def __len__(self) -> int:
+        lo, hi = self.rank_rows()
+        return self.num_steps * (hi - lo)
+
+    # ---- the stream ----------------------------------------------------------------------------------
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.num_workers > 1:
+            raise ConfigError(f"ReplayMixture is one ordered stream; a DataLoader with num_workers="
+                              f"{worker.num_workers} would interleave copies of it. Use num_workers=0 or 1 (reading "
+                              "packed sequences is cheap)")
+        lo, hi = self.rank_rows()
+        per = hi - lo
+        step, row = self._resume
+        if row >= per:
+            raise ConfigError(f"the resume point is row {row} of step {step}, but this process yields {per} rows "
+                              "per step; resume by step (load_state_dict({'step': s})) when the number of processes "
+                              "changed")
+        self._position = (step, row)
+        for s in range(step, self.num_steps):
+            tokens = torch.from_numpy(self.sampler.batch(s, rows=(lo + row, hi))[0])  # (rows, seq_len + 1)
+            for i in range(tokens.shape[0]):
+                r = row + i + 1
+                self._position = (s + 1, 0) if r == per else (s, r)
+                seq = tokens[i]
+                yield {"input_ids": seq, "labels": seq.clone(), "attention_mask": torch.ones_like(seq)}
+            row = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"step", "row", "mixture"}: the next example of the latest iteration in this process (row of this
+        process's rows of global batch `step`) and this mixture's fingerprint."""
+        step, row = self._position
+        return {"step": step, "row": row, "mixture": self.fingerprint}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make every later iteration start at `state` ({"step": s} resumes at global batch s; a `state_dict()`
+        also restores the row inside it, and its mixture must be this one)."""
+        if not isinstance(state, dict) or "step" not in state:
+            raise ConfigError(f"load_state_dict takes {{'step': s}} or a state_dict(), got {state!r}")
+        if state.get("mixture", self.fingerprint) != self.fingerprint:
+            raise ConfigError(f"this state belongs to another mixture ({state['mixture']}, this one is "
+                              f"{self.fingerprint}): the data, fraction, budget, epochs, seq_len, batch_size and seed "
+                              "must match")
+        step, row = state["step"], state.get("row", 0)
+        _integer("state step", step, 0)
+        _integer("state row", row, 0)
+        if step > self.num_steps:
+            raise ConfigError(f"state step {step} is past the end of the run ({self.num_steps} steps)")
+        self._resume = self._position = (step, row)
+
+    def trainer_callback(self):
+        """A transformers TrainerCallback that checks the Trainer against this mixture when training begins (its
+        global batch per_device_train_batch_size x gradient_accumulation_steps x world_size must equal batch_size, and
+        it must plan at most num_steps steps) and positions the stream: at the checkpoint's global step when
+        `ignore_data_skip=True` (no batch is read twice), at step 0 otherwise (the Trainer then reads and drops the
+        batches it already trained on). Either way a resumed Trainer sees the batches of an uninterrupted one."""
+        from transformers import TrainerCallback
+
+        mix = self
+
+        class ReplayMixtureCallback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                mix._check_trainer(args, state)
+                mix.load_state_dict({"step": state.global_step if args.ignore_data_skip else 0})
+
+        return ReplayMixtureCallback()
+
+    def as_hf_dataset(self):
+        """This stream as a `datasets.IterableDataset` of int lists, for stacks that take only `datasets` datasets
+        (TRL's SFTTrainer). It iterates this object when read, so `load_state_dict` and `trainer_callback` act on it."""
+        import datasets
+
+        def examples():
+            for example in self:
+                yield {k: v.tolist() for k, v in example.items()}
+
+        return datasets.IterableDataset.from_generator(examples)
+
+    def _check_trainer(self, args, state) -> None:
+        b, g, w = args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size
+        if b * g * w != self.batch_size:
+            raise ConfigError(f"the Trainer's global batch is per_device_train_batch_size {b} x "
+                              f"gradient_accumulation_steps {g} x world_size {w} = {b * g * w} sequences, but the "
+                              f"ReplayMixture's batch_size is {self.batch_size}; make them equal so each optimizer "
+                              "step is one mixture batch")
+        if self.rows == "rank" and w > 1:
+            raise ConfigError("HF Trainer splits each global batch over its processes itself; create the "
+                              "ReplayMixture with rows='global'")
+        if state.max_steps > self.num_steps:
+            raise ConfigError(f"the Trainer plans {state.max_steps} steps but the mixture holds {self.num_steps}; "
+                              "leave max_steps=-1 and num_train_epochs=1 (the passes over the target are the "
+                              "mixture's epochs)")
+
+
+# ---- inputs -----------------------------------------------------------------------------------------
+def _integer(name: str, value: Any, minimum: int | None, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        want = "an integer" if minimum is None else f"an integer >= {minimum}"
+        raise ConfigError(f"{name} is {value!r}; give {want}")
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"replay_fraction is {value!r}; give the replay share of the tokens, a number in [0, 1)")
+    return float(value)
+
+
+def _check_split(batch_size: int, world_size: int) -> None:
+    if batch_size % world_size:
+        raise ConfigError(f"batch_size {batch_size} does not split over {world_size} processes; make the global batch "
+                          f"a multiple of {world_size}")
+
+
+def _accelerate_processes() -> int:
+    """Processes of an initialized Accelerate state (1 when Accelerate is not in use)."""
+    state = sys.modules.get("accelerate.state")
+    shared = getattr(getattr(state, "PartialState", None), "_shared_state", None) or {}
+    return int(dict(shared).get("num_processes", 1) or 1)
+
+
+def _tokenizer(spec: Any):
+    """A data-layer Tokenizer from a spec, a loaded one, or a fast Hugging Face tokenizer object (its tokenizer.json
+    is cached under $REPLAYLAB_HOME/tokenizers/objects/<hash>)."""
+    from replaylab.data.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
+
+    if spec is None or isinstance(spec, Tokenizer):
+        return spec
+    if isinstance(spec, (str, os.PathLike)):
+        return get_tokenizer(str(spec))
+    backend = getattr(spec, "backend_tokenizer", None)
+    if backend is None:
+        raise ConfigError(f"tokenizer is a {type(spec).__name__}; give a tokenizer.json path or folder (e.g. the "
+                          "model's folder), 'default', or a fast Hugging Face tokenizer")
+    raw = backend.to_str()
+    folder = paths.home() / "tokenizers" / "objects" / hashlib.sha256(raw.encode()).hexdigest()[:16]
+    if not (folder / "tokenizer.json").exists():
+        with paths.atomic_dir(folder) as tmp:
+            (tmp / "tokenizer.json").write_text(raw, encoding="utf-8")
+            if getattr(spec, "eos_token", None):
+                (tmp / "tokenizer_config.json").write_text(json.dumps({"eos_token": str(spec.eos_token)}))
+    return load_tokenizer(folder)
+
+
+def _is_records(data: Any) -> bool:
+    return isinstance(data, (list, tuple)) or type(data).__module__.split(".")[0] == "datasets"
+
+
+def _store(data: Any, role: str, tok, options: dict | None, text_field: str):
+    """The token store of one pool (see ReplayMixture: target, replay)."""
+    from replaylab.data.store import TokenStore, get_store, open_store
+
+    opts = dict(options or {})
+    if isinstance(data, TokenStore):
+        store = data
+    elif isinstance(data, (str, os.PathLike)) and (tok is None or (Path(data) / "meta.json").exists()):
+        try:
+            store = open_store(data)
+        except DataError as e:
+            raise DataError(f"{role}: {e}; or pass tokenizer= to tokenize {str(data)!r}") from None
+    elif isinstance(data, (str, os.PathLike)):
+        store = get_store(str(data), tok, {"text_field": text_field, **opts} if text_field != "text" else opts)
+    elif _is_records(data):
+        if tok is None:
+            raise ConfigError(f"{role} is a {type(data).__name__} of texts; pass tokenizer= (e.g. the model's folder) "
+                              "to tokenize it")
+        store = get_store(str(_texts_file(data, role, text_field)), tok, opts)
+    else:
+        raise ConfigError(f"{role} is a {type(data).__name__}; give a token store (or its folder or name), a source "
+                          "with tokenizer=, a list of texts or a Hugging Face dataset")
+    if tok is not None and store.tokenizer_hash != tok.hash:
+        raise DataError(f"{role} store {store.path} was built with another tokenizer than the one given; pass the "
+                        "source instead of the store, or the store's own tokenizer")
+    return store
+
+
+def _texts_file(records: Any, role: str, text_field: str) -> Path:
+    """Texts or records as a .jsonl under $REPLAYLAB_HOME/texts, named by its content (so its store is cached)."""
+    folder = paths.home() / "texts"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".texts.", suffix=paths.temp_suffix(), dir=folder)
+    digest, count = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for i, record in enumerate(records):
+                if isinstance(record, dict):
+                    if text_field not in record:
+                        raise DataError(f"{role} record {i} has no field {text_field!r} (fields: "
+                                        f"{', '.join(map(str, record)) or 'none'}); set text_field=")
+                    record = record[text_field]
+                if not isinstance(record, str):
+                    raise DataError(f"{role} item {i} is a {type(record).__name__}, not a text; give texts or records "
+                                    f"with a {text_field!r} field")
+                line = json.dumps({"text": record}) + "\n"
+                f.write(line)
+                digest.update(line.encode())
+                count += 1
+        if count == 0:
+            raise DataError(f"{role} holds no text; give at least one document")
+        final = folder / f"{digest.hexdigest()[:24]}.jsonl"
+        if final.exists():
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, final)
+        return final
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
