@@ -26,7 +26,6 @@ import hashlib
 import json
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,51 +33,13 @@ import numpy as np
 
 from replaylab import paths
 from replaylab.data.corpus import CorpusOptions, check_source, source_fingerprint, source_name
-from replaylab.data.store_build import STORE_FORMAT, build_store
+from replaylab.data.store_build import STORE_FORMAT, StoreOptions, build_store
 from replaylab.data.store_build import choose_val_docs  # noqa: F401  (kept importable from here: tests use it)
 from replaylab.data.tokenizer import Tokenizer, get_tokenizer
 from replaylab.errors import DataError
 from replaylab.outputs import check_name, claim_output
 
 SPLITS = ("train", "val")
-
-
-@dataclass
-class StoreOptions:
-    """How a corpus becomes a store.
-
-    val_docs: hold out exactly this many documents (0 = no validation split).
-    val_fraction: hold out this fraction of the documents.
-    Neither: the default rule, in tokens (`store_build.choose_val_docs`). split_seed: which documents are
-    held out.
-    batch_docs / batch_chars: tokenization batch size (memory vs. speed; not part of the identity).
-    """
-
-    val_docs: int | None = None
-    val_fraction: float | None = None
-    split_seed: int = 0
-    batch_docs: int = 2048
-    batch_chars: int = 8_000_000
-
-    def validate(self) -> None:
-        if self.val_docs is not None and self.val_fraction is not None:
-            raise DataError(f"give val_docs ({self.val_docs}) or val_fraction ({self.val_fraction}), not both")
-        if self.val_docs is not None and self.val_docs < 0:
-            raise DataError(f"val_docs must be >= 0, got {self.val_docs}")
-        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
-            raise DataError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.batch_docs < 1 or self.batch_chars < 1:
-            raise DataError(f"batch_docs and batch_chars must be >= 1, got {self.batch_docs}, {self.batch_chars}")
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any] | None) -> "StoreOptions":
-        known = set(cls.__dataclass_fields__)
-        opts = cls(**{k: v for k, v in (options or {}).items() if k in known})
-        opts.validate()
-        return opts
-
-    def identity(self) -> dict[str, Any]:
-        return {"val_docs": self.val_docs, "val_fraction": self.val_fraction, "split_seed": self.split_seed}
 
 
 def _split_options(options: dict[str, Any] | None) -> tuple[CorpusOptions, StoreOptions]:

@@ -6,8 +6,9 @@ documents are chosen (`choose_val_docs`), each split's tokens are copied out in 
 (`_write_split`), and meta.json records the counts and the content hash. The folder is built beside
 its final place and renamed into it (`paths.atomic_dir`), so no reader sees half a store.
 
-This module writes stores; `replaylab.data.store` reads them (`TokenStore`) and caches them
-(`get_store`, which calls `build_store` under the store's lock). It imports nothing from store.py.
+This module writes stores (and defines `StoreOptions`, how a corpus becomes one); `replaylab.data.store`
+reads them (`TokenStore`) and caches them (`get_store`, which calls `build_store` under the store's lock).
+It imports nothing from store.py.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -28,8 +30,6 @@ from replaylab.data.tokenizer import Tokenizer
 from replaylab.errors import DataError
 from replaylab.outputs import write_marker
 
-if TYPE_CHECKING:  # annotations only: store.py imports this module
-    from replaylab.data.store import StoreOptions
 
 STORE_FORMAT = 1
 # Default held-out size: 1% of the corpus tokens, but at least 64 sequences of 256 tokens (so a small
@@ -39,6 +39,44 @@ VAL_MIN_TOKENS = 64 * 257
 VAL_MAX_TOKENS = 1024 * 257
 VAL_DEFAULT_FRACTION = 0.01
 VAL_MAX_SHARE = 0.25
+
+
+@dataclass
+class StoreOptions:
+    """How a corpus becomes a store.
+
+    val_docs: hold out exactly this many documents (0 = no validation split).
+    val_fraction: hold out this fraction of the documents.
+    Neither: the default rule, in tokens (`store_build.choose_val_docs`). split_seed: which documents are
+    held out.
+    batch_docs / batch_chars: tokenization batch size (memory vs. speed; not part of the identity).
+    """
+
+    val_docs: int | None = None
+    val_fraction: float | None = None
+    split_seed: int = 0
+    batch_docs: int = 2048
+    batch_chars: int = 8_000_000
+
+    def validate(self) -> None:
+        if self.val_docs is not None and self.val_fraction is not None:
+            raise DataError(f"give val_docs ({self.val_docs}) or val_fraction ({self.val_fraction}), not both")
+        if self.val_docs is not None and self.val_docs < 0:
+            raise DataError(f"val_docs must be >= 0, got {self.val_docs}")
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
+            raise DataError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.batch_docs < 1 or self.batch_chars < 1:
+            raise DataError(f"batch_docs and batch_chars must be >= 1, got {self.batch_docs}, {self.batch_chars}")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None) -> "StoreOptions":
+        known = set(cls.__dataclass_fields__)
+        opts = cls(**{k: v for k, v in (options or {}).items() if k in known})
+        opts.validate()
+        return opts
+
+    def identity(self) -> dict[str, Any]:
+        return {"val_docs": self.val_docs, "val_fraction": self.val_fraction, "split_seed": self.split_seed}
 
 
 def _batches(docs: Iterator[str], opts: StoreOptions) -> Iterator[list[str]]:
