@@ -169,3 +169,19 @@ def test_init_from_prefix_equals_run_alone(prose_store, code_store, tiny_tokeniz
     other["data"]["domains"]["generic"]["budget"] = 64
     with pytest.raises(ConfigError, match="different budget"):
         run_training(from_dict(RunConfig, other), tmp_path / "bad2", init_from=branch_point)
+
+
+def test_killed_after_its_last_checkpoint_resumes_to_done_with_its_losses(setup, tmp_path):
+    """A run killed after saving its last step but before recording `done` resumes straight to done, with
+    the same final losses and no records added."""
+    import shutil
+
+    raw, _, _, reference, ref_dir = setup
+    run = tmp_path / "late"
+    shutil.copytree(ref_dir, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest.update(status="running", finished=None, final={})
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    resumed = run_training(from_dict(RunConfig, raw), run, resume=True)
+    assert resumed["status"] == "done" and resumed["final"] == reference["final"]
+    assert _metrics(run) == _metrics(ref_dir)

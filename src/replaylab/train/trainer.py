@@ -150,6 +150,8 @@ class Trainer:
         tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
         branch_steps = set(cfg.train.checkpoint_steps)
         final: dict[str, dict[str, float]] = {}
+        if self.start >= self.total:  # killed after its last checkpoint, before it was recorded done:
+            return self.module.evaluate(self.eval_sets, cfg.eval.batch_size)  # (its records are all written)
         if self.eval_at_start and self._eval_due(self.start):
             final = self.evaluate(self.start)
         bar = Progress(cfg.train.progress, self.total, self.start, enabled=dist.is_main)
