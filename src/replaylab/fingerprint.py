@@ -24,6 +24,7 @@ import json
 from typing import Any
 
 from replaylab.config import config_hash, to_dict
+from replaylab.runconfig import lr_span_stages
 
 # Fields that do not change what a run computes: where and how often it checkpoints, logs and shows
 # progress. Run configs hold them under `train`, fine-tuning configs (replaylab.hf) at the top level.
@@ -86,8 +87,6 @@ def prefix_signature(config: Any) -> str:
 
 def _lr_curves(stages: list[dict]) -> list[list[int]]:
     """Stage indices per LR curve: a stage and the `continue` stages after it (train.lr's spans)."""
-    from replaylab.train.lr import lr_span_stages
-
     return lr_span_stages([(stage.get("lr") or {}).get("schedule") for stage in stages])
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from replaylab.config import check_choices
 from replaylab.errors import ConfigError
@@ -140,6 +140,19 @@ class LRConfig:
             raise ConfigError(f"lr.warmup is a fraction of the stage in [0, 1), got {self.warmup}")
         if not 0 <= self.decay <= 1:
             raise ConfigError(f"lr.decay is a fraction of the stage in [0, 1], got {self.decay}")
+
+
+def lr_span_stages(schedules: Sequence[str | None]) -> list[list[int]]:
+    """Stage indices of each LR span, from the stages' `lr.schedule` values in order: a stage and the
+    `continue` stages right after it. (A leading `continue`, which RunConfig.validate refuses, opens
+    a span of its own.)"""
+    spans: list[list[int]] = []
+    for i, schedule in enumerate(schedules):
+        if schedule == "continue" and spans:
+            spans[-1].append(i)
+        else:
+            spans.append([i])
+    return spans
 
 
 @dataclass

@@ -26,8 +26,7 @@ import numpy as np
 
 from replaylab.config import to_dict
 from replaylab.fingerprint import prefix_signature
-from replaylab.runconfig import RunConfig
-from replaylab.train.lr import lr_span_stages
+from replaylab.runconfig import RunConfig, lr_span_stages
 
 
 def _lr_spans(config: RunConfig) -> list[tuple[str, int, int]]:

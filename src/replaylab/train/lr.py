@@ -21,26 +21,12 @@ bit for bit (vectorized numpy cos may differ in the last bit between SIMD and sc
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import numpy as np
 
 from replaylab.errors import ConfigError
-from replaylab.runconfig import LRConfig, RunConfig
+from replaylab.runconfig import LRConfig, RunConfig, lr_span_stages
 from replaylab.train.mixture import stage_starts
-
-
-def lr_span_stages(schedules: Sequence[str | None]) -> list[list[int]]:
-    """Stage indices of each LR span, from the stages' `lr.schedule` values in order: a stage and the
-    `continue` stages right after it. (A leading `continue`, which RunConfig.validate refuses, opens
-    a span of its own.)"""
-    spans: list[list[int]] = []
-    for i, schedule in enumerate(schedules):
-        if schedule == "continue" and spans:
-            spans[-1].append(i)
-        else:
-            spans.append([i])
-    return spans
 
 
 def lr_spans(config: RunConfig) -> list[tuple[int, int, LRConfig]]:
