@@ -115,3 +115,16 @@ def trainer_summary(trainer, mix) -> dict:
     if main_process:
         print(f"{mix}\nloss {losses[0]:.3f} -> {losses[-1]:.3f}")
     return {**summarize(mix, trainer.state.global_step, verbose=main_process), "losses": losses}
+
+
+def trainer_arguments(mix, output_dir: str, *, accumulation: int, lr: float, seed: int) -> dict:
+    """HF Trainer / TRL arguments that fit a `ReplayMixture` with rows="global": per-device batch x
+    accumulation x processes = the mixture's global batch, so each optimizer step is one global batch."""
+    import torch
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    return dict(output_dir=output_dir, per_device_train_batch_size=mix.batch_size // (accumulation * processes),
+                gradient_accumulation_steps=accumulation, learning_rate=lr, lr_scheduler_type="cosine",
+                warmup_steps=max(1, mix.num_steps // 20), logging_steps=max(1, mix.num_steps // 8),
+                save_strategy="no", report_to=[], disable_tqdm=True, seed=seed,
+                use_cpu=not torch.cuda.is_available())  # on a CPU, torchrun runs gloo DDP only with use_cpu

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import os
 
-from _common import default_workdir, run_from_command_line, tiny_world, trainer_summary
+from _common import default_workdir, run_from_command_line, tiny_world, trainer_arguments, trainer_summary
 
 
 def main(*, workdir: str | None = None, replay_fraction: float = 0.5, budget: int = 128, epochs: float = 2.0,
          seq_len: int = 128, batch_size: int = 8, accumulation: int = 2, max_steps: int | None = None,
          lr: float = 1e-3, seed: int = 0) -> dict:
-    import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from replaylab import ReplayMixture
@@ -37,14 +36,9 @@ def main(*, workdir: str | None = None, replay_fraction: float = 0.5, budget: in
     mix = ReplayMixture(world["target"], world["replay"], tokenizer=world["model"], replay_fraction=replay_fraction,
                         budget=budget, epochs=epochs, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps,
                         seed=seed, rows="global")
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
-    args = TrainingArguments(
-        output_dir=os.path.join(workdir, "hf_trainer"),
-        per_device_train_batch_size=batch_size // (accumulation * processes), gradient_accumulation_steps=accumulation,
-        num_train_epochs=1, learning_rate=lr, lr_scheduler_type="cosine",
-        warmup_steps=max(1, mix.num_steps // 20), logging_steps=max(1, mix.num_steps // 8), save_strategy="no",
-        report_to=[], disable_tqdm=True, seed=seed,
-        use_cpu=not torch.cuda.is_available())  # on a CPU, torchrun runs gloo DDP only with use_cpu
+    args = TrainingArguments(num_train_epochs=1,  # one pass over the mixture = its num_steps steps
+                             **trainer_arguments(mix, os.path.join(workdir, "hf_trainer"), accumulation=accumulation,
+                                                 lr=lr, seed=seed))
     model = AutoModelForCausalLM.from_pretrained(world["model"])
     trainer = Trainer(model=model, args=args, train_dataset=mix, callbacks=[mix.trainer_callback()])
     trainer.train()

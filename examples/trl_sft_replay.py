@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from _common import default_workdir, run_from_command_line, tiny_world, trainer_summary
+from _common import default_workdir, run_from_command_line, tiny_world, trainer_arguments, trainer_summary
 
 
 def main(*, workdir: str | None = None, replay_fraction: float = 0.5, budget: int = 128, epochs: float = 2.0,
@@ -42,14 +42,9 @@ def main(*, workdir: str | None = None, replay_fraction: float = 0.5, budget: in
     mix = ReplayMixture(world["target"], world["replay"], tokenizer=world["model"], replay_fraction=replay_fraction,
                         budget=budget, epochs=epochs, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps,
                         seed=seed, rows="global")
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
     args = SFTConfig(
-        output_dir=os.path.join(workdir, "trl_sft"),
-        per_device_train_batch_size=batch_size // (accumulation * processes), gradient_accumulation_steps=accumulation,
-        max_steps=mix.num_steps, learning_rate=lr, lr_scheduler_type="cosine",
-        warmup_steps=max(1, mix.num_steps // 20), logging_steps=max(1, mix.num_steps // 8), save_strategy="no",
-        report_to=[], disable_tqdm=True, seed=seed,
-        use_cpu=not torch.cuda.is_available(),  # on a CPU, torchrun runs gloo DDP only with use_cpu
+        max_steps=mix.num_steps,
+        **trainer_arguments(mix, os.path.join(workdir, "trl_sft"), accumulation=accumulation, lr=lr, seed=seed),
         bf16=torch.cuda.is_available(),  # TRL defaults to bf16; fp32 on a CPU
         dataset_kwargs={"skip_prepare_dataset": True})  # already tokenized and packed
     model = AutoModelForCausalLM.from_pretrained(world["model"])

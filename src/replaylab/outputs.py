@@ -24,16 +24,14 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import socket
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Literal
 
 from replaylab.errors import ReplaylabError
-from replaylab.paths import atomic_dir, atomic_write_text, temp_suffix
+from replaylab.paths import atomic_dir, atomic_write_text, remove_dir
 
 MARKER = ".replaylab.json"
 LOCK = ".replaylab.lock"
@@ -181,9 +179,7 @@ def remove_ours(path: Path, kind: Kind) -> None:
     """Delete a folder that `claim_output` said is ours and of `kind` ("replace"): moved aside first, so a crash
     leaves a stale temporary folder, never half of the old one."""
     assert kind_of(path) == kind, f"{path} is not a replaylab {kind} folder"
-    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=temp_suffix(), dir=path.parent))
-    os.replace(path, aside / path.name)
-    shutil.rmtree(aside, ignore_errors=True)
+    remove_dir(path)
 
 
 @contextmanager

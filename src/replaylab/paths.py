@@ -102,6 +102,15 @@ def clean_stale_temps(final: Path | str) -> None:
                 tmp.unlink(missing_ok=True)
 
 
+def remove_dir(path: Path | str) -> None:
+    """Delete folder `path`: renamed aside to a temporary first (one atomic step), then removed, so a crash
+    leaves a stale temporary (`clean_stale_temps`), never half of the folder at `path`."""
+    path = Path(os.path.abspath(path))
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=temp_suffix(), dir=path.parent))
+    os.replace(path, aside / path.name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dir(final: Path | str) -> Iterator[Path]:
     """Build a directory under a temporary name beside `final`, rename it into place on success.

@@ -139,8 +139,7 @@ class Trainer:
         ddp.barrier(self.dist)
 
     def _eval_due(self, done: int) -> bool:
-        every = self.config.eval.every
-        return done in self.starts[1:] or bool(every and done % every == 0)
+        return eval_due(self.config, self.starts, done)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> dict[str, dict[str, float]] | None:
@@ -249,6 +248,11 @@ class Trainer:
             self.folder.ended("failed", error=f"{type(error).__name__}: {error}")
 
 
+def eval_due(config: RunConfig, starts: list[int], done: int) -> bool:
+    """Whether a run evaluates after `done` steps: at each stage end and every `eval.every` steps."""
+    return done in starts[1:] or bool(config.eval.every and done % config.eval.every == 0)
+
+
 def prefix_records(config: RunConfig, records: list[dict]) -> list[dict]:
     """The source run's records that this run would have written itself over the shared prefix (its own log
     and eval steps, its own stage names), so a branched run's metrics.jsonl equals the one of the run trained
@@ -260,7 +264,7 @@ def prefix_records(config: RunConfig, records: list[dict]) -> list[dict]:
         if r.get("type") == "train":
             keep = s % config.train.log_every == 0
         else:
-            keep = s in starts[1:] or bool(config.eval.every and s % config.eval.every == 0)
+            keep = eval_due(config, starts, s)
         if keep and 0 < s <= config.train.total_steps:
             if r.get("type") == "eval":
                 r = {**r, "stage": config.stages[stage_at(starts, s - 1)].name}
