@@ -15,19 +15,35 @@ batch size, sequence length and precision, on random token ids:
            TrainingArguments as a user would write them (bf16, fused AdamW on CUDA, clip 1.0, cosine LR with
            1% warmup, no logging, saving or eval), on a dataset of random token ids (labels = input_ids)
 
+Contenders (--contenders, comma-separated, default ours,hf):
+
+    ours         as `replaylab finetune` trains: the engine's deterministic mode (math attention on CUDA)
+    ours-fused   the same with runtime.deterministic_run(device, False): the fused attention kernels (flash,
+                 memory-efficient, cuDNN; not bit-reproducible on CUDA), so `ours-fused / ours` is what
+                 determinism costs (on a CPU the two run the same kernels)
+    hf           transformers.Trainer
+
 Timing. A thin proxy around our module marks a step's begin (its first micro_loss) and end (after
 optimizer_step); a TrainerCallback marks HF's (on_step_begin / on_step_end). On CUDA each mark calls
 torch.cuda.synchronize(): both loops already sync once per step (ours for the gradient-norm check, HF's
 for its nan/inf loss filter), so this costs them ~nothing. A trial is one run of --warmup-steps +
 --steps steps; its tokens/s is --steps x batch x seq_len over the time from the end of the last warm-up
 step to the end of the last step (everything each loop does per step, data loading included). Trials
-alternate ours/HF (ABBA order) for --trials rounds, each from freshly built models with the same initial
-weights, so load from other processes hits both alike; the table gives the median trial. Tokens per
-step = batch x seq_len: both run the model on seq_len input tokens (ours scores seq_len targets from
-seq_len + 1 tokens, HF seq_len - 1 after its internal shift).
+alternate between the contenders in ABBA order (even rounds in the --contenders order, odd rounds reversed)
+for --trials rounds, each from freshly built models with the same initial weights, so load from other
+processes hits all alike; the table gives the median trial. Tokens per step = batch x seq_len: both run
+the model on seq_len input tokens (ours scores seq_len targets from seq_len + 1 tokens, HF seq_len - 1
+after its internal shift).
+
+A trial that raises (CUDA out of memory, a diverged run) is recorded as {"error": ...} and the rest go on;
+the table leaves out a contender with no successful trial, and the ratios with it. --json is rewritten
+(atomically: a temporary file in its folder, then os.replace) after every trial, with the summary of the
+trials so far (a mode or contender with none yet is absent), so a run cut short by `timeout` leaves a valid
+record of what it finished; trials_planned says how many a full run would have.
 
     python benchmarks/hf_throughput.py --device cpu --layers 2 --batch 4 --seq-len 128 --steps 6 --warmup-steps 2
     python benchmarks/hf_throughput.py --device cuda --batch 8 --seq-len 2048 --steps 20   # GPU: adds MFU
+    python benchmarks/hf_throughput.py --device cuda --contenders ours,ours-fused,hf --json hf_bench.json
 
 MFU (GPU only) = 6 x N x tokens/s / peak (--peak-tflops, default 989: H100/H200 dense bf16), N = the base
 model's parameters (tied embedding counted once, adapters left out) for both modes. For LoRA the real work
@@ -41,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -69,6 +86,13 @@ SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, n
                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                     rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
 LR = 3e-4  # FTOptimConfig's default, for both
+LABELS = {"ours": "ours (HFCausalLMModule + Trainer.fit)",
+          "ours-fused": "ours, fused attention (HFCausalLMModule + Trainer.fit)",
+          "hf": "transformers.Trainer"}  # --contenders' names, and their rows in the table
+# (summary key, numerator, denominator, printed as)
+RATIOS = (("ratio", "ours", "hf", "ours / transformers.Trainer"),
+          ("ratio_fused", "ours-fused", "hf", "ours-fused / transformers.Trainer"),
+          ("ratio_fused_ours", "ours-fused", "ours", "ours-fused / ours (what determinism costs)"))
 
 
 def parse_args(argv=None):
@@ -79,25 +103,36 @@ def parse_args(argv=None):
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--steps", type=int, default=20, help="timed steps per trial")
     p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps at the start of each trial (>= 1)")
-    p.add_argument("--trials", type=int, default=2, help="rounds of (ours, HF) per mode, in ABBA order")
+    p.add_argument("--trials", type=int, default=2, help="rounds of the contenders per mode, in ABBA order")
     p.add_argument("--layers", type=int, default=SMOLLM2_135M["num_hidden_layers"], help="shrink the model (CPU smoke)")
     p.add_argument("--modes", default="full,lora", help="comma-separated: full, lora")
+    p.add_argument("--contenders", default="ours,hf",
+                   help=f"comma-separated: {', '.join(LABELS)} (ours: finetune's deterministic mode; ours-fused: "
+                        "fused attention kernels; give both to measure them side by side in one run)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU only)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak bf16 TFLOP/s for MFU")
-    p.add_argument("--json", help="write every trial's numbers to this file")
+    p.add_argument("--json", help="write every trial's numbers to this file (rewritten after each trial)")
     p.add_argument("--compile", default="default", choices=("default", "auto", "on", "off"),
                    help="ours: default = what replaylab finetune does (compile on a GPU, not on a CPU)")
     p.add_argument("--hf-torch-compile", action="store_true", help="transformers.Trainer with torch_compile=True")
     p.add_argument("--fused-attention", action="store_true",
                    help="ours with the fused attention kernels (not reproducible on CUDA) instead of finetune's "
-                        "deterministic math kernel")
+                        "deterministic math kernel; kept for old command lines: --contenders ours,ours-fused,hf "
+                        "measures both side by side in one run")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - {"full", "lora"}:
         p.error(f"--modes {args.modes!r}: give full, lora or full,lora")
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = [c for c in contenders if c not in LABELS]
+    if not contenders or unknown or len(set(contenders)) != len(contenders):
+        p.error(f"--contenders {args.contenders!r}: " + (f"unknown {', '.join(unknown)}; " if unknown else "")
+                + f"give distinct names from {', '.join(LABELS)}")
+    if args.fused_attention and {"ours", "ours-fused"} <= set(contenders):
+        p.error("--fused-attention makes ours fused too: drop it to compare ours with ours-fused")
     if args.warmup_steps < 1 or args.steps < 1 or args.trials < 1:
         p.error("--warmup-steps, --steps and --trials must be >= 1 (the first step builds lazy state: never timed)")
-    args.modes = modes
+    args.modes, args.contenders = modes, contenders
     return args
 
 
@@ -206,7 +241,7 @@ def n_params(model: torch.nn.Module) -> tuple[int, int]:
             sum(p.numel() for _, p in named if p.requires_grad))
 
 
-def trial_ours(args, mode: str, folder: str, device: torch.device, dtype) -> dict:
+def trial_ours(args, mode: str, folder: str, device: torch.device, dtype, *, fused: bool) -> dict:
     total = args.warmup_steps + args.steps
     cfg = finetune_config(args, mode, total)
     plan = plan_mix(budget=args.batch * total, target_epochs=1.0, replay_fraction=0.0, batch_size=args.batch,
@@ -221,15 +256,15 @@ def trial_ours(args, mode: str, folder: str, device: torch.device, dtype) -> dic
     module = TimedModule(HFCausalLMModule(model, scfg.optim, device=device, dtype=dtype, example=example,
                                           compile_spec=spec), clock)
     build_s = time.perf_counter() - t0
-    # As run_finetune trains: the engine's deterministic mode (math attention on CUDA) unless --fused-attention.
+    # As run_finetune trains: the engine's deterministic mode (math attention on CUDA), unless `fused`.
     with tempfile.TemporaryDirectory(prefix="hf_bench_run.") as run_dir, ExitStack() as held, \
-            runtime.deterministic_run(device, not args.fused_attention):
+            runtime.deterministic_run(device, not fused):
         run = RunFolder(run_dir, cfg, resume=False, overwrite=False, dist=DistInfo(), device=device, held=held,
                         resume_hint="(benchmark)")
         with Trainer(config=scfg, module=module, sampler=sampler, eval_sets=[], folder=run, start=0,
                      logger_config=cfg, checkpoint_at_end=False) as trainer:
             if trainer.fit() is None:
-                raise RuntimeError(f"ours/{mode}: the run diverged: {trainer.diverged}")
+                raise RuntimeError(f"ours{'-fused' if fused else ''}/{mode}: the run diverged: {trainer.diverged}")
     loss = float(torch.stack(module.losses).float().mean())
     base, trainable = n_params(model)
     return {"build_s": build_s, "mean_loss": loss, "base_params": base, "trainable_params": trainable,
@@ -309,6 +344,42 @@ def machine(device: torch.device) -> dict:
     return info
 
 
+def summarize(trials: list[dict], args, peak: float | None) -> dict:
+    """Per mode: each contender's median tokens/s (and MFU) over its successful trials so far, and the ratios
+    between contenders; a mode or contender with no successful trial yet is left out (and ratios with it)."""
+    summary = {}
+    for mode in args.modes:
+        rates = {}
+        for name in args.contenders:
+            mine = [t for t in trials if t["mode"] == mode and t["contender"] == name and "error" not in t]
+            if mine:
+                rates[name] = statistics.median(t["tokens_per_s"] for t in mine)
+                mfu = 6 * mine[0]["base_params"] * rates[name] / peak if peak else None
+                summary[f"{mode}/{name}"] = {"tokens_per_s": rates[name], "mfu": mfu, "trials": len(mine)}
+        for key, top, bottom, _ in RATIOS:
+            if top in rates and bottom in rates:
+                summary[f"{mode}/{key}"] = rates[top] / rates[bottom]
+    return summary
+
+
+def write_json(path: str, record: dict) -> None:
+    """Write `record` to `path` atomically, so a run killed mid-write leaves the previous version, never half
+    of one: a temporary file in the same folder (same file system), then os.replace."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # (not mkstemp: its 0600 would stick)
+    try:
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -324,61 +395,75 @@ def main(argv=None) -> None:
     info = machine(device)
     tokens = args.batch * args.seq_len
     gpu = device.type == "cuda"
+    peak = args.peak_tflops * 1e12 if gpu else None
     trials: list[dict] = []
+    runners = {"ours": functools.partial(trial_ours, fused=args.fused_attention),
+               "ours-fused": functools.partial(trial_ours, fused=True), "hf": trial_hf}
+    width = max(map(len, args.contenders))
+
+    def record() -> dict:
+        if hasattr(os, "getloadavg"):
+            info["load_avg_end"] = os.getloadavg()  # at this write: the end, for the last one
+        return {"machine": info, "args": vars(args), "model": model_info, "precision": precision,
+                "tokens_per_step": tokens, "peak_flops": peak, "summary": summarize(trials, args, peak),
+                "trials_planned": len(args.modes) * args.trials * len(args.contenders), "trials": trials}
+
     with tempfile.TemporaryDirectory(prefix="hf_bench_model.") as folder:
         model_info = save_random_model(Path(folder), args.layers)
         hw = info.get("gpu") or f"{info['cpu']}, {info['threads']} threads"
         print(f"SmolLM2-135M shape, {args.layers} layers, {model_info['params'] / 1e6:.1f}M params, random weights; "
               f"{hw}; {precision}; {args.batch} x {args.seq_len} = {tokens} tokens/step; torch {info['torch']}, "
               f"transformers {info['transformers']}", flush=True)
-        contenders = {"ours": trial_ours, "hf": trial_hf}
         for mode in args.modes:
             for r in range(args.trials):
-                order = ["ours", "hf"] if r % 2 == 0 else ["hf", "ours"]  # ABBA: drift hits both alike
+                # ABBA: drift (heat, other processes' load) hits every contender alike
+                order = args.contenders if r % 2 == 0 else args.contenders[::-1]
                 for name in order:
                     if gpu:
                         torch.cuda.reset_peak_memory_stats(device)
                     t0 = time.perf_counter()
-                    res = contenders[name](args, mode, folder, device, dtype)
+                    try:
+                        res = runners[name](args, mode, folder, device, dtype)
+                    except Exception as e:  # e.g. CUDA out of memory: one failed trial should not lose the rest
+                        res = {"error": one_line(e)}
                     if gpu:
                         res["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                     res.update(mode=mode, contender=name, trial=r, total_s=time.perf_counter() - t0,
                                threads=torch.get_num_threads())  # (a library that changed it would show here)
                     trials.append(res)
-                    print(f"  {mode:4s} trial {r} {name:4s}: {res['tokens_per_s']:,.0f} tokens/s "
-                          f"(loss {res['mean_loss']:.4f}, {res['total_s']:.1f} s)", flush=True)
-                    gc.collect()
+                    head = f"  {mode:4s} trial {r} {name:{width}s}:"
+                    if "error" in res:
+                        print(f"{head} error: {res['error']} ({res['total_s']:.1f} s)", flush=True)
+                    else:
+                        print(f"{head} {res['tokens_per_s']:,.0f} tokens/s "
+                              f"(loss {res['mean_loss']:.4f}, {res['total_s']:.1f} s)", flush=True)
+                    gc.collect()  # (after a failed trial: frees what its traceback held)
                     if gpu:
                         torch.cuda.empty_cache()
+                    if args.json:  # after every trial, so a run killed by `timeout` keeps what it finished
+                        write_json(args.json, record())
 
-    peak = args.peak_tflops * 1e12 if gpu else None
-    summary = {}
-    print(f"\n| mode | trainer | trainable params | tokens/s (median of {args.trials}) | per trial | mean loss |"
+    summary = summarize(trials, args, peak)
+    print("\n| mode | trainer | trainable params | median tokens/s | per trial | mean loss |"
           + (" MFU |" if peak else ""))
     print("|---|---|---|---|---|---|" + ("---|" if peak else ""))
     for mode in args.modes:
-        rates = {}
-        for name, label in (("ours", "ours (HFCausalLMModule + Trainer.fit)"), ("hf", "transformers.Trainer")):
+        for name in args.contenders:
+            if f"{mode}/{name}" not in summary:
+                continue  # no successful trial
             mine = [t for t in trials if t["mode"] == mode and t["contender"] == name]
-            rate = statistics.median(t["tokens_per_s"] for t in mine)
-            rates[name] = rate
-            per = ", ".join(f"{t['tokens_per_s']:,.0f}" for t in mine)
-            mfu = 6 * mine[0]["base_params"] * rate / peak if peak else None
-            summary[f"{mode}/{name}"] = {"tokens_per_s": rate, "mfu": mfu}
-            print(f"| {mode} | {label} | {mine[0]['trainable_params'] / 1e6:.2f}M | {rate:,.0f} | {per} | "
-                  f"{statistics.median(t['mean_loss'] for t in mine):.4f} |" + (f" {mfu:.1%} |" if peak else ""))
-        summary[f"{mode}/ratio"] = rates["ours"] / rates["hf"]
+            ok = [t for t in mine if "error" not in t]
+            per = ", ".join("error" if "error" in t else f"{t['tokens_per_s']:,.0f}" for t in mine)
+            entry = summary[f"{mode}/{name}"]
+            print(f"| {mode} | {LABELS[name]} | {ok[0]['trainable_params'] / 1e6:.2f}M | {entry['tokens_per_s']:,.0f} "
+                  f"| {per} | {statistics.median(t['mean_loss'] for t in ok):.4f} |"
+                  + (f" {entry['mfu']:.1%} |" if peak else ""))
     print()
     for mode in args.modes:
-        print(f"{mode}: ours / transformers.Trainer = {summary[f'{mode}/ratio']:.2f}x")
-
-    if hasattr(os, "getloadavg"):
-        info["load_avg_end"] = os.getloadavg()
+        for key, _, _, text in RATIOS:
+            if f"{mode}/{key}" in summary:
+                print(f"{mode}: {text} = {summary[f'{mode}/{key}']:.2f}x")
     if args.json:
-        record = {"machine": info, "args": vars(args), "model": model_info,
-                  "precision": precision, "tokens_per_step": tokens, "peak_flops": peak, "summary": summary,
-                  "trials": trials}
-        Path(args.json).write_text(json.dumps(record, indent=1, default=str))
         print(f"wrote {args.json}")
 
 

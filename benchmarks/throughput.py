@@ -1,31 +1,67 @@
-"""Training throughput: replaylab's train step vs Hugging Face `LlamaForCausalLM` at the same shapes.
+"""Training throughput: replaylab's train step vs Hugging Face `LlamaForCausalLM` at the same shapes,
+the cost of `train.deterministic` on CUDA, and the levers tried for more MFU.
 
 Each contender runs the same step (forward, fp32 cross-entropy, backward, global-norm clip 1.0,
-AdamW) on the same random tokens, under its own settings:
+AdamW) on the same random tokens, under its own settings. By key (`--only` takes keys, or prefixes of
+the printed names):
 
-    ours/auto      what `replaylab train` picks here (runtime.resolve_precision + maybe_compile)
-    ours/*         fp32 eager, fp32 compile, bf16 autocast + compile
-    hf/*           LlamaForCausalLM (SDPA attention): fp32 eager, bf16 autocast eager, compile (fp32 and bf16)
+    ours/auto           what `replaylab train` picks here with train.deterministic=false (the paper configs'
+                        setting): runtime.resolve_precision + compile, loss compiled with the model on GPUs
+    ours/deterministic  the same under runtime.deterministic_run (train.deterministic=true, the default):
+                        deterministic algorithms, and attention's math kernel on CUDA
+    ours/fp32 eager, ours/fp32 + compile, ours/bf16 + compile
+    hf/*                LlamaForCausalLM (SDPA attention): fp32 eager, bf16 autocast eager, compile (fp32, bf16)
+
+Levers (GPU; run only when named in --only or with --levers; skipped with the reason when they cannot run):
+
+    ours/cce            the model body compiled, the loss by cut-cross-entropy's fused linear
+                        cross-entropy kernel (`pip install cut-cross-entropy`; the logits are never stored);
+                        its default gradient filter ("high": skips gradient blocks below bf16 precision)
+    ours/cce-exact      the same with the filter off (exact gradients)
+    ours/fp8            torchao float8 training (tensorwise scaling) on every linear layer, output layer
+                        included, then as ours/auto (`pip install torchao`; Hopper or Ada GPUs)
+    ours/fp8-body       the same with the output layer left in bf16
+    ours/max-autotune   ours/auto compiled with mode="max-autotune-no-cudagraphs" (inductor benchmarks
+                        matmul templates and fusions: a slow compile, minutes)
+
+A lever for the optimizer step (CUDA graphs, a compiled AdamW) can gain at most the optimizer's share of
+the step, so instead of a contender the run measures that share for ours/auto (--split-steps): the
+time of clip + AdamW against forward + backward, synchronised, and what it is at --accumulate micro-batches
+per optimizer step (the paper's 1024-sequence batch in micro-batches of 16 = 64).
+
+Determinism: `--repeat KEYS` runs those contenders twice from the same weights, and afterwards compares
+the two copies' losses at every step and their final parameters, bit for bit.
 
 After warm-up (which includes compilation, reported separately), contenders are timed round-robin
 for --rounds rounds of --steps steps, so load from other processes hits all of them alike; the
-median round gives tokens/s. The ratio is ours/auto over the best HF setting.
+median round gives tokens/s. The ratio is ours/auto over the best HF setting. `--json` writes every
+number, after each phase (write, then rename), so a run stopped by `timeout` leaves what it measured.
 
     python benchmarks/throughput.py --preset tiny --threads 2
-    python benchmarks/throughput.py --preset 150m --seq-len 4096 --vocab 128256 --batch 4   # GPU: adds MFU
+    python benchmarks/throughput.py --preset 150m --seq-len 4096 --vocab 128256 --batch 16 --device cuda \
+        --only ours/auto,ours/deterministic,ours/cce,ours/fp8 --repeat ours/auto,ours/deterministic  # GPU: adds MFU
 
 MFU (GPU only) = model FLOPs per token x tokens/s / peak bf16 FLOP/s, with the PaLM count
 6 N + 6 L T d (N = parameters doing matmuls, i.e. all but the input embedding; the attention term
-is 12 L T d halved for the causal mask that flash attention skips).
+is 12 L T d halved for the causal mask that flash attention skips). FP8 contenders are counted against
+the same bf16 peak, so their MFU says how much of the bf16 machine they get.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import json
+import os
 import platform
 import statistics
 import time
 import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -34,11 +70,12 @@ from replaylab.config import from_dict
 from replaylab.hf_convert import hf_config, to_hf_state_dict
 from replaylab.model import Transformer, count_parameters, describe
 from replaylab.runconfig import ModelConfig
-from replaylab.train.loss import build_step_loss
+from replaylab.train.loss import NextTokenLoss, build_step_loss
 from replaylab.train.optim import adamw_kwargs
 
 # Dense bf16 peak FLOP/s by GPU name fragment (vendor datasheets, without sparsity).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
+LEVERS = ("ours/cce", "ours/cce-exact", "ours/fp8", "ours/fp8-body", "ours/max-autotune")
 
 
 def parse_args(argv=None):
@@ -52,72 +89,173 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per contender (after compiling)")
-    p.add_argument("--only", default="", help="comma-separated contender names to run (default: all)")
+    p.add_argument("--only", default="", help="comma-separated contender keys (or name prefixes) to run (default: all "
+                                              "but the levers)")
+    p.add_argument("--levers", action="store_true", help="also run every lever (see the docstring)")
+    p.add_argument("--repeat", default="", help="comma-separated contender keys to run twice and compare bit for bit")
+    p.add_argument("--split-steps", type=int, default=5,
+                   help="steps of ours/auto timed in two parts (forward+backward, clip+AdamW); 0 = skip")
+    p.add_argument("--accumulate", type=int, default=64,
+                   help="micro-batches per optimizer step for the optimizer-share estimate (paper: 1024 / 16)")
+    p.add_argument("--json", help="write every measurement here (after each phase)")
+    p.add_argument("--deadline", type=float, default=0,
+                   help="seconds after which no further contender is built and warmed: the timing rounds then run "
+                        "with those warmed (for a run under a time limit); 0 = none")
     p.add_argument("--emulated-bf16", action="store_true",
                    help="also time bf16 on a CPU without avx512_bf16/AMX (emulated: 10-20x slower, off by default)")
     p.add_argument("--peak-tflops", type=float, help="GPU peak bf16 TFLOP/s for MFU (default: from the GPU name)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if min(args.steps, args.rounds, args.warmup) < 1:
+        p.error("--steps, --rounds and --warmup must be >= 1 (the first step compiles: never timed)")
+    return args
 
 
 class Contender:
     """One setting's train step. Ours is built like `replaylab train` builds it (train.loss.build_step_loss:
     on a GPU the loss is compiled with the model). HF computes its own loss from `labels` (its fp32
-    upcast included), so compiling the model compiles the loss with it too."""
+    upcast included), so compiling the model compiles the loss with it too. `context` is entered around
+    every step (deterministic mode, say); `loss_fn(model, dtype)`, when given, builds the loss function that
+    replaces the standard one (the levers)."""
 
-    def __init__(self, name, model, dtype, compile_, device, hf: bool, example: torch.Tensor):
-        self.name, self.dtype, self.device, self.hf = name, dtype, device, hf
+    def __init__(self, key, name, model, dtype, compile_, device, hf: bool, example: torch.Tensor,
+                 context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 loss_fn: Callable | None = None):
+        self.key, self.name, self.dtype, self.device, self.hf, self.context = key, name, dtype, device, hf, context
         self.model = model.to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                                      **adamw_kwargs("auto", device))
-        if hf:
-            step_model = torch.compile(self.model) if compile_ else self.model
-            # shift_labels: score all T next tokens, as ours does (labels alone would drop the last one)
-            self.loss_fn = lambda t: step_model(input_ids=t[:, :-1], labels=t[:, 1:],
-                                                shift_labels=t[:, 1:].contiguous(), use_cache=False).loss
-        else:
-            self.loss_fn = build_step_loss(self.model, "on" if compile_ else "off", example, dtype)
+        with self.context():
+            if loss_fn is not None:
+                self.loss_fn = loss_fn(self.model, dtype)
+            elif hf:
+                step_model = torch.compile(self.model) if compile_ else self.model
+                # shift_labels: score all T next tokens, as ours does (labels alone would drop the last one)
+                self.loss_fn = lambda t: step_model(input_ids=t[:, :-1], labels=t[:, 1:],
+                                                    shift_labels=t[:, 1:].contiguous(), use_cache=False).loss
+            else:
+                self.loss_fn = build_step_loss(self.model, "on" if compile_ else "off", example, dtype)
         self.rates: list[float] = []
+        self.losses: list[float] = []
         self.warmup_s = 0.0
-        self.first_loss = float("nan")
 
     def step(self, batch: torch.Tensor) -> float:
-        with runtime.autocast(self.device, self.dtype):
-            loss = self.loss_fn(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss.item()  # a host sync, so timings are honest on GPU too
+        with self.context():
+            with runtime.autocast(self.device, self.dtype):
+                loss = self.loss_fn(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        self.losses.append(loss.item())  # a host sync, so timings are honest on GPU too
+        return self.losses[-1]
+
+    def split_step(self, batch: torch.Tensor) -> tuple[float, float]:
+        """One step timed in two synchronised parts: (forward + backward, clip + AdamW) in seconds."""
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        with self.context():
+            sync()
+            t0 = time.perf_counter()
+            with runtime.autocast(self.device, self.dtype):
+                loss = self.loss_fn(batch)
+            loss.backward()
+            sync()
+            t1 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            sync()
+            t2 = time.perf_counter()
+        self.losses.append(loss.item())
+        return t1 - t0, t2 - t1
+
+    def checksum(self) -> str:
+        """sha256 over the parameters' bytes, in order: equal checksums = bit-identical weights."""
+        h = hashlib.sha256()
+        for p in runtime.unwrap(self.model).parameters():
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class Spec:
+    key: str
+    name: str
+    make: Callable[[], Contender] | None
+    unavailable: str | None = None  # why this contender cannot run here
+
+
+def _cce_loss(filter_eps):
+    def build(model: Transformer, dtype: torch.dtype | None):
+        from cut_cross_entropy import linear_cross_entropy
+
+        body = torch.compile(model.hidden)
+
+        def loss(tokens):
+            # The residual stream leaves the final norm in fp32 even under autocast; the output matmul runs
+            # in the autocast dtype (as autocast's F.linear would), so both operands are cast to it.
+            h = body(tokens[:, :-1])
+            dt = dtype or h.dtype
+            return linear_cross_entropy(h.to(dt), model.output_weight().to(dt), tokens[:, 1:], filter_eps=filter_eps)
+        return loss
+    return build
+
+
+def _fp8_unavailable(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return "float8 matmuls need a CUDA GPU"
+    if torch.cuda.get_device_capability(device) < (8, 9):
+        return f"float8 matmuls need compute capability 8.9+ (Ada, Hopper); this GPU has {torch.cuda.get_device_capability(device)}"
+    try:
+        import torchao.float8  # noqa: F401
+    except ImportError as e:
+        return f"torchao is not installed ({e}); pip install torchao"
+    return None
+
+
+def _to_fp8(model: Transformer, head: bool) -> Transformer:
+    from torchao.float8 import convert_to_float8_training
+
+    def keep(module, fqn):  # float8 matmuls need both dimensions divisible by 16
+        ok = isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+        return ok and (head or fqn != "lm_head")
+    return convert_to_float8_training(model, module_filter_fn=keep)
 
 
 def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, emulated_bf16: bool = False):
     from transformers import LlamaForCausalLM
 
     auto_dtype = runtime.resolve_precision("auto", device)
-    compile_ok = runtime.compile_unavailable_reason(device) is None
+    no_compile = runtime.compile_unavailable_reason(device)
+    compile_ok = no_compile is None
     bf16 = torch.bfloat16
     try_bf16 = device.type == "cuda" or runtime.cpu_has_native_bf16() or emulated_bf16
+    det = lambda: runtime.deterministic_run(device, True)  # noqa: E731
 
-    def ours(name, dtype, compile_):
-        torch.manual_seed(0)
-        return name, lambda: Contender(name, Transformer(cfg), dtype, compile_, device, hf=False, example=example)
+    def ours(key, name, dtype, compile_, prepare=lambda m: m, **kw):
+        def make():
+            torch.manual_seed(0)
+            return Contender(key, name, prepare(Transformer(cfg)), dtype, compile_, device, hf=False,
+                             example=example, **kw)
+        return Spec(key, name, make)
 
-    def hf(name, dtype, compile_):
+    def hf(key, dtype, compile_):
         def make():
             torch.manual_seed(0)
             ref = Transformer(cfg)
             model = LlamaForCausalLM._from_config(hf_config(cfg), attn_implementation="sdpa")
             model.load_state_dict(to_hf_state_dict(ref.state_dict(), cfg), strict=False)  # same weights
-            return Contender(name, model, dtype, compile_, device, hf=True, example=example)
-        return name, make
+            return Contender(key, key, model, dtype, compile_, device, hf=True, example=example)
+        return Spec(key, key, make)
 
-    auto_name = f"ours/auto ({'bf16' if auto_dtype else 'fp32'}{' + compile' if compile_ok else ''})"
-    yield ours(auto_name, auto_dtype, compile_ok)
-    yield ours("ours/fp32 eager", None, False)
+    auto = f"{'bf16' if auto_dtype else 'fp32'}{' + compile' if compile_ok else ''}"
+    yield ours("ours/auto", f"ours/auto ({auto})", auto_dtype, compile_ok)
+    yield ours("ours/deterministic", f"ours/deterministic ({auto}, math attention on CUDA)", auto_dtype, compile_ok,
+               context=det)
+    yield ours("ours/fp32 eager", "ours/fp32 eager", None, False)
     if compile_ok and auto_dtype is None and try_bf16:
-        yield ours("ours/bf16 + compile", bf16, True)
+        yield ours("ours/bf16 + compile", "ours/bf16 + compile", bf16, True)
     if compile_ok and auto_dtype is not None:
-        yield ours("ours/fp32 + compile", None, True)
+        yield ours("ours/fp32 + compile", "ours/fp32 + compile", None, True)
     yield hf("hf/fp32 eager", None, False)
     if try_bf16:
         yield hf("hf/bf16 eager", bf16, False)
@@ -126,6 +264,59 @@ def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, em
         if try_bf16:
             yield hf("hf/bf16 + compile", bf16, True)
 
+    # The levers. Each says why it cannot run here rather than silently dropping out of the table.
+    gpu = None if device.type == "cuda" else "a GPU lever (the step it speeds up is the GPU's)"
+    cce = gpu or no_compile
+    if cce is None:
+        try:
+            import cut_cross_entropy  # noqa: F401
+        except ImportError as e:
+            cce = f"cut-cross-entropy is not installed ({e}); pip install cut-cross-entropy"
+    for key, eps in (("ours/cce", "high"), ("ours/cce-exact", None)):
+        spec = ours(key, f"{key} ({auto}, cut-cross-entropy, filter_eps={eps})", auto_dtype, compile_ok,
+                    loss_fn=_cce_loss(eps))
+        yield Spec(key, spec.name, spec.make, cce)
+    fp8 = _fp8_unavailable(device) or no_compile
+    for key, head in (("ours/fp8", True), ("ours/fp8-body", False)):
+        spec = ours(key, f"{key} (float8 {'all linears' if head else 'all but the output layer'} + compile)",
+                    auto_dtype, compile_ok, prepare=lambda m, head=head: _to_fp8(m, head))
+        yield Spec(key, spec.name, spec.make, fp8)
+
+    def autotuned(model, dtype):
+        return torch.compile(NextTokenLoss(model), mode="max-autotune-no-cudagraphs")
+    spec = ours("ours/max-autotune", f"ours/max-autotune ({auto}, mode=max-autotune-no-cudagraphs)", auto_dtype,
+                compile_ok, loss_fn=autotuned)
+    yield Spec(spec.key, spec.name, spec.make, gpu or no_compile)
+
+
+def selected(spec: Spec, only: set[str], levers: bool) -> bool:
+    if only:
+        return spec.key in only or any(spec.name.startswith(o) for o in only)
+    return levers or spec.key not in LEVERS
+
+
+def flops_per_token(cfg: ModelConfig, counts: dict, seq_len: int) -> int:
+    # 6 per matmul weight (fwd + bwd) + causal attention scores and values.
+    return 6 * (counts["total"] - cfg.vocab_size * cfg.d_model) + 6 * cfg.n_layers * seq_len * cfg.d_model
+
+
+def machine(device: torch.device) -> dict:
+    info = {"torch": torch.__version__, "python": platform.python_version(), "device": device.type,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info.update(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                    native_bf16=runtime.cpu_has_native_bf16())
+    return info
+
+
+def write_json(path: str | None, record: dict) -> None:
+    if path:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        Path(tmp).write_text(json.dumps(record, indent=1, default=str))
+        os.replace(tmp, path)
+
 
 def main(argv=None) -> None:
     args = parse_args(argv)
@@ -133,54 +324,120 @@ def main(argv=None) -> None:
     device = runtime.resolve_device(args.device)
     if device.type == "cpu":
         runtime.set_threads(args.threads)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    repeat = {s.strip() for s in args.repeat.split(",") if s.strip()}
+    # cuBLAS reads its workspace setting once, at its first use: set it before any contender when a
+    # deterministic one will run (runtime.deterministic_run sets it too, but too late after other contenders).
+    if "ours/deterministic" in only | repeat:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cfg = from_dict(ModelConfig, {"preset": args.preset, "vocab_size": args.vocab})
     cfg.max_seq_len = args.seq_len
     counts = count_parameters(Transformer(cfg))
     gen = torch.Generator().manual_seed(0)
     batch = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=gen).to(device)
     tokens = args.batch * args.seq_len
-    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"native bf16: {runtime.cpu_has_native_bf16()}")
-    print(f"{describe(cfg)}\n{hw}; torch {torch.__version__}; {args.batch} x {args.seq_len} = {tokens} tokens/step")
+    info = machine(device)
+    hw = info.get("gpu") or f"{info['cpu']}, {info['threads']} threads, native bf16: {info['native_bf16']}"
+    print(f"{describe(cfg)}\n{hw}; torch {torch.__version__}; {args.batch} x {args.seq_len} = {tokens} tokens/step",
+          flush=True)
+    peak = (args.peak_tflops * 1e12 if args.peak_tflops else
+            next((v for k, v in PEAK_BF16.items() if k in hw), None)) if device.type == "cuda" else None
+    fpt = flops_per_token(cfg, counts, args.seq_len)
+    record = {"machine": info, "args": vars(args), "model": describe(cfg), "tokens_per_step": tokens,
+              "flops_per_token": fpt, "peak_flops": peak, "contenders": {}, "skipped": {}}
 
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    runs = []
-    for name, make in contenders(cfg, device, batch, args.emulated_bf16):
-        if only and not any(name.startswith(o) for o in only):
+    runs: list[Contender] = []
+    began = time.perf_counter()
+    for spec in contenders(cfg, device, batch, args.emulated_bf16):
+        if not selected(spec, only, args.levers):
             continue
-        t0 = time.perf_counter()
-        c = make()  # ours trials its compile here (train.loss.build_step_loss): count it as warm-up
-        for i in range(args.warmup):
-            loss = c.step(batch)
-            if i == 0:
-                c.first_loss = loss  # same weights and tokens: every contender should agree here
-        c.warmup_s = time.perf_counter() - t0
-        runs.append(c)
-        print(f"  warmed {c.name}: {c.warmup_s:.1f} s", flush=True)
+        if args.deadline and time.perf_counter() - began > args.deadline:
+            print(f"  skipped {spec.key}: past --deadline {args.deadline:g} s", flush=True)
+            record["skipped"][spec.key] = "past the deadline"
+            continue
+        if spec.unavailable:
+            print(f"  skipped {spec.key}: {spec.unavailable}", flush=True)
+            record["skipped"][spec.key] = spec.unavailable
+            continue
+        for copy in range(2 if spec.key in repeat else 1):
+            t0 = time.perf_counter()
+            try:
+                c = spec.make()  # ours trials its compile here (train.loss.build_step_loss): count it as warm-up
+                if copy:
+                    c.name += " #2"
+                for _ in range(args.warmup):
+                    c.step(batch)
+            except Exception as e:  # out of memory, a lever's kernel failing: record it, go on with the others
+                why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+                print(f"  failed {spec.key}: {why}", flush=True)
+                record["skipped"][spec.key] = f"failed: {why}"
+                break
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            c.warmup_s = time.perf_counter() - t0
+            runs.append(c)
+            print(f"  warmed {c.name}: {c.warmup_s:.1f} s (first loss {c.losses[0]:.4f})", flush=True)
+    write_json(args.json, record)
+
     for _ in range(args.rounds):
         for c in runs:
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 c.step(batch)
             c.rates.append(tokens * args.steps / (time.perf_counter() - t0))
+    for c in runs:
+        rate = statistics.median(c.rates)
+        record["contenders"][c.name] = {"key": c.key, "tokens_per_s": rate, "rounds": c.rates,
+                                        "warmup_s": c.warmup_s, "first_loss": c.losses[0],
+                                        "mfu": fpt * rate / peak if peak else None}
+    write_json(args.json, record)
 
-    peak = (args.peak_tflops * 1e12 if args.peak_tflops else
-            next((v for k, v in PEAK_BF16.items() if k in hw), None)) if device.type == "cuda" else None
-    # FLOPs per trained token: 6 per matmul weight (fwd + bwd) + causal attention scores and values.
-    matmul_params = counts["total"] - cfg.vocab_size * cfg.d_model
-    flops_per_token = 6 * matmul_params + 6 * cfg.n_layers * args.seq_len * cfg.d_model
-    best_hf = max((c for c in runs if c.hf), key=lambda c: statistics.median(c.rates), default=None)
-    ours_auto = next((c for c in runs if c.name.startswith("ours/auto")), None)
     print(f"\n| setting | tokens/s (median of {args.rounds}) | warm-up + compile s | first loss |" + (" MFU |" if peak else ""))
     print("|---|---|---|---|" + ("---|" if peak else ""))
     for c in runs:
-        rate = statistics.median(c.rates)
-        mfu = f" {flops_per_token * rate / peak:.1%} |" if peak else ""
-        print(f"| {c.name} | {rate:,.0f} | {c.warmup_s:.1f} | {c.first_loss:.4f} |{mfu}")
-    if best_hf and ours_auto:
-        ratio = statistics.median(ours_auto.rates) / statistics.median(best_hf.rates)
+        r = record["contenders"][c.name]
+        mfu = f" {r['mfu']:.1%} |" if peak else ""
+        print(f"| {c.name} | {r['tokens_per_s']:,.0f} | {c.warmup_s:.1f} | {c.losses[0]:.4f} |{mfu}")
+    best_hf = max((c for c in runs if c.hf), key=lambda c: statistics.median(c.rates), default=None)
+    auto = next((c for c in runs if c.key == "ours/auto"), None)
+    if auto:
+        base = statistics.median(auto.rates)
+        for c in runs:
+            if c.key != "ours/auto" and not c.hf and not c.name.endswith("#2"):
+                print(f"{c.key} vs ours/auto: {statistics.median(c.rates) / base:.3f}x")
+                record["contenders"][c.name]["vs_auto"] = statistics.median(c.rates) / base
+    if best_hf and auto:
+        ratio = statistics.median(auto.rates) / statistics.median(best_hf.rates)
         print(f"\nours/auto vs best HF ({best_hf.name}): {ratio:.2f}x")
+        record["ours_auto_vs_best_hf"] = ratio
+
+    # Bit-for-bit: each repeated contender's two copies took the same steps on the same tokens.
+    for key in sorted(repeat):
+        pair = [c for c in runs if c.key == key]
+        if len(pair) == 2:
+            a, b = pair
+            same_losses = a.losses == b.losses
+            diff = max(abs(x - y) for x, y in zip(a.losses, b.losses))
+            same_params = a.checksum() == b.checksum()
+            print(f"repeat {key}: {len(a.losses)} steps, losses {'bit-identical' if same_losses else 'DIFFER'} "
+                  f"(max |diff| {diff:.3g}), parameters {'bit-identical' if same_params else 'DIFFER'}")
+            record.setdefault("repeat", {})[key] = {"steps": len(a.losses), "losses_identical": same_losses,
+                                                     "max_loss_diff": diff, "params_identical": same_params}
+
+    # The optimizer's share of a step: the most that a faster optimizer step (CUDA graphs, compiled AdamW) can gain.
+    if auto and args.split_steps:
+        parts = [auto.split_step(batch) for _ in range(args.split_steps)]
+        fb, opt = statistics.median(p[0] for p in parts), statistics.median(p[1] for p in parts)
+        at_batch = opt / (args.accumulate * fb + opt)
+        print(f"optimizer step (clip + AdamW) of ours/auto: {opt * 1e3:.2f} ms vs {fb * 1e3:.1f} ms forward+backward "
+              f"per micro-batch: {opt / (fb + opt):.2%} of this step, {at_batch:.3%} of a step of "
+              f"{args.accumulate} micro-batches")
+        record["optimizer_share"] = {"forward_backward_s": fb, "optimizer_s": opt, "share_of_micro_step": opt / (fb + opt),
+                                     "accumulate": args.accumulate, "share_at_accumulate": at_batch}
+    write_json(args.json, record)
+    if args.json:
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -139,6 +139,18 @@ class Transformer(nn.Module):
                 nn.init.ones_(module.weight)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.hidden(idx)
+        # Through the lm_head module when untied, so module swaps (torchao's float8 Linear, say) reach it too.
+        logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+        return logits.float()  # (B, T, vocab), fp32 even under autocast: the loss needs it
+
+    def output_weight(self) -> torch.Tensor:
+        """The output projection's (vocab, d_model) matrix: lm_head's, or the input embedding when tied."""
+        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final normed hidden states (B, T, d_model) that the output projection turns into logits (a
+        fused linear cross-entropy kernel takes these and `output_weight()` instead of the logits)."""
         B, T = idx.shape
         if T > self.rope_cos.shape[0]:
             raise ConfigError(f"sequence length {T} exceeds model.max_seq_len {self.rope_cos.shape[0]}; raise model.max_seq_len")
@@ -146,9 +158,7 @@ class Transformer(nn.Module):
         x = self.tok_emb(idx)  # (B, T, d_model)
         for layer in self.layers:
             x = layer(x, cos, sin)
-        x = self.norm(x)
-        weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, weight).float()  # (B, T, vocab), fp32 even under autocast: the loss needs it
+        return self.norm(x)
 
 
 def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
