@@ -11,11 +11,12 @@
 #   determinism  train.deterministic on CUDA at the paper's shapes (150m, seq 4096, vocab 128256, micro-batch 8):
 #                fused vs math attention, each compiled and run twice from the same weights, compared bit for
 #                bit, and the math kernel's cost (benchmarks/throughput.py --repeat)                 DET_S=100
-#   hf           `replaylab finetune`'s step (deterministic, and with fused attention) vs transformers.Trainer,
-#                full fine-tuning at SmolLM2-135M's shape, bf16, 8 x 2048 (benchmarks/hf_throughput.py)  HF_S=210
+#   hf           `replaylab finetune`'s step vs transformers.Trainer, full fine-tuning at SmolLM2-135M's shape,
+#                bf16, 8 x 2048 (benchmarks/hf_throughput.py); ours also with fused attention, and with
+#                regional compilation (each decoder layer: a far shorter compile)                   HF_S=240
 #   levers       the MFU levers at the paper's micro-batch 16: cut-cross-entropy (filtered and exact), float8
-#                (all linears, all but the output layer), and the optimizer step's share       LEVERS_S=130
-#   tests        the test files whose code runs on the GPU when there is one                    TESTS_S=120
+#                (all linears, all but the output layer), and the optimizer step's share       LEVERS_S=110
+#   tests        the test files whose code runs on the GPU when there is one                    TESTS_S=100
 #   lora         as hf, LoRA (ours deterministic vs transformers.Trainer)                         LORA_S=150
 #   tiny         configs/tiny.yaml through `replaylab train` on CUDA: twice, and once killed (SIGKILL) and
 #                resumed; the three final losses must agree bit for bit                          TINY_S=90
@@ -57,7 +58,8 @@ else
   DEV=cuda
   ENGINE=(--device cuda --preset 150m --seq-len 4096 --vocab 128256 --steps 5 --rounds 3 --warmup 2)
   DET_BATCH=8 LEVER_BATCH=16
-  HFB=(--device cuda --precision bf16 --batch 8 --seq-len 2048 --steps 10 --warmup-steps 3 --trials 2)
+  # One trial each: a dedicated GPU is quiet, and each first compile of the 30-layer model takes ~100 s.
+  HFB=(--device cuda --precision bf16 --batch 8 --seq-len 2048 --steps 15 --warmup-steps 3 --trials 1)
   TINY_RUN=(train.checkpoint_every=16)
   TINY_TARGET="budget: 48, epochs: 4"  # as configs/tiny.yaml
   SLICE_RUN=()
@@ -88,11 +90,12 @@ part determinism "${DET_S:-100}" "$PY" benchmarks/throughput.py "${ENGINE[@]}" -
   --only ours/auto,ours/deterministic --repeat ours/auto,ours/deterministic --split-steps 0 \
   --json "$OUT/determinism.json"
 
-part hf "${HF_S:-210}" "$PY" benchmarks/hf_throughput.py "${HFB[@]}" --modes full --contenders ours,ours-fused,hf \
+part hf "${HF_S:-240}" "$PY" benchmarks/hf_throughput.py "${HFB[@]}" --modes full \
+  --contenders ours,hf,ours-fused,ours-regional \
   --json "$OUT/hf.json"
 
-part levers "${LEVERS_S:-130}" "$PY" benchmarks/throughput.py "${ENGINE[@]}" --batch "$LEVER_BATCH" \
-  --only ours/auto,ours/cce,ours/fp8,ours/fp8-body,ours/cce-exact --deadline $(( ${LEVERS_S:-130} * 6 / 10 )) \
+part levers "${LEVERS_S:-110}" "$PY" benchmarks/throughput.py "${ENGINE[@]}" --batch "$LEVER_BATCH" \
+  --only ours/auto,ours/cce,ours/fp8,ours/fp8-body,ours/cce-exact --deadline $(( ${LEVERS_S:-110} * 6 / 10 )) \
   --json "$OUT/levers.json"
 
 # The files whose code picks the GPU when there is one (device auto) or tests CUDA paths directly. The
@@ -101,7 +104,7 @@ GPU_TESTS=${GPU_TESTS:-tests/test_model.py tests/test_optim.py tests/test_traine
   tests/test_ddp.py tests/test_hf_finetune.py tests/test_hf_fsdp.py tests/test_replay_mixture.py tests/test_config.py}
 if [ "$SMOKE" = 1 ]; then GPU_TESTS=tests/test_optim.py; fi
 XDIST=(); "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "${TEST_WORKERS:-6}")  # pytest-xdist, where installed
-part tests "${TESTS_S:-120}" "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" -k "not trl" $GPU_TESTS
+part tests "${TESTS_S:-100}" "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" -k "not trl" $GPU_TESTS
 
 part lora "${LORA_S:-150}" "$PY" benchmarks/hf_throughput.py "${HFB[@]}" --modes lora --contenders ours,hf \
   --json "$OUT/lora.json"

@@ -21,6 +21,8 @@ Contenders (--contenders, comma-separated, default ours,hf):
     ours-fused   the same with runtime.deterministic_run(device, False): the fused attention kernels (flash,
                  memory-efficient, cuDNN; not bit-reproducible on CUDA), so `ours-fused / ours` is what
                  determinism costs (on a CPU the two run the same kernels)
+    ours-regional  ours with regional compilation (`hf.train_module.compile_layers`: each decoder layer
+                 compiled, one graph for all, the loss eager): a far shorter compile; is the step as fast?
     hf           transformers.Trainer
 
 Timing. A thin proxy around our module marks a step's begin (its first micro_loss) and end (after
@@ -88,11 +90,13 @@ SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, n
 LR = 3e-4  # FTOptimConfig's default, for both
 LABELS = {"ours": "ours (HFCausalLMModule + Trainer.fit)",
           "ours-fused": "ours, fused attention (HFCausalLMModule + Trainer.fit)",
+          "ours-regional": "ours, regional compile (HFCausalLMModule + Trainer.fit)",
           "hf": "transformers.Trainer"}  # --contenders' names, and their rows in the table
 # (summary key, numerator, denominator, printed as)
 RATIOS = (("ratio", "ours", "hf", "ours / transformers.Trainer"),
           ("ratio_fused", "ours-fused", "hf", "ours-fused / transformers.Trainer"),
-          ("ratio_fused_ours", "ours-fused", "ours", "ours-fused / ours (what determinism costs)"))
+          ("ratio_fused_ours", "ours-fused", "ours", "ours-fused / ours (what determinism costs)"),
+          ("ratio_regional_ours", "ours-regional", "ours", "ours-regional / ours (regional vs whole-model compile)"))
 
 
 def parse_args(argv=None):
@@ -241,7 +245,8 @@ def n_params(model: torch.nn.Module) -> tuple[int, int]:
             sum(p.numel() for _, p in named if p.requires_grad))
 
 
-def trial_ours(args, mode: str, folder: str, device: torch.device, dtype, *, fused: bool) -> dict:
+def trial_ours(args, mode: str, folder: str, device: torch.device, dtype, *, fused: bool,
+               regional: bool = False) -> dict:
     total = args.warmup_steps + args.steps
     cfg = finetune_config(args, mode, total)
     plan = plan_mix(budget=args.batch * total, target_epochs=1.0, replay_fraction=0.0, batch_size=args.batch,
@@ -253,6 +258,8 @@ def trial_ours(args, mode: str, folder: str, device: torch.device, dtype, *, fus
     sampler = RandomSampler(batch=args.batch, seq_len=args.seq_len, vocab=SMOLLM2_135M["vocab_size"])
     example = torch.from_numpy(sampler.batch(0, rows=(0, scfg.train.micro_batch_size or scfg.train.batch_size))[0]).to(device)
     spec = compile_by_default(device, False) if args.compile == "default" else args.compile
+    if regional:
+        spec = "regional"
     module = TimedModule(HFCausalLMModule(model, scfg.optim, device=device, dtype=dtype, example=example,
                                           compile_spec=spec), clock)
     build_s = time.perf_counter() - t0
@@ -264,7 +271,7 @@ def trial_ours(args, mode: str, folder: str, device: torch.device, dtype, *, fus
         with Trainer(config=scfg, module=module, sampler=sampler, eval_sets=[], folder=run, start=0,
                      logger_config=cfg, checkpoint_at_end=False) as trainer:
             if trainer.fit() is None:
-                raise RuntimeError(f"ours{'-fused' if fused else ''}/{mode}: the run diverged: {trainer.diverged}")
+                raise RuntimeError(f"ours{'-regional' if regional else ''}{'-fused' if fused else ''}/{mode}: the run diverged: {trainer.diverged}")
     loss = float(torch.stack(module.losses).float().mean())
     base, trainable = n_params(model)
     return {"build_s": build_s, "mean_loss": loss, "base_params": base, "trainable_params": trainable,
@@ -398,7 +405,8 @@ def main(argv=None) -> None:
     peak = args.peak_tflops * 1e12 if gpu else None
     trials: list[dict] = []
     runners = {"ours": functools.partial(trial_ours, fused=args.fused_attention),
-               "ours-fused": functools.partial(trial_ours, fused=True), "hf": trial_hf}
+               "ours-fused": functools.partial(trial_ours, fused=True),
+               "ours-regional": functools.partial(trial_ours, fused=args.fused_attention, regional=True), "hf": trial_hf}
     width = max(map(len, args.contenders))
 
     def record() -> dict:

@@ -38,7 +38,7 @@ def test_gpu_check_script_runs_every_part_in_smoke_mode(tmp_path, prose_store, c
     assert {c["key"] for c in det["contenders"].values()} == {"ours/auto", "ours/deterministic"}
 
     hf = json.loads((out / "hf.json").read_text())
-    assert {t["contender"] for t in hf["trials"] if "error" not in t} == {"ours", "ours-fused", "hf"}
+    assert {t["contender"] for t in hf["trials"] if "error" not in t} == {"ours", "ours-fused", "ours-regional", "hf"}
     lora = json.loads((out / "lora.json").read_text())
     assert {t["mode"] for t in lora["trials"]} == {"lora"}
 

@@ -88,10 +88,43 @@ def compile_by_default(device: torch.device, sharded: bool) -> str:
     return "auto" if device.type == "cuda" and not sharded else "off"
 
 
+def compile_layers(model: torch.nn.Module, example: torch.Tensor, dtype: torch.dtype | None) -> bool:
+    """Regional compilation: each decoder layer (`parallel.decoder_layers`) compiled, the rest eager.
+
+    The layers share one forward and one shape, and dynamo takes their parameters as graph inputs, so it
+    compiles one graph for all of them: measured on this project's 2-core CPU, SmolLM2-135M's 30 layers
+    compiled in 6.9 s this way against 50 s as one whole-model graph, with the same losses as eager. What
+    it gives up: the loss is not compiled with the output layer, so the fp32 logits are stored. Trialled
+    on `example` (a micro-batch (mb, T+1)) like `runtime.maybe_compile`; if that fails the layers are left
+    eager with a warning. Returns whether they are compiled."""
+    layers = parallel.decoder_layers(model)
+    if not layers:
+        warnings.warn("regional compile: this model declares no decoder layers (_no_split_modules); running eager",
+                      stacklevel=2)
+        return False
+    for layer in layers:
+        layer.compile()
+    try:
+        with autocast(example.device, dtype):
+            logits = ev.lm_logits(model, example[:, :-1])
+        next_token_loss(logits, example[:, 1:]).backward()
+        return True
+    except Exception as e:  # inductor/dynamo errors have many types; any of them means "cannot compile"
+        for layer in layers:
+            layer._compiled_call_impl = None  # what nn.Module.compile set: back to the eager forward
+        torch._dynamo.reset()
+        warnings.warn(f"regional compile failed, running eager: {type(e).__name__}: {str(e).strip()[:200]}",
+                      stacklevel=2)
+        return False
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
 class HFCausalLMModule(AdamWModule):
     """`model` (built by `build_model`, already sharded for FSDP) trained with the engine's AdamW. `dtype`:
     bf16 autocast, or None (fp32, or FSDP's own mixed precision). compile_spec: as `train.compile` (auto falls
-    back to eager if compiling fails); `example`, a micro-batch (mb, T+1) on the device, trials it."""
+    back to eager if compiling fails), or "regional" (`compile_layers`: each decoder layer, a much shorter
+    compile); `example`, a micro-batch (mb, T+1) on the device, trials it."""
 
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, device: torch.device, dtype: torch.dtype | None,
                  compile_spec: str = "off", example: torch.Tensor | None = None):
@@ -99,7 +132,9 @@ class HFCausalLMModule(AdamWModule):
         self.trainable = Trainable(model)  # after sharding: the optimizer must hold the sharded parameters
         self.sharded = parallel.is_sharded(model)
         self._loss = None
-        if compile_spec != "off" and example is not None:
+        if compile_spec == "regional" and example is not None:
+            compile_layers(model, example, dtype)  # micro_loss's eager path then runs the compiled layers
+        elif compile_spec != "off" and example is not None:
             self._loss = build_step_loss(LMLogits(model), compile_spec, example, dtype, fuse=True)
 
     def micro_loss(self, tokens: torch.Tensor) -> torch.Tensor:
