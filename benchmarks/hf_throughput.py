@@ -252,26 +252,30 @@ def trial_ours(args, mode: str, folder: str, device: torch.device, dtype, *, fus
     plan = plan_mix(budget=args.batch * total, target_epochs=1.0, replay_fraction=0.0, batch_size=args.batch,
                     max_steps=total)
     scfg = sampler_config(cfg, plan, tokenizer="random")  # the one-stage RunConfig finetune trains
-    t0 = time.perf_counter()
-    model = build_model(cfg, folder, device)
-    clock = StepClock(device)
-    sampler = RandomSampler(batch=args.batch, seq_len=args.seq_len, vocab=SMOLLM2_135M["vocab_size"])
-    example = torch.from_numpy(sampler.batch(0, rows=(0, scfg.train.micro_batch_size or scfg.train.batch_size))[0]).to(device)
     spec = compile_by_default(device, False) if args.compile == "default" else args.compile
     if regional:
         spec = "regional"
-    module = TimedModule(HFCausalLMModule(model, scfg.optim, device=device, dtype=dtype, example=example,
-                                          compile_spec=spec), clock)
-    build_s = time.perf_counter() - t0
-    # As run_finetune trains: the engine's deterministic mode (math attention on CUDA), unless `fused`.
+    label = f"ours{'-regional' if regional else ''}{'-fused' if fused else ''}/{mode}"
+    # As run_finetune does: the model is built and its compile trialled inside the engine's deterministic mode
+    # (math attention on CUDA; unless `fused`), so the trial's graphs are the ones the steps run (dynamo
+    # guards on the deterministic-algorithms setting: a trial outside it would recompile at the first step).
     with tempfile.TemporaryDirectory(prefix="hf_bench_run.") as run_dir, ExitStack() as held, \
             runtime.deterministic_run(device, not fused):
+        t0 = time.perf_counter()
+        model = build_model(cfg, folder, device)
+        clock = StepClock(device)
+        sampler = RandomSampler(batch=args.batch, seq_len=args.seq_len, vocab=SMOLLM2_135M["vocab_size"])
+        rows = (0, scfg.train.micro_batch_size or scfg.train.batch_size)
+        example = torch.from_numpy(sampler.batch(0, rows=rows)[0]).to(device)
+        module = TimedModule(HFCausalLMModule(model, scfg.optim, device=device, dtype=dtype, example=example,
+                                              compile_spec=spec), clock)
+        build_s = time.perf_counter() - t0
         run = RunFolder(run_dir, cfg, resume=False, overwrite=False, dist=DistInfo(), device=device, held=held,
                         resume_hint="(benchmark)")
         with Trainer(config=scfg, module=module, sampler=sampler, eval_sets=[], folder=run, start=0,
                      logger_config=cfg, checkpoint_at_end=False) as trainer:
             if trainer.fit() is None:
-                raise RuntimeError(f"ours{'-regional' if regional else ''}{'-fused' if fused else ''}/{mode}: the run diverged: {trainer.diverged}")
+                raise RuntimeError(f"{label}: the run diverged: {trainer.diverged}")
     loss = float(torch.stack(module.losses).float().mean())
     base, trainable = n_params(model)
     return {"build_s": build_s, "mean_loss": loss, "base_params": base, "trainable_params": trainable,

@@ -92,9 +92,11 @@ def compile_layers(model: torch.nn.Module, example: torch.Tensor, dtype: torch.d
     """Regional compilation: each decoder layer (`parallel.decoder_layers`) compiled, the rest eager.
 
     The layers share one forward and one shape, and dynamo takes their parameters as graph inputs, so it
-    compiles one graph for all of them: measured on this project's 2-core CPU, SmolLM2-135M's 30 layers
-    compiled in 6.9 s this way against 50 s as one whole-model graph, with the same losses as eager. What
-    it gives up: the loss is not compiled with the output layer, so the fp32 logits are stored. Trialled
+    compiles one graph for all of them. On a 2-core CPU with a cold compile cache (BENCHMARKS.md), building
+    SmolLM2-135M's 30 layers with the compile trial took 4.4 s this way against 56 s as one whole-model graph
+    (LoRA: 7.9 s against 73 s), with the same losses. What it gives up: the loss is not compiled with the
+    output layer, so the fp32 logits are stored; whether the step is as fast on a GPU is measured by
+    benchmarks/hf_throughput.py's ours-regional (not yet: so finetune compiles the whole model). Trialled
     on `example` (a micro-batch (mb, T+1)) like `runtime.maybe_compile`; if that fails the layers are left
     eager with a warning. Returns whether they are compiled."""
     layers = parallel.decoder_layers(model)
