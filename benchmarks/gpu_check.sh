@@ -4,7 +4,10 @@
 # (the default tokenizer and two token stores copied into .gpu_cache/, ~40 MB; the lever wheels into
 # .whl/, ~3.4 MB), carry both, and run:
 #
-#   REPLAYLAB_HOME=$PWD/.gpu_cache bash benchmarks/gpu_check.sh        # results in $OUT (default ./gpu_out)
+#   REPLAYLAB_HOME=$PWD/.gpu_cache bash benchmarks/gpu_check.sh     # results in $RESULTS (default ./gpu_out)
+#
+# BUNDLE=PATH.tgz also packs the results (run folders left out) into one file: what the device tool's
+# return folder takes best (it returns few files), e.g. BUNDLE=$RESULTS/gpu_check.tgz.
 #
 # Parts, in this order (PARTS="determinism hf levers tests" is the default; name others to add them). Each
 # has its own time limit, so one that fails or overruns does not cost the others; the limits add up to ~9 min:
@@ -24,8 +27,8 @@
 #
 # SMOKE=1 runs every part at toy sizes on the CPU (no GPU needed): how tests/test_gpu_check.py checks this
 # script's plumbing. GENERIC, TARGET and TOK name the stores and tokenizer explicitly (default: found in
-# $REPLAYLAB_HOME). Each part writes $OUT/<part>.txt (and .json where the benchmark writes one); the
-# summary of every part's exit status and seconds is $OUT/parts.txt.
+# $REPLAYLAB_HOME). Each part writes $RESULTS/<part>.txt (and .json where the benchmark writes one); the
+# summary of every part's exit status and seconds is $RESULTS/parts.txt.
 set -u -o pipefail
 HOME_DIR=${REPLAYLAB_HOME:-$HOME/.cache/replaylab}
 first() { for p in "$@"; do [ -e "$p" ] && { echo "${p%/}"; return; }; done; }
@@ -33,14 +36,14 @@ GENERIC=${GENERIC:-$(first "$HOME_DIR"/stores/generic-*/)}
 TARGET=${TARGET:-$(first "$HOME_DIR"/stores/instructions-*/ "$HOME_DIR"/stores/code-*/)}
 # "default" finds the tokenizer offline only through its pins index; naming the folder needs nothing else.
 TOK=${TOK:-$(first "$HOME_DIR"/tokenizers/default-*/)}
-OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
-RUNS=${RUNS:-$OUT/runs}; mkdir -p "$RUNS"
+RESULTS=${RESULTS:-gpu_out}; mkdir -p "$RESULTS"
+RUNS=${RUNS:-$RESULTS/runs}; mkdir -p "$RUNS"
 export PY=${PY:-python3} PYTHONUNBUFFERED=1 GENERIC TARGET TOK RUNS
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 # Carried wheels (benchmarks/gpu_pack.sh): installed to a scratch folder, never into the machine's Python.
 if ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu_check_site \
-    .whl/*.whl > "$OUT/wheels.txt" 2>&1 && export PYTHONPATH=$PYTHONPATH:/tmp/gpu_check_site
+    .whl/*.whl > "$RESULTS/wheels.txt" 2>&1 && export PYTHONPATH=$PYTHONPATH:/tmp/gpu_check_site
 fi
 SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then
@@ -66,37 +69,37 @@ else
   KILL_AFTER=7
 fi
 PARTS=${PARTS:-determinism hf levers tests}
-echo "parts: $PARTS; device $DEV; stores $GENERIC, $TARGET; tokenizer $TOK" | tee "$OUT/parts.txt"
+echo "parts: $PARTS; device $DEV; stores $GENERIC, $TARGET; tokenizer $TOK" | tee "$RESULTS/parts.txt"
 { if [ "$DEV" = cuda ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; fi
   "$PY" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
   for m in peft cut_cross_entropy torchao; do  # the levers' packages come from .whl (benchmarks/gpu_pack.sh)
     "$PY" -c "import $m; print('$m', $m.__version__)" 2>/dev/null || echo "$m: not importable"
   done
-} > "$OUT/env.txt" 2>&1; cat "$OUT/env.txt"
+} > "$RESULTS/env.txt" 2>&1; cat "$RESULTS/env.txt"
 
-# part NAME LIMIT_S COMMAND...: runs under `timeout`, output to $OUT/NAME.txt, status and seconds to parts.txt
+# part NAME LIMIT_S COMMAND...: runs under `timeout`, output to $RESULTS/NAME.txt, status and seconds to parts.txt
 part() {
   local name=$1 limit=$2; shift 2
   [[ " $PARTS " == *" $name "* ]] || return 0
-  echo "== $name (limit ${limit} s) ==" | tee -a "$OUT/parts.txt"
+  echo "== $name (limit ${limit} s) ==" | tee -a "$RESULTS/parts.txt"
   local t0=$SECONDS
-  timeout -k 10 "$limit" "$@" > "$OUT/$name.txt" 2>&1
+  timeout -k 10 "$limit" "$@" > "$RESULTS/$name.txt" 2>&1
   local rc=$?
-  tail -n 25 "$OUT/$name.txt"
-  echo "$name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT/parts.txt"
+  tail -n 25 "$RESULTS/$name.txt"
+  echo "$name: exit $rc after $((SECONDS - t0)) s" | tee -a "$RESULTS/parts.txt"
 }
 
 part determinism "${DET_S:-100}" "$PY" benchmarks/throughput.py "${ENGINE[@]}" --batch "$DET_BATCH" \
   --only ours/auto,ours/deterministic --repeat ours/auto,ours/deterministic --split-steps 0 \
-  --json "$OUT/determinism.json"
+  --deadline $(( ${DET_S:-100} * 6 / 10 )) --json "$RESULTS/determinism.json"
 
 part hf "${HF_S:-240}" "$PY" benchmarks/hf_throughput.py "${HFB[@]}" --modes full \
   --contenders ours,hf,ours-fused,ours-regional \
-  --json "$OUT/hf.json"
+  --json "$RESULTS/hf.json"
 
 part levers "${LEVERS_S:-110}" "$PY" benchmarks/throughput.py "${ENGINE[@]}" --batch "$LEVER_BATCH" \
   --only ours/auto,ours/cce,ours/fp8,ours/fp8-body,ours/cce-exact --deadline $(( ${LEVERS_S:-110} * 6 / 10 )) \
-  --json "$OUT/levers.json"
+  --json "$RESULTS/levers.json"
 
 # The files whose code picks the GPU when there is one (device auto) or tests CUDA paths directly. The
 # TRL example is left out: the GPU image has no trl (CI runs it). Multi-GPU variants skip on one GPU.
@@ -107,7 +110,7 @@ XDIST=(); "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "${TEST_WORKERS:-6}")
 part tests "${TESTS_S:-100}" "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" -k "not trl" $GPU_TESTS
 
 part lora "${LORA_S:-150}" "$PY" benchmarks/hf_throughput.py "${HFB[@]}" --modes lora --contenders ours,hf \
-  --json "$OUT/lora.json"
+  --json "$RESULTS/lora.json"
 
 tiny() {  # three runs of configs/tiny.yaml on $DEV: a, b straight, c killed with SIGKILL and resumed
   local args=(data.tokenizer="$TOK" data.domains="{generic: {source: $GENERIC}, target: {source: $TARGET, $TINY_TARGET}}"
@@ -147,5 +150,6 @@ slice() {
 export -f slice; export SLICE_RUN_STR="${SLICE_RUN[*]}"
 part slice "${SLICE_S:-240}" bash -c 'rm -rf "$RUNS/slice"; slice'
 
-[ "$DEV" = cuda ] && nvidia-smi --query-gpu=memory.used --format=csv,noheader >> "$OUT/env.txt" 2>&1
-cat "$OUT/parts.txt"
+[ "$DEV" = cuda ] && nvidia-smi --query-gpu=memory.used --format=csv,noheader >> "$RESULTS/env.txt" 2>&1
+if [ -n "${BUNDLE:-}" ]; then tar czf "$BUNDLE" --exclude=runs -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"; fi
+cat "$RESULTS/parts.txt"

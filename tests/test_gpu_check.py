@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ ALL_PARTS = "determinism hf levers tests lora tiny slice"
 @pytest.mark.slow  # ~1.5 min on 2 cores: seven parts, two of them compiling
 def test_gpu_check_script_runs_every_part_in_smoke_mode(tmp_path, prose_store, code_store, tiny_tokenizer, store_home):
     out = tmp_path / "out"
-    env = {**os.environ, "SMOKE": "1", "PARTS": ALL_PARTS, "OUT": str(out), "PY": sys.executable,
+    env = {**os.environ, "SMOKE": "1", "PARTS": ALL_PARTS, "RESULTS": str(out), "PY": sys.executable,
+           "BUNDLE": str(tmp_path / "bundle.tgz"),
            "REPLAYLAB_HOME": str(store_home), "GENERIC": str(prose_store.path), "TARGET": str(code_store.path),
            "TOK": str(tiny_tokenizer)}
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -51,3 +53,6 @@ def test_gpu_check_script_runs_every_part_in_smoke_mode(tmp_path, prose_store, c
     tiny = (out / "tiny.txt").read_text()
     assert "killed c after" in tiny and "bit-identical across a, b and resumed c: True" in tiny, tiny
     assert "median tokens/s over steps 2+" in (out / "slice.txt").read_text()
+    with tarfile.open(tmp_path / "bundle.tgz") as bundle:  # the results in one file, without the run folders
+        names = bundle.getnames()
+    assert "out/parts.txt" in names and "out/levers.json" in names and not any("/runs" in n for n in names)
