@@ -4,10 +4,11 @@
 # (the default tokenizer and two token stores copied into .gpu_cache/, ~40 MB; the lever wheels into
 # .whl/, ~3.4 MB), carry both, and run:
 #
-#   REPLAYLAB_HOME=$PWD/.gpu_cache bash benchmarks/gpu_check.sh     # results in $RESULTS (default ./gpu_out)
+#   REPLAYLAB_HOME=$PWD/.gpu_cache bash benchmarks/gpu_check.sh   # results: $RESULTS (default gpu_out/<UTC time>)
 #
 # BUNDLE=PATH.tgz also packs the results (run folders left out) into one file: what the device tool's
-# return folder takes best (it returns few files), e.g. BUNDLE=$RESULTS/gpu_check.tgz.
+# return folder takes best (it returns few files), e.g. BUNDLE=$OUT/gpu_check.tgz there.
+# `python benchmarks/gpu_report.py FOLDER_OR_BUNDLE` prints the results as BENCHMARKS.md's Markdown.
 #
 # Parts, in this order (PARTS="determinism hf levers tests" is the default; name others to add them). Each
 # has its own time limit, so one that fails or overruns does not cost the others; the limits add up to ~9 min:
@@ -36,7 +37,12 @@ GENERIC=${GENERIC:-$(first "$HOME_DIR"/stores/generic-*/)}
 TARGET=${TARGET:-$(first "$HOME_DIR"/stores/instructions-*/ "$HOME_DIR"/stores/code-*/)}
 # "default" finds the tokenizer offline only through its pins index; naming the folder needs nothing else.
 TOK=${TOK:-$(first "$HOME_DIR"/tokenizers/default-*/)}
-RESULTS=${RESULTS:-gpu_out}; mkdir -p "$RESULTS"
+# A new folder each time, so no result of an earlier run is mistaken for this one's (nor overwritten).
+RESULTS=${RESULTS:-gpu_out/$(date -u +%Y%m%d-%H%M%S)}
+if [ -n "$(ls -A "$RESULTS" 2>/dev/null)" ]; then
+  echo "gpu_check: RESULTS=$RESULTS is not empty; name a new folder" >&2; exit 2
+fi
+mkdir -p "$RESULTS"
 RUNS=${RUNS:-$RESULTS/runs}; mkdir -p "$RUNS"
 export PY=${PY:-python3} PYTHONUNBUFFERED=1 GENERIC TARGET TOK RUNS
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}

@@ -56,3 +56,17 @@ def test_gpu_check_script_runs_every_part_in_smoke_mode(tmp_path, prose_store, c
     with tarfile.open(tmp_path / "bundle.tgz") as bundle:  # the results in one file, without the run folders
         names = bundle.getnames()
     assert "out/parts.txt" in names and "out/levers.json" in names and not any("/runs" in n for n in names)
+
+    # gpu_report.py turns the bundle into BENCHMARKS.md's Markdown, from the measured numbers.
+    report = subprocess.run([sys.executable, "benchmarks/gpu_report.py", str(tmp_path / "bundle.tgz")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0, report.stderr
+    auto = next(c for c in det["contenders"].values() if c["key"] == "ours/auto")
+    assert f"{auto['tokens_per_s']:,.0f}" in report.stdout
+    assert report.stdout.count("losses bit-identical, parameters bit-identical") == 2
+    assert "| full/ratio |" in report.stdout and "not run: float8 matmuls need a CUDA GPU" in report.stdout
+
+    # A results folder that holds anything is refused: no earlier result is overwritten or mistaken for new.
+    again = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env={**env, "PARTS": "tests"},
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "is not empty" in again.stderr
