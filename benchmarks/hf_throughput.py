@@ -17,12 +17,13 @@ batch size, sequence length and precision, on random token ids:
 
 Contenders (--contenders, comma-separated, default ours,hf):
 
-    ours         as `replaylab finetune` trains: the engine's deterministic mode (math attention on CUDA)
-    ours-fused   the same with runtime.deterministic_run(device, False): the fused attention kernels (flash,
-                 memory-efficient, cuDNN; not bit-reproducible on CUDA), so `ours-fused / ours` is what
-                 determinism costs (on a CPU the two run the same kernels)
-    ours-regional  ours with regional compilation (`hf.train_module.compile_layers`: each decoder layer
-                 compiled, one graph for all, the loss eager): a far shorter compile; is the step as fast?
+    ours           as `replaylab finetune` trains by default: deterministic (math attention on CUDA), the
+                   whole model compiled with its loss on a GPU
+    ours-fused     `finetune --no-deterministic`: the fused attention kernels (flash, memory-efficient,
+                   cuDNN; not bit-reproducible on CUDA), so `ours-fused / ours` is what determinism costs
+                   (on a CPU the two run the same kernels)
+    ours-regional  `finetune --compile regional` (`hf.train_module.compile_layers`: each decoder layer
+                   compiled, one graph for all, the loss eager): a far shorter compile; is the step as fast?
     hf           transformers.Trainer
 
 Timing. A thin proxy around our module marks a step's begin (its first micro_loss) and end (after
@@ -78,7 +79,7 @@ import torch
 from replaylab import runtime
 from replaylab.hf.config import FinetuneConfig, FTOptimConfig, LoraConfig
 from replaylab.hf.packing import TARGET, plan_mix, sampler_config
-from replaylab.hf.train_module import HFCausalLMModule, build_model, compile_by_default
+from replaylab.hf.train_module import HFCausalLMModule, build_model, compile_spec
 from replaylab.train.ddp import DistInfo
 from replaylab.train.run_folder import RunFolder
 from replaylab.train.trainer import Trainer
@@ -252,15 +253,16 @@ def trial_ours(args, mode: str, folder: str, device: torch.device, dtype, *, fus
     plan = plan_mix(budget=args.batch * total, target_epochs=1.0, replay_fraction=0.0, batch_size=args.batch,
                     max_steps=total)
     scfg = sampler_config(cfg, plan, tokenizer="random")  # the one-stage RunConfig finetune trains
-    spec = compile_by_default(device, False) if args.compile == "default" else args.compile
-    if regional:
-        spec = "regional"
+    # The run's own settings, as `replaylab finetune --compile regional --no-deterministic` would set them.
+    cfg.compile = "regional" if regional else cfg.compile
+    cfg.deterministic = not fused
+    spec = compile_spec(cfg.compile, device, False) if args.compile == "default" or regional else args.compile
     label = f"ours{'-regional' if regional else ''}{'-fused' if fused else ''}/{mode}"
     # As run_finetune does: the model is built and its compile trialled inside the engine's deterministic mode
     # (math attention on CUDA; unless `fused`), so the trial's graphs are the ones the steps run (dynamo
     # guards on the deterministic-algorithms setting: a trial outside it would recompile at the first step).
     with tempfile.TemporaryDirectory(prefix="hf_bench_run.") as run_dir, ExitStack() as held, \
-            runtime.deterministic_run(device, not fused):
+            runtime.deterministic_run(device, cfg.deterministic):
         t0 = time.perf_counter()
         model = build_model(cfg, folder, device)
         clock = StepClock(device)

@@ -384,3 +384,22 @@ def test_regional_compile_matches_eager_and_compiles_one_graph_for_all_layers(wo
     assert runs["regional"][0] == pytest.approx(runs["off"][0], rel=1e-6)
     for a, b in zip(runs["regional"][1], runs["off"][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_compile_and_determinism_choices_from_the_cli(world, tmp_path):
+    """`finetune --compile regional --no-deterministic` trains (on a CPU both are the default's kernels, so the
+    losses agree with the default run's), records the choices in config.yaml, and is another run id."""
+    from replaylab.cli import main
+
+    common = ["finetune", "--model", world["model"], "--target", world["code"], "--set", "target.options.glob=*.py",
+              "--budget", "8", "--replay", world["prose"], "--replay-fraction", "0.5", "--seq-len", "32",
+              "--batch-size", "4", "--max-steps", "3", "--lr", "1e-3", "--threads", "1", "--set", "eval.initial=false"]
+    finals = {}
+    for name, extra in (("default", []), ("chosen", ["--compile", "regional", "--no-deterministic"])):
+        assert main(common + extra + ["--out", str(tmp_path / name)]) == 0
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        finals[name] = (manifest["config_hash"], manifest["final"][TARGET]["val_loss"])
+    saved = (tmp_path / "chosen" / "config.yaml").read_text()
+    assert "compile: regional" in saved and "deterministic: false" in saved
+    assert finals["chosen"][0] != finals["default"][0]
+    assert finals["chosen"][1] == pytest.approx(finals["default"][1], rel=1e-5)

@@ -231,14 +231,27 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     return obj
 
 
-def to_dict(obj: Any) -> Any:
-    """A dataclass (nested) as plain dicts/lists, ready for YAML or JSON."""
+def added_field(default: Any) -> Any:
+    """A config field added after run ids were first recorded: while it holds `default` it is left out of
+    the content hash (`to_dict(..., for_hash=True)`), so configs written before it existed keep their ids
+    (and their run folders, lr groups and cells). A value other than the default hashes as usual."""
+    return dataclasses.field(default=default, metadata={"hash_omits_default": True})
+
+
+def _hashed(f: dataclasses.Field, value: Any) -> bool:
+    return not (f.metadata.get("hash_omits_default") and value == f.default)
+
+
+def to_dict(obj: Any, *, for_hash: bool = False) -> Any:
+    """A dataclass (nested) as plain dicts/lists, ready for YAML or JSON. for_hash: as hashed, i.e. without
+    the `added_field`s that hold their default."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name), for_hash=for_hash) for f in dataclasses.fields(obj)
+                if not for_hash or _hashed(f, getattr(obj, f.name))}
     if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
+        return {k: to_dict(v, for_hash=for_hash) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, for_hash=for_hash) for v in obj]
     return obj
 
 
@@ -388,6 +401,7 @@ def dump_yaml(obj: Any) -> str:
 
 def config_hash(obj: Any, length: int = 16) -> str:
     """Content hash of a config. Key order counts: the order of data.domains sets the sampler's
-    tie-breaks and seeds, so two configs that list domains differently are different runs."""
-    blob = json.dumps(to_dict(obj), separators=(",", ":"), default=str)
+    tie-breaks and seeds, so two configs that list domains differently are different runs. `added_field`s
+    at their default are left out (see there)."""
+    blob = json.dumps(to_dict(obj, for_hash=True), separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -47,7 +47,7 @@ def run_id(config: Any) -> str:
 
 
 def _without_bookkeeping(config: Any) -> dict:
-    raw = to_dict(config)  # a new nest of dicts and lists, also from a dict
+    raw = to_dict(config, for_hash=True)  # a new nest of dicts and lists, also from a dict
     for section in (raw, raw.get("train")):
         if isinstance(section, dict):
             for f in BOOKKEEPING:

@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations to save memory")
     p.add_argument("--precision", choices=typing.get_args(Precision), help="bf16 autocast where supported (auto)")
+    p.add_argument("--compile", choices=("auto", "regional", "off"),
+                   help="auto: the whole model and its loss on a GPU, eager on a CPU (default); regional: each "
+                        "decoder layer (a compile of seconds, not minutes); off: eager")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="bit-reproducible runs, resume included (default); --no-deterministic lets CUDA use the "
+                        "fused attention kernels: faster, not bit-reproducible")
     p.add_argument("--fsdp", action="store_const", const="fsdp", dest="parallel",
                    help="under torchrun, shard the model, gradients and AdamW state over the processes (FSDP2) "
                         "instead of a full copy per process (DDP): for models that do not fit one GPU")
@@ -74,7 +80,7 @@ def build_config(args: argparse.Namespace):
         "max_steps": args.max_steps, "seq_len": args.seq_len, "batch_size": args.batch_size,
         "micro_batch_size": args.micro_batch_size, "gradient_checkpointing": args.gradient_checkpointing,
         "precision": args.precision, "trust_remote_code": args.trust_remote_code, "seed": args.seed,
-        "threads": args.threads, "parallel": args.parallel,
+        "threads": args.threads, "parallel": args.parallel, "compile": args.compile, "deterministic": args.deterministic,
     }
     raw.update({k: v for k, v in flags.items() if v is not None})
     if args.target is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from replaylab.config import check_choices
+from replaylab.config import added_field, check_choices
 from replaylab.errors import ConfigError
 from replaylab.runconfig import Device, LoggingConfig, Precision, Switch
 
@@ -132,6 +132,13 @@ class FinetuneConfig:
     precision: Precision = "auto"  # auto: bf16 where the GPU (or CPU) runs it natively, else fp32
     gradient_checkpointing: bool = False
     device: Device = "auto"
+    # auto: on a GPU the model and its loss compiled as one graph (eager if compiling fails), eager on a CPU;
+    # regional: each decoder layer compiled (one graph for all: a compile of seconds, not minutes), any
+    # device; off: eager. FSDP-sharded runs are eager. (Added later: hash-neutral at the default.)
+    compile: Literal["auto", "regional", "off"] = added_field("auto")
+    # true: bit-reproducible, resume included (CUDA attention runs its math kernel, as train.deterministic);
+    # false: the fused attention kernels, faster on a GPU and not bit-reproducible there.
+    deterministic: bool = added_field(True)
     # Under torchrun: ddp = every rank holds the whole model; fsdp = FSDP2 shards weights, gradients
     # and AdamW state over the ranks (hf/parallel.py), for models that do not fit one GPU.
     parallel: Literal["ddp", "fsdp"] = "ddp"

@@ -29,7 +29,7 @@ from replaylab.hf import parallel
 from replaylab.hf.config import FinetuneConfig
 from replaylab.hf.models import check_seq_len, resolve_model
 from replaylab.hf.packing import REPLAY, TARGET, open_stores, replay_sampler
-from replaylab.hf.train_module import HFCausalLMModule, build_model, compile_by_default
+from replaylab.hf.train_module import HFCausalLMModule, build_model, compile_spec
 from replaylab.runtime import deterministic_run, resolve_device, resolve_precision, set_threads
 from replaylab.train import checkpoint as ckpt
 from replaylab.train import ddp
@@ -70,8 +70,8 @@ def run_finetune(config: FinetuneConfig, out_dir: Path | str, resume: bool = Fal
     device = resolve_device(config.device)
     dist = ddp.setup(device.type)
     try:
-        # Deterministic as the engine's default: the fused attention kernels' backward is not reproducible on CUDA.
-        with deterministic_run(device), ExitStack() as held:
+        # Deterministic by default, as the engine: the fused attention kernels' backward is not reproducible on CUDA.
+        with deterministic_run(device, config.deterministic), ExitStack() as held:
             folder = RunFolder(out_dir, config, resume=resume, overwrite=overwrite, dist=dist, device=device,
                                held=held, resume_hint=f"replaylab finetune --resume --out {out_dir} (same config)")
             old = folder.prepare()
@@ -106,7 +106,7 @@ def _run(cfg: FinetuneConfig, folder: RunFolder, old: dict | None, device: torch
     lo = ddp.shard_rows(cfg.batch_size, micro, dist)[0]
     example = torch.from_numpy(sampler.batch(0, rows=(lo, lo + micro))[0]).to(device)  # (mb, T+1): compile trial
     module = HFCausalLMModule(model, scfg.optim, device=device, dtype=dtype, example=example,
-                              compile_spec=compile_by_default(device, parallel.is_sharded(model)))
+                              compile_spec=compile_spec(cfg.compile, device, parallel.is_sharded(model)))
 
     start = 0
     found = ckpt.latest_good_checkpoint(folder.path) if old is not None else None

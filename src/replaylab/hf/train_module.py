@@ -81,11 +81,16 @@ class LMLogits(torch.nn.Module):
         return ev.lm_logits(self.model, x)
 
 
-def compile_by_default(device: torch.device, sharded: bool) -> str:
-    """What a fine-tuning run compiles: model and loss together on a GPU (as the engine does: the fp32
-    logits of the 49k-token vocabulary are never stored), nothing on a CPU (compiling takes longer than a
-    small run) or for an FSDP-sharded model."""
-    return "auto" if device.type == "cuda" and not sharded else "off"
+def compile_spec(choice: str, device: torch.device, sharded: bool) -> str:
+    """What a fine-tuning run compiles for FinetuneConfig.compile = `choice` (HFCausalLMModule's compile_spec).
+    auto: model and loss together on a GPU (as the engine does: the fp32 logits of the 49k-token vocabulary
+    are never stored), nothing on a CPU (compiling takes longer than a small run); regional: each decoder
+    layer (`compile_layers`); off: nothing. An FSDP-sharded model runs eager whatever the choice."""
+    if sharded or choice == "off":
+        return "off"
+    if choice == "regional":
+        return "regional"
+    return "auto" if device.type == "cuda" else "off"
 
 
 def compile_layers(model: torch.nn.Module, example: torch.Tensor, dtype: torch.dtype | None) -> bool:
@@ -96,7 +101,8 @@ def compile_layers(model: torch.nn.Module, example: torch.Tensor, dtype: torch.d
     SmolLM2-135M's 30 layers with the compile trial took 4.4 s this way against 56 s as one whole-model graph
     (LoRA: 7.9 s against 73 s), with the same losses. What it gives up: the loss is not compiled with the
     output layer, so the fp32 logits are stored; whether the step is as fast on a GPU is measured by
-    benchmarks/hf_throughput.py's ours-regional (not yet: so finetune compiles the whole model). Trialled
+    benchmarks/hf_throughput.py's ours-regional (not yet: so `compile: auto`, finetune's default, compiles
+    the whole model on a GPU, and `compile: regional` is the user's choice). Trialled
     on `example` (a micro-batch (mb, T+1)) like `runtime.maybe_compile`; if that fails the layers are left
     eager with a warning. Returns whether they are compiled."""
     layers = parallel.decoder_layers(model)

@@ -166,7 +166,7 @@ def expand_hf(exp: HFExperiment, base: dict) -> list[HFRun]:
                 except ConfigError as e:
                     raise ConfigError(f"experiment {exp.name!r} at {where}: {e}") from None
                 # The LR group: this config with its LR blanked (meta is still empty here).
-                cell_raw = to_dict(cfg)
+                cell_raw = to_dict(cfg, for_hash=True)
                 cell_raw["optim"]["lr"] = None
                 cfg.meta = {**(base.get("meta") or {}), "strategy": KIND, "target_domain": "target",
                             "generic_domain": "replay", "rho": cfg.replay_fraction, "lr": cfg.optim.lr,
