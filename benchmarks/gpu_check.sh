@@ -25,6 +25,8 @@
 #   tiny         configs/tiny.yaml through `replaylab train` on CUDA: twice, and once killed (SIGKILL) and
 #                resumed; the three final losses must agree bit for bit                          TINY_S=90
 #   slice        benchmarks/paper_slice.yaml through `replaylab train` (4.19M-token steps, MFU)   SLICE_S=240
+#   autotune     the last lever, by name only for its compile of minutes: ours/auto compiled with
+#                mode="max-autotune-no-cudagraphs" (matmul templates and fusions benchmarked)   AUTOTUNE_S=300
 #
 # SMOKE=1 runs every part at toy sizes on the CPU (no GPU needed): how tests/test_gpu_check.py checks this
 # script's plumbing. GENERIC, TARGET and TOK name the stores and tokenizer explicitly (default: found in
@@ -155,6 +157,9 @@ slice() {
 }
 export -f slice; export SLICE_RUN_STR="${SLICE_RUN[*]}"
 part slice "${SLICE_S:-240}" bash -c 'rm -rf "$RUNS/slice"; slice'
+
+part autotune "${AUTOTUNE_S:-300}" "$PY" benchmarks/throughput.py "${ENGINE[@]}" --batch "$LEVER_BATCH" \
+  --only ours/auto,ours/max-autotune --split-steps 0 --json "$RESULTS/autotune.json"
 
 [ "$DEV" = cuda ] && nvidia-smi --query-gpu=memory.used --format=csv,noheader >> "$RESULTS/env.txt" 2>&1
 if [ -n "${BUNDLE:-}" ]; then tar czf "$BUNDLE" --exclude=runs -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"; fi

@@ -92,6 +92,9 @@ def report(folder: Path) -> str:
                          f"{share['forward_backward_s'] * 1e3:.1f} ms forward + backward: "
                          f"{share['share_of_micro_step']:.2%} of a one-micro-batch step, "
                          f"{share['share_at_accumulate']:.3%} at {share['accumulate']} micro-batches per step")
+    tuned = load(folder, "autotune.json")
+    if tuned is not None:
+        lines += ["", "### autotune (max-autotune compile)", ""] + engine_table(tuned)
 
     for part, n in (("tests", 1), ("tiny", 4), ("slice", 1)):
         if (folder / f"{part}.txt").exists():

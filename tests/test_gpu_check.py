@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_PARTS = "determinism hf levers tests lora tiny slice"
+ALL_PARTS = "determinism hf levers tests lora tiny slice autotune"
 
 
 @pytest.mark.slow  # ~1.5 min on 2 cores: seven parts, two of them compiling
@@ -49,6 +49,7 @@ def test_gpu_check_script_runs_every_part_in_smoke_mode(tmp_path, prose_store, c
     assert {"ours/cce", "ours/cce-exact", "ours/fp8", "ours/fp8-body"} <= set(levers["skipped"])
     assert [c["key"] for c in levers["contenders"].values()] == ["ours/auto"]
     assert levers["optimizer_share"]["share_at_accumulate"] < levers["optimizer_share"]["share_of_micro_step"]
+    assert "ours/max-autotune" in json.loads((out / "autotune.json").read_text())["skipped"]
 
     tiny = (out / "tiny.txt").read_text()
     assert "killed c after" in tiny and "bit-identical across a, b and resumed c: True" in tiny, tiny
