@@ -45,7 +45,7 @@ if [ -n "$(ls -A "$RESULTS" 2>/dev/null)" ]; then
   echo "gpu_check: RESULTS=$RESULTS is not empty; name a new folder" >&2; exit 2
 fi
 mkdir -p "$RESULTS"
-RUNS=${RUNS:-$RESULTS/runs}; mkdir -p "$RUNS"
+RUNS=$RESULTS/runs; mkdir -p "$RUNS"  # inside the new results folder: nothing of an earlier run is touched
 export PY=${PY:-python3} PYTHONUNBUFFERED=1 GENERIC TARGET TOK RUNS
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 # Carried wheels (benchmarks/gpu_pack.sh): installed to a scratch folder, never into the machine's Python.
@@ -148,7 +148,7 @@ print("final losses bit-identical across a, b and resumed c:", all(f == finals[0
 PYEOF
 }
 export -f tiny; export DEV KILL_AFTER TINY_TARGET; export TINY_RUN_STR="${TINY_RUN[*]}"
-part tiny "${TINY_S:-90}" bash -c 'TINY_RUN=($TINY_RUN_STR); rm -rf "$RUNS"/tiny_?; tiny'
+part tiny "${TINY_S:-90}" bash -c 'TINY_RUN=($TINY_RUN_STR); tiny'
 
 slice() {
   "$PY" -m replaylab.cli train benchmarks/paper_slice.yaml --out "$RUNS/slice" data.tokenizer="$TOK" \
@@ -156,7 +156,7 @@ slice() {
     && "$PY" benchmarks/slice_mfu.py "$RUNS/slice/metrics.jsonl"
 }
 export -f slice; export SLICE_RUN_STR="${SLICE_RUN[*]}"
-part slice "${SLICE_S:-240}" bash -c 'rm -rf "$RUNS/slice"; slice'
+part slice "${SLICE_S:-240}" bash -c slice
 
 part autotune "${AUTOTUNE_S:-300}" "$PY" benchmarks/throughput.py "${ENGINE[@]}" --batch "$LEVER_BATCH" \
   --only ours/auto,ours/max-autotune --split-steps 0 --json "$RESULTS/autotune.json"
