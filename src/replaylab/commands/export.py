@@ -39,7 +39,8 @@ def available_steps(run_dir: Path) -> dict[int, Path]:
 def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None, overwrite: bool = False) -> Path:
     from safetensors.torch import load_file
 
-    from replaylab.config import config_hash, load_config
+    from replaylab.config import load_config
+    from replaylab.fingerprint import run_id
     from replaylab.hf_convert import export_hf
     from replaylab.outputs import claim_output
     from replaylab.runconfig import RunConfig
@@ -58,7 +59,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
         raise ReplaylabError(f"--step {step} has no checkpoint in {str(run_dir)!r}; available steps: "
                              f"{', '.join(map(str, steps))}")
     config = load_config(RunConfig, run_dir / "config.yaml")
-    identity = f"{config_hash(config)}@{step}"
+    identity = f"{run_id(config)}@{step}"
     claim_output(out, "export", identity, overwrite=overwrite, option="--hf", describe="of another checkpoint")
     if config.model.vocab_size is None or config.model.max_seq_len is None:
         raise ReplaylabError(f"{str(run_dir / 'config.yaml')!r} has no resolved model.vocab_size/max_seq_len; "

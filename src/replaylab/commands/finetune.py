@@ -108,14 +108,14 @@ def build_config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from replaylab.config import config_hash
+    from replaylab.fingerprint import run_id
 
     config = build_config(args)  # before the heavy imports: a bad override fails at once
 
     from replaylab.hf.finetune import run_finetune
     from replaylab.train import TrainingInterrupted
 
-    out = Path(args.out) if args.out else Path("runs") / f"finetune-{config_hash(config)}"
+    out = Path(args.out) if args.out else Path("runs") / f"finetune-{run_id(config)}"
     try:
         manifest = run_finetune(config, out, resume=args.resume, overwrite=args.overwrite)
     except TrainingInterrupted as e:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from replaylab.config import apply_overrides, config_hash, from_dict, load_yaml, to_dict
 from replaylab.errors import ConfigError
+from replaylab.fingerprint import run_id
 from replaylab.hf.config import FinetuneConfig
 from replaylab.sweep.experiment import grid_cells
 
@@ -171,7 +172,7 @@ def expand_hf(exp: HFExperiment, base: dict) -> list[HFRun]:
                 cfg.meta = {**(base.get("meta") or {}), "strategy": KIND, "target_domain": "target",
                             "generic_domain": "replay", "rho": cfg.replay_fraction, "lr": cfg.optim.lr,
                             "lr_group": config_hash(cell_raw, 12)}
-                rid = config_hash(cfg)
+                rid = run_id(cfg)
                 coords = {"strategy": KIND, **{k: _get(cfg, k) for k in cell}, "lr": cfg.optim.lr, "seed": seed}
                 runs.setdefault(rid, HFRun(rid, cfg, coords))
     return list(runs.values())
