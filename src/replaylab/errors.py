@@ -12,3 +12,9 @@ class ConfigError(ReplaylabError):
 
 class DataError(ReplaylabError):
     """A corpus, tokenizer or token store cannot be built or read."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line, `Type: first line of its message`, for a fallback's warning or a record."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -29,11 +29,12 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from replaylab.errors import ConfigError
+from replaylab.errors import ConfigError, one_line
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -170,20 +171,31 @@ def maybe_compile(model: nn.Module, spec: str = "auto", *, example: torch.Tensor
         compiled = torch.compile(model)
         if example is None:
             return compiled
-        try:
+
+        def step() -> torch.Tensor:
             with autocast(device, autocast_dtype):
-                out = compiled(example)
-            out.float().mean().backward()
+                return compiled(example).float().mean()
+        reason = compile_trial(model, step)
+        if reason is None:
             return compiled
-        except Exception as e:  # inductor/dynamo errors have many types; any of them means "cannot compile"
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            torch._dynamo.reset()
-        finally:
-            model.zero_grad(set_to_none=True)
     if spec == "on":
         raise ConfigError(f"train.compile=on but torch.compile does not work here ({reason}); use train.compile=auto or off")
     warnings.warn(f"torch.compile unavailable, running eager: {reason}", stacklevel=2)
     return model
+
+
+def compile_trial(model: nn.Module, step: Callable[[], torch.Tensor]) -> str | None:
+    """Trial a compile now rather than mid-run (compile is lazy: it fails only on the first call): `step` runs
+    a compiled forward and returns a scalar, whose backward this runs. Returns None if both worked, else why
+    not (one line), after resetting dynamo. The parameters are untouched and the gradients made are cleared."""
+    try:
+        step().backward()
+        return None
+    except Exception as e:  # inductor/dynamo errors have many types; any of them means "cannot compile"
+        torch._dynamo.reset()
+        return one_line(e)
+    finally:
+        model.zero_grad(set_to_none=True)
 
 
 def set_threads(n: int | None) -> int:

@@ -17,7 +17,7 @@ from replaylab.hf import parallel
 from replaylab.hf.config import FinetuneConfig
 from replaylab.hf.models import load_model
 from replaylab.runconfig import OptimConfig
-from replaylab.runtime import autocast
+from replaylab.runtime import autocast, compile_trial
 from replaylab.train import checkpoint as ckpt
 from replaylab.train import ddp
 from replaylab.train.evaluate import EvalSet
@@ -112,20 +112,18 @@ def compile_layers(model: torch.nn.Module, example: torch.Tensor, dtype: torch.d
         return False
     for layer in layers:
         layer.compile()
-    try:
+
+    def step() -> torch.Tensor:
         with autocast(example.device, dtype):
             logits = ev.lm_logits(model, example[:, :-1])
-        next_token_loss(logits, example[:, 1:]).backward()
+        return next_token_loss(logits, example[:, 1:])
+    reason = compile_trial(model, step)
+    if reason is None:
         return True
-    except Exception as e:  # inductor/dynamo errors have many types; any of them means "cannot compile"
-        for layer in layers:
-            layer._compiled_call_impl = None  # what nn.Module.compile set: back to the eager forward
-        torch._dynamo.reset()
-        warnings.warn(f"regional compile failed, running eager: {type(e).__name__}: {str(e).strip()[:200]}",
-                      stacklevel=2)
-        return False
-    finally:
-        model.zero_grad(set_to_none=True)
+    for layer in layers:
+        layer._compiled_call_impl = None  # what nn.Module.compile set: back to the eager forward
+    warnings.warn(f"regional compile failed, running eager: {reason}", stacklevel=2)
+    return False
 
 
 class HFCausalLMModule(AdamWModule):
