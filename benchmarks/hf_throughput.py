@@ -62,21 +62,20 @@ import argparse
 import dataclasses
 import functools
 import gc
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 import warnings
 from contextlib import ExitStack
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import machine, write_json  # benchmarks/ is on the path when this runs as a script
 
 from replaylab import runtime
+from replaylab.errors import one_line
 from replaylab.hf.config import FinetuneConfig, FTOptimConfig, LoraConfig
 from replaylab.hf.packing import TARGET, plan_mix, sampler_config
 from replaylab.hf.train_module import HFCausalLMModule, build_model, compile_spec
@@ -334,29 +333,6 @@ def trial_hf(args, mode: str, folder: str, device: torch.device, dtype) -> dict:
             **clock.result(args.warmup_steps, args.batch * args.seq_len)}
 
 
-def machine(device: torch.device) -> dict:
-    import transformers
-
-    info = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device.type}
-    try:
-        import peft
-
-        info["peft"] = peft.__version__
-    except ImportError:
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
-        info.update(cpu=names[0] if names else platform.processor() or platform.machine(), cpus=os.cpu_count(),
-                    threads=torch.get_num_threads(), native_bf16=runtime.cpu_has_native_bf16())
-    if hasattr(os, "getloadavg"):
-        info["load_avg_start"] = os.getloadavg()
-    return info
-
-
 def summarize(trials: list[dict], args, peak: float | None) -> dict:
     """Per mode: each contender's median tokens/s (and MFU) over its successful trials so far, and the ratios
     between contenders; a mode or contender with no successful trial yet is left out (and ratios with it)."""
@@ -373,24 +349,6 @@ def summarize(trials: list[dict], args, peak: float | None) -> dict:
             if top in rates and bottom in rates:
                 summary[f"{mode}/{key}"] = rates[top] / rates[bottom]
     return summary
-
-
-def write_json(path: str, record: dict) -> None:
-    """Write `record` to `path` atomically, so a run killed mid-write leaves the previous version, never half
-    of one: a temporary file in the same folder (same file system), then os.replace."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # (not mkstemp: its 0600 would stick)
-    try:
-        tmp.write_text(json.dumps(record, indent=1, default=str))
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def main(argv=None) -> None:

@@ -52,25 +52,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import os
-import platform
 import statistics
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable
 
+import levers  # benchmarks/ is on the path when this runs as a script
 import torch
+from bench_common import machine, write_json
 
 from replaylab import runtime
 from replaylab.config import from_dict
+from replaylab.errors import one_line
 from replaylab.hf_convert import hf_config, to_hf_state_dict
 from replaylab.model import Transformer, count_parameters, describe
 from replaylab.runconfig import ModelConfig
-from replaylab.train.loss import NextTokenLoss, build_step_loss
+from replaylab.train.loss import build_step_loss
 from replaylab.train.optim import adamw_kwargs
 
 # Dense bf16 peak FLOP/s by GPU name fragment (vendor datasheets, without sparsity).
@@ -138,35 +137,31 @@ class Contender:
         self.losses: list[float] = []
         self.warmup_s = 0.0
 
-    def step(self, batch: torch.Tensor) -> float:
+    def step(self, batch: torch.Tensor, mark: Callable[[], None] = lambda: None) -> float:
+        """One train step; `mark` is called before it, between forward+backward and clip+AdamW, and after."""
         with self.context():
+            mark()
             with runtime.autocast(self.device, self.dtype):
                 loss = self.loss_fn(batch)
             loss.backward()
+            mark()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
+            mark()
         self.losses.append(loss.item())  # a host sync, so timings are honest on GPU too
         return self.losses[-1]
 
     def split_step(self, batch: torch.Tensor) -> tuple[float, float]:
         """One step timed in two synchronised parts: (forward + backward, clip + AdamW) in seconds."""
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        with self.context():
-            sync()
-            t0 = time.perf_counter()
-            with runtime.autocast(self.device, self.dtype):
-                loss = self.loss_fn(batch)
-            loss.backward()
-            sync()
-            t1 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            sync()
-            t2 = time.perf_counter()
-        self.losses.append(loss.item())
-        return t1 - t0, t2 - t1
+        times = []
+
+        def mark() -> None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+        self.step(batch, mark)
+        return times[1] - times[0], times[2] - times[1]
 
     def checksum(self) -> str:
         """sha256 over the parameters' bytes, in order: equal checksums = bit-identical weights."""
@@ -180,45 +175,8 @@ class Contender:
 class Spec:
     key: str
     name: str
-    make: Callable[[], Contender] | None
+    make: Callable[[], Contender]
     unavailable: str | None = None  # why this contender cannot run here
-
-
-def _cce_loss(filter_eps):
-    def build(model: Transformer, dtype: torch.dtype | None):
-        from cut_cross_entropy import linear_cross_entropy
-
-        body = torch.compile(model.hidden)
-
-        def loss(tokens):
-            # The residual stream leaves the final norm in fp32 even under autocast; the output matmul runs
-            # in the autocast dtype (as autocast's F.linear would), so both operands are cast to it.
-            h = body(tokens[:, :-1])
-            dt = dtype or h.dtype
-            return linear_cross_entropy(h.to(dt), model.output_weight().to(dt), tokens[:, 1:], filter_eps=filter_eps)
-        return loss
-    return build
-
-
-def _fp8_unavailable(device: torch.device) -> str | None:
-    if device.type != "cuda":
-        return "float8 matmuls need a CUDA GPU"
-    if torch.cuda.get_device_capability(device) < (8, 9):
-        return f"float8 matmuls need compute capability 8.9+ (Ada, Hopper); this GPU has {torch.cuda.get_device_capability(device)}"
-    try:
-        import torchao.float8  # noqa: F401
-    except ImportError as e:
-        return f"torchao is not installed ({e}); pip install torchao"
-    return None
-
-
-def _to_fp8(model: Transformer, head: bool) -> Transformer:
-    from torchao.float8 import convert_to_float8_training
-
-    def keep(module, fqn):  # float8 matmuls need both dimensions divisible by 16
-        ok = isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
-        return ok and (head or fqn != "lm_head")
-    return convert_to_float8_training(model, module_filter_fn=keep)
 
 
 def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, emulated_bf16: bool = False):
@@ -231,12 +189,12 @@ def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, em
     try_bf16 = device.type == "cuda" or runtime.cpu_has_native_bf16() or emulated_bf16
     det = lambda: runtime.deterministic_run(device, True)  # noqa: E731
 
-    def ours(key, name, dtype, compile_, prepare=lambda m: m, **kw):
+    def ours(key, name, dtype, compile_, prepare=lambda m: m, unavailable=None, **kw):
         def make():
             torch.manual_seed(0)
             return Contender(key, name, prepare(Transformer(cfg)), dtype, compile_, device, hf=False,
                              example=example, **kw)
-        return Spec(key, name, make)
+        return Spec(key, name, make, unavailable)
 
     def hf(key, dtype, compile_):
         def make():
@@ -264,58 +222,27 @@ def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, em
         if try_bf16:
             yield hf("hf/bf16 + compile", bf16, True)
 
-    # The levers. Each says why it cannot run here rather than silently dropping out of the table.
-    gpu = None if device.type == "cuda" else "a GPU lever (the step it speeds up is the GPU's)"
-    cce = gpu or no_compile
-    if cce is None:
-        try:
-            import cut_cross_entropy  # noqa: F401
-        except ImportError as e:
-            cce = f"cut-cross-entropy is not installed ({e}); pip install cut-cross-entropy"
+    # The levers (benchmarks/levers.py). Each says why it cannot run here rather than silently dropping out.
     for key, eps in (("ours/cce", "high"), ("ours/cce-exact", None)):
-        spec = ours(key, f"{key} ({auto}, cut-cross-entropy, filter_eps={eps})", auto_dtype, compile_ok,
-                    loss_fn=_cce_loss(eps))
-        yield Spec(key, spec.name, spec.make, cce)
-    fp8 = _fp8_unavailable(device) or no_compile
+        yield ours(key, f"{key} ({auto}, cut-cross-entropy, filter_eps={eps})", auto_dtype, compile_ok,
+                   loss_fn=levers.cce_loss(eps), unavailable=levers.cce_unavailable(device) or no_compile)
     for key, head in (("ours/fp8", True), ("ours/fp8-body", False)):
-        spec = ours(key, f"{key} (float8 {'all linears' if head else 'all but the output layer'} + compile)",
-                    auto_dtype, compile_ok, prepare=lambda m, head=head: _to_fp8(m, head))
-        yield Spec(key, spec.name, spec.make, fp8)
-
-    def autotuned(model, dtype):
-        return torch.compile(NextTokenLoss(model), mode="max-autotune-no-cudagraphs")
-    spec = ours("ours/max-autotune", f"ours/max-autotune ({auto}, mode=max-autotune-no-cudagraphs)", auto_dtype,
-                compile_ok, loss_fn=autotuned)
-    yield Spec(spec.key, spec.name, spec.make, gpu or no_compile)
+        yield ours(key, f"{key} (float8 {'all linears' if head else 'all but the output layer'} + compile)",
+                   auto_dtype, compile_ok, prepare=lambda m, head=head: levers.to_fp8(m, head),
+                   unavailable=levers.fp8_unavailable(device) or no_compile)
+    yield ours("ours/max-autotune", f"ours/max-autotune ({auto}, mode=max-autotune-no-cudagraphs)", auto_dtype,
+               compile_ok, loss_fn=levers.autotuned_loss, unavailable=levers.gpu_only(device) or no_compile)
 
 
-def selected(spec: Spec, only: set[str], levers: bool) -> bool:
+def selected(spec: Spec, only: set[str], with_levers: bool) -> bool:
     if only:
         return spec.key in only or any(spec.name.startswith(o) for o in only)
-    return levers or spec.key not in LEVERS
+    return with_levers or spec.key not in LEVERS
 
 
 def flops_per_token(cfg: ModelConfig, counts: dict, seq_len: int) -> int:
     # 6 per matmul weight (fwd + bwd) + causal attention scores and values.
     return 6 * (counts["total"] - cfg.vocab_size * cfg.d_model) + 6 * cfg.n_layers * seq_len * cfg.d_model
-
-
-def machine(device: torch.device) -> dict:
-    info = {"torch": torch.__version__, "python": platform.python_version(), "device": device.type,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        info.update(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                    native_bf16=runtime.cpu_has_native_bf16())
-    return info
-
-
-def write_json(path: str | None, record: dict) -> None:
-    if path:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        Path(tmp).write_text(json.dumps(record, indent=1, default=str))
-        os.replace(tmp, path)
 
 
 def main(argv=None) -> None:
@@ -368,7 +295,7 @@ def main(argv=None) -> None:
                 for _ in range(args.warmup):
                     c.step(batch)
             except Exception as e:  # out of memory, a lever's kernel failing: record it, go on with the others
-                why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+                why = one_line(e)[:300]
                 print(f"  failed {spec.key}: {why}", flush=True)
                 record["skipped"][spec.key] = f"failed: {why}"
                 break
