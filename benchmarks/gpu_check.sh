@@ -44,6 +44,9 @@ RESULTS=${RESULTS:-gpu_out/$(date -u +%Y%m%d-%H%M%S)}
 if [ -n "$(ls -A "$RESULTS" 2>/dev/null)" ]; then
   echo "gpu_check: RESULTS=$RESULTS is not empty; name a new folder" >&2; exit 2
 fi
+if [ -n "${BUNDLE:-}" ] && [ -e "$BUNDLE" ]; then
+  echo "gpu_check: BUNDLE=$BUNDLE exists; name a new file" >&2; exit 2
+fi
 mkdir -p "$RESULTS"
 RUNS=$RESULTS/runs; mkdir -p "$RUNS"  # inside the new results folder: nothing of an earlier run is touched
 export PY=${PY:-python3} PYTHONUNBUFFERED=1 GENERIC TARGET TOK RUNS

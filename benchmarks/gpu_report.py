@@ -17,6 +17,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from replaylab.errors import one_line
+
 
 def load(folder: Path, name: str) -> dict | None:
     path = folder / name
@@ -116,8 +118,13 @@ def main(argv=None) -> None:
     if args.results.is_dir():
         print(report(args.results), end="")
         return
-    with tempfile.TemporaryDirectory() as tmp, tarfile.open(args.results) as bundle:
-        bundle.extractall(tmp, filter="data")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with tarfile.open(args.results) as bundle:
+                bundle.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError) as e:
+            fail(f"{args.results} is not a bundle gpu_check.sh wrote ({one_line(e)}); give its BUNDLE .tgz or "
+                 "results folder")
         folders = [d for d in Path(tmp).iterdir() if d.is_dir()]
         if len(folders) != 1:
             fail(f"{args.results} holds {len(folders)} folders; expected the one gpu_check.sh's BUNDLE writes")

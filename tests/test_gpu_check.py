@@ -71,3 +71,13 @@ def test_gpu_check_script_runs_every_part_in_smoke_mode(tmp_path, prose_store, c
     again = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env={**env, "PARTS": "tests"},
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "is not empty" in again.stderr
+    # Nor is an existing bundle file replaced, and a file that is no bundle gets one line, not a traceback.
+    again = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={**env, "PARTS": "tests", "RESULTS": str(tmp_path / "new")})
+    assert again.returncode == 2 and "exists; name a new file" in again.stderr
+    assert (tmp_path / "bundle.tgz").stat().st_size > 0 and not (tmp_path / "new").exists()
+    junk = tmp_path / "junk.tgz"
+    junk.write_text("not a tar file")
+    bad = subprocess.run([sys.executable, "benchmarks/gpu_report.py", str(junk)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "is not a bundle" in bad.stderr
