@@ -273,7 +273,7 @@ def trial_ours(args, mode: str, folder: str, device: torch.device, dtype, *, fus
         build_s = time.perf_counter() - t0
         run = RunFolder(run_dir, cfg, resume=False, overwrite=False, dist=DistInfo(), device=device, held=held,
                         resume_hint="(benchmark)")
-        with Trainer(config=scfg, module=module, sampler=sampler, eval_sets=[], folder=run, start=0,
+        with Trainer(config=scfg, module=module, sampler=sampler, eval_sets=[], folder=run, start=0, rows=rows,
                      logger_config=cfg, checkpoint_at_end=False) as trainer:
             if trainer.fit() is None:
                 raise RuntimeError(f"{label}: the run diverged: {trainer.diverged}")

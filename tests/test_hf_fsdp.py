@@ -71,7 +71,7 @@ def test_sharded_state_round_trips_in_the_checkpoint_format(world, one_rank_grou
     for m, o in ((plain, plain_opt), (model, opt)):
         _step(m, o, x)
     names = [n for n, _ in plain.named_parameters()]  # the tied head is listed once
-    tensors, optim = (s.state_dict() for s in parallel.gather(model, opt, names))
+    tensors, optim = parallel.gather(model, opt, names)
     assert list(tensors) == names
     for n, p in plain.named_parameters():
         torch.testing.assert_close(tensors[n], p.detach(), rtol=0, atol=1e-6)
@@ -82,15 +82,14 @@ def test_sharded_state_round_trips_in_the_checkpoint_format(world, one_rank_grou
             torch.testing.assert_close(optim["state"][i][key], value, rtol=0, atol=1e-6)
 
     # Through the checkpoint files, as a resume reads them, into a fresh sharded model.
-    path = ckpt.save_checkpoint(tmp_path, step=1, stage=0, kind="periodic", model=parallel.Snapshot(tensors),
-                                optimizer=parallel.Snapshot(optim))
+    path = ckpt.save_checkpoint(tmp_path, step=1, stage=0, kind="periodic", model=tensors, optim=optim)
     found = ckpt.load_checkpoint(path)
     again, again_opt = fresh(True)
     parallel.load(again, again_opt, found.model, found.optim)
     for m, o in ((model, opt), (again, again_opt)):
         _step(m, o, x)
-    a = parallel.gather(model, opt, names)[0].state_dict()
-    b = parallel.gather(again, again_opt, names)[0].state_dict()
+    a = parallel.gather(model, opt, names)[0]
+    b = parallel.gather(again, again_opt, names)[0]
     assert all(torch.equal(a[n], b[n]) for n in names)  # the resumed sharded model steps bit for bit
     with pytest.raises(ConfigError, match="cannot run under parallel=fsdp"):
         parallel.check_supported(["xcopa_eu"])

@@ -103,15 +103,15 @@ def _run(cfg: FinetuneConfig, folder: RunFolder, old: dict | None, device: torch
         dtype = None  # FSDP's mixed-precision policy already computes in bf16: no autocast on top
     else:
         model = build_model(cfg, model_folder, device)
-    lo = ddp.shard_rows(cfg.batch_size, micro, dist)[0]
-    example = torch.from_numpy(sampler.batch(0, rows=(lo, lo + micro))[0]).to(device)  # (mb, T+1): compile trial
+    rows = ddp.shard_rows(cfg.batch_size, micro, dist)
+    example = torch.from_numpy(sampler.batch(0, rows=rows)[0]).to(device)  # (mb, T+1): compile trial
     module = HFCausalLMModule(model, scfg.optim, device=device, dtype=dtype, example=example,
                               compile_spec=compile_spec(cfg.compile, device, parallel.is_sharded(model)))
 
     start = 0
     found = ckpt.latest_good_checkpoint(folder.path) if old is not None else None
     if found is not None:
-        module.load_checkpoint(found)
+        module.load_state_dict({"model": found.model, "optim": found.optim})
         ckpt.set_rng_state(found.state["rng"])
         start = found.step
     meta = {"strategy": KIND, "target_domain": TARGET, "generic_domain": REPLAY, "rho": cfg.replay_fraction,
@@ -135,7 +135,7 @@ def _run(cfg: FinetuneConfig, folder: RunFolder, old: dict | None, device: torch
     ddp.barrier(dist)
 
     with Trainer(config=scfg, module=module, sampler=sampler, eval_sets=eval_sets, folder=folder, start=start,
-                 logger_config=cfg, checkpoint_at_end=False,
+                 rows=rows, logger_config=cfg, checkpoint_at_end=False,
                  divergence_hint="lower optim.lr or keep optim.grad_clip on") as trainer:
         if start == 0 and cfg.eval.initial:
             initial = {"losses": trainer.evaluate(0), "mc": _score_mc(cfg, model, tokenizer, device, dtype, trainer, 0)}

@@ -94,16 +94,6 @@ def _names_by_group(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[
     return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
 
 
-class Snapshot:
-    """A gathered state dict held for `checkpoint.save_checkpoint`, which calls `.state_dict()`."""
-
-    def __init__(self, state: dict[str, Any]):
-        self.state = state
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.state
-
-
 def full_model_state(model: nn.Module, *, trainable_only: bool) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict on rank 0's CPU, {} on other ranks; every rank must call it.
     trainable_only: leave out frozen parameters (a LoRA run's base weights)."""
@@ -120,8 +110,8 @@ def full_model_state(model: nn.Module, *, trainable_only: bool) -> dict[str, tor
     return state
 
 
-def gather(model: nn.Module, optimizer: torch.optim.Optimizer, trainable: list[str]) -> tuple[Snapshot, Snapshot]:
-    """(model, optimizer) snapshots in the checkpoint format, full on rank 0's CPU (empty elsewhere).
+def gather(model: nn.Module, optimizer: torch.optim.Optimizer, trainable: list[str]) -> tuple[dict, dict]:
+    """(model, optimizer) state dicts in the checkpoint format, full on rank 0's CPU (empty elsewhere).
     Collective: every rank must call it. `trainable`: the names a checkpoint holds (tied weights once).
     Write them out before the next step: on CPU some tensors are the live ones, not copies."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -129,13 +119,13 @@ def gather(model: nn.Module, optimizer: torch.optim.Optimizer, trainable: list[s
     tensors = full_model_state(model, trainable_only=True)
     osd = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(**_ON_RANK0))
     if torch.distributed.get_rank() != 0:
-        return Snapshot({}), Snapshot({})
+        return {}, {}
     groups = _names_by_group(model, optimizer)
     index = {n: i for i, n in enumerate(n for g in groups for n in g)}
     param_groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[n] for n in names]}
                     for g, names in zip(optimizer.param_groups, groups)]
     indexed = {"state": {index[n]: st for n, st in osd["state"].items()}, "param_groups": param_groups}
-    return Snapshot({n: tensors[n] for n in trainable}), Snapshot(indexed)
+    return {n: tensors[n] for n in trainable}, indexed
 
 
 def load(model: nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],

@@ -32,7 +32,7 @@ class Trainable(torch.nn.Module):
         super().__init__()
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
-    def state_dict(self, *args, **kwargs):  # noqa: D401 - the checkpoint writer calls this
+    def state_dict(self, *args, **kwargs):  # noqa: D401 - HFCausalLMModule.state_dict's tensors
         return {n: p for n, p in self.named}
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -156,17 +156,20 @@ class HFCausalLMModule(AdamWModule):
         if not self.sharded:  # FSDP averaged (reduce-scattered) each layer's gradients in the backward pass
             super().sync_gradients(dist)  # (clipping on FSDP's DTensor shards still takes the global norm)
 
-    def checkpoint_state(self) -> tuple[object, object]:
-        if self.sharded:  # every rank takes part in gathering the full tensors onto rank 0
-            return parallel.gather(self.model, self.optimizer, [n for n, _ in self.trainable.named])
-        return self.trainable, self.optimizer
-
-    def load_checkpoint(self, found: ckpt.Checkpoint) -> None:
+    def state_dict(self) -> dict[str, dict]:
+        """The trainable tensors and AdamW state; sharded: every rank takes part in gathering the full tensors
+        onto rank 0 (empty elsewhere)."""
         if self.sharded:
-            parallel.load(self.model, self.optimizer, found.model, found.optim)
+            model, optim = parallel.gather(self.model, self.optimizer, [n for n, _ in self.trainable.named])
+            return {"model": model, "optim": optim}
+        return {"model": self.trainable.state_dict(), "optim": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        if self.sharded:
+            parallel.load(self.model, self.optimizer, state["model"], state["optim"])
         else:
-            self.trainable.load(found.model)
-            self.optimizer.load_state_dict(found.optim)
+            self.trainable.load(state["model"])
+            self.optimizer.load_state_dict(state["optim"])
 
     def evaluate(self, sets: list[EvalSet], batch_size: int) -> dict[str, dict[str, float]]:
         return ev.evaluate_losses(self.model, sets, batch_size=batch_size, device=self.device, dtype=self.dtype)

@@ -98,14 +98,15 @@ def save_checkpoint(
     step: int,
     stage: int,
     kind: str,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: dict[str, torch.Tensor],
+    optim: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `checkpoints/step_<step>/` atomically. kind: stage_end | branch | periodic | signal."""
+    """Write `checkpoints/step_<step>/` atomically. kind: stage_end | branch | periodic | signal. model, optim:
+    a train module's `state_dict()` (the model's tensors, a torch optimizer state_dict)."""
     final = step_dir(Path(run_dir), step)
-    model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    optim_tensors, optim_meta = _flatten_optim(optimizer.state_dict())
+    model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.items()}
+    optim_tensors, optim_meta = _flatten_optim(optim)
     with atomic_dir(final) as tmp:
         save_file(model_tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         save_file(optim_tensors, str(tmp / "optim.safetensors"), metadata={"format": "pt"})

@@ -8,7 +8,8 @@ of a run (folder, schedule, data, eval and checkpoint cadence, signals, divergen
     clip_gradients(max_norm)  clip to a global L2 norm (0 = off); the norm before clipping, a 0-dim tensor
     optimizer_step(lr)        one AdamW step at `lr`, then clear the gradients
     reset_optimizer()         fresh AdamW state (a stage with `optimizer: reset`)
-    checkpoint_state()        (model, optimizer): objects whose state_dict() a checkpoint holds
+    state_dict()              {"model": tensors, "optim": AdamW state}: what a checkpoint holds (train/checkpoint.py)
+    load_state_dict(state)    continue from such a state (a checkpoint's `model` and `optim`): the one restore path
     evaluate(sets, batch)     held-out losses (train/evaluate.py), the model left in train mode
     train()                   put the model in train mode
 
@@ -36,7 +37,8 @@ class TrainModule(Protocol):
     def clip_gradients(self, max_norm: float) -> torch.Tensor: ...
     def optimizer_step(self, lr: float) -> None: ...
     def reset_optimizer(self) -> None: ...
-    def checkpoint_state(self) -> tuple[object, object]: ...
+    def state_dict(self) -> dict[str, dict]: ...
+    def load_state_dict(self, state: dict[str, dict]) -> None: ...
     def evaluate(self, sets: list[EvalSet], batch_size: int) -> dict[str, dict[str, float]]: ...
     def train(self) -> None: ...
 
@@ -71,22 +73,23 @@ class AdamWModule:
 class TransformerModule(AdamWModule):
     """Our Llama-style Transformer (replaylab.model), compiled as `compile_spec` says (train/loss.py: with the
     loss fused on GPUs). `example` is a micro-batch (mb, T+1) on the device for the compile trial;
-    `optimizer_state` a checkpoint's AdamW state to continue from."""
+    a checkpoint's state is loaded afterwards (`load_state_dict`: the compile trial leaves the weights untouched)."""
 
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, device: torch.device,
-                 dtype: torch.dtype | None, compile_spec: str, example: torch.Tensor,
-                 optimizer_state: dict | None = None):
+                 dtype: torch.dtype | None, compile_spec: str, example: torch.Tensor):
         super().__init__(model, optim, device=device, dtype=dtype)
-        if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
         self._loss = build_step_loss(model, compile_spec, example, dtype)
 
     def micro_loss(self, tokens: torch.Tensor) -> torch.Tensor:
         with runtime.autocast(self.device, self.dtype):
             return self._loss(tokens)
 
-    def checkpoint_state(self) -> tuple[object, object]:
-        return self.model, self.optimizer
+    def state_dict(self) -> dict[str, dict]:
+        return {"model": self.model.state_dict(), "optim": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optim"])
 
     def evaluate(self, sets: list[EvalSet], batch_size: int) -> dict[str, dict[str, float]]:
         return evaluate(self.model, sets, batch_size=batch_size, device=self.device, autocast_dtype=self.dtype)

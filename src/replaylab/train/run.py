@@ -128,8 +128,7 @@ def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, overwrite: b
     sampler = MixtureSampler(config, stores)
     eval_sets = build_eval_sets(config, stores)
     total = config.train.total_steps
-    micro = config.train.micro_batch_size or config.train.batch_size
-    lo, _ = ddp.shard_rows(config.train.batch_size, micro, dist)
+    rows = ddp.shard_rows(config.train.batch_size, config.train.micro_batch_size or config.train.batch_size, dist)
     dtype = runtime.resolve_precision(config.train.precision, device)
 
     # Starting state: own newest good checkpoint, else init_from, else the stage-1 init.
@@ -143,18 +142,18 @@ def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, overwrite: b
         source = state.path
     torch.manual_seed(config.seed)
     model = Transformer(config.model)
-    if state is not None:
-        model.load_state_dict(state.model)
-    else:
+    if state is None:
         init_weights(model, config, model_state)
     model.to(device)
     step = 0
     if state is not None:
         ckpt.set_rng_state(state.state["rng"])
         step = state.step
-    first = torch.from_numpy(sampler.batch(min(step, total - 1), rows=(lo, lo + micro))[0]).to(device)  # (mb, T+1)
+    first = torch.from_numpy(sampler.batch(min(step, total - 1), rows=rows)[0]).to(device)  # (mb, T+1)
     module = TransformerModule(model, config.optim, device=device, dtype=dtype, compile_spec=config.train.compile,
-                               example=first, optimizer_state=state.optim if state is not None else None)
+                               example=first)
+    if state is not None:  # the one restore path (the compile trial above left the weights untouched)
+        module.load_state_dict({"model": state.model, "optim": state.optim})
 
     # The run folder: config, manifest, metrics cut back to the starting step.
     manifest = new_manifest(
@@ -173,7 +172,7 @@ def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, overwrite: b
     eval_at_start = prefix is not None and not any(r["type"] == "eval" and r["step"] == step for r in prefix)
 
     with Trainer(config=config, module=module, sampler=sampler, eval_sets=eval_sets, folder=folder, start=step,
-                 logger_config=config, eval_at_start=eval_at_start) as trainer:
+                 rows=rows, logger_config=config, eval_at_start=eval_at_start) as trainer:
         final = trainer.fit()
         if final is None:  # diverged: the manifest says so
             return folder.manifest or {"status": "diverged", "steps_done": trainer.step}

@@ -90,7 +90,8 @@ class Trainer:
     run diverges (default: the stage's lr.peak)."""
 
     def __init__(self, *, config: RunConfig, module: TrainModule, sampler: MixtureSampler, eval_sets: list[EvalSet],
-                 folder: RunFolder, start: int, logger_config: Any, checkpoint_at_end: bool = True,
+                 folder: RunFolder, start: int, rows: tuple[int, int], logger_config: Any,
+                 checkpoint_at_end: bool = True,
                  eval_at_start: bool = False, divergence_hint: str | None = None):
         self.config, self.module, self.sampler, self.eval_sets = config, module, sampler, eval_sets
         self.folder, self.dist, self.device = folder, folder.dist, folder.device
@@ -99,7 +100,7 @@ class Trainer:
         self.starts = stage_starts(config)
         self.lrs = lr_schedule(config)
         self.micro = config.train.micro_batch_size or config.train.batch_size
-        self.rows = ddp.shard_rows(config.train.batch_size, self.micro, self.dist)
+        self.rows = rows  # this rank's rows of each global batch (ddp.shard_rows, computed once by the launcher)
         self.checkpoint_at_end = checkpoint_at_end
         self.eval_at_start = eval_at_start
         self.divergence_hint = divergence_hint
@@ -129,10 +130,10 @@ class Trainer:
         return results
 
     def save(self, done: int, kind: str) -> None:
-        model, optimizer = self.module.checkpoint_state()  # every rank: a sharded model gathers here
+        state = self.module.state_dict()  # every rank: a sharded model gathers here
         if self.dist.is_main:
-            ckpt.save_checkpoint(self.folder.path, step=done, stage=self.stage_of(done - 1), kind=kind, model=model,
-                                 optimizer=optimizer, extra={"sampler": self.sampler.counts_before(done),
+            ckpt.save_checkpoint(self.folder.path, step=done, stage=self.stage_of(done - 1), kind=kind, **state,
+                                 extra={"sampler": self.sampler.counts_before(done),
                                                              "config_hash": self.folder.manifest["config_hash"]})
             ckpt.prune_checkpoints(self.folder.path, self.config.train.keep_checkpoints)
             self.folder.update(steps_done=done)
