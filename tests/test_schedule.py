@@ -122,17 +122,6 @@ def test_builder_errors_are_actionable():
         reference({**BASE, "train": {"total_steps": 10, "batch_size": 2}})
 
 
-def test_schedule_and_strategies_do_not_import_each_other():
-    import subprocess
-    import sys
-
-    import replaylab.strategies as strategies
-
-    assert strategies.finetune is finetune  # the old import path still works
-    code = "import sys, replaylab.schedule; assert 'replaylab.strategies' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 @pytest.mark.parametrize("build, words", [
     # an overflowing budget: budget_multiple x fraction x steps x batch is inf (it reached math.floor before)
     (lambda: reference(BASE, budget_multiple=1.7976931348623157e308), "budget_multiple=1.79769e+308"),

@@ -4,8 +4,10 @@
     manifest = run_finetune(FinetuneConfig(model="smollm2-135m", replay_fraction=0.5), "runs/ft")
 
 Modules: config (FinetuneConfig), models (resolve/load; offline-safe), smollm (the built-in model),
-packing (token-exact mixing plan over the data layer's stores and the engine's sampler),
-finetune (the training loop, run folder, resume), evaluate (held-out losses, multiple choice).
+packing (token-exact mixing plan over the data layer's stores and the engine's sampler), train_module
+(the model as the one Trainer trains it), finetune (the run's setup and what only a Hugging Face run does
+around train/trainer.py: initial eval, multiple choice, lm-eval, the final model), evaluate (held-out
+losses, multiple choice).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from replaylab.errors import ConfigError, DataError
+from replaylab.errors import ConfigError, DataError, one_line
 from replaylab.runtime import autocast
 from replaylab.train.evaluate import EvalSet, evaluate
 
@@ -200,7 +200,7 @@ def _load_tasks(tasks: list[str], include: str | None, offline: bool):
         except KeyError as e:  # a group or tag naming a task that exists nowhere
             raise ConfigError(f"lm-eval task {name!r} could not be built: {e}") from None
         except OSError as e:  # ConnectionError (offline hub), FileNotFoundError (missing data files)
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reason = one_line(e)
             hint = ("; downloads are off while evaluating: put the dataset in the Hugging Face cache first, set "
                     "HF_DATASETS_OFFLINE=0 to let lm-eval download it, or use a local task (--lm-eval-include DIR)"
                     if offline else "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from replaylab.data.corpus import hub_reachable
-from replaylab.errors import ConfigError
+from replaylab.errors import ConfigError, one_line
 from replaylab.hf import smollm
 
 
@@ -58,7 +58,7 @@ def load_model_config(folder: str, *, trust_remote_code: bool = False):
                 f"model {folder!r} needs custom code from its repository; rerun with --trust-remote-code "
                 "if you trust its authors"
             ) from None
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = one_line(e)
         raise ConfigError(f"model folder {folder!r}: its config.json cannot be used ({reason}); point --model at "
                           "a Hugging Face causal LM folder") from None
 

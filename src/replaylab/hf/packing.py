@@ -120,7 +120,7 @@ def replay_sampler(cfg: FinetuneConfig, stores: dict, tokenizer: str,
     trains on it and `replaylab.ReplayMixture` (HF Trainer, TRL, Accelerate, plain PyTorch) yields it. Of `cfg`
     only the data fields are read: target (budget), replay, replay_fraction, target_epochs, seq_len, batch_size,
     max_steps, seed, and the cadence fields copied into the RunConfig. tokenizer: the tokenizer's folder."""
-    plan = plan_mix(budget=target_budget(cfg, stores[TARGET]), target_epochs=cfg.target_epochs,
+    plan = plan_mix(budget=resolve_budget(cfg, stores[TARGET]), target_epochs=cfg.target_epochs,
                     replay_fraction=cfg.replay_fraction, batch_size=cfg.batch_size, max_steps=cfg.max_steps)
     scfg = sampler_config(cfg, plan, tokenizer, micro_batch_size=micro_batch_size)
     return plan, scfg, MixtureSampler(scfg, stores)
@@ -136,8 +136,9 @@ def open_stores(cfg: FinetuneConfig, tokenizer) -> dict:
     return stores
 
 
-def target_budget(cfg: FinetuneConfig, store) -> int:
-    """The target budget in sequences: the configured one, or every train sequence of the store."""
+def resolve_budget(cfg: FinetuneConfig, store) -> int:
+    """The target budget in sequences: the configured one, or every train sequence of the store (not
+    `schedule.target_budget`, which derives a budget from a run's length and target fraction)."""
     available = store.num_sequences("train", cfg.seq_len)
     budget = cfg.target.budget or available
     if budget > available:

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from replaylab.errors import one_line
 from replaylab.runconfig import RunConfig
 from replaylab.train import checkpoint as ckpt
 from replaylab.train import ddp
@@ -246,7 +247,7 @@ class Trainer:
         """A run that fails records why (`failed`); a stopped one keeps `running`, so it can be resumed."""
         self.logger.close()
         if error is not None and not isinstance(error, (TrainingInterrupted, KeyboardInterrupt)):
-            self.folder.ended("failed", error=f"{type(error).__name__}: {error}")
+            self.folder.ended("failed", error=one_line(error))
 
 
 def eval_due(config: RunConfig, starts: list[int], done: int) -> bool:
