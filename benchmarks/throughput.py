@@ -2,7 +2,11 @@
 the cost of `train.deterministic` on CUDA, and the levers tried for more MFU.
 
 Each contender runs the same step (forward, fp32 cross-entropy, backward, global-norm clip 1.0,
-AdamW) on the same random tokens, under its own settings. By key (`--only` takes keys, or prefixes of
+AdamW) on the same random tokens, under its own settings. Ours is the step `replaylab train` runs, through
+its train module (train/module.py `TransformerModule`: the engine's AdamW with its parameter groups and
+kernels, its global-norm clipping, `--micro-batch` sequences per forward pass as train.micro_batch_size),
+so its number is what users get; HF's is torch's AdamW and clip_grad_norm_, as a Trainer of its own
+would run. By key (`--only` takes keys, or prefixes of
 the printed names):
 
     ours/auto           what `replaylab train` picks here with train.deterministic=false (the paper configs'
@@ -52,6 +56,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import math
 import os
 import statistics
 import time
@@ -68,8 +73,8 @@ from replaylab.config import from_dict
 from replaylab.errors import one_line
 from replaylab.hf_convert import hf_config, to_hf_state_dict
 from replaylab.model import Transformer, count_parameters, describe
-from replaylab.runconfig import ModelConfig
-from replaylab.train.loss import build_step_loss
+from replaylab.runconfig import ModelConfig, OptimConfig
+from replaylab.train.module import TransformerModule
 from replaylab.train.optim import adamw_kwargs
 
 # Dense bf16 peak FLOP/s by GPU name fragment (vendor datasheets, without sparsity).
@@ -83,6 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--batch", type=int, default=32, help="sequences per step")
+    p.add_argument("--micro-batch", type=int,
+                   help="sequences per forward pass of ours (train.micro_batch_size; default: --batch)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 = one sweep worker per core)")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=5, help="timed steps per round")
@@ -106,33 +113,45 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if min(args.steps, args.rounds, args.warmup) < 1:
         p.error("--steps, --rounds and --warmup must be >= 1 (the first step compiles: never timed)")
+    args.micro_batch = args.micro_batch or args.batch
+    if args.micro_batch < 1 or args.batch % args.micro_batch:
+        p.error(f"--batch {args.batch} must be a positive multiple of --micro-batch {args.micro_batch}")
     return args
 
 
+LR = 1e-4  # every contender's constant learning rate
+
+
 class Contender:
-    """One setting's train step. Ours is built like `replaylab train` builds it (train.loss.build_step_loss:
-    on a GPU the loss is compiled with the model). HF computes its own loss from `labels` (its fp32
-    upcast included), so compiling the model compiles the loss with it too. `context` is entered around
+    """One setting's train step. Ours is the engine's train module as `replaylab train` builds it
+    (TransformerModule: the loss from train.loss.build_step_loss, on a GPU compiled with the model; the engine's
+    AdamW, parameter groups and clipping), stepped as train/trainer.py steps it: `micro` sequences per forward
+    pass, each loss scaled by 1 / micro-batches before its backward. HF computes its own loss from `labels` (its
+    fp32 upcast included), so compiling the model compiles the loss with it too. `context` is entered around
     every step (deterministic mode, say); `loss_fn(model, dtype)`, when given, builds the loss function that
-    replaces the standard one (the levers)."""
+    replaces ours (the levers)."""
 
     def __init__(self, key, name, model, dtype, compile_, device, hf: bool, example: torch.Tensor,
                  context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                 loss_fn: Callable | None = None):
+                 loss_fn: Callable | None = None, micro: int | None = None):
         self.key, self.name, self.dtype, self.device, self.hf, self.context = key, name, dtype, device, hf, context
         self.model = model.to(device).train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                                     **adamw_kwargs("auto", device))
+        self.micro = micro
         with self.context():
-            if loss_fn is not None:
-                self.loss_fn = loss_fn(self.model, dtype)
-            elif hf:
+            if hf:
+                self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1,
+                                             **adamw_kwargs("auto", device))
                 step_model = torch.compile(self.model) if compile_ else self.model
                 # shift_labels: score all T next tokens, as ours does (labels alone would drop the last one)
                 self.loss_fn = lambda t: step_model(input_ids=t[:, :-1], labels=t[:, 1:],
                                                     shift_labels=t[:, 1:].contiguous(), use_cache=False).loss
             else:
-                self.loss_fn = build_step_loss(self.model, "on" if compile_ else "off", example, dtype)
+                # OptimConfig's defaults are the paper's AdamW (betas 0.9/0.95, decay 0.1 on matrices, clip 1.0).
+                spec = "on" if compile_ and loss_fn is None else "off"  # a lever compiles its own loss
+                self.module = TransformerModule(self.model, OptimConfig(), device=device, dtype=dtype,
+                                                compile_spec=spec, example=example[: micro or len(example)])
+                if loss_fn is not None:
+                    self.module._loss = loss_fn(self.model, dtype)  # micro_loss still applies the autocast
         self.rates: list[float] = []
         self.losses: list[float] = []
         self.warmup_s = 0.0
@@ -141,15 +160,29 @@ class Contender:
         """One train step; `mark` is called before it, between forward+backward and clip+AdamW, and after."""
         with self.context():
             mark()
-            with runtime.autocast(self.device, self.dtype):
-                loss = self.loss_fn(batch)
-            loss.backward()
+            if self.hf:
+                with runtime.autocast(self.device, self.dtype):
+                    loss = self.loss_fn(batch)
+                loss.backward()
+                mark()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+            else:  # as train/trainer.py's step: micro-batches, the module's clip (and its one sync), its AdamW step
+                mb = self.micro or batch.shape[0]
+                n = batch.shape[0] // mb
+                loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+                for m in range(n):
+                    micro_loss = self.module.micro_loss(batch[m * mb : (m + 1) * mb])
+                    (micro_loss / n).backward()
+                    loss_sum += micro_loss.detach()
+                mark()
+                if not math.isfinite(float(self.module.clip_gradients(self.module.optim.grad_clip))):
+                    raise RuntimeError(f"{self.name}: the gradient norm is not finite")
+                self.module.optimizer_step(LR)
+                loss = loss_sum / n
             mark()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            mark()
-        self.losses.append(loss.item())  # a host sync, so timings are honest on GPU too
+        self.losses.append(float(loss))  # a host sync, so timings are honest on GPU too
         return self.losses[-1]
 
     def split_step(self, batch: torch.Tensor) -> tuple[float, float]:
@@ -179,7 +212,8 @@ class Spec:
     unavailable: str | None = None  # why this contender cannot run here
 
 
-def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, emulated_bf16: bool = False):
+def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, emulated_bf16: bool = False,
+               micro: int | None = None):
     from transformers import LlamaForCausalLM
 
     auto_dtype = runtime.resolve_precision("auto", device)
@@ -193,7 +227,7 @@ def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, em
         def make():
             torch.manual_seed(0)
             return Contender(key, name, prepare(Transformer(cfg)), dtype, compile_, device, hf=False,
-                             example=example, **kw)
+                             example=example, micro=micro, **kw)
         return Spec(key, name, make, unavailable)
 
     def hf(key, dtype, compile_):
@@ -275,7 +309,7 @@ def main(argv=None) -> None:
 
     runs: list[Contender] = []
     began = time.perf_counter()
-    for spec in contenders(cfg, device, batch, args.emulated_bf16):
+    for spec in contenders(cfg, device, batch, args.emulated_bf16, micro=args.micro_batch):
         if not selected(spec, only, args.levers):
             continue
         if args.deadline and time.perf_counter() - began > args.deadline:
@@ -356,9 +390,10 @@ def main(argv=None) -> None:
     if auto and args.split_steps:
         parts = [auto.split_step(batch) for _ in range(args.split_steps)]
         fb, opt = statistics.median(p[0] for p in parts), statistics.median(p[1] for p in parts)
+        fb /= args.batch // args.micro_batch  # the step ran batch / micro-batch forward+backward passes
         at_batch = opt / (args.accumulate * fb + opt)
         print(f"optimizer step (clip + AdamW) of ours/auto: {opt * 1e3:.2f} ms vs {fb * 1e3:.1f} ms forward+backward "
-              f"per micro-batch: {opt / (fb + opt):.2%} of this step, {at_batch:.3%} of a step of "
+              f"per micro-batch of {args.micro_batch}: {opt / (fb + opt):.2%} of a one-micro-batch step, {at_batch:.3%} of a step of "
               f"{args.accumulate} micro-batches")
         record["optimizer_share"] = {"forward_backward_s": fb, "optimizer_s": opt, "share_of_micro_step": opt / (fb + opt),
                                      "accumulate": args.accumulate, "share_at_accumulate": at_batch}
