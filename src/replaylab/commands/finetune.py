@@ -51,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch threads (default: leave as is)")
     p.add_argument("--out", help="run folder (default: runs/finetune-<config hash>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint, with the config it holds (as "
+                        "replaylab train --resume RUN_DIR); `--resume --out RUN_DIR` with the run's flags works too")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a replaylab run folder at --out that holds another config (never a folder it did not make)")
     add_override_arguments(p, "optim.warmup=0.05")
@@ -68,6 +70,35 @@ def _section(raw: dict, key: str, default: dict | None = None) -> dict:
                           f"{key}: {{{'source: basque' if key in ('target', 'replay') else '...'}}}")
     raw[key] = value
     return value
+
+
+# The flags that describe the run (not where it goes or how it is launched): `--resume RUN_DIR` without any of
+# them reads the run folder's config.yaml.
+_RUN_FLAGS = ("config", "model", "target", "replay", "replay_fraction", "budget", "epochs", "max_steps", "lr",
+              "seq_len", "batch_size", "micro_batch_size", "lora", "lora_r", "gradient_checkpointing", "precision",
+              "compile", "deterministic", "parallel", "trust_remote_code", "mc_task", "lm_eval_task",
+              "lm_eval_include", "seed", "threads", "overrides")
+
+
+def resume_config(args: argparse.Namespace):
+    """(config, run folder) of `--resume [RUN_DIR]`: RUN_DIR's own config.yaml when no flag describes the run,
+    else the flags' config (the run folder then refuses one that differs from its own)."""
+    from replaylab.config import load_config
+    from replaylab.hf.config import FinetuneConfig
+
+    if args.resume and args.out and Path(args.resume) != Path(args.out):
+        raise ConfigError(f"--resume {args.resume!r} and --out {args.out!r} name two folders; give the run folder "
+                          "once: replaylab finetune --resume RUN_DIR")
+    where = args.resume or args.out
+    if not where:
+        raise ConfigError("--resume needs the run folder: replaylab finetune --resume RUN_DIR")
+    out = Path(where)
+    if any(getattr(args, name, None) not in (None, []) for name in _RUN_FLAGS):  # --no-deterministic is False
+        return build_config(args), out
+    if not (out / "config.yaml").exists():
+        raise ConfigError(f"--resume {where!r} is not a run folder (no config.yaml); give the --out of a "
+                          "replaylab finetune run")
+    return load_config(FinetuneConfig, out / "config.yaml"), out
 
 
 def build_config(args: argparse.Namespace):
@@ -110,14 +141,18 @@ def build_config(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     from replaylab.fingerprint import run_id
 
-    config = build_config(args)  # before the heavy imports: a bad override fails at once
+    # before the heavy imports: a bad override fails at once
+    if args.resume is not None:
+        config, out = resume_config(args)
+    else:
+        config = build_config(args)
+        out = Path(args.out) if args.out else Path("runs") / f"finetune-{run_id(config)}"
 
     from replaylab.hf.finetune import run_finetune
     from replaylab.train import TrainingInterrupted
 
-    out = Path(args.out) if args.out else Path("runs") / f"finetune-{run_id(config)}"
     try:
-        manifest = run_finetune(config, out, resume=args.resume, overwrite=args.overwrite)
+        manifest = run_finetune(config, out, resume=args.resume is not None, overwrite=args.overwrite)
     except TrainingInterrupted as e:
         print(f"replaylab finetune: {e}", file=sys.stderr)
         return e.exit_code

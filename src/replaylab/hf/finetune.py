@@ -73,7 +73,7 @@ def run_finetune(config: FinetuneConfig, out_dir: Path | str, resume: bool = Fal
         # Deterministic by default, as the engine: the fused attention kernels' backward is not reproducible on CUDA.
         with deterministic_run(device, config.deterministic), ExitStack() as held:
             folder = RunFolder(out_dir, config, resume=resume, overwrite=overwrite, dist=dist, device=device,
-                               held=held, resume_hint=f"replaylab finetune --resume --out {out_dir} (same config)")
+                               held=held, resume_hint=f"replaylab finetune --resume {out_dir}")
             old = folder.prepare()
             ddp.barrier(dist)
             if old is not None and old.get("status") == "done":

@@ -1,0 +1,53 @@
+"""`replaylab finetune --resume RUN_DIR` continues a run with the config its folder holds, as `replaylab train
+--resume RUN_DIR` does (the old `--resume --out RUN_DIR` with the run's flags keeps working), on
+test_hf_finetune's tiny world."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from test_hf_finetune import read_losses, tiny_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    with tiny_world(tmp_path_factory.mktemp("hf_resume")) as w:
+        yield w
+
+
+def test_finetune_resume_reads_the_config_from_the_run_folder(world, tmp_path, capsys):
+    from replaylab.cli import main
+
+    flags = ["--model", world["model"], "--target", world["code"], "--set", "target.options.glob=*.py",
+             "--budget", "8", "--replay", world["prose"], "--replay-fraction", "0.5", "--seq-len", "32",
+             "--batch-size", "4", "--max-steps", "4", "--lr", "1e-3", "--threads", "1", "--set", "eval.initial=false",
+             "--set", "checkpoint_every=2", "--set", "log_every=1", "--set", "progress=off"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["finetune", *flags, "--out", str(a)]) == 0
+    assert main(["finetune", *flags, "--out", str(b)]) == 0
+    # Pretend b died after step 2 (a fine-tuning run's last checkpoint; at its end it writes model/ instead).
+    assert [p.name for p in (b / "checkpoints").iterdir()] == ["step_0000002"]
+    shutil.rmtree(b / "model")
+    manifest = json.loads((b / "manifest.json").read_text())
+    (b / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    records = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
+    records[0]["attempt"] = 1  # survives only if the run continues from step 2 rather than starting over
+    (b / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    capsys.readouterr()
+
+    assert main(["finetune", "--resume", str(b)]) == 0  # no flags: the folder's config.yaml
+    assert json.loads((b / "metrics.jsonl").read_text().splitlines()[0]).get("attempt") == 1
+    assert read_losses(b) == read_losses(a)  # bit for bit
+    assert json.loads((b / "manifest.json").read_text())["final"] == json.loads((a / "manifest.json").read_text())["final"]
+    assert (b / "model").is_dir()
+    assert main(["finetune", *flags, "--resume", "--out", str(b)]) == 0  # the old form: already done
+
+    for argv, words in ((["--resume", str(a), "--out", str(b)], "two folders"),
+                        (["--resume", str(tmp_path / "nowhere")], "not a run folder"),
+                        (["--resume"], "needs the run folder")):
+        capsys.readouterr()
+        assert main(["finetune", *argv]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
