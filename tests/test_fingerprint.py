@@ -10,7 +10,7 @@ import pytest
 
 from replaylab.config import from_dict, to_dict
 from replaylab.errors import ConfigError
-from replaylab.fingerprint import lr_cell, prefix_settings, run_id, run_identity
+from replaylab.fingerprint import lr_cell, mixture_id, prefix_settings, run_id, run_identity
 from replaylab.runconfig import RunConfig
 from replaylab.schedule import finetune, midtrain, reference
 
@@ -160,3 +160,13 @@ def test_results_select_the_lr_analyze_selects(tmp_path):
     for _, cell in cells.iterrows():
         mine = picked[picked["strategy"] == cell["strategy"]]
         assert set(mine["lr"]) == {cell["lr"]}
+
+
+def test_mixture_id_keeps_the_rule_saved_replay_mixture_states_carry():
+    """ReplayMixture's identity moved from replay.py into fingerprint.mixture_id with its rule unchanged (sorted
+    keys): the value recorded before the move, so a saved position still loads; any input changes it."""
+    kw = dict(store_identities={"target": "abc", "replay": "def"}, plan={"budget": 12, "total_steps": 6,
+              "target_weight": 0.5}, seed=0, seq_len=32, batch_size=4)
+    assert mixture_id(**kw) == "9f7cd45b41a40805"
+    assert mixture_id(**{**kw, "seed": 1}) != mixture_id(**kw)
+    assert mixture_id(**{**kw, "store_identities": {"replay": "def", "target": "abc"}}) == mixture_id(**kw)

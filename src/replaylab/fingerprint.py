@@ -13,6 +13,7 @@ training prefix, and which runs differ only in their learning rate.
   `replaylab.train.checkpoint.check_prefix`); the stages are then compared step by step.
 - `lr_cell(config)`: runs that differ only in the tuned LR and the seed: the unit of LR selection
   (`replaylab.sweep.results.select_lr`).
+- `mixture_id(...)`: a `replaylab.ReplayMixture`'s identity (its saved positions are refused by another one).
 - `lr_group(raw)`: the `meta.lr_group` the strategy builders write. It is part of every run id, so it
   keeps its original rule (see its docstring) and LR selection does not use it.
 """
@@ -20,6 +21,7 @@ training prefix, and which runs differ only in their learning rate.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from typing import Any
 
@@ -127,3 +129,13 @@ def lr_group(raw: dict) -> str:
     if curve:
         cell["stages"][curve[0]]["lr"]["peak"] = None
     return config_hash(cell, 12)
+
+
+def mixture_id(*, store_identities: dict[str, Any], plan: dict[str, Any], seed: int, seq_len: int,
+               batch_size: int) -> str:
+    """A `replaylab.ReplayMixture`'s identity: its stores' identities, its plan (hf.packing.MixPlan as a
+    mapping), seed, seq_len and batch_size. The mixture's saved position carries it, so a state saved by
+    another mixture is refused. (Its own rule, sorted keys, as first recorded: saved states keep loading.)"""
+    blob = json.dumps({"stores": store_identities, "plan": plan, "seed": seed, "seq_len": seq_len,
+                       "batch_size": batch_size}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

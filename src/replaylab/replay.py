@@ -33,6 +33,7 @@ import torch
 
 from replaylab import paths
 from replaylab.errors import ConfigError, DataError
+from replaylab.fingerprint import mixture_id
 from replaylab.hf.packing import REPLAY, TARGET, replay_sampler
 
 __all__ = ["ReplayMixture"]
@@ -133,9 +134,8 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         self.replay_fraction, self.seq_len, self.batch_size, self.seed = rho, seq_len, batch_size, seed
         self.num_steps = self.plan.total_steps
         self.rows, self._rank, self._world = rows, rank, world_size
-        self.fingerprint = hashlib.sha256(json.dumps({
-            "stores": {k: s.identity for k, s in stores.items()}, "plan": asdict(self.plan), "seed": seed,
-            "seq_len": seq_len, "batch_size": batch_size}, sort_keys=True).encode()).hexdigest()[:16]
+        self.fingerprint = mixture_id(store_identities={k: s.identity for k, s in stores.items()},
+                                      plan=asdict(self.plan), seed=seed, seq_len=seq_len, batch_size=batch_size)
         self._resume = (0, 0)  # (step, row) where every iteration starts
         self._position = (0, 0)  # (step, row) of the next example of the latest iteration
 
