@@ -102,18 +102,34 @@ def test_corpora_built_from_other_pins_are_not_indexed(isolated_home, tiny_token
     assert not _pins_index_path(_default_pins()).exists()  # but not recorded under the current pins
 
 
-def test_replaced_tokenizer_is_not_taken_from_the_index(isolated_home, tiny_tokenizer, offline):
-    folder = cache_default(isolated_home, tiny_tokenizer)
+def _replace_tokenizer_file(folder):
+    """Copy another tokenizer over the cached one (a real tokenizer: one token more)."""
     from tokenizers import Tokenizer as HF
 
     other = HF.from_file(str(folder / "tokenizer.json"))
     other.add_tokens(["replaylab"])
     other.save(str(folder / "tokenizer.json"))
-    with pytest.raises(DataError, match="default tokenizer is not cached") as e:
+
+
+@pytest.mark.parametrize("corpora", ["gone", "built"])
+def test_replaced_tokenizer_is_refused_not_adopted(isolated_home, tiny_tokenizer, prose_corpus, offline, corpora):
+    """A tokenizer.json copied over the cached default is neither used through the index nor, with the
+    corpora built (so its folder is found by its key), adopted with the index rewritten to it."""
+    name = fake_built_corpora(isolated_home, prose_corpus) if corpora == "built" else "default-0123456789ab"
+    folder = cache_default(isolated_home, tiny_tokenizer, folder_name=name)
+    index = _pins_index_path(_default_pins())
+    recorded = index.read_text()
+    _replace_tokenizer_file(folder)
+    with pytest.raises(DataError, match="is not the one replaylab trained there") as e:
         get_tokenizer("default")
     message = str(e.value)
-    assert "\n" not in message and "--tokenizer PATH" in message and "replaylab tokenizer train" in message
-    assert f"--tokenizer {folder}" in message  # the unindexed folder is named, for the user to judge
+    assert "\n" not in message and str(folder / "tokenizer.json") in message
+    assert f"delete the folder {str(folder)!r} to rebuild it" in message and f"--tokenizer {folder}" in message
+    assert index.read_text() == recorded  # the pinned identity is never rewritten to the replacement
+    shutil.rmtree(folder)  # what the message says: gone, the default is found again (rebuilt when possible)
+    if corpora == "gone":
+        with pytest.raises(DataError, match="default tokenizer is not cached"):
+            get_tokenizer("default")
 
 
 def test_offline_build_without_cache_is_one_line(tmp_path):

@@ -5,6 +5,7 @@ What a command may write where is `replaylab.outputs`."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -15,15 +16,20 @@ from pathlib import Path
 from typing import Iterator
 
 
-def home() -> Path:
-    """The cache folder, created if missing; one that cannot be a folder is a ReplaylabError."""
-    from replaylab.errors import ReplaylabError
-
+def _home_setting() -> tuple[Path, str, str]:
+    """(the cache folder, what says where it comes from, the fix that points it elsewhere)."""
     env = os.environ.get("REPLAYLAB_HOME")
     root = env or os.path.join(os.path.expanduser("~"), ".cache", "replaylab")
     what = f"REPLAYLAB_HOME is {env!r}" if env else f"the default cache folder {root!r} (REPLAYLAB_HOME is unset)"
     fix = "set REPLAYLAB_HOME to a folder you can write: export REPLAYLAB_HOME=/path/to/cache"
-    path = Path(root)
+    return Path(root), what, fix
+
+
+def home() -> Path:
+    """The cache folder, created if missing; one that cannot be a folder is a ReplaylabError."""
+    from replaylab.errors import ReplaylabError
+
+    path, what, fix = _home_setting()
     if path.exists() and not path.is_dir():
         raise ReplaylabError(f"{what}, which is a file, not a folder; {fix}")
     try:
@@ -31,6 +37,38 @@ def home() -> Path:
     except OSError as e:
         raise ReplaylabError(f"{what}, which cannot be created ({e.strerror or e}); {fix}") from None
     return path
+
+
+def _in_cache(path: str, root: Path) -> bool:
+    return (os.path.abspath(path) + os.sep).startswith(os.path.abspath(root) + os.sep)
+
+
+def _cache_error(where: str, reason: str, full: bool = False):
+    from replaylab.errors import ReplaylabError
+
+    _, what, fix = _home_setting()
+    fix = f"free space there, or {fix}" if full else fix
+    return ReplaylabError(f"cannot write to the replaylab cache: {reason} ({where}); {what}; {fix}")
+
+
+def check_cache_writable(folder: Path | str) -> None:
+    """Raise the REPLAYLAB_HOME error unless this process may create entries in `folder` (inside the cache)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        raise _cache_error(str(folder), "read-only file system" if read_only else "permission denied")
+
+
+@contextmanager
+def writing_cache() -> Iterator[None]:
+    """Around code that writes into the cache (also as a decorator): the file system refusing a path inside it
+    (read-only, no permission, full) is one ReplaylabError naming REPLAYLAB_HOME, the setting to change."""
+    try:
+        yield
+    except OSError as e:
+        if not isinstance(e.filename, str) or not _in_cache(e.filename, _home_setting()[0]):
+            raise
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        raise _cache_error(os.path.abspath(e.filename), e.strerror or str(e), full) from None
 
 
 def sha256_file(path: Path | str) -> str:

@@ -88,7 +88,7 @@ def describe(store) -> dict:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from replaylab.data.store import list_stores
+    from replaylab.data.store import TokenStore, store_folders
 
     print(f"REPLAYLAB_HOME = {paths.home()}")
     print("recipes:")
@@ -98,11 +98,18 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print("  (none installed)")
     print("stores:")
-    stores = list_stores()
     # One aligned row per store; SOURCE last: the full path of a file or folder (recorded at build time;
-    # stores built before that show the path as given), else the recipe name or hf: id.
-    rows = [(s.name, f"{s.meta['tokens']:,}", f"{s.meta['documents']:,}", _mb(dir_size(s.path)),
-             s.meta.get("source_path") or s.meta["source"]) for s in stores]
+    # stores built before that show the path as given), else the recipe name or hf: id. A damaged store is
+    # listed as such, with what is wrong and how to rebuild it, instead of hiding (or breaking) the others.
+    rows = []
+    for folder in store_folders():
+        try:
+            s = TokenStore(folder)
+        except DataError as e:
+            rows.append((folder.name, "damaged", "", _mb(dir_size(folder)), str(e).split(": ", 1)[-1]))
+            continue
+        rows.append((s.name, f"{s.meta['tokens']:,}", f"{s.meta['documents']:,}", _mb(dir_size(s.path)),
+                     s.meta.get("source_path") or s.meta["source"]))
     if rows:
         header = ("name", "tokens", "docs", "on disk", "source")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]

@@ -37,13 +37,12 @@ def available_steps(run_dir: Path) -> dict[int, Path]:
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None, overwrite: bool = False) -> Path:
-    from safetensors.torch import load_file
-
     from replaylab.config import load_config
     from replaylab.fingerprint import run_id
     from replaylab.hf_convert import export_hf
     from replaylab.outputs import claim_output
     from replaylab.runconfig import RunConfig
+    from replaylab.train.checkpoint import load_model_weights
 
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "config.yaml").is_file():
@@ -67,7 +66,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     from replaylab.data.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer(config.data.tokenizer)
-    state = load_file(str(steps[step] / "model.safetensors"))
+    state = load_model_weights(steps[step])  # sha256-checked: a truncated copy is refused, not exported
     return export_hf(state, config.model, tokenizer.path, out, eos_id=tokenizer.eos_id, identity=identity,
                      overwrite=overwrite)
 

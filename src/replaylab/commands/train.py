@@ -42,6 +42,9 @@ def main(args: argparse.Namespace) -> int:
         if args.config or args.overrides:
             raise ConfigError("--resume RUN_DIR takes no CONFIG or overrides: the run folder's config.yaml is used")
         out = Path(args.resume)
+        if args.out and Path(args.out).resolve() != out.resolve():
+            raise ConfigError(f"--resume {str(out)!r} continues that run in its own folder; --out {args.out!r} "
+                              "cannot move it: drop --out (or copy the run folder there and resume the copy)")
         if not (out / "config.yaml").exists():
             raise ConfigError(f"--resume {str(out)!r} is not a run folder (no config.yaml); give the --out of a run")
         config = load_config(RunConfig, out / "config.yaml")

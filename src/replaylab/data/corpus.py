@@ -9,6 +9,10 @@ plain-text documents from any source replaylab accepts:
 - a folder: every `.jsonl` / `.txt` / `.parquet` file under it (or those matching `glob`), sorted;
 - `hf:org/name[:config][@revision]`: a Hugging Face dataset, streamed, only when online.
 
+`recipe:NAME` and `path:PATH` say which of the first and the other kinds is meant. A bare name that is
+both a recipe and an existing file or folder (a project folder named `code/`) is refused: reading either
+one silently would train on data the user did not mean (`parse_source`).
+
 Documents are streamed one at a time so a multi-GB corpus never sits in memory. Bytes that are not
 valid UTF-8 are replaced (U+FFFD) and counted in `CorpusStats`; whitespace-only documents are skipped.
 """
@@ -29,6 +33,8 @@ from replaylab.errors import DataError
 
 FILE_SUFFIXES = (".jsonl", ".txt", ".parquet")
 HF_PREFIX = "hf:"
+RECIPE_PREFIX = "recipe:"
+PATH_PREFIX = "path:"
 # hf:org/name[:config][@revision]
 _HF_RE = re.compile(r"^hf:(?P<name>[\w.\-]+(?:/[\w.\-]+)?)(?::(?P<config>[\w.\-]+))?(?:@(?P<revision>[\w.\-/]+))?$")
 
@@ -114,21 +120,47 @@ def _recipes() -> dict:
     return RECIPES
 
 
-def source_kind(source: str) -> str:
-    """'hf', 'path' or 'recipe'; raises DataError for a name that is none of them."""
+def parse_source(source: str) -> tuple[str, str]:
+    """(kind, what): ('hf', the hf: spec), ('recipe', its bare name) or ('path', the path as given).
+
+    `recipe:NAME` and `path:PATH` are explicit; a bare name is a path when one exists and a recipe when it
+    names one; both at once is a DataError naming the two spellings, as is a name that is neither."""
     if is_hf(source):
         parse_hf(source)
-        return "hf"
-    if os.path.exists(source):
-        return "path"
+        return "hf", source
     recipes = _recipes()
-    if source in recipes:
-        return "recipe"
-    looks_like_path = os.sep in source or source.endswith(FILE_SUFFIXES) or source.startswith(".")
-    if looks_like_path:
-        raise DataError(f"corpus path {source!r} does not exist; check the path (relative to {os.getcwd()})")
     names = ", ".join(sorted(recipes)) or "none installed"
+    if source.startswith(RECIPE_PREFIX):
+        name = source[len(RECIPE_PREFIX):]
+        if name not in recipes:
+            raise DataError(f"unknown recipe in source {source!r}; the recipes are {names}")
+        return "recipe", name
+    explicit = source.startswith(PATH_PREFIX)
+    path = source[len(PATH_PREFIX):] if explicit else source
+    if os.path.exists(path):
+        if not explicit and source in recipes:
+            raise DataError(f"source {source!r} is ambiguous: it is the built-in recipe {source!r} and also "
+                            f"{os.path.abspath(source)!r}; write {RECIPE_PREFIX}{source} for the recipe or "
+                            f"./{source} (or {PATH_PREFIX}{source}) for the local one")
+        return "path", path
+    if not explicit and source in recipes:
+        return "recipe", source
+    looks_like_path = explicit or os.sep in path or path.endswith(FILE_SUFFIXES) or path.startswith(".")
+    if looks_like_path:
+        raise DataError(f"corpus path {path!r} does not exist; check the path (relative to {os.getcwd()})")
     raise DataError(f"unknown source {source!r}: not a recipe ({names}), an existing file/folder, or hf:org/name")
+
+
+def source_kind(source: str) -> str:
+    """'hf', 'path' or 'recipe' (see `parse_source`); raises DataError for a name that is none of them."""
+    return parse_source(source)[0]
+
+
+def source_path(source: str) -> Path:
+    """The file or folder a path source names (without its `path:` prefix)."""
+    kind, what = parse_source(source)
+    assert kind == "path", source
+    return Path(what)
 
 
 # File stems (and folder names) that say which split or part of a dataset a path is, not which dataset.
@@ -142,14 +174,14 @@ def source_name(source: str) -> str:
     and a folder its name (`my_corpus.jsonl` -> `my_corpus`). A split-like stem (SPLIT_STEMS:
     `mydataset/train.jsonl`, `mydataset/data/train.jsonl`) is prefixed with the nearest enclosing folder
     whose name is not split-like (`mydataset-train`), so two datasets' train.jsonl get different names."""
-    kind = source_kind(source)
+    kind, what = parse_source(source)
     if kind == "recipe":
-        return source
+        return what
     if kind == "hf":
         name, config, _ = parse_hf(source)
         raw = name.replace("/", "_") + (f"_{config}" if config else "")
     else:
-        p = Path(source).resolve()
+        p = Path(what).resolve()
         raw = p.stem if p.is_file() else p.name
         if raw.lower() in SPLIT_STEMS:
             dataset = next((a.name for a in p.parents if a.name and a.name.lower() not in SPLIT_STEMS), None)
@@ -162,15 +194,15 @@ def source_fingerprint(source: str, options: CorpusOptions | None = None) -> str
     for files the resolved paths with their sizes and modification times (so an edited file gets a
     new store instead of a stale cached one)."""
     h = hashlib.sha256()
-    kind = source_kind(source)
-    h.update(f"{kind}\0{source if kind != 'path' else Path(source).resolve()}\0".encode())
+    kind, what = parse_source(source)  # recipe:NAME and NAME, path:P and P: one store each
+    h.update(f"{kind}\0{what if kind != 'path' else Path(what).resolve()}\0".encode())
     if kind == "recipe":  # a rebuilt recipe (new pinned sources) gets new stores
         from replaylab import paths
 
-        summary = paths.home() / "corpora" / source / "summary.json"
+        summary = paths.home() / "corpora" / what / "summary.json"
         h.update(summary.read_bytes() if summary.exists() else b"not built")
     if kind == "path":
-        for f in _list_files(Path(source), options or CorpusOptions()):
+        for f in _list_files(Path(what), options or CorpusOptions()):
             st = f.stat()
             h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     if options is not None:
@@ -348,13 +380,13 @@ def iter_documents(source: str, options: CorpusOptions | dict | None = None,
     opts = options if isinstance(options, CorpusOptions) else CorpusOptions.from_options(options)
     opts.validate()
     stats = stats if stats is not None else CorpusStats()
-    kind = source_kind(source)
+    kind, what = parse_source(source)
     if kind == "recipe":
-        docs = _read_recipe(source, opts, stats)
+        docs = _read_recipe(what, opts, stats)
     elif kind == "hf":
         docs = _read_hf(source, opts, stats)
     else:
-        docs = _read_path(Path(source), opts, stats)
+        docs = _read_path(Path(what), opts, stats)
     for text in docs:
         # A document that is only whitespace or U+FFFD (undecodable bytes) carries nothing to learn.
         if not text.replace("\ufffd", "").strip():

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from replaylab import paths
-from replaylab.data.corpus import CorpusOptions, check_source, source_fingerprint, source_name
+from replaylab.data.corpus import CorpusOptions, check_source, parse_source, source_fingerprint, source_name
 from replaylab.data.store_build import STORE_FORMAT, StoreOptions, build_store
 from replaylab.data.store_build import choose_val_docs  # noqa: F401  (kept importable from here: tests use it)
 from replaylab.data.tokenizer import Tokenizer, get_tokenizer
@@ -52,15 +53,82 @@ def _split_options(options: dict[str, Any] | None) -> tuple[CorpusOptions, Store
 
 
 # --------------------------------------------------------------------------------------------- reading
+# What readers of meta.json use; a store whose meta.json lacks one of them is damaged.
+META_KEYS = ("source", "tokenizer", "tokenizer_hash", "vocab_size", "dtype", "documents", "tokens", "chars",
+             "utf8_bytes", "invalid_utf8_docs", "splits", "identity")
+SPLIT_KEYS = ("documents", "tokens", "utf8_bytes")
+_DERIVED_NAME = re.compile(r".+-[0-9a-f]{8}-[0-9a-f]{8}")
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """A store's meta.json, or None when it cannot be read as a JSON object (damaged)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def rebuild_hint(path: Path, meta: dict | None) -> str:
+    """The command that rebuilds the store at `path` in place (what `meta` says of it, else placeholders)."""
+    meta = meta or {}
+    source = meta.get("source_path") or meta.get("source")
+    tokenizer = meta.get("tokenizer")
+    words = [source if isinstance(source, str) else "SOURCE"]
+    if isinstance(tokenizer, str) and tokenizer != "default":
+        words.append(f"--tokenizer {tokenizer}")
+    # The options that made it (its key): without them, --force would build another store beside it.
+    defaults = {**CorpusOptions().as_dict(), **StoreOptions().identity()}
+    given = {**(meta.get("corpus_options") or {}), **(meta.get("store_options") or {})}
+    for key, value in sorted(given.items()) if isinstance(given, dict) else []:
+        if key != "split_seed" and value is not None and value != defaults.get(key):
+            words.append(f"--{key.replace('_', '-')} {shlex.quote(str(value))}")
+    if not _DERIVED_NAME.fullmatch(path.name):
+        words.append(f"--name {path.name}")
+    return f"`replaylab data build {' '.join(words)} --force`"
+
+
+def damaged(path: Path, what: str, meta: dict | None = None) -> DataError:
+    return DataError(f"token store {str(path)!r} is damaged: {what}; rebuild it with {rebuild_hint(path, meta)} "
+                     "(or delete the folder)")
+
+
+def _check_store(path: Path, meta: dict | None) -> None:
+    """Raise `damaged` unless meta.json is a store's and each split's .bin holds the tokens it records.
+    Cheap (two stats): a copy cut short must never be read as a smaller corpus."""
+    if meta is None:
+        raise damaged(path, "meta.json is not a readable JSON object")
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise damaged(path, f"meta.json has no {missing[0]!r}", meta)
+    try:
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        counts = {split: {k: int(meta["splits"][split][k]) for k in SPLIT_KEYS} for split in SPLITS}
+    except (TypeError, KeyError, ValueError):
+        raise damaged(path, f"meta.json records no valid dtype and splits ({meta['dtype']!r}, "
+                            f"{json.dumps(meta['splits'])[:80]})", meta) from None
+    for split in SPLITS:
+        for name, want in ((f"{split}.bin", counts[split]["tokens"] * itemsize), (f"{split}_docs.npy", None)):
+            file = path / name
+            if not file.is_file():
+                raise damaged(path, f"{name} is missing", meta)
+            if want is not None and file.stat().st_size != want:
+                raise damaged(path, f"{name} holds {file.stat().st_size:,} bytes, meta.json records "
+                                    f"{counts[split]['tokens']:,} tokens ({want:,} bytes)", meta)
+
+
 class TokenStore:
-    """A built store, opened read-only. Token arrays are memory-mapped on first use."""
+    """A built store, opened read-only. Token arrays are memory-mapped on first use.
+    A damaged store (meta.json unreadable or incomplete, a .bin of the wrong size) is a DataError naming
+    the rebuild command."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        meta_file = self.path / "meta.json"
-        if not meta_file.exists():
+        if not (self.path / "meta.json").exists():
             raise DataError(f"{self.path} is not a token store (no meta.json); build one with `replaylab data build`")
-        self.meta: dict[str, Any] = json.loads(meta_file.read_text())
+        meta = _read_meta(self.path)
+        _check_store(self.path, meta)
+        self.meta: dict[str, Any] = meta
         self.dtype = np.dtype(self.meta["dtype"])
         self._tokens: dict[str, np.ndarray] = {}
 
@@ -84,9 +152,11 @@ class TokenStore:
         """The tokenizer this store was built with (its copy inside the store folder)."""
         from replaylab.data.tokenizer import load_tokenizer
 
+        if not (self.path / "tokenizer.json").is_file():
+            raise damaged(self.path, "tokenizer.json is missing", self.meta)
         tok = load_tokenizer(self.path, name=self.meta["tokenizer"])
         if tok.hash != self.tokenizer_hash:
-            raise DataError(f"store {self.path}: tokenizer.json does not match meta.json; rebuild the store")
+            raise damaged(self.path, "tokenizer.json does not match the tokenizer hash in meta.json", self.meta)
         return tok
 
     def _check_split(self, split: str) -> None:
@@ -106,7 +176,10 @@ class TokenStore:
 
     def doc_offsets(self, split: str) -> np.ndarray:
         self._check_split(split)
-        return np.load(self.path / f"{split}_docs.npy")
+        try:
+            return np.load(self.path / f"{split}_docs.npy")
+        except (OSError, ValueError) as e:  # cut short or overwritten
+            raise damaged(self.path, f"{split}_docs.npy cannot be read ({e})", self.meta) from None
 
     def num_tokens(self, split: str) -> int:
         self._check_split(split)
@@ -183,7 +256,7 @@ def open_store(name_or_dir: str | Path) -> TokenStore:
     matches = sorted(q for q in stores_dir().iterdir() if own.fullmatch(q.name) and (q / "meta.json").exists()) \
         if stores_dir().is_dir() and "/" not in str(name_or_dir) else []
     if len(matches) > 1:
-        default = [m for m in matches if json.loads((m / "meta.json").read_text()).get("tokenizer") == "default"]
+        default = [m for m in matches if (_read_meta(m) or {}).get("tokenizer") == "default"]
         matches = default if len(default) == 1 else matches
     if len(matches) == 1:
         return TokenStore(matches[0])
@@ -194,6 +267,7 @@ def open_store(name_or_dir: str | Path) -> TokenStore:
                     "see `replaylab data list` or build it with `replaylab data build SOURCE`")
 
 
+@paths.writing_cache()  # a read-only or full cache: one line naming REPLAYLAB_HOME
 def get_store(source: str, tokenizer: str | Tokenizer = "default", options: dict[str, Any] | None = None,
               build: bool = True, *, name: str | None = None, force: bool = False,
               overwrite: bool = False) -> TokenStore:
@@ -206,16 +280,18 @@ def get_store(source: str, tokenizer: str | Tokenizer = "default", options: dict
     overwrite: a store `name` that holds another corpus (or tokenizer, or options) is replaced; without it,
     that is an error (replaylab.outputs)."""
     source = str(source)
-    if (Path(source) / "meta.json").exists():  # already a store folder
-        return TokenStore(source)
+    # A missing path, unknown recipe, ambiguous name or offline hf: fails here, before any tokenizer work.
+    kind, what = parse_source(source)
+    if kind == "path" and (Path(what) / "meta.json").exists():  # already a store folder
+        return TokenStore(what)
     if name is not None:
         check_name(name)
     corpus_opts, store_opts = _split_options(options)
-    kind = check_source(source)  # a missing path, unknown recipe or offline hf: fails here, before any tokenizer work
+    check_source(source)
     if kind == "recipe" and build:
         from replaylab.data.recipes import build_recipe
 
-        build_recipe(source)  # first, so the store key sees the built recipe's summary
+        build_recipe(what)  # first, so the store key sees the built recipe's summary
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else get_tokenizer(tokenizer)
     key = store_key(source, tok, corpus_opts, store_opts)
     folder = stores_dir() / (name or f"{source_name(source)}-{tok.hash[:8]}-{key[:8]}")
@@ -229,12 +305,7 @@ def get_store(source: str, tokenizer: str | Tokenizer = "default", options: dict
 
     def check_folder() -> None:
         """Only this store, or (with overwrite) another store, may be rebuilt at `folder`."""
-        theirs = None
-        if (folder / "meta.json").exists():
-            try:
-                theirs = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-            except ValueError:
-                theirs = {}
+        theirs = (_read_meta(folder) or {}) if (folder / "meta.json").exists() else None
         describe = f"from {theirs.get('source')!r}, tokenizer {theirs.get('tokenizer')!r}" if theirs else ""
         claim_output(folder, "store", key, overwrite=overwrite, option="--name" if name else "store",
                      describe=describe)
@@ -247,9 +318,10 @@ def get_store(source: str, tokenizer: str | Tokenizer = "default", options: dict
         return store
     if not build:
         raise DataError(f"token store for {source!r} is not built ({folder}); run `replaylab data build {source}`")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    paths.check_cache_writable(folder.parent)
     check_folder()
     # One builder at a time per store: parallel workers asking for the same store wait, then reuse it.
-    folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         store = cached()
@@ -265,8 +337,23 @@ def get_store(source: str, tokenizer: str | Tokenizer = "default", options: dict
     return store
 
 
-def list_stores() -> list[TokenStore]:
+def store_folders() -> list[Path]:
+    """The cached store folders (built or damaged), sorted by name."""
     root = stores_dir()
     if not root.exists():
         return []
-    return [TokenStore(p) for p in sorted(root.iterdir()) if not p.name.startswith(".") and (p / "meta.json").exists()]
+    return [p for p in sorted(root.iterdir()) if not p.name.startswith(".") and (p / "meta.json").exists()]
+
+
+def store_source(identity: str) -> str | None:
+    """The source (a file's full path) of a cached store with this identity, or None when none is cached."""
+    for folder in store_folders():
+        meta = _read_meta(folder) or {}
+        if meta.get("identity") == identity:
+            return meta.get("source_path") or meta.get("source")
+    return None
+
+
+def list_stores() -> list[TokenStore]:
+    """The cached stores; a damaged one is a DataError (`replaylab data list` shows it as damaged instead)."""
+    return [TokenStore(p) for p in store_folders()]

@@ -25,7 +25,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from replaylab import paths
-from replaylab.data.corpus import CorpusOptions, CorpusStats, iter_documents, source_kind, source_name
+from replaylab.data.corpus import (CorpusOptions, CorpusStats, iter_documents, source_kind, source_name,
+                                    source_path)
 from replaylab.data.tokenizer import Tokenizer
 from replaylab.errors import DataError
 from replaylab.outputs import write_marker
@@ -186,7 +187,7 @@ def build_store(source: str, out: Path | str, tokenizer: Tokenizer, corpus_opts:
         meta = {
             "format": STORE_FORMAT,
             "source": source,
-            **({"source_path": str(Path(source).resolve())} if source_kind(source) == "path" else {}),
+            **({"source_path": str(source_path(source).resolve())} if source_kind(source) == "path" else {}),
             "source_name": source_name(source),
             "corpus_options": corpus_opts.as_dict(),
             "store_options": store_opts.identity(),

@@ -28,7 +28,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from replaylab import paths
-from replaylab.data.corpus import CorpusOptions, hub_reachable, iter_documents
+from replaylab.data.corpus import RECIPE_PREFIX, CorpusOptions, hub_reachable, iter_documents
 from replaylab.errors import DataError
 
 EOS_TOKEN = "<|endoftext|>"
@@ -132,6 +132,7 @@ def _load_hub(spec: str) -> Tokenizer:
     return load_tokenizer(folder, name=spec)
 
 
+@paths.writing_cache()  # the default's training and the hub's cache write there
 def get_tokenizer(spec: str = "default") -> Tokenizer:
     """Resolve a tokenizer spec ("default", a path, or a hub id) to a loaded `Tokenizer`."""
     spec = str(spec)
@@ -219,17 +220,43 @@ def _pins_index_path(pins: dict) -> Path:
     return paths.home() / "tokenizers" / f"default.pins-{digest[:12]}.json"
 
 
+def _index_entries(tokenizers: Path) -> list[tuple[Path, dict]]:
+    """(index file, entry) of every readable pins index under `tokenizers`."""
+    entries = []
+    for index in sorted(tokenizers.glob("default.pins-*.json")):
+        try:
+            entry = json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("folder"), str) and "tokenizer_sha256" in entry:
+            entries.append((index, entry))
+    return entries
+
+
+def _check_pinned(tok: Tokenizer) -> None:
+    """Refuse a cached default whose tokenizer.json is not the one an index recorded for its folder: a file
+    copied over it (or damaged) would otherwise be adopted, and every store built with it silently changed."""
+    for index, entry in _index_entries(tok.path.parent):
+        if entry["folder"] == tok.path.name and entry["tokenizer_sha256"] != tok.hash:
+            raise DataError(f"the cached default tokenizer {str(tok.path / 'tokenizer.json')!r} is not the one "
+                            f"replaylab trained there (sha256 {tok.hash[:12]}, {index.name} records "
+                            f"{str(entry['tokenizer_sha256'])[:12]}): it was replaced or damaged; delete the folder "
+                            f"{str(tok.path)!r} to rebuild it (it is trained again on first use), or give that "
+                            f"file as a tokenizer of your own (--tokenizer {tok.path})")
+
+
 def _indexed_default(index: Path) -> Tokenizer | None:
-    """The tokenizer a pins index file points to, or None when there is none (or it was replaced)."""
-    try:
-        entry = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    """The tokenizer a pins index file points to, or None when there is none. One whose tokenizer.json
+    was replaced is refused (`_check_pinned`), never rebuilt over or adopted."""
+    entry = dict(_index_entries(index.parent)).get(index)
+    if entry is None:
         return None
     folder = index.parent / entry["folder"]
     if not (folder / "tokenizer.json").exists():
         return None
     tok = load_tokenizer(folder, name="default")
-    return tok if tok.hash == entry["tokenizer_sha256"] else None
+    _check_pinned(tok)
+    return tok
 
 
 def _cannot_build_message(recipe: str, error: DataError) -> str:
@@ -288,9 +315,11 @@ def default_tokenizer() -> Tokenizer:
         with open(folder.parent / ".default.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (folder / "tokenizer.json").exists():
-                train_tokenizer(list(DEFAULT_RECIPES), vocab_size=DEFAULT_VOCAB, out=folder,
-                                sample_bytes=DEFAULT_SAMPLE_BYTES)
+                # recipe:NAME: a project folder named like a recipe (code/) is not what the default is trained on.
+                train_tokenizer([f"{RECIPE_PREFIX}{r}" for r in DEFAULT_RECIPES], vocab_size=DEFAULT_VOCAB,
+                                out=folder, sample_bytes=DEFAULT_SAMPLE_BYTES)
     tok = load_tokenizer(folder, name="default")
+    _check_pinned(tok)
     built_from_pins = all({k: s.get(k) for k in p} == p for s, p in zip(summaries, pins["recipes"]))
     if built_from_pins:
         paths.atomic_write_text(index, json.dumps({"folder": folder.name, "tokenizer_sha256": tok.hash,

@@ -107,20 +107,26 @@ def save_checkpoint(
     final = step_dir(Path(run_dir), step)
     model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.items()}
     optim_tensors, optim_meta = _flatten_optim(optim)
-    with atomic_dir(final) as tmp:
-        save_file(model_tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        save_file(optim_tensors, str(tmp / "optim.safetensors"), metadata={"format": "pt"})
-        state = {
-            "format": FORMAT,
-            "step": step,
-            "stage": stage,
-            "kind": kind,
-            "rng": rng_state(),
-            "optim": optim_meta,
-            "sha256": {name: sha256_file(tmp / name) for name in ("model.safetensors", "optim.safetensors")},
-            **(extra or {}),
-        }
-        (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    try:
+        with atomic_dir(final) as tmp:
+            save_file(model_tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            save_file(optim_tensors, str(tmp / "optim.safetensors"), metadata={"format": "pt"})
+            state = {
+                "format": FORMAT,
+                "step": step,
+                "stage": stage,
+                "kind": kind,
+                "rng": rng_state(),
+                "optim": optim_meta,
+                "sha256": {name: sha256_file(tmp / name) for name in ("model.safetensors", "optim.safetensors")},
+                **(extra or {}),
+            }
+            (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    except (SafetensorError, OSError) as e:  # a full disk, a file-size limit (ulimit -f), a read-only folder
+        # safetensors reports the OS error inside its message ("Error while serializing: IoError(...)").
+        reason = getattr(e, "strerror", None) or " ".join(str(e).split())
+        raise CheckpointError(f"cannot write checkpoint {str(final)!r} ({reason}); nothing was kept of it: free space "
+                              "on that disk (or lift the file-size limit) and resume the run") from None
     return final
 
 
@@ -133,33 +139,53 @@ def list_checkpoints(run_dir: Path | str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _read_state(path: Path, *, required: bool = True) -> dict[str, Any]:
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if not required:
+            return {}
+        raise CheckpointError(f"checkpoint {str(path)!r} has no state.json; it is incomplete, use an earlier one") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: state.json is corrupt ({e}); use an earlier checkpoint") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: state.json holds no JSON object; use an earlier checkpoint")
+    return state
+
+
+def _load_tensors(path: Path, name: str, state: dict[str, Any], *, verify: bool) -> dict[str, torch.Tensor]:
+    """One tensor file of a checkpoint, checked against the sha256 `state` records for it (when `verify`)."""
+    file = path / name
+    if not file.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {name}; it is incomplete, use an earlier one")
+    if verify and sha256_file(file) != state.get("sha256", {}).get(name):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: {name} does not match its recorded sha256 (truncated or damaged); "
+            "use an earlier checkpoint"
+        )
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {name} cannot be read ({e}); use an earlier one") from None
+
+
 def load_checkpoint(path: Path | str, *, verify: bool = True) -> Checkpoint:
     """Load a checkpoint folder; any damage raises CheckpointError naming the file."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder {str(path)!r} does not exist; give a checkpoints/step_NNNNNNN folder")
-    try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {str(path)!r} has no state.json; it is incomplete, use an earlier one") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint {str(path)!r}: state.json is corrupt ({e}); use an earlier checkpoint") from None
-    tensors = {}
-    for name in ("model.safetensors", "optim.safetensors"):
-        file = path / name
-        if not file.exists():
-            raise CheckpointError(f"checkpoint {str(path)!r} lacks {name}; it is incomplete, use an earlier one")
-        if verify and sha256_file(file) != state.get("sha256", {}).get(name):
-            raise CheckpointError(
-                f"checkpoint {str(path)!r}: {name} does not match its recorded sha256 (truncated or damaged); "
-                "use an earlier checkpoint"
-            )
-        try:
-            tensors[name] = load_file(str(file))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {str(path)!r}: {name} cannot be read ({e}); use an earlier one") from None
+    state = _read_state(path)
+    tensors = {name: _load_tensors(path, name, state, verify=verify) for name in ("model.safetensors", "optim.safetensors")}
     optim = _unflatten_optim(tensors["optim.safetensors"], state["optim"])
     return Checkpoint(path=path, state=state, model=tensors["model.safetensors"], optim=optim)
+
+
+def load_model_weights(path: Path | str) -> dict[str, torch.Tensor]:
+    """A checkpoint's model tensors alone (for export), checked against their sha256 as `load_checkpoint`
+    does; a checkpoint folder without state.json (written by hand) is read unchecked."""
+    path = Path(path)
+    state = _read_state(path, required=False)
+    return _load_tensors(path, "model.safetensors", state, verify="sha256" in state)
 
 
 def latest_good_checkpoint(run_dir: Path | str) -> Checkpoint | None:

@@ -69,6 +69,26 @@ def load_stores(config: RunConfig, tokenizer) -> dict:
     return stores
 
 
+def check_resumed_data(config: RunConfig, existing: dict, stores: dict, tokenizer, out_dir: Path) -> None:
+    """Refuse to continue a run on data other than what it trained on: a relative source read from another
+    working directory, an edited file, another tokenizer. The manifest's recorded identities are the truth;
+    they are compared before anything is written, so the record is never replaced."""
+    from replaylab.data.store import store_source
+
+    recorded = existing.get("store_identities") or {}
+    for name, store in stores.items():
+        before = recorded.get(name)
+        if before is None or before == store.identity:
+            continue
+        was = store_source(before)
+        was = f"{was} (store identity {before[:12]})" if was else f"store identity {before[:12]}"
+        now = f"{store.meta.get('source_path') or store.meta['source']} (store identity {store.identity[:12]})"
+        why = ("; its tokenizer changed too" if existing.get("tokenizer_hash") not in (None, tokenizer.hash) else "")
+        raise DataError(f"cannot resume {str(out_dir)!r}: domain {name!r} (source {config.data.domains[name].source!r}) now reads "
+                        f"{now}, but the run trained on {was}{why}; resume it where that data is (the same working "
+                        "directory, files and REPLAYLAB_HOME), or train a new run on the new data")
+
+
 def init_weights(model: torch.nn.Module, config: RunConfig, hf_state: dict | None) -> None:
     """Stage-1 init: scratch (already done by the constructor), checkpoint:PATH (weights only) or hf:PATH."""
     init = config.stages[0].init
@@ -125,6 +145,8 @@ def _run(config: RunConfig, out_dir: Path, resume: bool, init_from, overwrite: b
     if existing is not None and existing.get("status") == "done":
         return existing  # nothing left to do: same config, already finished
     stores = load_stores(config, tokenizer)
+    if existing is not None:
+        check_resumed_data(config, existing, stores, tokenizer, out_dir)
     sampler = MixtureSampler(config, stores)
     eval_sets = build_eval_sets(config, stores)
     total = config.train.total_steps
