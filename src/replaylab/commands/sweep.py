@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from replaylab.errors import ConfigError
+
 HELP = "train an experiment's runs (skip done ones; content-addressed run folders; local workers or Ray)"
 
 
@@ -30,6 +32,9 @@ def main(args: argparse.Namespace) -> int:
     from replaylab.sweep.local import SweepInterrupted
     from replaylab.sweep.plan import experiment_name
 
+    for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value} must be >= 1")
     out = args.out
     if out is None:
         out = home() / "sweeps" / experiment_name(args.experiment)
