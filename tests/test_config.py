@@ -78,7 +78,7 @@ def test_yaml_on_off_switches_stay_strings():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.precision=fp16", "train.precision 'fp16' is unknown; choose one of auto, fp32, bf16"),
+    ("train.precision=fp16", "train.precision 'fp16' is unknown; did you mean bf16? choose one of auto, fp32, bf16"),
     ("train.compile=no", None),  # YAML 1.1: no = false = off
     ("train.progress=maybe", "train.progress 'maybe' is unknown; choose one of auto, on, off"),
     ("stages.1.optimizer=keep", "stages[1].optimizer 'keep' is unknown; choose one of reset, carry"),

@@ -58,9 +58,9 @@ def test_a_bad_value_is_the_same_one_line_error_in_both_commands(capsys, configs
 
 def test_bad_choice_names_the_choices_in_both_commands(capsys, configs):
     assert one_line_error(capsys, [*configs["train"], "train.precision=fp16"]) == \
-        "train.precision 'fp16' is unknown; choose one of auto, fp32, bf16"
+        "train.precision 'fp16' is unknown; did you mean bf16? choose one of auto, fp32, bf16"
     assert one_line_error(capsys, [*configs["finetune"], "--set", "precision=fp16"]) == \
-        "precision 'fp16' is unknown; choose one of auto, fp32, bf16"
+        "precision 'fp16' is unknown; did you mean bf16? choose one of auto, fp32, bf16"
 
 
 def test_train_takes_both_forms_in_command_line_order(capsys, configs, trained, tmp_path):

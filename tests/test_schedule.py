@@ -140,9 +140,9 @@ def test_builder_errors_are_actionable():
     (lambda: finetune({**BASE, "train": {"total_steps": float("nan")}}, rho=0.5), "train.total_steps: nan"),
     (lambda: midtrain({**BASE, "train": {"total_steps": 1024, "batch_size": 2.5}}),
      "train.batch_size: expected a whole"),
-    (lambda: reference({**BASE, "train": {"total_steps": 0}}), "train.total_steps and train.batch_size must be >= 1"),
+    (lambda: reference({**BASE, "train": {"total_steps": 0}}), "train.total_steps must be >= 1, got 0"),
     (lambda: finetune({**BASE, "train": {"total_steps": 2**62, "batch_size": 1}}, rho=0.5, target_fraction=0.5,
-                      epochs=1), "beyond 2**53"),
+                      epochs=1), "above the 1,000,000 steps"),
 ])
 def test_builders_refuse_extreme_arguments_with_a_config_error(build, words):
     with pytest.raises(ConfigError) as e:

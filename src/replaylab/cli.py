@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from replaylab import __version__
@@ -40,8 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        # Building the parser imports every command (scipy, pandas: a second or more), so a Ctrl-C often lands here.
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        _exiting_on_interrupt()
+        command = next((a for a in argv if a in COMMANDS), None)
+        print(f"replaylab{' ' + command if command else ''}: interrupted", file=sys.stderr)
+        return 130
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -61,8 +69,15 @@ def main(argv: list[str] | None = None) -> int:
               "permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _exiting_on_interrupt()
         print(f"replaylab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _exiting_on_interrupt() -> None:
+    """Ignore further Ctrl-C while the one-line message is printed and the interpreter exits (a second
+    KeyboardInterrupt there would print a traceback after all)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import hashlib
 import json
@@ -61,25 +62,55 @@ ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.cons
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def _check_plain(value: Any, what: str, key: str = "", _parents: tuple[int, ...] = ()) -> None:
+# What one config (a run, an experiment, a fine-tuning run, an override value) may expand to, counted in
+# values (every number, string, list item and mapping entry, with each alias counted as often as it is
+# used): the largest shipped experiment holds a few hundred. YAML aliases repeat what they refer to, so a
+# few lines of nested aliases ("billion laughs") expand to billions of values, which every later step
+# (overrides, validation, config.yaml, the manifest) would copy out in full.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_plain(value: Any, what: str) -> None:
     """Raise ConfigError unless `value` is plain data: numbers, strings, booleans, null, lists, mappings
-    (no !!binary, !!set or !!omap, and no alias that contains itself)."""
+    (no !!binary, !!set or !!omap, and no alias that contains itself) of at most MAX_CONFIG_VALUES values.
+    Linear in the YAML's own size: a shared (aliased) value is checked once and counted as often as used."""
+    try:
+        _plain_size(value, what, "", {}, set())
+    except RecursionError:
+        raise ConfigError(f"{what} nests too deeply to read; flatten it") from None
+
+
+def _plain_size(value: Any, what: str, key: str, sizes: dict[int, int], open_: set[int]) -> int:
+    """Values `value` expands to (see MAX_CONFIG_VALUES); `sizes` caches shared values, `open_` holds the
+    containers being walked (one seen again inside itself is an alias cycle)."""
     if isinstance(value, _PLAIN):
-        return
+        return 1
     where = f"{what} at {key}" if key else what
-    if id(value) in _parents:
+    if id(value) in sizes:
+        return sizes[id(value)]
+    if id(value) in open_:
         raise ConfigError(f"{where}: an alias refers to a value that contains it; write the value out instead")
     if isinstance(value, dict):
-        for k, v in value.items():
+        items = list(value.items())
+        for k, _ in items:
             if not isinstance(k, _PLAIN):
                 raise ConfigError(f"{where}: key {k!r} is not a plain string or number; write it as a string")
-            _check_plain(v, what, f"{key}.{k}" if key else str(k), (*_parents, id(value)))
+        children = [(f"{key}.{k}" if key else str(k), v) for k, v in items]
     elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_plain(v, what, f"{key}[{i}]", (*_parents, id(value)))
+        children = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
     else:
         raise ConfigError(f"{where}: {value!r} ({type(value).__name__}) is not plain YAML data; write a number, "
                           "string, list or mapping")
+    open_.add(id(value))
+    total = 1
+    for child_key, child in children:
+        total += _plain_size(child, what, child_key, sizes, open_)
+        if total > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{what} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeat what "
+                              "they refer to); a config is far smaller: write it without nested aliases")
+    open_.discard(id(value))
+    sizes[id(value)] = total
+    return total
 
 
 def parse_number(value: Any, where: str) -> float:
@@ -113,8 +144,16 @@ def _choice(value: Any, choices: tuple, where: str) -> Any:
     if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans; our choices are words
         value = "on" if value else "off"
     if value not in choices:
-        raise ConfigError(f"{where} {value!r} is unknown; choose one of {', '.join(map(str, choices))}")
+        raise ConfigError(f"{where} {value!r} is unknown; {closest(value, choices)}choose one of "
+                          f"{', '.join(map(str, choices))}")
     return value
+
+
+def closest(word: Any, known: Any) -> str:
+    """"did you mean X? " for the known name closest to a mistyped `word` (difflib), or "" when none is close."""
+    names = [str(k) for k in known]
+    match = difflib.get_close_matches(str(word), names, n=1, cutoff=0.7) if isinstance(word, str) else []
+    return f"did you mean {match[0]}? " if match else ""
 
 
 @functools.lru_cache(maxsize=None)
@@ -211,9 +250,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config field {prefix}{unknown[0]!s}; known fields here: {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(f"unknown config field {prefix}{unknown[0]!s}; {closest(unknown[0], fields)}known fields "
+                          f"here: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _convert(value, hints[name], f"{where}.{name}" if where else name)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-from replaylab.config import check_choices
+from replaylab.config import check_choices, closest
 from replaylab.errors import ConfigError
 
 # Settings with a fixed set of values: the types name the values (YAML and overrides are checked against
@@ -20,6 +20,11 @@ Precision = Literal["auto", "fp32", "bf16"]  # bf16 = autocast; auto = bf16 wher
 Device = Literal["auto", "cpu", "cuda"]
 Switch = Literal["auto", "on", "off"]
 LRSchedule = Literal["constant", "cosine", "wsd", "linear", "continue"]
+
+# The longest run replaylab plans, in optimizer steps. The mixture plan holds counts per step (about 110
+# bytes each: 1M steps ~ 110 MB, built in ~0.5 s), so a mistaken length, or a replay fraction near 1
+# stretching a fine-tuning run by 1 / (1 - R), is refused here rather than ending in the OOM killer.
+MAX_STEPS = 1_000_000
 
 # Model presets. Tiny sizes are what 2-core CPUs can train (see shared CPU measurements); `150m` is
 # the paper's "150m4k" Llama; larger ones follow common Llama shapes.
@@ -59,7 +64,8 @@ class ModelConfig:
         if preset is None:
             return data
         if not isinstance(preset, str) or preset not in MODEL_PRESETS:
-            raise ConfigError(f"model.preset {preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}")
+            raise ConfigError(f"model.preset {preset!r} is unknown; {closest(preset, MODEL_PRESETS)}choose one of "
+                              f"{', '.join(MODEL_PRESETS)}")
         return {**MODEL_PRESETS[preset], **data}
 
     def validate(self) -> None:
@@ -70,6 +76,12 @@ class ModelConfig:
             raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if (self.d_model // self.n_heads) % 2:
             raise ConfigError(f"model head size d_model/n_heads = {self.d_model // self.n_heads} must be even for RoPE")
+        for name in ("n_kv_heads", "vocab_size", "max_seq_len"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}; or leave it unset (null)")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
         kv = self.n_kv_heads or self.n_heads
         if self.n_heads % kv:
             raise ConfigError(f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({kv})")
@@ -115,6 +127,11 @@ class DataConfig:
             raise ConfigError(f"data.seq_len must be >= 8, got {self.seq_len}")
         if not self.domains:
             raise ConfigError("data.domains is empty; name at least one domain, e.g. {generic: {source: generic}}")
+        if self.budget_seed < 0:  # a numpy seed: non-negative
+            raise ConfigError(f"data.budget_seed must be >= 0, got {self.budget_seed}")
+        if self.val_sequences is not None and self.val_sequences < 2:
+            raise ConfigError(f"data.val_sequences must be >= 2 (it is split in select and report halves), got "
+                              f"{self.val_sequences}; or leave it unset (null) to use eval.max_sequences")
 
 
 @dataclass
@@ -208,8 +225,11 @@ class OptimConfig:
     def validate(self) -> None:
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must lie in [0, 1), got {self.betas}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("optim.weight_decay and optim.grad_clip must be >= 0")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
+        if self.eps <= 0:  # Adam divides by sqrt(v) + eps, and v is 0 wherever a gradient was 0
+            raise ConfigError(f"optim.eps must be > 0, got {self.eps}")
         check_choices(self, "optim.")
 
 
@@ -233,8 +253,17 @@ class TrainConfig:
     progress: Switch = "auto"  # auto: a bar on a terminal
 
     def validate(self) -> None:
-        if self.total_steps < 1 or self.batch_size < 1:
-            raise ConfigError("train.total_steps and train.batch_size must be >= 1")
+        for name in ("total_steps", "batch_size", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.total_steps > MAX_STEPS:
+            raise ConfigError(f"train.total_steps is {self.total_steps:,}, above the {MAX_STEPS:,} steps replaylab plans "
+                              "a run for; give a shorter run")
+        for name in ("micro_batch_size", "mixture_block", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}; or leave it unset (null)")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"train.checkpoint_every must be >= 0 (0 = at stage ends only), got {self.checkpoint_every}")
         mb = self.micro_batch_size or self.batch_size
         if self.batch_size % mb:
             raise ConfigError(
@@ -252,6 +281,15 @@ class EvalConfig:
     max_sequences: int = 64  # held-out sequences per domain (split in two halves: select / report)
     batch_size: int = 16
     domains: list[str] | None = None  # None = every domain of the run
+
+    def validate(self) -> None:
+        if self.every < 0:
+            raise ConfigError(f"eval.every must be >= 0 (0 = at stage ends only), got {self.every}")
+        if self.max_sequences < 2:
+            raise ConfigError(f"eval.max_sequences must be >= 2 (it is split in select and report halves), got "
+                              f"{self.max_sequences}")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from replaylab.errors import ConfigError
 
 HELP = "train an experiment's runs (skip done ones; content-addressed run folders; local workers or Ray)"
 
@@ -26,13 +29,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from replaylab.paths import home
     from replaylab.sweep import run_sweep
+    from replaylab.sweep.local import SweepInterrupted
     from replaylab.sweep.plan import experiment_name
 
+    for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value} must be >= 1")
     out = args.out
     if out is None:
         out = home() / "sweeps" / experiment_name(args.experiment)
-    counts = run_sweep(args.experiment, out, workers=args.workers, threads=args.threads, backend=args.backend,
-                       address=args.address, retry=args.retry, lease_ttl=args.lease_ttl,
-                       gpus_per_run=args.gpus_per_run, overwrite=args.overwrite)
+    try:
+        counts = run_sweep(args.experiment, out, workers=args.workers, threads=args.threads, backend=args.backend,
+                           address=args.address, retry=args.retry, lease_ttl=args.lease_ttl,
+                           gpus_per_run=args.gpus_per_run, overwrite=args.overwrite)
+    except SweepInterrupted as e:  # one line for the whole sweep; the way on is the sweep itself, not one run
+        print(f"replaylab sweep: {e}; continue with replaylab sweep {args.experiment} --out {out} (done runs are "
+              "skipped, stopped ones resume)", file=sys.stderr)
+        return e.exit_code
     print(f"sweep {Path(out)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0 if counts["failed"] == 0 and counts["pending"] == 0 and counts["running"] == 0 else 1

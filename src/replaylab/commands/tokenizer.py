@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from replaylab.commands.data import _add_source_options, source_options
 from replaylab.errors import DataError
@@ -31,8 +32,9 @@ def main(args: argparse.Namespace) -> int:
     from replaylab.data.tokenizer import get_tokenizer, train_tokenizer
 
     if args.tokenizer_command == "train":
-        if args.sample_mb <= 0:
-            raise DataError(f"--sample-mb must be > 0, got {args.sample_mb}")
+        if not 1 <= args.sample_mb * 1e6 < math.inf:  # nan too, and less than a byte
+            raise DataError(f"--sample-mb {args.sample_mb} is not a size; give the megabytes of text to sample from "
+                            "each source, at least 1e-6, such as 2")
         tok = train_tokenizer(args.sources, vocab_size=args.vocab_size, out=args.out,
                               sample_bytes=int(args.sample_mb * 1e6), options=source_options(args),
                               overwrite=args.overwrite)

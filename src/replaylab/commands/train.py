@@ -34,7 +34,7 @@ def _default_out(name: str) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from replaylab.config import load_config
+    from replaylab.config import apply_overrides, from_dict, load_config, load_yaml
     from replaylab.runconfig import RunConfig
     from replaylab.train import TrainingInterrupted, run_training
 
@@ -54,7 +54,13 @@ def main(args: argparse.Namespace) -> int:
         if "=" in args.config and not Path(args.config).exists():
             raise ConfigError(f"{args.config!r} looks like an override; the config file comes first: "
                               "replaylab train CONFIG KEY=VALUE ...")
-        config = load_config(RunConfig, args.config, args.overrides)
+        raw = load_yaml(args.config)
+        keys = [k for k in ("strategies", "base", "grid") if k in raw]
+        if keys or raw.get("kind") == "finetune_hf":
+            raise ConfigError(f"{args.config!r} is an experiment (it has {', '.join(keys) or 'kind: finetune_hf'}), "
+                              f"not a run config; list its runs with replaylab plan {args.config}, train them with "
+                              f"replaylab sweep {args.config}")
+        config = from_dict(RunConfig, apply_overrides(raw, args.overrides))
         out = Path(args.out) if args.out else _default_out(config.name)
     try:
         manifest = run_training(config, out, resume=bool(args.resume), init_from=args.init_from,

@@ -101,11 +101,13 @@ class FTEvalConfig:
     def validate(self) -> None:
         if self.lm_eval_include is not None and not self.lm_eval_tasks:
             raise ConfigError(f"eval.lm_eval_include is {self.lm_eval_include!r} but eval.lm_eval_tasks is empty; "
-                              "name the tasks to run from it, e.g. --lm-eval-task NAME")
+                              "name the tasks to run from it in eval.lm_eval_tasks")
         if self.max_sequences < 2:
             raise ConfigError(f"eval.max_sequences must be >= 2 (it is split in val/test halves), got {self.max_sequences}")
-        if self.every < 0 or self.batch_size < 1:
-            raise ConfigError("eval.every must be >= 0 and eval.batch_size >= 1")
+        if self.every < 0:
+            raise ConfigError(f"eval.every must be >= 0 (0 = at the end only), got {self.every}")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -157,7 +159,8 @@ class FinetuneConfig:
                 f"replay_fraction must lie in [0, 1), got {self.replay_fraction}; it is the replay share of the tokens"
             )
         if self.replay_fraction > 0 and self.replay is None:
-            raise ConfigError(f"replay_fraction is {self.replay_fraction} but no replay pool is set; give --replay DATA")
+            raise ConfigError(f"replay_fraction is {self.replay_fraction} but no replay pool is set; give one "
+                              "(replay: {source: ...})")
         if self.target_epochs <= 0:
             raise ConfigError(f"target_epochs must be > 0, got {self.target_epochs}")
         if self.seq_len < 8:
@@ -170,3 +173,6 @@ class FinetuneConfig:
         check_choices(self)
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+        for name in ("log_every", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

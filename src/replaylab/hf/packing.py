@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 from replaylab.errors import ConfigError
 from replaylab.hf.config import FinetuneConfig
-from replaylab.runconfig import (DataConfig, DomainConfig, EvalConfig, LRConfig, OptimConfig, RunConfig, StageConfig,
-                                 TrainConfig)
+from replaylab.runconfig import (MAX_STEPS, DataConfig, DomainConfig, EvalConfig, LRConfig, OptimConfig, RunConfig,
+                                 StageConfig, TrainConfig)
 from replaylab.train.mixture import MixtureSampler
 
 TARGET, REPLAY = "target", "replay"
@@ -75,10 +75,14 @@ def plan_mix(*, budget: int, target_epochs: float, replay_fraction: float, batch
         planned = math.ceil(draws / (batch_size * (1 - replay_fraction)) - 1e-9)
         weight = draws / (planned * batch_size)
     total = planned if max_steps is None else min(planned, max_steps)
-    if total * batch_size >= 2**63:  # a replay fraction near 1 stretches the run without bound
-        raise ConfigError(f"the run would take {total} steps of {batch_size} sequences (target_epochs="
-                          f"{target_epochs:g}, replay_fraction={replay_fraction:g}), beyond a 64-bit count; lower "
-                          "target_epochs or replay_fraction, or set max_steps")
+    if total > MAX_STEPS:  # a replay fraction near 1 stretches the run without bound (only `total` steps are built)
+        raise ConfigError(f"the run would take {total:,} steps ({target_steps:,} target steps stretched by 1 / (1 - "
+                          f"replay_fraction={replay_fraction:g}), target_epochs={target_epochs:g}), above the "
+                          f"{MAX_STEPS:,} steps replaylab plans a run for; lower target_epochs or replay_fraction, or "
+                          f"set max_steps (at most {MAX_STEPS:,})")
+    if total * batch_size >= 2**63:  # sequences are counted in int64
+        raise ConfigError(f"the run would take {total} steps of {batch_size} sequences, beyond a 64-bit count; give a "
+                          "realistic batch_size")
     return MixPlan(budget=budget, target_draws=draws, target_steps=target_steps, planned_steps=planned,
                    total_steps=total, target_weight=weight, replay_fraction=replay_fraction)
 

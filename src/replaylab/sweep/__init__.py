@@ -41,9 +41,9 @@ def run_sweep(experiment: str | Path, out: str | Path, *, workers: int = 1, thre
               overwrite: bool = False) -> dict[str, int]:
     """Prepare the sweep folder and train every run not done yet; returns status counts."""
     if backend not in ("local", "ray"):
-        raise ConfigError(f"--backend {backend!r} is unknown; choose local or ray")
+        raise ConfigError(f"backend {backend!r} is unknown; choose local or ray")
     if workers < 1 or threads < 1:
-        raise ConfigError(f"--workers ({workers}) and --threads ({threads}) must be >= 1")
+        raise ConfigError(f"workers ({workers}) and threads ({threads}) must be >= 1")
     retry_before = time.time() if retry else None
     prepare_sweep(experiment, out, overwrite=overwrite)
     if backend == "ray":

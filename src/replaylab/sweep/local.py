@@ -24,6 +24,19 @@ from replaylab.runconfig import RunConfig
 from replaylab.sweep.runstore import FAILED, RunStore
 
 BUSY, SKIPPED, WAITING, LOST = "busy", "skipped", "waiting", "lost"
+_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class SweepInterrupted(Exception):
+    """SIGINT/SIGTERM stopped a local sweep: every worker was asked once to stop, and the runs it was training
+    saved a checkpoint. Rerunning the sweep continues (done runs are skipped, stopped ones resume).
+    `exit_code` is 130 or 143; `counts` the status counts at the stop."""
+
+    def __init__(self, signum: int, counts: dict[str, int]):
+        self.signum, self.counts = signum, counts
+        self.exit_code = _SIGNAL_EXIT.get(signum, 128 + signum)
+        super().__init__(f"{signal.Signals(signum).name}: the sweep stopped, its running runs saved a checkpoint ("
+                         + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")")
 
 
 def _archive_failed_attempt(run_dir: Path) -> None:
@@ -188,8 +201,6 @@ def run_local(sweep_dir: str | Path, *, workers: int = 1, threads: int = 1, retr
 
     A worker that dies is replaced while work remains; its run's lease goes stale and the run is taken
     over and resumed from its checkpoint. Returns the final status counts."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     store = RunStore(sweep_dir, lease_ttl=lease_ttl)
     ids = [e["run_id"] for e in store.plan()["runs"]]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -197,9 +208,49 @@ def run_local(sweep_dir: str | Path, *, workers: int = 1, threads: int = 1, retr
            "--lease-ttl", str(lease_ttl), "--poll", str(poll)]
     if retry_before is not None:
         cmd += ["--retry-before", repr(retry_before)]
+    cmd += ["--from-sweep"]
     unfinished = [r for r in ids if not terminal(store, r, retry_before)]
-    # No more workers than open runs, and none at all when everything is done (a worker costs a torch import).
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(min(workers, len(unfinished)))]
+
+    def start(n: int) -> list[subprocess.Popen]:
+        # Each worker in its own session: a Ctrl-C on the terminal reaches this process only, which passes it
+        # on exactly once (a second signal would make a trainer stop without its checkpoint).
+        return [subprocess.Popen(cmd, env=env, start_new_session=True) for _ in range(n)]
+
+    stop: list[int] = []  # the signals received, in order
+
+    def forward(signum, frame):
+        stop.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    procs: list[subprocess.Popen] = []
+    old = {s: signal.signal(s, forward) for s in _SIGNAL_EXIT} if _main_thread() else {}
+    try:
+        if not stop:  # no more workers than open runs, and none when all is done (a worker costs a torch import)
+            procs.extend(start(min(workers, len(unfinished))))
+        _supervise(store, ids, procs, start, stop, workers=workers, retry_before=retry_before, poll=poll,
+                   max_restarts=max_restarts, progress=progress)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stop:
+        raise SweepInterrupted(stop[0], _counts(store, ids))
+    return _counts(store, ids)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _supervise(store: RunStore, ids: list[str], procs: list, start, stop: list[int], *, workers: int,
+               retry_before: float | None, poll: float, max_restarts: int | None, progress: bool | None) -> None:
+    """Watch the workers (`procs`, changed in place) until every run is terminal, restarting those that die, or,
+    once a stop signal came, until every worker has exited."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     restarts = 0
     limit = max_restarts if max_restarts is not None else 3 * workers
     show = sys.stderr.isatty() if progress is None else progress
@@ -211,19 +262,21 @@ def run_local(sweep_dir: str | Path, *, workers: int = 1, threads: int = 1, retr
             bar.update(task, completed=c["done"] + c["failed"],
                        description=f"done {c['done']}  running {c['running']}  failed {c['failed']}")
             alive = [p for p in procs if p.poll() is None]
-            if not alive:
+            if stop:
+                if not alive:
+                    break
+            elif not alive:
                 unfinished = [r for r in ids if not terminal(store, r, retry_before)]
                 if not unfinished or restarts >= limit:
                     break
-                procs = [subprocess.Popen(cmd, env=env) for _ in range(min(workers, len(unfinished)))]
+                procs[:] = start(min(workers, len(unfinished)))
                 restarts += len(procs)
                 continue
-            if any(p.returncode not in (None, 0) for p in procs) and restarts < limit:
+            elif any(p.returncode not in (None, 0) for p in procs) and restarts < limit:
                 dead = [p for p in procs if p.returncode not in (None, 0)]
-                procs = [p for p in procs if p not in dead] + [subprocess.Popen(cmd, env=env) for _ in dead]
+                procs[:] = [p for p in procs if p not in dead] + start(len(dead))
                 restarts += len(dead)
             time.sleep(poll)
-    return _counts(store, ids)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,17 +287,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease-ttl", type=float, default=60.0)
     p.add_argument("--poll", type=float, default=0.5)
     p.add_argument("--retry-before", type=float, default=None)
+    p.add_argument("--from-sweep", action="store_true", help=argparse.SUPPRESS)  # `replaylab sweep` reports stops
     args = p.parse_args(argv)
 
-    def stop(signum, frame):  # between runs; while training, the trainer's own handler checkpoints first
-        raise SystemExit(128 + signum)
+    got: list[int] = []
 
-    for s in (signal.SIGTERM, signal.SIGINT):
+    def stop(signum, frame):
+        # Outside the trainer's loop (between runs, loading data, the final evaluation); inside it, the trainer's
+        # own handler checkpoints first. A KeyboardInterrupt, unlike SystemExit, leaves a started run `running`,
+        # so the next sweep resumes it instead of counting it failed.
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    for s in _SIGNAL_EXIT:
         signal.signal(s, stop)
-    worker_loop(args.sweep_dir, retry_before=args.retry_before, lease_ttl=args.lease_ttl,
-                threads=args.threads, poll=args.poll)
+    from replaylab.train import TrainingInterrupted
+
+    try:
+        worker_loop(args.sweep_dir, retry_before=args.retry_before, lease_ttl=args.lease_ttl,
+                    threads=args.threads, poll=args.poll)
+    except (TrainingInterrupted, KeyboardInterrupt) as e:  # a rerun of the sweep (or this worker) continues
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signum = getattr(e, "signum", None) or (got[0] if got else signal.SIGINT)
+        if not args.from_sweep:  # `replaylab sweep` says it once for all its workers
+            print(f"replaylab-sweep-worker: {signal.Signals(signum).name}: stopped; continue with python -m "
+                  f"replaylab.sweep.local {args.sweep_dir} or by rerunning the sweep (done runs are skipped)",
+                  file=sys.stderr)
+        return _SIGNAL_EXIT.get(signum, 128 + signum)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # a stop before the handlers were installed: nothing was claimed yet
+        sys.exit(130)
