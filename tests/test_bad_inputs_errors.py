@@ -188,6 +188,19 @@ def test_replay_mixture_refuses_a_plan_beyond_the_cap(code_store, prose_store, r
     assert mix.num_steps == 20 and mix.plan.planned_steps > MAX_STEPS  # capped without building the long plan
 
 
+def test_an_experiment_grid_beyond_the_cap_is_refused_before_planning(tmp_path, capsys):
+    from replaylab.sweep.experiment import MAX_RUNS
+
+    axes = {f"axis{i}": list(range(100)) for i in range(3)}  # 10**6 cells: expanding them would hang `plan`
+    exp = {"name": "huge", "base": RUN, "target": "generic",
+           "strategies": [{"strategy": "reference", "grid": axes, "args": {"epochs": 1}}]}
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump(exp), encoding="utf-8")
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "1,000,000 runs" in err and f"{MAX_RUNS:,}" in err and "grid" in err
+
+
 # Ctrl-C. A KeyboardInterrupt raised while a heavy module is imported (what a Ctrl-C in the first second hits),
 # then real SIGINTs at a few moments: one line, exit 130 (or death by SIGINT, the shell's 130), no traceback.
 DRIVER = """

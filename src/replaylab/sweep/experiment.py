@@ -23,6 +23,7 @@ its run id (`replaylab.fingerprint.run_id`: the content hash of its resolved con
 from __future__ import annotations
 
 import itertools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,11 @@ from replaylab.config import apply_overrides, from_dict, load_yaml, parse_number
 from replaylab.errors import ConfigError
 from replaylab.fingerprint import run_id
 from replaylab.runconfig import RunConfig
+
+
+# An experiment is planned in memory, one RunConfig per run: a grid far beyond what any sweep trains (a typo'd
+# axis, a generated list) would hang `plan` and `sweep` instead of being refused.
+MAX_RUNS = 100_000
 
 
 @dataclass
@@ -60,6 +66,11 @@ class StrategySpec:
         if "lr" in self.grid or "lr" in self.zip:
             raise ConfigError(f"strategy {self.strategy!r}: list learning rates under lrs:, not as a grid axis")
 
+    def num_runs(self, default_seeds: list[int]) -> int:
+        """Runs this strategy plans before duplicates are merged: grid product x zip length x LRs x seeds."""
+        cells = math.prod(len(v) for v in self.grid.values()) * (len(next(iter(self.zip.values()))) if self.zip else 1)
+        return cells * len(self.lrs or [None]) * len(self.seeds or default_seeds)
+
 
 @dataclass
 class Experiment:
@@ -79,6 +90,10 @@ class Experiment:
             raise ConfigError("experiment has no strategies; list at least one under strategies:")
         if not self.seeds:
             raise ConfigError("experiment seeds is empty; give at least one seed, e.g. seeds: [0]")
+        num_runs = sum(spec.num_runs(self.seeds) for spec in self.strategies)
+        if num_runs > MAX_RUNS:
+            raise ConfigError(f"experiment {self.name!r} plans {num_runs:,} runs, above the {MAX_RUNS:,} replaylab "
+                              "plans at once; shorten its grid, zip, lrs or seeds lists (or split it into experiments)")
 
 
 @dataclass
