@@ -180,7 +180,12 @@ def heatmap_figure(analysis: Analysis) -> Figure | None:
         ax.set_yticks(range(len(loss.index)), [f"{r:g}" for r in loss.index])
         ax.set_xlabel("alpha (share of target data in stage 2)")
         ax.set_ylabel("rho (replay fraction)")
-        ax.set_title(f"{dom.domain}: mid-training target loss", fontsize=10)
+        title, color = f"{dom.domain}: mid-training target loss", "black"
+        if dom.law is None or dom.law.refusal is not None:
+            title += "\nno multipliers: " + ("no reference law" if dom.law is None else "the law does not fall")
+        elif dom.law.diagnostics is not None and dom.law.diagnostics.degenerate:  # the flag goes where its numbers go
+            title, color = title + "\nmultipliers read through a DEGENERATE fit", "#a00000"
+        ax.set_title(title, fontsize=10, color=color)
         fig.colorbar(im, ax=ax, shrink=0.8, label="target loss")
     return fig
 
