@@ -92,8 +92,9 @@ def law_figure(dom: DomainResult) -> Figure:
     ax.set_ylim(y_floor, max([y_hi] + [v + pad for v in losses]))  # frozen: the drop lines reach the axis
     for i, (loss, eff, name) in enumerate(readings):
         color = READING_COLORS[i % len(READING_COLORS)]
-        if eff is None:  # below the asymptote: the reading never meets the law
-            ax.axhline(loss, color=color, ls=":", lw=1.2, label=f"{name}: {loss:.3f} (not invertible)")
+        if eff is None:  # below the asymptote, or a law that does not fall: the reading never meets the law
+            why = "law not inverted" if law.refusal is not None else "not invertible"
+            ax.axhline(loss, color=color, ls=":", lw=1.2, label=f"{name}: {loss:.3f} ({why})")
             continue
         ax.plot([lo, eff], [loss, loss], color=color, ls="--", lw=1.2)
         ax.plot([eff, eff], [loss, y_floor], color=color, ls=":", lw=1.2)

@@ -79,7 +79,8 @@ def _stored_row(store: RunStore, entry: dict) -> dict:
     try:
         manifest = store.manifest(entry["run_id"]) or {}
     except DataError as e:  # its planned coordinates still show which cell lost a run
-        return {**run_row(entry["run_id"], {}, entry=entry, status=DAMAGED), "error": str(e)}
+        error = f"{e}; in a sweep, `replaylab sweep --retry` moves the damaged attempt aside and trains the run again"
+        return {**run_row(entry["run_id"], {}, entry=entry, status=DAMAGED), "error": error}
     return run_row(entry["run_id"], manifest, entry=entry, status=store.status(entry["run_id"]))
 
 

@@ -105,7 +105,7 @@ class RunStore:
             raise ConfigError(f"{str(self.root)!r} is not a sweep folder (no {PLAN}); run `replaylab sweep` first")
         try:
             plan = json.loads(path.read_text(encoding="utf-8"))
-            why = "" if _is_plan(plan) else f"a JSON {type(plan).__name__} without a list of runs"
+            why = "" if _is_plan(plan) else f"JSON {type(plan).__name__}, not an object with a list of runs"
         except json.JSONDecodeError as e:
             why = f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
         except UnicodeDecodeError:
