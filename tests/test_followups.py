@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import yaml
@@ -58,7 +59,11 @@ def test_a_failing_run_with_a_truncated_manifest_is_recorded_with_its_own_error(
     run_dir.mkdir(parents=True)
     (run_dir / "manifest.json").write_text('{"config_hash": "r1", "status": "runn')
     entry = {"run_id": "r1", "config": tiny_raw(Store, Store, str(missing))}
-    assert execute_run(store, entry) == "failed"
+    # A damaged manifest is a failed attempt (status "damaged"): skipped, and taken up again by a retry,
+    # which moves it aside into attempt_1/ first (issue 21: one manifest reader, one policy).
+    assert store.status("r1") == "damaged" and execute_run(store, entry) == "skipped"
+    assert execute_run(store, entry, retry_before=time.time() + 1) == "failed"
+    assert (run_dir / "attempt_1" / "manifest.json").read_text().endswith('"runn')
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["config_hash"] == "r1"
     assert manifest["error"].startswith("DataError: tokenizer path") and str(missing) in manifest["error"]

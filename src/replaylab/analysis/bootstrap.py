@@ -4,6 +4,11 @@ Each resample draws seeds with replacement inside every cell (each reference bud
 baseline), averages them, refits the reference law and reads the multiplier again. The interval is
 the percentile interval of those multipliers. So the CI carries both sources of noise: the
 reference points the law rests on, and the two runs being compared.
+
+Direction: every resampled multiplier points the way its resampled losses do (each resample's law is
+read only when it falls, `ReferenceLaw.refusal`). An interval may reach past 1 when the seeds leave
+the order of the two cells in doubt, but it never lies wholly on the other side of 1 from the cells'
+mean losses: such an interval (possible only with very skewed seeds) is refused, not reported.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ DEFAULT_LEVEL = 0.95
 class BootstrapCI:
     """A percentile interval. Resamples whose method loss falls at or below the law's asymptote count
     as an infinite multiplier (the method beats any amount of reference data), those whose baseline
-    does as zero; both at once, or a fit that fails, are dropped and counted in `n_dropped`."""
+    does as zero; both at once, a fit that fails, or a resampled law that does not fall
+    (`n_not_decreasing`, also counted in `n_dropped`) are dropped."""
 
     low: float
     high: float
@@ -32,6 +38,7 @@ class BootstrapCI:
     n_boot: int
     n_dropped: int
     n_not_invertible: int
+    n_not_decreasing: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,14 +65,16 @@ def _clean(values: Sequence[float], what: str) -> np.ndarray:
 
 
 def _multiplier(law, loss: float, baseline: float) -> float:
-    ok_m, ok_b = bool(law.invertible(loss)), bool(law.invertible(baseline))
-    if ok_m and ok_b:
-        return float(law.effective_data(loss) / law.effective_data(baseline))
-    if ok_m:
-        return 0.0
-    if ok_b:
-        return math.inf
-    return math.nan
+    """x_eff(loss) / x_eff(baseline) in [0, inf]; NaN when the law is not inverted, when both losses lie
+    beyond its range on one side, or when it cannot order the two losses (a nearly flat stretch)."""
+    from replaylab.analysis.efficiency import points_the_way_of
+
+    eff, base = (float(law._reading(np.asarray(v, dtype=float))) for v in (loss, baseline))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        m = float(np.float64(eff) / np.float64(base))  # inf / inf and 0 / 0 are NaN: dropped
+    if math.isnan(m) or not points_the_way_of(m, loss, baseline):
+        return math.nan
+    return m
 
 
 class ReferenceBootstrap:
@@ -81,7 +90,10 @@ class ReferenceBootstrap:
         self.form, self.n_boot, self.seed = form, n_boot, seed
         budgets = sorted(float(b) for b in reference)
         ref = [_clean(reference[b], f"reference budget {b:g}") for b in sorted(reference)]
-        fit_reference_law(budgets, [c.mean() for c in ref], form=form, x_unit=x_unit)  # checks the points once, with clear errors
+        point = fit_reference_law(budgets, [c.mean() for c in ref], form=form, x_unit=x_unit)  # checks the points once
+        if point.refusal is not None:
+            raise AnalysisError(f"the {form} law of the mean reference losses is not inverted, so it has no "
+                                f"multiplier to put an interval on: {point.refusal}")
         x = np.asarray(budgets)
         rng = np.random.default_rng([seed, 0])
         if all(c.size == 1 for c in ref):  # one seed per budget: the law has no resampling noise
@@ -104,17 +116,30 @@ class ReferenceBootstrap:
         rng = np.random.default_rng([self.seed, stream])
         m_means = m[rng.integers(0, m.size, (self.n_boot, m.size))].mean(axis=1)
         b_means = b[rng.integers(0, b.size, (self.n_boot, b.size))].mean(axis=1)
-        out = np.array([math.nan if law is None else _multiplier(law, float(lm), float(lb))
-                        for law, lm, lb in zip(self.laws, m_means, b_means)])
-        n_not_inv = int(sum(1 for v, law in zip(out, self.laws) if law is not None and not (v > 0 and math.isfinite(v))))
+        usable = [law is not None and law.refusal is None for law in self.laws]
+        out = np.array([_multiplier(law, float(lm), float(lb)) if ok else math.nan
+                        for law, ok, lm, lb in zip(self.laws, usable, m_means, b_means)])
+        n_not_inv = int(sum(1 for v, ok in zip(out, usable) if ok and not (v > 0 and math.isfinite(v))))
+        n_flat = int(sum(1 for law, ok in zip(self.laws, usable) if law is not None and not ok))
+        if n_flat > (1 - level) * self.n_boot:
+            raise AnalysisError(
+                f"the reference law does not fall in {n_flat} of {self.n_boot} resamples of its seeds, so its "
+                f"fall is not established at the {level:.0%} level; run more seeds or reference budgets")
         valid = out[~np.isnan(out)]
         if valid.size == 0:
             raise AnalysisError("no bootstrap resample gave a usable multiplier; the law does not fit these seeds")
         tail = (1 - level) / 2
         # inverted_cdf picks observed values, so infinite multipliers never become NaN by interpolation.
-        low, high = np.quantile(valid, [tail, 1 - tail], method="inverted_cdf")
-        return BootstrapCI(low=float(low), high=float(high), level=level, n_boot=self.n_boot,
-                           n_dropped=int(self.n_boot - valid.size), n_not_invertible=n_not_inv)
+        low, high = (float(v) for v in np.quantile(valid, [tail, 1 - tail], method="inverted_cdf"))
+        lm, lb = float(np.mean(method)), float(np.mean(baseline))
+        if (lm >= lb and low > 1.0) or (lm <= lb and high < 1.0):
+            raise AnalysisError(
+                f"the bootstrap interval [{_fmt(low)}, {_fmt(high)}] lies wholly on the other side of 1 from the "
+                f"mean losses (method {lm:.6g}, baseline {lb:.6g}): the seeds are too skewed for a percentile "
+                f"interval; run more seeds")
+        return BootstrapCI(low=low, high=high, level=level, n_boot=self.n_boot,
+                           n_dropped=int(self.n_boot - valid.size), n_not_invertible=n_not_inv,
+                           n_not_decreasing=n_flat)
 
 
 def bootstrap_multiplier(

@@ -7,6 +7,7 @@ x_eff(method) / x_eff(baseline).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,9 +21,14 @@ from replaylab.analysis.law import NotInvertibleError, ReferenceLaw
 class DataEfficiency:
     """One method read against one baseline through one law.
 
-    `multiplier` is None when either loss is not invertible (at or below the law's asymptote): that
-    is reported explicitly rather than as a NaN. `extrapolated` is True when a loss lies outside the
-    losses the law was fitted on, so its effective data rests on the law's shape beyond the data.
+    `multiplier` is None when either loss is not invertible (at or below the law's asymptote), when the
+    law does not fall over its budgets (`law_flag` "not inverted"), or when the law is too flat to order
+    the two losses: that is reported explicitly rather than as a NaN. A multiplier, when given, points
+    the way the losses do: above 1 only for a lower loss than the baseline's, below 1 only for a higher
+    one. `extrapolated` is True when a loss lies outside the losses the law was fitted on, so its
+    effective data rests on the law's shape beyond the data. `law_flag` is "" for a sound fit,
+    "degenerate" or "not inverted" otherwise, and `note` says why (the fit's reasons included), so the
+    flag travels with every row read through that law.
     """
 
     loss: float
@@ -33,15 +39,39 @@ class DataEfficiency:
     invertible: bool
     extrapolated: bool
     note: str
+    law_flag: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
-        if not self.invertible:
-            return "not invertible"
+        if self.multiplier is None:
+            return "law not inverted" if self.law_flag == LAW_NOT_INVERTED else "not invertible"
         text = f"{self.multiplier:.3f}x"
         return text + " (extrapolated)" if self.extrapolated else text
+
+
+LAW_NOT_INVERTED, LAW_DEGENERATE = "not inverted", "degenerate"
+
+
+def law_flag(law: ReferenceLaw) -> tuple[str, str]:
+    """(flag, note) of a law for every row read through it: "not inverted" when it does not fall over its
+    budgets, "degenerate" when its diagnostics say so, "" otherwise."""
+    if law.refusal is not None:
+        return LAW_NOT_INVERTED, f"no effective data: {law.refusal}"
+    if law.diagnostics is not None and law.diagnostics.degenerate:
+        return LAW_DEGENERATE, f"read through a degenerate {law.form} fit ({'; '.join(law.diagnostics.reasons)})"
+    return "", ""
+
+
+def points_the_way_of(multiplier: float, loss: float, baseline_loss: float) -> bool:
+    """Whether a multiplier agrees with the losses: above 1 only for a lower loss, below 1 only for a
+    higher one, exactly 1 for equal losses."""
+    if loss > baseline_loss:
+        return multiplier <= 1.0
+    if loss < baseline_loss:
+        return multiplier >= 1.0
+    return multiplier == 1.0
 
 
 def _read(law: ReferenceLaw, loss: float, what: str) -> tuple[float | None, str]:
@@ -53,18 +83,30 @@ def _read(law: ReferenceLaw, loss: float, what: str) -> tuple[float | None, str]
 
 def data_efficiency(law: ReferenceLaw, loss: float, baseline_loss: float) -> DataEfficiency:
     """Effective data of a method's loss and of a baseline's loss, and their ratio (the multiplier)."""
+    flag, flag_note = law_flag(law)
+    if flag == LAW_NOT_INVERTED:  # one note for the law, not one per loss
+        return DataEfficiency(loss=float(loss), baseline_loss=float(baseline_loss), effective_data=None,
+                              baseline_effective_data=None, multiplier=None, invertible=False, extrapolated=False,
+                              note=flag_note, law_flag=flag)
     eff, note_m = _read(law, loss, "method")
     base, note_b = _read(law, baseline_loss, "baseline")
-    notes = [n for n in (note_m, note_b) if n]
+    notes = [n for n in (flag_note, note_m, note_b) if n]
     outside = [name for name, value in (("method", loss), ("baseline", baseline_loss)) if not law.in_range(value)]
     if outside:
         lo, hi = law.diagnostics.loss_range if law.diagnostics else (float("nan"), float("nan"))
         notes.append(f"{' and '.join(outside)} loss outside the fitted range [{lo:.4g}, {hi:.4g}]: extrapolated")
-    invertible = eff is not None and base is not None
+    multiplier = None
+    if eff is not None and base is not None:
+        multiplier = eff / base
+        # A falling law keeps the order of losses; only rounding on a nearly flat stretch can break it.
+        if not (math.isfinite(multiplier) and multiplier > 0 and points_the_way_of(multiplier, loss, baseline_loss)):
+            notes.append(f"the law is too flat between losses {loss:.6g} and {baseline_loss:.6g} to order their "
+                         f"effective data ({eff:.6g} vs {base:.6g}); no multiplier")
+            multiplier = None
     return DataEfficiency(
         loss=float(loss), baseline_loss=float(baseline_loss), effective_data=eff, baseline_effective_data=base,
-        multiplier=(eff / base) if invertible else None, invertible=invertible, extrapolated=bool(outside),
-        note="; ".join(notes),
+        multiplier=multiplier, invertible=multiplier is not None, extrapolated=bool(outside),
+        note="; ".join(notes), law_flag=flag,
     )
 
 
@@ -89,6 +131,7 @@ class Comparison:
     efficiency: DataEfficiency | None  # None when the domain has no usable law
     ci: BootstrapCI | None
     selection: str  # how the candidate was chosen (select half, or a warning)
+    ci_note: str = ""  # why there is no interval, when both cells have seeds for one
 
     @property
     def title(self) -> str:
@@ -130,7 +173,8 @@ class Analysis:
                     "candidate_eff_data": e.effective_data if e else None,
                     "multiplier": e.multiplier if e else None,
                     "ci_low": c.ci.low if c.ci else None, "ci_high": c.ci.high if c.ci else None,
-                    "flags": "; ".join(x for x in ((e.note if e else "no reference law"), c.selection) if x),
+                    "law_flag": e.law_flag if e else "no reference law",
+                    "flags": "; ".join(x for x in ((e.note if e else "no reference law"), c.ci_note, c.selection) if x),
                 })
         return pd.DataFrame(rows)
 
@@ -141,7 +185,7 @@ class Analysis:
                 "law": dom.law.diagnostics.__dict__ if dom.law is not None and dom.law.diagnostics else None,
                 "reference": _records(dom.reference), "cells": _records(dom.cells), "notes": dom.notes,
                 "comparisons": [{"kind": c.kind, "title": c.title, "baseline": c.baseline["label"],
-                                 "candidate": c.candidate["label"], "selection": c.selection,
+                                 "candidate": c.candidate["label"], "selection": c.selection, "ci_note": c.ci_note,
                                  "efficiency": c.efficiency.to_dict() if c.efficiency else None,
                                  "ci": c.ci.to_dict() if c.ci else None} for c in dom.comparisons],
             }
@@ -199,9 +243,10 @@ def analyze_runs(table, *, form: str = "paper", n_boot: int = 1000, level: float
         others = dc[dc["strategy"] != "reference"].reset_index(drop=True).copy()
         for col in ("effective_data", "multiplier", "ci_low", "ci_high"):
             others[col] = np.nan
-        others["flags"] = ""
+        others["flags"] = "" if law is not None else "no reference law"
         comparisons: list[Comparison] = []
         cis: dict[int, BootstrapCI] = {}
+        ci_notes: dict[int, str] = {}
         group_keys = ["strategy", "budget", "target_epochs"]
         for gkey, g in others.groupby(group_keys, dropna=False, sort=True):
             base_rows = g[[_is_baseline(r) for _, r in g.iterrows()]]
@@ -219,7 +264,8 @@ def analyze_runs(table, *, form: str = "paper", n_boot: int = 1000, level: float
                     others.at[idx, "effective_data"] = eff.effective_data if eff.effective_data else np.nan
                 others.at[idx, "multiplier"] = eff.multiplier if eff.multiplier is not None else np.nan
                 others.at[idx, "flags"] = eff.note
-                if row["n_seeds"] >= 2 and base["n_seeds"] >= 2 and idx != base.name:
+                # A law that is not inverted gives no number, so no interval around one either.
+                if row["n_seeds"] >= 2 and base["n_seeds"] >= 2 and idx != base.name and law.refusal is None:
                     if boot is None:
                         boot = ReferenceBootstrap({b: v for b, v in zip(ref["budget"], ref["test_losses"])},
                                                   form=form, n_boot=n_boot, seed=seed, x_unit=x_unit)
@@ -227,19 +273,21 @@ def analyze_runs(table, *, form: str = "paper", n_boot: int = 1000, level: float
                         ci = boot.multiplier_ci(row["test_losses"], base["test_losses"], level=level,
                                                 stream=1 + int(idx))
                     except AnalysisError as e:  # e.g. every resample below the law's floor: say so, go on
-                        dnotes.append(f"{row['label']}: no confidence interval: {e}")
+                        ci_notes[idx] = f"no confidence interval: {e}"
+                        dnotes.append(f"{row['label']}: {ci_notes[idx]}")
+                        others.at[idx, "flags"] = "; ".join(x for x in (eff.note, ci_notes[idx]) if x)
                         continue
                     others.at[idx, "ci_low"], others.at[idx, "ci_high"] = ci.low, ci.high
                     cis[idx] = ci
-            comparisons += _headline(str(domain), gkey[0], g, base, law, cis)
-        if not others.empty and law is not None and boot is None:
+            comparisons += _headline(str(domain), gkey[0], g, base, law, cis, ci_notes)
+        if not others.empty and law is not None and law.refusal is None and boot is None:
             dnotes.append("one seed per cell: no confidence intervals (run >= 2 seeds per cell)")
         domains[str(domain)] = DomainResult(str(domain), law, ref, others, comparisons, dnotes)
     return Analysis(form=form, level=level, n_boot=n_boot, domains=domains, notes=notes, runs=runs)
 
 
 def _headline(domain: str, strategy: str, g: pd.DataFrame, base: pd.Series, law: ReferenceLaw | None,
-              cis: dict[int, BootstrapCI]) -> list[Comparison]:
+              cis: dict[int, BootstrapCI], ci_notes: dict[int, str]) -> list[Comparison]:
     """The paper's headline comparisons within one (strategy, budget, epochs) group; the best rho / alpha
     is chosen on the select half, its multiplier read on the report half."""
     from replaylab.analysis.tables import pick_best
@@ -258,5 +306,6 @@ def _headline(domain: str, strategy: str, g: pd.DataFrame, base: pd.Series, law:
     for kind, cand, how in picks:
         eff = data_efficiency(law, cand["test_loss"], base["test_loss"]) if law is not None else None
         out.append(Comparison(domain=domain, kind=kind, baseline=base.to_dict(), candidate=cand.to_dict(),
-                              efficiency=eff, ci=cis.get(cand.name), selection=how))
+                              efficiency=eff, ci=cis.get(cand.name), selection=how,
+                              ci_note=ci_notes.get(cand.name, "")))
     return out

@@ -10,6 +10,10 @@ Three forms (`FORMS`):
 The law is inverted to read *effective data*: the budget a reference run would need to reach a loss.
 Budgets may be in any unit (fraction of tokens, tokens, sequences); a multiplier (ratio of two
 effective data) does not depend on it.
+
+Reading a loss back along the law only means something when the law *falls* with more data: then a
+lower loss reads as more data, whatever the form. A law that does not fall over the measured budgets
+(or reference points that do not) is never inverted; `ReferenceLaw.refusal` says why.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -32,6 +37,9 @@ PAPER_MAXFEV = 200_000  # the paper's fit wanders far on near-log-linear data; g
 # this many times the largest loss, the "asymptote" is an artefact of the fit, not a floor of the data.
 B_NEAR_ZERO = 0.1
 HUGE_FACTOR = 5.0
+# A fall in loss over the measured budgets this small relative to the losses is rounding, not a trend:
+# such a law (every loss equal, say) would turn the last bits of two losses into any multiplier.
+FLAT_RTOL = 1e-9
 
 
 class AnalysisError(ReplaylabError):
@@ -91,26 +99,65 @@ class ReferenceLaw:
             out = self.params["A"] / np.power(x, self.params["B"]) + self.params["C"]
         return float(out) if out.ndim == 0 else out
 
+    @cached_property
+    def refusal(self) -> str | None:
+        """Why this law gives no effective data at all, or None: the reference points or the fitted law
+        do not fall over the measured budgets. Inverting such a law reads a worse loss as more data."""
+        x, y = self.budgets, self.losses
+        tol = FLAT_RTOL * max(1.0, float(np.abs(y).max()))
+        lx = np.log(x)
+        dx = lx - lx.mean()
+        slope = float((dx * (y - y.mean())).sum() / (dx**2).sum())  # loss per e-fold of budget, least squares
+        span = f"budgets {x.min():g}..{x.max():g}"
+        fix = "check the reference runs: loss should fall with more target data"
+        if not -slope * float(lx.max() - lx.min()) > tol:
+            return (f"the reference losses do not fall over the measured {span} (trend {slope * math.log(2):+.4g} "
+                    f"per doubling of the budget); {fix}")
+        if self.form == "loglinear":
+            falls = self.params["b"] > 0
+        else:
+            falls = self.params["A"] * self.params["B"] > 0  # A / x^B is decreasing exactly when A and B agree
+        hi, lo = self.predict(x.min()), self.predict(x.max())
+        if not (falls and hi - lo > tol):
+            params = ", ".join(f"{k}={v:.4g}" for k, v in self.params.items())
+            return (f"the fitted {self.form} law ({params}) does not fall over the measured {span} "
+                    f"({hi:.6g} to {lo:.6g}); {fix}, or try another form")
+        return None
+
+    def _reading(self, loss: np.ndarray) -> np.ndarray:
+        """Effective data of each loss in [0, inf] (NaN for a refused law or a NaN loss): inf for a loss
+        below everything the law reaches (better than any amount of reference data), 0 for one above it
+        (worse than none). Over- and underflow land on the same sides, so the order of losses is kept."""
+        if self.refusal is not None:
+            return np.full(loss.shape, np.nan)
+        with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
+            if self.form == "loglinear":
+                out = np.exp((self.params["a"] - loss) / self.params["b"]) / self.x_unit
+            else:
+                A, B, C = self.params["A"], self.params["B"], self.params["C"]
+                ratio = A / (loss - C)
+                out = np.power(ratio, 1.0 / B) / self.x_unit
+                # Outside the law's range, on the side of its asymptote C: below the floor when the law
+                # falls toward C (A > 0), above the ceiling when it falls away from C (A < 0, B < 0).
+                out = np.where(ratio > 0, out, math.inf if A > 0 else 0.0)
+        return np.where(np.isnan(loss), np.nan, out)
+
     def invertible(self, loss: Any) -> Any:
         """True where `loss` maps to a finite positive effective data under this law."""
         loss = np.asarray(loss, dtype=float)
-        if self.form == "loglinear":
-            ok = np.full(loss.shape, self.params["b"] > 0) & np.isfinite(loss)
-        else:
-            A, B, C = self.params["A"], self.params["B"], self.params["C"]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = A / (loss - C)
-            ok = (B != 0) & np.isfinite(ratio) & (ratio > 0)
-            if ok.any():
-                with np.errstate(over="ignore", invalid="ignore"):
-                    ok &= np.isfinite(np.power(np.where(ok, ratio, 1.0), 1.0 / B))
+        x = self._reading(loss)
+        ok = np.isfinite(x) & (x > 0)
         return bool(ok) if ok.ndim == 0 else ok
 
     def effective_data(self, loss: Any) -> Any:
         """The budget x with predict(x) == loss. Raises NotInvertibleError for a loss the law never
-        reaches (at or below the asymptote C), so no NaN or infinity flows on silently."""
+        reaches (at or below the asymptote C), and for every loss under a law that does not fall
+        (`refusal`), so no NaN, zero or infinity flows on silently."""
         arr = np.asarray(loss, dtype=float)
-        ok = np.asarray(self.invertible(arr))
+        if self.refusal is not None:
+            raise NotInvertibleError(f"the {self.form} law is not inverted: {self.refusal}")
+        out = self._reading(arr)
+        ok = np.isfinite(out) & (out > 0)
         if not ok.all():
             bad = arr[~ok] if arr.ndim else arr
             raise NotInvertibleError(
@@ -118,15 +165,11 @@ class ReferenceLaw:
                 f"({self._inverse_domain()}); it has no effective data. Use a law whose asymptote lies below "
                 f"every loss (form='robust' or 'loglinear') or read this loss as 'better than any reference'"
             )
-        if self.form == "loglinear":
-            out = np.exp((self.params["a"] - arr) / self.params["b"])
-        else:
-            A, B, C = self.params["A"], self.params["B"], self.params["C"]
-            out = np.power(A / (arr - C), 1.0 / B)
-        out = out / self.x_unit
         return float(out) if out.ndim == 0 else out
 
     def _inverse_domain(self) -> str:
+        if self.refusal is not None:
+            return self.refusal
         if self.form == "loglinear":
             return f"slope b={self.params['b']:.4g} must be > 0"
         return f"at or below the asymptote C={self.params['C']:.6g}, or exponent B={self.params['B']:.4g} <= 0"
@@ -186,6 +229,9 @@ def _fit_robust(x: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], dict[st
     # Parameters (log A, B, C): A > 0 by construction; B > 0 and 0 <= C < min(y) by bounds, so the law
     # always decreases toward a floor below every observed loss. A log-space loss weighs each point by
     # its relative error, which keeps the largest losses (smallest budgets) from dominating.
+    if y.min() <= 0:  # log-space residuals and a floor 0 <= C < min loss need positive losses
+        raise AnalysisError(f"loss {y.min():g} is not positive; the robust form fits log losses (cross-entropy is "
+                            "> 0): check the table, or use form='paper' or 'loglinear'")
     c_hi = float(y.min()) * (1 - 1e-6)
     lx, ly = np.log(x), np.log(y)
 
@@ -243,6 +289,8 @@ def _diagnose(form: str, params: dict[str, float], stderr: dict[str, float], x: 
         se_b = stderr.get("B", 0.0)
         if not math.isfinite(se_b) or (B > 0 and se_b > B):
             reasons.append(f"B is not identified by these points (stderr {se_b:.3g} vs B={B:.3g})")
+    if law.refusal is not None:
+        reasons.insert(0, f"not inverted: {law.refusal}")
     lo, hi = sorted((float(pred[0]), float(pred[-1])))
     return LawDiagnostics(
         form=form, params=dict(params), residuals=[float(r) for r in res], r2=r2,

@@ -92,8 +92,9 @@ def law_figure(dom: DomainResult) -> Figure:
     ax.set_ylim(y_floor, max([y_hi] + [v + pad for v in losses]))  # frozen: the drop lines reach the axis
     for i, (loss, eff, name) in enumerate(readings):
         color = READING_COLORS[i % len(READING_COLORS)]
-        if eff is None:  # below the asymptote: the reading never meets the law
-            ax.axhline(loss, color=color, ls=":", lw=1.2, label=f"{name}: {loss:.3f} (not invertible)")
+        if eff is None:  # below the asymptote, or a law that does not fall: the reading never meets the law
+            why = "law not inverted" if law.refusal is not None else "not invertible"
+            ax.axhline(loss, color=color, ls=":", lw=1.2, label=f"{name}: {loss:.3f} ({why})")
             continue
         ax.plot([lo, eff], [loss, loss], color=color, ls="--", lw=1.2)
         ax.plot([eff, eff], [loss, y_floor], color=color, ls=":", lw=1.2)
@@ -180,7 +181,12 @@ def heatmap_figure(analysis: Analysis) -> Figure | None:
         ax.set_yticks(range(len(loss.index)), [f"{r:g}" for r in loss.index])
         ax.set_xlabel("alpha (share of target data in stage 2)")
         ax.set_ylabel("rho (replay fraction)")
-        ax.set_title(f"{dom.domain}: mid-training target loss", fontsize=10)
+        title, color = f"{dom.domain}: mid-training target loss", "black"
+        if dom.law is None or dom.law.refusal is not None:
+            title += "\nno multipliers: " + ("no reference law" if dom.law is None else "the law does not fall")
+        elif dom.law.diagnostics is not None and dom.law.diagnostics.degenerate:  # the flag goes where its numbers go
+            title, color = title + "\nmultipliers read through a DEGENERATE fit", "#a00000"
+        ax.set_title(title, fontsize=10, color=color)
         fig.colorbar(im, ax=ax, shrink=0.8, label="target loss")
     return fig
 

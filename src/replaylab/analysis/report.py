@@ -39,9 +39,9 @@ def summary_rows(analysis: Analysis) -> list[dict[str, str]]:
     for dom in analysis.domains.values():
         for c in dom.comparisons:
             e = c.efficiency
-            mult = "-" if e is None else ("not invertible" if not e.invertible else f"{e.multiplier:.3f}x")
+            mult = "-" if e is None else (e.describe() if e.multiplier is None else f"{e.multiplier:.3f}x")
             ci = "-" if c.ci is None else f"[{_num(c.ci.low, '.2f')}, {_num(c.ci.high, '.2f')}]"
-            flags = [x for x in ((e.note if e else "no reference law"),) if x]
+            flags = [x for x in ((e.note if e else "no reference law"), c.ci_note) if x]
             if c.selection != "chosen on the select half":
                 flags.append(c.selection)
             rows.append({
@@ -68,13 +68,14 @@ def cell_rows(analysis: Analysis, domain: str) -> list[dict[str, str]]:
         rows.append({"cell": r["label"], "lr": _num(r["lr"], ".3g"), "seeds": str(r["n_seeds"]),
                      "select loss": _num(r["val_loss"]), "report loss": _num(r["test_loss"]),
                      "std": _num(r["test_std"], ".3f"), "generic loss": _num(r["generic_test_loss"]),
-                     "x_eff": "-", "multiplier": "-", "CI": "-"})
+                     "x_eff": "-", "multiplier": "-", "CI": "-", "notes": ""})
     for _, r in dom.cells.iterrows():
         ci = "-" if math.isnan(r["ci_low"]) else f"[{_num(r['ci_low'], '.2f')}, {_num(r['ci_high'], '.2f')}]"
         rows.append({"cell": r["label"], "lr": _num(r["lr"], ".3g"), "seeds": str(r["n_seeds"]),
                      "select loss": _num(r["val_loss"]), "report loss": _num(r["test_loss"]),
                      "std": _num(r["test_std"], ".3f"), "generic loss": _num(r["generic_test_loss"]),
-                     "x_eff": _num(r["effective_data"]), "multiplier": _num(r["multiplier"], ".3f"), "CI": ci})
+                     "x_eff": _num(r["effective_data"]), "multiplier": _num(r["multiplier"], ".3f"), "CI": ci,
+                     "notes": str(r["flags"] or "")})
     return rows
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from replaylab.analysis.law import AnalysisError
+from replaylab.train.manifest import DAMAGED
 
 REQUIRED = ("strategy", "target_domain", "seed", "target_test_loss")
 CELL_KEYS = ["target_domain", "strategy", "budget", "target_epochs", "rho", "alpha"]
@@ -43,14 +44,22 @@ def load_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
 
 
 def _scan_manifests(root: Path) -> pd.DataFrame:
-    import json
-
+    """Rows of the run folders under `root` (runs/*/ or */). Without a plan naming the runs, a manifest that
+    cannot be read may not be a run's at all, so it stops the analysis, naming the file."""
+    from replaylab.errors import DataError
     from replaylab.sweep.results import run_row
+    from replaylab.train.manifest import MANIFEST, read_manifest
 
-    paths = sorted((root / "runs").glob("*/manifest.json")) or sorted(root.glob("*/manifest.json"))
+    paths = sorted((root / "runs").glob(f"*/{MANIFEST}")) or sorted(root.glob(f"*/{MANIFEST}"))
     if not paths:
-        raise AnalysisError(f"{str(root)!r} holds no sweep.json and no runs/*/manifest.json; is it a sweep folder?")
-    return pd.DataFrame([run_row(p.parent.name, json.loads(p.read_text(encoding="utf-8"))) for p in paths])
+        raise AnalysisError(f"{str(root)!r} holds no sweep.json and no runs/*/{MANIFEST}; is it a sweep folder?")
+    rows = []
+    for p in paths:
+        try:
+            rows.append(run_row(p.parent.name, read_manifest(p.parent) or {}))
+        except DataError as e:
+            raise AnalysisError(f"{e}; if it is not a replaylab run's, move its folder out of {str(root)!r}") from None
+    return pd.DataFrame(rows)
 
 
 def load_csv_tables(reference_csv: str | Path, compare_csv: str | Path) -> pd.DataFrame:
@@ -135,6 +144,9 @@ def select_cells(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str
     from replaylab.sweep.results import lr_key, select_lr
 
     notes: list[str] = []
+    if df is not None and "status" in df.columns:  # damaged runs are left out: say which, and why
+        for _, r in df[df["status"] == DAMAGED].iterrows():
+            notes.append(f"run {r.get('run_id')} left out, its manifest is damaged: {r.get('error') or 'unreadable'}")
     df = normalize(df)
     cells, chosen_runs = [], []
     for key, g in df.groupby(CELL_KEYS, dropna=False, sort=True):

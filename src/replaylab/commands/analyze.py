@@ -115,15 +115,20 @@ def print_analysis(analysis, source: str, *, cells: bool = False) -> None:
             console.print(f"  note: {note}", highlight=False, soft_wrap=True)
     for note in analysis.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
-    rows = summary_rows(analysis)
-    notes = [(i + 1, r.pop("notes")) for i, r in enumerate(rows)]  # long: printed under the table
-    for (i, note), r in zip(notes, rows):
-        r["#"] = str(i) + ("*" if note else "")
-    _print_table(console, "Data-efficiency multipliers (report half)", rows)
-    for i, note in notes:
-        if note:
-            console.print(f"  *{i}: {note}", highlight=False, soft_wrap=True)
+    _print_noted_table(console, "Data-efficiency multipliers (report half)", summary_rows(analysis))
     console.print(SELECTION_NOTE, highlight=False, soft_wrap=True)
     if cells:
         for name in analysis.domains:
-            _print_table(console, f"{name}: cells at their chosen LR", cell_rows(analysis, name))
+            _print_noted_table(console, f"{name}: cells at their chosen LR", cell_rows(analysis, name))
+
+
+def _print_noted_table(console, title: str, rows: list[dict[str, str]]) -> None:
+    """A table whose long `notes` column is printed under it, each row marked `n*` pointing to `*n: note`
+    (a flag on a row must never be folded out of sight)."""
+    notes = [(i + 1, r.pop("notes")) for i, r in enumerate(rows)]
+    for (i, note), r in zip(notes, rows):
+        r["#"] = str(i) + ("*" if note else "")
+    _print_table(console, title, rows)
+    for i, note in notes:
+        if note:
+            console.print(f"  *{i}: {note}", highlight=False, soft_wrap=True)

@@ -31,4 +31,7 @@ def main(args: argparse.Namespace) -> int:
 
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_columns", 20):
         print(df[cols].to_string(index=False) if not df.empty else "no runs")
+    if "status" in df.columns:
+        for _, r in df[df["status"] == "damaged"].iterrows():  # the file and the fix, not only a status word
+            print(f"damaged: run {r['run_id']}: {r['error']}")
     return 0

@@ -55,7 +55,7 @@ def _wants_retry(store: RunStore, run_id: str, retry_before: float | None) -> bo
     """A failed run is retried when its failure predates this sweep invocation (so never twice per sweep)."""
     if retry_before is None:
         return False
-    path = store.run_dir(run_id) / "manifest.json"
+    path = store.manifest_path(run_id)
     return path.exists() and path.stat().st_mtime < retry_before
 
 

@@ -1,8 +1,10 @@
 """A sweep's results table (one row per run, the columns of docs/design.md) and the LR selection that
 `replaylab results` and `replaylab analyze` share.
 
-`run_row` is the one reader of a run's manifest: `load_results` calls it for every run of sweep.json,
-and `replaylab.analysis.tables` for bare run folders (no sweep.json).
+`run_row` turns a run's manifest into its row: `load_results` calls it for every run of sweep.json, and
+`replaylab.analysis.tables` for bare run folders (no sweep.json). Manifests are read by
+`replaylab.train.manifest.read_manifest` alone; a run whose manifest cannot be read gets status
+`damaged` and, in `error`, the file and why (never `pending`).
 
 LR selection (`select_lr`), as the paper tunes: within a cell (runs that differ only in the tuned LR
 and the seed) the LR with the lowest mean target loss over seeds on the *select* half
@@ -19,8 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from replaylab.errors import DataError
 from replaylab.fingerprint import lr_cell
 from replaylab.sweep.runstore import RunStore
+from replaylab.train.manifest import DAMAGED
 
 META_COLUMNS = ["strategy", "target_domain", "generic_domain", "rho", "alpha", "delta", "gamma", "budget",
                 "budget_multiple", "target_epochs"]
@@ -71,11 +75,19 @@ def select_lr(runs: pd.DataFrame) -> float:
     return min(score, key=lambda lr: score[lr])
 
 
+def _stored_row(store: RunStore, entry: dict) -> dict:
+    try:
+        manifest = store.manifest(entry["run_id"]) or {}
+    except DataError as e:  # its planned coordinates still show which cell lost a run
+        error = f"{e}; in a sweep, `replaylab sweep --retry` moves the damaged attempt aside and trains the run again"
+        return {**run_row(entry["run_id"], {}, entry=entry, status=DAMAGED), "error": error}
+    return run_row(entry["run_id"], manifest, entry=entry, status=store.status(entry["run_id"]))
+
+
 def load_results(sweep_dir: str | Path) -> pd.DataFrame:
     store = RunStore(sweep_dir)
     entries = store.plan()["runs"]
-    df = pd.DataFrame([run_row(e["run_id"], store.manifest(e["run_id"]) or {}, entry=e,
-                               status=store.status(e["run_id"])) for e in entries])
+    df = pd.DataFrame([_stored_row(store, e) for e in entries])
     if df.empty:
         return df
     for col in LOSS_COLUMNS:

@@ -26,13 +26,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from replaylab.config import dump_yaml
-from replaylab.errors import ConfigError
+from replaylab.errors import ConfigError, DataError
 from replaylab.outputs import write_marker
 from replaylab.paths import atomic_write_text, pid_alive
+from replaylab.train.manifest import DAMAGED, MANIFEST, read_manifest
 
 LEASE = "lease.json"
+PLAN = "sweep.json"
 TERMINAL_OK = "done"
-FAILED = ("failed", "diverged")
+# Runs that ended without a result: skipped unless the sweep retries them (the failed attempt, a damaged
+# manifest included, is then moved aside into attempt_N/, never deleted).
+FAILED = ("failed", "diverged", DAMAGED)
 
 
 class Lease:
@@ -96,10 +100,21 @@ class RunStore:
         return self.runs_dir / run_id
 
     def plan(self) -> dict[str, Any]:
-        path = self.root / "sweep.json"
+        path = self.root / PLAN
         if not path.exists():
-            raise ConfigError(f"{str(self.root)!r} is not a sweep folder (no sweep.json); run `replaylab sweep` first")
-        return json.loads(path.read_text(encoding="utf-8"))
+            raise ConfigError(f"{str(self.root)!r} is not a sweep folder (no {PLAN}); run `replaylab sweep` first")
+        try:
+            plan = json.loads(path.read_text(encoding="utf-8"))
+            why = "" if _is_plan(plan) else f"JSON {type(plan).__name__}, not an object with a list of runs"
+        except json.JSONDecodeError as e:
+            why = f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        except UnicodeDecodeError:
+            why = "not text"
+        if why:
+            raise DataError(f"{path} is not a sweep plan ({why}); it was cut short or edited: restore it, or rebuild "
+                            f"it with `replaylab sweep {self.root / 'experiment.yaml'} --out {self.root}` (finished "
+                            f"runs are kept, not retrained)")
+        return plan
 
     def write_plan(self, plan: dict[str, Any], experiment_text: str, configs: dict[str, Any]) -> None:
         """Write the sweep plan and each run's config.yaml (kept if present: a run folder is immutable)."""
@@ -109,19 +124,24 @@ class RunStore:
             path = self.run_dir(rid) / "config.yaml"
             if not path.exists():
                 atomic_write_text(path, dump_yaml(cfg))
-        atomic_write_text(self.root / "sweep.json", json.dumps(plan, indent=1, default=str) + "\n")
+        atomic_write_text(self.root / PLAN, json.dumps(plan, indent=1, default=str) + "\n")
 
     # -- status ---------------------------------------------------------------------------------------
+    def manifest_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / MANIFEST
+
     def manifest(self, run_id: str) -> dict[str, Any] | None:
-        path = self.run_dir(run_id) / "manifest.json"
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        """The run's manifest, None before it has one; a DataError naming the file when it cannot be read
+        (`replaylab.train.manifest.read_manifest`, the one reader)."""
+        return read_manifest(self.run_dir(run_id))
 
     def status(self, run_id: str) -> str:
-        """pending | running (leased) | done | failed | diverged | interrupted (started, no live lease)."""
-        m = self.manifest(run_id)
+        """pending | running (leased) | done | failed | diverged | interrupted (started, no live lease) |
+        damaged (a manifest that cannot be read: `manifest` says why)."""
+        try:
+            m = self.manifest(run_id)
+        except DataError:
+            return DAMAGED
         status = m.get("status") if m else None
         if status in (TERMINAL_OK, *FAILED):
             return status
@@ -193,3 +213,9 @@ class RunStore:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _is_plan(doc: Any) -> bool:
+    """A sweep.json document: {"runs": [{"run_id": ..., ...}, ...], ...}."""
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    return isinstance(runs, list) and all(isinstance(e, dict) and isinstance(e.get("run_id"), str) for e in runs)

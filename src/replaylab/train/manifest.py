@@ -20,6 +20,9 @@ from replaylab.paths import atomic_write_text
 
 MANIFEST = "manifest.json"
 STATUSES = ("running", "done", "failed", "diverged")
+# What readers report for a run whose manifest exists but cannot be read (never written into one): not
+# "pending", which would retrain or hide a run whose record is only damaged.
+DAMAGED = "damaged"
 _PACKAGES = ("replaylab", "torch", "numpy", "tokenizers", "safetensors", "transformers")
 
 
@@ -71,7 +74,8 @@ def new_manifest(*, config_hash: str, name: str, seed: int, meta: dict, store_id
 
 def read_manifest(run_dir: Path | str) -> dict[str, Any] | None:
     """The run's manifest, or None when it has none. One that cannot be read (cut short by a full disk,
-    edited by hand) is a DataError: guessing its status could retrain a finished run or skip a failed one."""
+    edited by hand, another tool's file) is a DataError: guessing its status could retrain a finished run
+    or skip a failed one. The one reader of manifests: the run store reports such a run as DAMAGED."""
     path = Path(run_dir) / MANIFEST
     if not path.exists():
         return None
