@@ -241,3 +241,118 @@ def test_refused_with_one_line_and_nothing_touched(case, outcomes):
     for piece in case.expect:
         assert piece in lines[0], lines[0]
     assert after == before  # every file as it was; strict folders did not even gain a lock file
+
+
+# ------------------------------------------------------------------------------------------ what stays allowed
+def _replaced_run(ws: Path, c: Path) -> None:
+    assert yaml.safe_load((c / "run" / "config.yaml").read_text())["seed"] == 4
+    assert json.loads((c / "run" / "manifest.json").read_text())["status"] == "done"
+
+
+def _replaced_sweep(ws: Path, c: Path) -> None:
+    assert json.loads((c / "S" / "sweep.json").read_text())["name"] == "another"
+    assert yaml.safe_load((c / "S" / "experiment.yaml").read_text())["name"] == "another"
+
+
+def _kept_user_file(ws: Path, c: Path) -> None:
+    assert (c / "S" / "results.csv").read_text() == SENTINEL  # continuing a sweep never touches it
+    assert (c / "S" / "all.csv").read_text().startswith("run_id,")
+
+
+def _rebuilt_store(ws: Path, c: Path) -> None:
+    assert (c / "home" / "stores" / "gen" / "meta.json").stat().st_mtime > (ws / "home" / "stores" / "gen" /
+                                                                            "meta.json").stat().st_mtime
+
+
+ALLOWED = [  # an overwrite or rebuild of a folder holding only what its kind wrote works; CHECKS says what it did
+    Case("train-overwrite-clean", lambda ws, c: ["train", ws / "run2.yaml", "--out", c / "run", "--overwrite"], [],
+         lambda ws, c: copy(ws, c, "run")),
+    Case("sweep-overwrite-clean", lambda ws, c: ["sweep", ws / "other_exp.yaml", "--out", c / "S", "--overwrite"],
+         [], lambda ws, c: copy(ws, c, "S")),
+    Case("data-build-force-clean", lambda ws, c: ["data", "build", ws / "corpus.jsonl", "--name", "gen",
+                                                  "--tokenizer", ws / "tok", "--force"], [], home=True),
+    Case("export-force-clean", lambda ws, c: ["export", ws / "run", "--hf", c / "hf", "--force"], [],
+         lambda ws, c: copy(ws, c, "hf")),
+    # a user's file may sit in a sweep folder (it is then the user's to move before an --overwrite)
+    Case("user-csv-in-sweep", lambda ws, c: ["results", c / "S", "--csv", c / "S" / "all.csv"], [],
+         lambda ws, c: (copy(ws, c, "S"), note(c / "S" / "results.csv"))),
+    Case("sweep-continues-beside-user-file", lambda ws, c: ["sweep", ws / "exp.yaml", "--out", c / "S"], [],
+         lambda ws, c: (copy(ws, c, "S"), note(c / "S" / "results.csv"), note(c / "S" / "all.csv", "run_id,"))),
+]
+CHECKS = {"train-overwrite-clean": _replaced_run, "sweep-overwrite-clean": _replaced_sweep,
+          "data-build-force-clean": _rebuilt_store, "user-csv-in-sweep": _kept_user_file,
+          "sweep-continues-beside-user-file": _kept_user_file}
+
+
+@pytest.fixture(scope="module")
+def allowed(world):
+    def one(case: Case):
+        c = world / "allowed" / case.name
+        c.mkdir(parents=True)
+        if case.home:
+            copy(world, c, "home")
+        case.setup(world, c)
+        env = {**os.environ, "REPLAYLAB_HOME": str(c / "home" if case.home else world / "home"),
+               "PYTHONWARNINGS": "ignore"}
+        return run_cli(*case.args(world, c), env=env, cwd=c)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(zip((c.name for c in ALLOWED), pool.map(one, ALLOWED)))
+
+
+@pytest.mark.parametrize("case", ALLOWED, ids=[c.name for c in ALLOWED])
+def test_allowed_overwrites_and_outputs_work(case, allowed, world):
+    r = allowed[case.name]
+    assert r.returncode == 0, r.stderr[-2000:]
+    if case.name in CHECKS:
+        CHECKS[case.name](world, world / "allowed" / case.name)
+
+
+# ------------------------------------------------------------------------------------------ live writers
+@pytest.mark.parametrize("held", ["sweep", "run"])
+def test_sweep_overwrite_refused_while_the_folder_is_in_use(world, tmp_path, held):
+    """A running sweep holds its folder `in_use` and each run it trains holds the run's lock: `sweep --overwrite`
+    of another experiment is refused with one line naming the process, and deletes nothing."""
+    from replaylab.outputs import folder_lock, in_use
+
+    copy(world, tmp_path, "S")
+    before = snapshot(tmp_path, [])
+    lock = in_use(tmp_path / "S", "sweep folder") if held == "sweep" else folder_lock(first_run(tmp_path / "S"), "run")
+    env = {**os.environ, "REPLAYLAB_HOME": str(world / "home")}
+    with lock:
+        r = run_cli("sweep", world / "other_exp.yaml", "--out", tmp_path / "S", "--overwrite", env=env, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and f"process {os.getpid()}" in line and "being written" in line, line
+    assert snapshot(tmp_path, []) == before
+
+
+@pytest.mark.slow
+def test_sweep_overwrite_refused_while_another_sweep_trains(world, tmp_path):
+    """The issue's case, end to end: `sweep --out S --overwrite` while another `sweep` trains into S is refused
+    (it used to delete S under the running sweep), and the running sweep goes on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    exp = yaml.safe_load((world / "exp.yaml").read_text())
+    exp["seeds"] = list(range(12))  # many tiny runs: a sweep that is still training when the second one comes
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(exp))
+    env = {**os.environ, "REPLAYLAB_HOME": str(world / "home"), "PYTHONWARNINGS": "ignore"}
+    first = subprocess.Popen([sys.executable, "-m", "replaylab.cli", "sweep", str(tmp_path / "long.yaml"), "--out",
+                              str(tmp_path / "S"), "--workers", "1"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not list((tmp_path / "S").glob("runs/*/manifest.json")):
+            assert first.poll() is None and time.time() < deadline, first.communicate()
+            time.sleep(0.2)
+        r = run_cli("sweep", world / "other_exp.yaml", "--out", tmp_path / "S", "--overwrite", env=env, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert len(r.stderr.strip().splitlines()) == 1 and "being written by process" in r.stderr, r.stderr
+        assert first.poll() is None  # the first sweep trains on, in its own folder
+        assert json.loads((tmp_path / "S" / "sweep.json").read_text())["name"] == "policy"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
