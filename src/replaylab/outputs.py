@@ -7,8 +7,9 @@ A command writes only to
   - with `--overwrite`, a folder replaylab created, of the same kind but another identity: it is replaced.
 It never writes into, deletes or replaces anything it did not create: a folder is replaced or rebuilt only
 while it holds nothing but the names its kind writes (else refused, listing the rest), no output is made
-inside another replaylab folder (but a sweep's runs and report), and no output file is one of its own. Everything it creates carries a
-marker file, `.replaylab.json` = {"kind", "identity", "created", "version"}, so the check does not guess.
+inside another replaylab folder (but a sweep's runs and report), and no output file is one of its own.
+Everything it creates carries a marker file, `.replaylab.json` = {"kind", "identity", "created", "version"},
+so the check does not guess.
 Folders written before markers existed are recognised by their layout: a folder holding nothing but the
 files replaylab writes for that kind (and, for a tokenizer, a tokenizer_config.json that replaylab wrote).
 
