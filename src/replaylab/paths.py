@@ -82,11 +82,50 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    """The process's umask: from /proc where there is one, else set and put back at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file(final: Path) -> tuple[int, str]:
+    """A temporary file beside `final` (descriptor, path), with the mode a plain `open` would give it: mkstemp
+    makes it 0600, which a rename would carry to the output and lock a team out of a shared cache or report."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=temp_suffix(), dir=final.parent)
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, tmp
+
+
+def temp_dir(final: Path) -> Path:
+    """A temporary folder beside `final`, with the mode a plain `mkdir` would give it (mkdtemp's is 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=temp_suffix(), dir=final.parent))
+    os.chmod(tmp, 0o777 & ~umask())
+    return tmp
+
+
+def plain_modes(folder: Path) -> None:
+    """Give everything under `folder` the mode a plain `open`/`mkdir` would (0666/0777 & ~umask): some writers
+    (safetensors) create their files 0600 whatever the umask."""
+    mask = umask()
+    for root, dirs, files in os.walk(folder):
+        for name, mode in [(d, 0o777) for d in dirs] + [(f, 0o666) for f in files]:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), mode & ~mask)
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=temp_suffix(), dir=path.parent)
+    fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -159,9 +198,10 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
     final = Path(os.path.abspath(final))
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=temp_suffix(), dir=final.parent))
+    tmp = temp_dir(final)
     try:
         yield tmp
+        plain_modes(tmp)
         old = None
         if final.exists() and (not final.is_dir() or any(final.iterdir())):
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=temp_suffix(), dir=final.parent))

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -358,7 +357,7 @@ def _texts_file(records: Any, role: str, text_field: str) -> Path:
     """Texts or records as a .jsonl under $REPLAYLAB_HOME/texts, named by its content (so its store is cached)."""
     folder = paths.home() / "texts"
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".texts.", suffix=paths.temp_suffix(), dir=folder)
+    fd, tmp = paths.temp_file(folder / "texts")
     digest, count = hashlib.sha256(), 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -45,13 +45,16 @@ def run_sweep(experiment: str | Path, out: str | Path, *, workers: int = 1, thre
     if workers < 1 or threads < 1:
         raise ConfigError(f"workers ({workers}) and threads ({threads}) must be >= 1")
     retry_before = time.time() if retry else None
+    from replaylab.outputs import in_use
+
     prepare_sweep(experiment, out, overwrite=overwrite)
-    if backend == "ray":
-        from replaylab.sweep.ray_backend import run_ray
+    with in_use(out, "sweep folder"):  # another sweep's --overwrite is refused while this one trains here
+        if backend == "ray":
+            from replaylab.sweep.ray_backend import run_ray
 
-        return run_ray(out, address=address, threads=threads, gpus=gpus_per_run, retry_before=retry_before,
-                       lease_ttl=lease_ttl)
-    from replaylab.sweep.local import run_local
+            return run_ray(out, address=address, threads=threads, gpus=gpus_per_run, retry_before=retry_before,
+                           lease_ttl=lease_ttl)
+        from replaylab.sweep.local import run_local
 
-    return run_local(out, workers=workers, threads=threads, retry_before=retry_before, lease_ttl=lease_ttl,
-                     progress=progress)
+        return run_local(out, workers=workers, threads=threads, retry_before=retry_before, lease_ttl=lease_ttl,
+                         progress=progress)

@@ -161,7 +161,7 @@ class RunStore:
                 write_marker(d, "run")  # a run folder of replaylab's (replaylab.outputs); the trainer adds its identity
             except FileExistsError:  # another worker made it first
                 pass
-        fd = os.open(d / "lease.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(d / "lease.lock", os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -202,7 +202,7 @@ class RunStore:
     def event(self, run_id: str, kind: str, **fields: Any) -> None:
         record = {"time": time.time(), "run_id": run_id, "event": kind, "pid": os.getpid(), **fields}
         line = (json.dumps(record, default=str) + "\n").encode()
-        fd = os.open(self.root / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.root / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             os.write(fd, line)  # one short O_APPEND write: lines from concurrent workers never interleave
         finally:

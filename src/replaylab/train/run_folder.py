@@ -51,7 +51,9 @@ class RunFolder:
     # -- before anything is built -------------------------------------------------------------------
     def prepare(self) -> dict | None:
         """Lock an existing folder, then check it. Returns the manifest of the run to continue (None: start
-        fresh); a folder holding another run is replaced with `overwrite` (by rank 0) or refused."""
+        fresh); a folder holding another run is replaced with `overwrite` (by rank 0) or refused. A folder that
+        may not hold a run is refused before the lock, which would leave a lock file in it."""
+        claim_output(self.path, "run")
         if self.path.is_dir():
             self.lock()
         return self._check()
