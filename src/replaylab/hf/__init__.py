@@ -3,7 +3,9 @@
     from replaylab.hf import FinetuneConfig, run_finetune
     manifest = run_finetune(FinetuneConfig(model="smollm2-135m", replay_fraction=0.5), "runs/ft")
 
-Modules: config (FinetuneConfig), models (resolve/load; offline-safe), smollm (the built-in model),
+A run is a RunConfig with `model.kind: hf` and a `finetune` plan; `FinetuneConfig(**fields)` builds one from the
+fine-tuning form's fields (`replaylab finetune`'s flags and --config files). Modules: config (that form, read into
+a RunConfig), models (resolve/load; offline-safe), smollm (the built-in model),
 packing (token-exact mixing plan over the data layer's stores and the engine's sampler), train_module
 (the model as the one Trainer trains it), finetune (the run's setup and what only a Hugging Face run does
 around train/trainer.py: initial eval, multiple choice, lm-eval, the final model), evaluate (held-out

@@ -26,7 +26,7 @@ import torch
 from replaylab.fingerprint import run_id
 from replaylab.hf import evaluate as ev
 from replaylab.hf import parallel
-from replaylab.hf.config import FinetuneConfig
+from replaylab.runconfig import RunConfig
 from replaylab.hf.models import check_seq_len, resolve_model
 from replaylab.hf.packing import REPLAY, TARGET, open_stores, replay_sampler
 from replaylab.hf.train_module import HFCausalLMModule, build_model, compile_spec
@@ -42,36 +42,36 @@ from replaylab.train.trainer import Trainer
 KIND = "finetune_hf"
 
 
-def _check_inputs(cfg: FinetuneConfig) -> None:
+def _check_inputs(cfg: RunConfig) -> None:
     """Fail fast on every input the run names, before the model loads and before the run folder exists:
     the corpora, the multiple-choice files, the model's config (seq_len within its positions), the
     lm-eval tasks (slowest: last). Every rank checks, so all stop together."""
     from replaylab.data.corpus import check_source
 
-    for pool in (cfg.target, cfg.replay):
-        if pool is not None:
-            check_source(pool.source)
+    for dom in cfg.data.domains.values():
+        check_source(dom.source)
     for task in cfg.eval.mc_tasks:
         ev.load_mc_task(task, cfg.eval.mc_max_items)
-    check_seq_len(cfg.model, resolve_model(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg.seq_len,
-                  trust_remote_code=cfg.trust_remote_code)
+    m = cfg.model
+    check_seq_len(m.source, resolve_model(m.source, trust_remote_code=m.trust_remote_code), cfg.data.seq_len,
+                  trust_remote_code=m.trust_remote_code)
     if cfg.eval.lm_eval_tasks:
         ev.check_lm_eval(cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_include)
 
 
-def run_finetune(config: FinetuneConfig, out_dir: Path | str, resume: bool = False,
+def run_finetune(config: RunConfig, out_dir: Path | str, resume: bool = False,
                  overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) one replay fine-tuning run; returns the final manifest ({} on ranks other than 0).
     The run folder is locked while the run trains (a second trainer is refused); `overwrite` replaces a run
     folder of another config. A run that diverges returns its manifest with status `diverged`."""
     config.validate()
     _check_inputs(config)
-    set_threads(config.threads)
-    device = resolve_device(config.device)
+    set_threads(config.train.threads)
+    device = resolve_device(config.train.device)
     dist = ddp.setup(device.type)
     try:
         # Deterministic by default, as the engine: the fused attention kernels' backward is not reproducible on CUDA.
-        with deterministic_run(device, config.deterministic), ExitStack() as held:
+        with deterministic_run(device, config.train.deterministic), ExitStack() as held:
             folder = RunFolder(out_dir, config, resume=resume, overwrite=overwrite, dist=dist, device=device,
                                held=held, resume_hint=f"replaylab finetune --resume {out_dir}")
             old = folder.prepare()
@@ -83,30 +83,31 @@ def run_finetune(config: FinetuneConfig, out_dir: Path | str, resume: bool = Fal
         ddp.teardown(dist)
 
 
-def _run(cfg: FinetuneConfig, folder: RunFolder, old: dict | None, device: torch.device, dist) -> dict[str, Any]:
+def _run(cfg: RunConfig, folder: RunFolder, old: dict | None, device: torch.device, dist) -> dict[str, Any]:
     from replaylab.data.tokenizer import load_tokenizer
 
-    fsdp = parallel.use_fsdp(cfg.parallel, dist.world_size, dist.is_main)
+    m, plan_cfg = cfg.model, cfg.finetune
+    fsdp = parallel.use_fsdp(m.parallel, dist.world_size, dist.is_main)
     if fsdp:
         parallel.check_supported(cfg.eval.lm_eval_tasks)
-    model_folder = resolve_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model_folder = resolve_model(m.source, trust_remote_code=m.trust_remote_code)
     tokenizer = load_tokenizer(model_folder)  # the model's own tokenizer packs the data
     stores = open_stores(cfg, tokenizer)
-    micro = cfg.micro_batch_size or max(1, cfg.batch_size // dist.world_size)  # default: no accumulation
+    micro = cfg.train.micro_batch_size or max(1, cfg.train.batch_size // dist.world_size)  # default: no accumulation
     plan, scfg, sampler = replay_sampler(cfg, stores, str(tokenizer.path), micro_batch_size=micro)
     shares = sampler.realized_shares(0)
     eval_sets = build_eval_sets(scfg, stores)
-    dtype = resolve_precision(cfg.precision, device)
+    dtype = resolve_precision(cfg.train.precision, device)
     if fsdp:
         # Load on CPU; sharding moves one layer at a time to the device, so no GPU holds the whole model.
         model = parallel.shard(build_model(cfg, model_folder, torch.device("cpu")), device, dist.world_size, dtype)
         dtype = None  # FSDP's mixed-precision policy already computes in bf16: no autocast on top
     else:
         model = build_model(cfg, model_folder, device)
-    rows = ddp.shard_rows(cfg.batch_size, micro, dist)
+    rows = ddp.shard_rows(cfg.train.batch_size, micro, dist)
     example = torch.from_numpy(sampler.batch(0, rows=rows)[0]).to(device)  # (mb, T+1): compile trial
     module = HFCausalLMModule(model, scfg.optim, device=device, dtype=dtype, example=example,
-                              compile_spec=compile_spec(cfg.compile, device, parallel.is_sharded(model)))
+                              compile_spec=compile_spec(m.compile, device, parallel.is_sharded(model)))
 
     start = 0
     found = ckpt.latest_good_checkpoint(folder.path) if old is not None else None
@@ -114,10 +115,11 @@ def _run(cfg: FinetuneConfig, folder: RunFolder, old: dict | None, device: torch
         module.load_state_dict({"model": found.model, "optim": found.optim})
         ckpt.set_rng_state(found.state["rng"])
         start = found.step
-    meta = {"strategy": KIND, "target_domain": TARGET, "generic_domain": REPLAY, "rho": cfg.replay_fraction,
-            "target_source": cfg.target.source, "replay_source": cfg.replay.source if cfg.replay else None,
-            "budget": plan.budget, "target_epochs": plan.target_epochs, "lr": cfg.optim.lr,
-            "model": cfg.model, "lora": cfg.lora.enabled, **cfg.meta}
+    replay = cfg.data.domains.get(REPLAY)
+    meta = {"strategy": KIND, "target_domain": TARGET, "generic_domain": REPLAY, "rho": plan_cfg.replay_fraction,
+            "target_source": cfg.data.domains[TARGET].source, "replay_source": replay.source if replay else None,
+            "budget": plan.budget, "target_epochs": plan.target_epochs, "lr": plan_cfg.lr.peak,
+            "model": m.source, "lora": m.lora.enabled, **cfg.meta}
     manifest = dict(old) if old else new_manifest(
         config_hash=run_id(cfg), name=cfg.name, seed=cfg.seed, meta=meta,
         store_identities={k: s.identity for k, s in stores.items()}, tokenizer_hash=tokenizer.hash,
@@ -135,7 +137,7 @@ def _run(cfg: FinetuneConfig, folder: RunFolder, old: dict | None, device: torch
     ddp.barrier(dist)
 
     with Trainer(config=scfg, module=module, sampler=sampler, eval_sets=eval_sets, folder=folder, start=start,
-                 rows=rows, logger_config=cfg, checkpoint_at_end=False,
+                 rows=rows, logger_config=scfg, checkpoint_at_end=False,
                  divergence_hint="lower optim.lr or keep optim.grad_clip on") as trainer:
         if start == 0 and cfg.eval.initial:
             initial = {"losses": trainer.evaluate(0), "mc": _score_mc(cfg, model, tokenizer, device, dtype, trainer, 0)}
@@ -153,15 +155,15 @@ def _run(cfg: FinetuneConfig, folder: RunFolder, old: dict | None, device: torch
             mc.update(ev.run_lm_eval(model, hf_tok, cfg.eval.lm_eval_tasks, batch_size=cfg.eval.batch_size,
                                      include=cfg.eval.lm_eval_include))
         # Sharded: every rank takes part in gathering the weights, rank 0 writes them.
-        state = parallel.full_model_state(model, trainable_only=cfg.lora.enabled) if fsdp and cfg.save_final else None
-        if dist.is_main and cfg.save_final:
+        state = parallel.full_model_state(model, trainable_only=m.lora.enabled) if fsdp and m.save_final else None
+        if dist.is_main and m.save_final:
             _save_final(cfg, model, model_folder, folder.path, state)
         trainer.finish(final=final, mc=mc, train_tokens_seen=sampler.tokens_seen(plan.total_steps))
     ddp.barrier(dist)
     return folder.manifest if dist.is_main else {}
 
 
-def _score_mc(cfg: FinetuneConfig, model, tokenizer, device, dtype, trainer: Trainer, step: int) -> dict:
+def _score_mc(cfg: RunConfig, model, tokenizer, device, dtype, trainer: Trainer, step: int) -> dict:
     """Multiple-choice scores of the `eval.mc_tasks` files (log-likelihood), logged as `mc` records."""
     out = {}
     for task in cfg.eval.mc_tasks:
@@ -172,14 +174,14 @@ def _score_mc(cfg: FinetuneConfig, model, tokenizer, device, dtype, trainer: Tra
     return out
 
 
-def _save_final(cfg: FinetuneConfig, model, folder: str, out: Path, state: dict | None = None) -> None:
+def _save_final(cfg: RunConfig, model, folder: str, out: Path, state: dict | None = None) -> None:
     """The fine-tuned weights as a loadable Hugging Face folder (LoRA: the adapter only).
     state: the gathered full state dict of a sharded model (None: the model's own)."""
     from transformers import AutoTokenizer
 
     from replaylab.paths import atomic_dir
 
-    name = "adapter" if cfg.lora.enabled else "model"
+    name = "adapter" if cfg.model.lora.enabled else "model"
     with atomic_dir(out / name) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
         AutoTokenizer.from_pretrained(folder, local_files_only=True).save_pretrained(tmp)

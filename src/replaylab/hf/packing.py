@@ -24,12 +24,10 @@ build their batches through it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from replaylab.errors import ConfigError
-from replaylab.hf.config import FinetuneConfig
-from replaylab.runconfig import (DataConfig, DomainConfig, EvalConfig, LRConfig, OptimConfig, RunConfig, StageConfig,
-                                 TrainConfig)
+from replaylab.runconfig import RunConfig, StageConfig
 from replaylab.train.mixture import MixtureSampler
 
 TARGET, REPLAY = "target", "replay"
@@ -83,67 +81,59 @@ def plan_mix(*, budget: int, target_epochs: float, replay_fraction: float, batch
                    total_steps=total, target_weight=weight, replay_fraction=replay_fraction)
 
 
-def sampler_config(cfg: FinetuneConfig, plan: MixPlan, tokenizer: str, micro_batch_size: int | None = None) -> RunConfig:
-    """The one-stage RunConfig of this run as the engine sees it: it drives the engine's MixtureSampler, names
-    the held-out sets for `build_eval_sets`, and gives the one Trainer its schedule (the fresh AdamW's LR
-    curve as the stage's LR, train.lr's pure function of the step) and its log, eval and checkpoint cadence."""
-    domains = {TARGET: DomainConfig(source=cfg.target.source, budget=plan.budget,
-                                    # a capped run stops early: the epoch check would (rightly) fail
-                                    epochs=None if plan.capped else plan.target_epochs,
-                                    options=dict(cfg.target.options))}
+def sampler_config(cfg: RunConfig, plan: MixPlan, tokenizer: str, micro_batch_size: int | None = None) -> RunConfig:
+    """The planned fine-tuning run `cfg` laid out as the engine runs it: its one stage (`finetune.lr`, the plan's
+    steps and exact token shares), train.total_steps, the target's budget and epochs. tokenizer: the tokenizer's
+    folder. micro_batch_size: the launcher's (per rank; None = the config's). A replay pool that is not
+    trained on (R = 0) is still a domain: it is evaluated (forgetting)."""
+    target = cfg.data.domains[TARGET]
+    replay = cfg.data.domains.get(REPLAY)
+    domains = {TARGET: replace(target, budget=plan.budget,
+                               # a capped run stops early: the epoch check would (rightly) fail
+                               epochs=None if plan.capped else plan.target_epochs, options=dict(target.options))}
     mixture = {TARGET: 1.0}
     if plan.target_weight < 1:
-        assert cfg.replay is not None
-        domains[REPLAY] = DomainConfig(source=cfg.replay.source, budget=cfg.replay.budget,
-                                       options=dict(cfg.replay.options))
+        assert replay is not None
+        domains[REPLAY] = replace(replay, options=dict(replay.options))
         mixture = {TARGET: plan.target_weight, REPLAY: 1.0 - plan.target_weight}
-    elif cfg.replay is not None:  # evaluated (forgetting), never trained on
-        domains[REPLAY] = DomainConfig(source=cfg.replay.source, options=dict(cfg.replay.options))
-    o = cfg.optim
-    return RunConfig(
-        name=cfg.name, seed=cfg.seed,
-        data=DataConfig(tokenizer=tokenizer, seq_len=cfg.seq_len, domains=domains),
-        stages=[StageConfig(name="finetune", steps=plan.total_steps, mixture=mixture,
-                            lr=LRConfig(schedule=o.schedule, peak=o.lr, final=o.final_lr, warmup=o.warmup))],
-        optim=OptimConfig(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip),
-        train=TrainConfig(total_steps=plan.total_steps, batch_size=cfg.batch_size, micro_batch_size=micro_batch_size,
-                          log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                          keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress),
-        eval=EvalConfig(every=cfg.eval.every, max_sequences=cfg.eval.max_sequences, batch_size=cfg.eval.batch_size),
-    )
+    elif replay is not None:  # evaluated (forgetting), never trained on
+        domains[REPLAY] = replace(replay, budget=None, options=dict(replay.options))
+    train = replace(cfg.train, total_steps=plan.total_steps,
+                    micro_batch_size=micro_batch_size or cfg.train.micro_batch_size)
+    return replace(cfg, finetune=None, data=replace(cfg.data, tokenizer=tokenizer, domains=domains), train=train,
+                   stages=[StageConfig(name="finetune", steps=plan.total_steps, mixture=mixture,
+                                       lr=replace(cfg.finetune.lr))])
 
 
-def replay_sampler(cfg: FinetuneConfig, stores: dict, tokenizer: str,
+def replay_sampler(cfg: RunConfig, stores: dict, tokenizer: str,
                    micro_batch_size: int | None = None) -> tuple[MixPlan, RunConfig, MixtureSampler]:
     """The one way a target + replay run becomes batches: the plan (fixed target exposure), the one-stage
     RunConfig and the engine's MixtureSampler over `stores` ({"target": ..., "replay": ...}). `replaylab finetune`
-    trains on it and `replaylab.ReplayMixture` (HF Trainer, TRL, Accelerate, plain PyTorch) yields it. Of `cfg`
-    only the data fields are read: target (budget), replay, replay_fraction, target_epochs, seq_len, batch_size,
-    max_steps, seed, and the cadence fields copied into the RunConfig. tokenizer: the tokenizer's folder."""
-    plan = plan_mix(budget=resolve_budget(cfg, stores[TARGET]), target_epochs=cfg.target_epochs,
-                    replay_fraction=cfg.replay_fraction, batch_size=cfg.batch_size, max_steps=cfg.max_steps)
+    trains on it and `replaylab.ReplayMixture` (HF Trainer, TRL, Accelerate, plain PyTorch) yields it. `cfg`: a
+    planned fine-tuning RunConfig (its `finetune` plan). tokenizer: the tokenizer's folder."""
+    p = cfg.finetune
+    plan = plan_mix(budget=resolve_budget(cfg, stores[TARGET]), target_epochs=p.target_epochs,
+                    replay_fraction=p.replay_fraction, batch_size=cfg.train.batch_size, max_steps=p.max_steps)
     scfg = sampler_config(cfg, plan, tokenizer, micro_batch_size=micro_batch_size)
     return plan, scfg, MixtureSampler(scfg, stores)
 
 
-def open_stores(cfg: FinetuneConfig, tokenizer) -> dict:
+def open_stores(cfg: RunConfig, tokenizer) -> dict:
     """Token stores of the target and replay pools, tokenized with `tokenizer` (a data-layer Tokenizer)."""
     from replaylab.data.store import get_store
 
-    stores = {TARGET: get_store(cfg.target.source, tokenizer, cfg.target.options)}
-    if cfg.replay is not None:
-        stores[REPLAY] = get_store(cfg.replay.source, tokenizer, cfg.replay.options)
-    return stores
+    return {name: get_store(dom.source, tokenizer, dom.options) for name, dom in cfg.data.domains.items()}
 
 
-def resolve_budget(cfg: FinetuneConfig, store) -> int:
+def resolve_budget(cfg: RunConfig, store) -> int:
     """The target budget in sequences: the configured one, or every train sequence of the store (not
     `schedule.target_budget`, which derives a budget from a run's length and target fraction)."""
-    available = store.num_sequences("train", cfg.seq_len)
-    budget = cfg.target.budget or available
+    seq_len, target = cfg.data.seq_len, cfg.data.domains[TARGET]
+    available = store.num_sequences("train", seq_len)
+    budget = target.budget or available
     if budget > available:
         raise ConfigError(
-            f"target budget {budget} sequences exceeds the {available} train sequences of {cfg.seq_len} tokens in "
-            f"{cfg.target.source!r}; lower target.budget to at most {available} or use a shorter seq_len"
+            f"target budget {budget} sequences exceeds the {available} train sequences of {seq_len} tokens in "
+            f"{target.source!r}; lower target.budget to at most {available} or use a shorter seq_len"
         )
     return budget

@@ -33,8 +33,9 @@ import pandas as pd
 
 from replaylab.config import apply_overrides, config_hash, from_dict, load_yaml, to_dict
 from replaylab.errors import ConfigError
-from replaylab.fingerprint import run_id
-from replaylab.hf.config import FinetuneConfig
+from replaylab.fingerprint import finetune_view, run_id
+from replaylab.hf.config import read_finetune, section_types
+from replaylab.runconfig import RunConfig
 from replaylab.sweep.experiment import grid_cells
 
 KIND = "finetune_hf"
@@ -78,7 +79,7 @@ class HFExperiment:
 @dataclass
 class HFRun:
     run_id: str
-    config: FinetuneConfig
+    config: RunConfig
     coords: dict[str, Any]  # strategy, axis values (as resolved in the config), lr, seed
 
 
@@ -92,25 +93,29 @@ def is_hf_experiment(path: str | Path) -> bool:
 
 
 def check_axis(key: str, where: str = "grid") -> None:
-    """Raise ConfigError unless `key` names a FinetuneConfig field (dotted into nested configs)."""
+    """Raise ConfigError unless `key` names a field of the fine-tuning form (dotted into nested sections)."""
     head = key.split(".")[0]
     for reserved, fix in _RESERVED.items():
         if key == reserved or (reserved == "meta" and head == "meta"):
             raise ConfigError(f"{where} axis {key!r} cannot be swept this way; {fix}")
-    cls: Any = FinetuneConfig
+    node: Any = section_types()  # the top level of the fine-tuning form: its keys and what each holds
     parts = key.split(".")
     for i, part in enumerate(parts):
-        fields = {f.name for f in dataclasses.fields(cls)}
+        if isinstance(node, (dict, frozenset)):
+            fields = set(node)
+        else:
+            fields = {f.name for f in dataclasses.fields(node)} - {"epochs"}  # a pool's epochs are planned
         if part not in fields:
-            owner = ".".join(parts[:i]) or "FinetuneConfig"
+            owner = ".".join(parts[:i]) or "the fine-tuning config"
             raise ConfigError(f"{where} axis {key!r} is not a config field ({owner} has: {', '.join(sorted(fields))}); "
                               "fix the key")
-        tp = _unwrap(typing.get_type_hints(cls)[part])
+        tp = node[part] if isinstance(node, dict) else float if isinstance(node, frozenset) else \
+            _unwrap(typing.get_type_hints(node)[part])
         if typing.get_origin(tp) is dict:
             return  # a free-form mapping (e.g. target.options.glob): any sub-key is fine
-        if i < len(parts) - 1 and not dataclasses.is_dataclass(tp):
+        if i < len(parts) - 1 and not (dataclasses.is_dataclass(tp) or isinstance(tp, frozenset)):
             raise ConfigError(f"{where} axis {key!r}: {'.'.join(parts[:i + 1])} is a value, not a section; fix the key")
-        cls = tp
+        node = tp
 
 
 def _unwrap(tp: Any) -> Any:
@@ -163,17 +168,19 @@ def expand_hf(exp: HFExperiment, base: dict) -> list[HFRun]:
                 raw.pop("meta", None)
                 where = ", ".join(f"{k}={v}" for k, v in cell.items()) or "the base"
                 try:
-                    cfg = from_dict(FinetuneConfig, raw)
+                    cfg = read_finetune(raw)
                 except ConfigError as e:
                     raise ConfigError(f"experiment {exp.name!r} at {where}: {e}") from None
                 # The LR group: this config with its LR blanked (meta is still empty here).
-                cell_raw = to_dict(cfg, for_hash=True)
+                view = finetune_view(cfg)  # the form the axes are named in
+                cell_raw = to_dict(view, for_hash=True)
                 cell_raw["optim"]["lr"] = None
+                lr = cfg.finetune.lr.peak
                 cfg.meta = {**(base.get("meta") or {}), "strategy": KIND, "target_domain": "target",
-                            "generic_domain": "replay", "rho": cfg.replay_fraction, "lr": cfg.optim.lr,
+                            "generic_domain": "replay", "rho": cfg.finetune.replay_fraction, "lr": lr,
                             "lr_group": config_hash(cell_raw, 12)}
                 rid = run_id(cfg)
-                coords = {"strategy": KIND, **{k: _get(cfg, k) for k in cell}, "lr": cfg.optim.lr, "seed": seed}
+                coords = {"strategy": KIND, **{k: _get(view, k) for k in cell}, "lr": lr, "seed": seed}
                 runs.setdefault(rid, HFRun(rid, cfg, coords))
     return list(runs.values())
 
@@ -187,15 +194,16 @@ def build_hf_plan(exp: HFExperiment, base: dict) -> tuple[list[HFRun], dict[str,
     return runs, {"name": exp.name, "kind": KIND, "prefix_granularity": None, "runs": entries}
 
 
-def planned_steps(cfg: FinetuneConfig) -> int | None:
+def planned_steps(cfg: RunConfig) -> int | None:
     """Total steps when the target budget is given (None = every train sequence: that needs the
     tokenized store, which planning never builds)."""
     from replaylab.hf.packing import plan_mix
 
-    if cfg.target.budget is None:
+    budget, p = cfg.data.domains["target"].budget, cfg.finetune
+    if budget is None:
         return None
-    return plan_mix(budget=cfg.target.budget, target_epochs=cfg.target_epochs, replay_fraction=cfg.replay_fraction,
-                    batch_size=cfg.batch_size, max_steps=cfg.max_steps).total_steps
+    return plan_mix(budget=budget, target_epochs=p.target_epochs, replay_fraction=p.replay_fraction,
+                    batch_size=cfg.train.batch_size, max_steps=p.max_steps).total_steps
 
 
 def estimate_hf(runs: list[HFRun]) -> pd.DataFrame:
@@ -205,7 +213,7 @@ def estimate_hf(runs: list[HFRun]) -> pd.DataFrame:
     for r in runs:
         label = " ".join(f"{k}={v}" for k, v in r.coords.items() if k not in ("strategy", "lr", "seed")) or KIND
         steps = planned_steps(r.config)
-        tokens = steps * r.config.batch_size * r.config.seq_len if steps is not None else math.nan
+        tokens = steps * r.config.train.batch_size * r.config.data.seq_len if steps is not None else math.nan
         rows.append({"cell": label, "runs": 1, "steps": math.nan if steps is None else steps,
                      "steps_trained": math.nan if steps is None else steps, "tokens": tokens, "flops": math.nan})
     df = pd.DataFrame(rows, columns=["cell", "runs", "steps", "steps_trained", "tokens", "flops"])

@@ -112,10 +112,10 @@ def execute_run(store: RunStore, entry: dict, *, retry_before: float | None = No
 def _train(entry: dict, run_dir: Path, *, init_from: Path | None) -> dict:
     """Train (or resume) one plan entry by its kind; both raise a TrainingInterrupted on SIGTERM."""
     if entry.get("kind") == "finetune_hf":
-        from replaylab.hf.config import FinetuneConfig
+        from replaylab.hf.config import read_run_config
         from replaylab.hf.finetune import run_finetune
 
-        return run_finetune(from_dict(FinetuneConfig, entry["config"]), run_dir, resume=True)
+        return run_finetune(read_run_config(entry["config"]), run_dir, resume=True)
     from replaylab.train import run_training
 
     return run_training(from_dict(RunConfig, entry["config"]), run_dir, resume=True, init_from=init_from)
