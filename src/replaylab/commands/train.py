@@ -35,6 +35,7 @@ def _default_out(name: str) -> Path:
 
 def main(args: argparse.Namespace) -> int:
     from replaylab.config import load_config
+    from replaylab.hf.config import load_run_config
     from replaylab.runconfig import RunConfig
     from replaylab.train import TrainingInterrupted, run_training
 
@@ -47,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
                               "cannot move it: drop --out (or copy the run folder there and resume the copy)")
         if not (out / "config.yaml").exists():
             raise ConfigError(f"--resume {str(out)!r} is not a run folder (no config.yaml); give the --out of a run")
-        config = load_config(RunConfig, out / "config.yaml")
+        config = load_run_config(out / "config.yaml")  # any kind of run, fine-tuning form included
     else:
         if not args.config:
             raise ConfigError("give a run config YAML (replaylab train CONFIG) or --resume RUN_DIR")
