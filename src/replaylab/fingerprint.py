@@ -194,11 +194,17 @@ def lr_cell(config: Any) -> str:
     return config_hash(raw, 12)
 
 
-def lr_group(raw: dict) -> str:
+def lr_group(raw: Any) -> str:
     """`meta.lr_group` of a strategy builder's config (a raw mapping, key order as built): its hash with
     `name` and `meta` left out and the peak of the tuned curve's first stage blanked. A mid-training
     run's `continue` stage keeps its copy of the peak, so mid-training runs at two LRs get two groups:
-    the field is part of every run id, so it keeps this rule; `lr_cell` is the corrected cell."""
+    the field is part of every run id, so it keeps this rule; `lr_cell` is the corrected cell.
+    A planned fine-tuning run (a RunConfig with a `finetune` plan, its meta still empty) keeps the rule it was
+    first recorded with: its `finetune_view` with `optim.lr` blanked (name and the empty meta included)."""
+    if getattr(raw, "finetune", None) is not None:
+        cell = to_dict(finetune_view(raw), for_hash=True)
+        cell["optim"]["lr"] = None
+        return config_hash(cell, 12)
     cell = copy.deepcopy(raw)
     meta = cell.pop("meta", None) or {}
     cell.pop("name", None)

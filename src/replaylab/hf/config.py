@@ -14,6 +14,9 @@ does the same from Python. Run ids do not change: `fingerprint.finetune_view` is
 from __future__ import annotations
 
 import copy
+import dataclasses
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +135,44 @@ def section_types() -> dict[str, Any]:
     sections = {"target": DomainConfig, "replay": DomainConfig, "lora": LoraConfig, "eval": EvalConfig,
                 "logging": LoggingConfig, "meta": dict[str, Any], "optim": frozenset(_SECTIONS["optim"])}
     return {k: sections.get(k, str) for k in sorted({k.split(".")[0] for k in _KEYS})}
+
+
+# Axes with a dedicated key: listing them in grid/zip would silently fight with lrs/seeds.
+_RESERVED = {"optim.lr": "list learning rates under lrs:", "seed": "list seeds under seeds:",
+             "meta": "meta is filled by the sweep; sweep a config field instead"}
+
+
+def check_axis(key: str, where: str = "grid") -> None:
+    """Raise ConfigError unless `key` names a field of the fine-tuning form (dotted into nested sections)."""
+    head = key.split(".")[0]
+    for reserved, fix in _RESERVED.items():
+        if key == reserved or (reserved == "meta" and head == "meta"):
+            raise ConfigError(f"{where} axis {key!r} cannot be swept this way; {fix}")
+    node: Any = section_types()  # the top level of the fine-tuning form: its keys and what each holds
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, (dict, frozenset)):
+            fields = set(node)
+        else:
+            fields = {f.name for f in dataclasses.fields(node)} - {"epochs"}  # a pool's epochs are planned
+        if part not in fields:
+            owner = ".".join(parts[:i]) or "the fine-tuning config"
+            raise ConfigError(f"{where} axis {key!r} is not a config field ({owner} has: {', '.join(sorted(fields))}); "
+                              "fix the key")
+        tp = node[part] if isinstance(node, dict) else float if isinstance(node, frozenset) else \
+            _unwrap(typing.get_type_hints(node)[part])
+        if typing.get_origin(tp) is dict:
+            return  # a free-form mapping (e.g. target.options.glob): any sub-key is fine
+        if i < len(parts) - 1 and not (dataclasses.is_dataclass(tp) or isinstance(tp, frozenset)):
+            raise ConfigError(f"{where} axis {key!r}: {'.'.join(parts[:i + 1])} is a value, not a section; fix the key")
+        node = tp
+
+
+def _unwrap(tp: Any) -> Any:
+    """`PoolConfig | None` -> PoolConfig (the optional replay pool is still a section)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1
+    return args[0] if optional else tp
 
 
 def FinetuneConfig(**fields: Any) -> RunConfig:  # noqa: N802 - the name the fine-tuning form always had

@@ -23,86 +23,12 @@ build their batches through it.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
-
 from replaylab.errors import ConfigError
-from replaylab.runconfig import RunConfig, StageConfig
+from replaylab.runconfig import RunConfig
+from replaylab.schedule import REPLAY, TARGET, MixPlan, finetune_stage, plan_mix  # noqa: F401 - their old home
 from replaylab.train.mixture import MixtureSampler
 
-TARGET, REPLAY = "target", "replay"
-
-
-@dataclass(frozen=True)
-class MixPlan:
-    """How many steps a fine-tuning run takes and how its tokens split between target and replay."""
-
-    budget: int  # unique target sequences
-    target_draws: int  # target sequences drawn over the planned run (target_epochs x budget)
-    target_steps: int  # steps the target alone fills (the run length at R = 0)
-    planned_steps: int  # target_steps stretched by 1 / (1 - R)
-    total_steps: int  # planned_steps, or max_steps when that caps the run
-    target_weight: float  # exact token share of the target in every block
-    replay_fraction: float
-
-    @property
-    def capped(self) -> bool:
-        return self.total_steps < self.planned_steps
-
-    @property
-    def target_epochs(self) -> float:
-        """Passes over the budget the planned run makes (exact; R = 0 rounds up to whole batches)."""
-        return self.target_draws / self.budget
-
-
-def plan_mix(*, budget: int, target_epochs: float, replay_fraction: float, batch_size: int,
-             max_steps: int | None = None) -> MixPlan:
-    if budget < 1:
-        raise ConfigError(f"the target budget is {budget} sequences; it needs at least 1")
-    wanted = target_epochs * budget
-    if not wanted < 2**63:  # inf and nan too: the sampler counts sequences in int64
-        raise ConfigError(f"target_epochs={target_epochs:g} over {budget} target sequences draws {wanted:.6g} "
-                          "sequences, beyond a 64-bit count; give a realistic target_epochs (passes over the budget)")
-    draws = max(1, round(wanted))
-    target_steps = math.ceil(draws / batch_size)
-    if replay_fraction == 0:
-        # Pure target: fill the last batch with the next target sequences rather than leave it short.
-        planned, draws, weight = target_steps, target_steps * batch_size, 1.0
-    else:
-        # (the epsilon keeps 128 / (8 x 0.1) = 160.00000000000003 from rounding up to 161)
-        planned = math.ceil(draws / (batch_size * (1 - replay_fraction)) - 1e-9)
-        weight = draws / (planned * batch_size)
-    total = planned if max_steps is None else min(planned, max_steps)
-    if total * batch_size >= 2**63:  # a replay fraction near 1 stretches the run without bound
-        raise ConfigError(f"the run would take {total} steps of {batch_size} sequences (target_epochs="
-                          f"{target_epochs:g}, replay_fraction={replay_fraction:g}), beyond a 64-bit count; lower "
-                          "target_epochs or replay_fraction, or set max_steps")
-    return MixPlan(budget=budget, target_draws=draws, target_steps=target_steps, planned_steps=planned,
-                   total_steps=total, target_weight=weight, replay_fraction=replay_fraction)
-
-
-def sampler_config(cfg: RunConfig, plan: MixPlan, tokenizer: str, micro_batch_size: int | None = None) -> RunConfig:
-    """The planned fine-tuning run `cfg` laid out as the engine runs it: its one stage (`finetune.lr`, the plan's
-    steps and exact token shares), train.total_steps, the target's budget and epochs. tokenizer: the tokenizer's
-    folder. micro_batch_size: the launcher's (per rank; None = the config's). A replay pool that is not
-    trained on (R = 0) is still a domain: it is evaluated (forgetting)."""
-    target = cfg.data.domains[TARGET]
-    replay = cfg.data.domains.get(REPLAY)
-    domains = {TARGET: replace(target, budget=plan.budget,
-                               # a capped run stops early: the epoch check would (rightly) fail
-                               epochs=None if plan.capped else plan.target_epochs, options=dict(target.options))}
-    mixture = {TARGET: 1.0}
-    if plan.target_weight < 1:
-        assert replay is not None
-        domains[REPLAY] = replace(replay, options=dict(replay.options))
-        mixture = {TARGET: plan.target_weight, REPLAY: 1.0 - plan.target_weight}
-    elif replay is not None:  # evaluated (forgetting), never trained on
-        domains[REPLAY] = replace(replay, budget=None, options=dict(replay.options))
-    train = replace(cfg.train, total_steps=plan.total_steps,
-                    micro_batch_size=micro_batch_size or cfg.train.micro_batch_size)
-    return replace(cfg, finetune=None, data=replace(cfg.data, tokenizer=tokenizer, domains=domains), train=train,
-                   stages=[StageConfig(name="finetune", steps=plan.total_steps, mixture=mixture,
-                                       lr=replace(cfg.finetune.lr))])
+sampler_config = finetune_stage  # its old name
 
 
 def replay_sampler(cfg: RunConfig, stores: dict, tokenizer: str,
@@ -114,7 +40,7 @@ def replay_sampler(cfg: RunConfig, stores: dict, tokenizer: str,
     p = cfg.finetune
     plan = plan_mix(budget=resolve_budget(cfg, stores[TARGET]), target_epochs=p.target_epochs,
                     replay_fraction=p.replay_fraction, batch_size=cfg.train.batch_size, max_steps=p.max_steps)
-    scfg = sampler_config(cfg, plan, tokenizer, micro_batch_size=micro_batch_size)
+    scfg = finetune_stage(cfg, plan, tokenizer, micro_batch_size=micro_batch_size)
     return plan, scfg, MixtureSampler(scfg, stores)
 
 
