@@ -135,3 +135,19 @@ def test_kind_defaults_live_in_one_place():
         from_dict(RunConfig, {"model": {"kind": "gpt"}})
     with pytest.raises(ConfigError, match="needs a Hugging Face model"):
         from_dict(RunConfig, {**hf, "model": {}})
+
+
+def test_train_and_finetune_default_to_one_output_rule(tmp_path):
+    """Without --out both commands put a run in runs/<name>-<run id> (finetune's default name keeps its old
+    folders, runs/finetune-<run id>); the same config finds its folder again, another config gets its own."""
+    from replaylab.commands.finetune import build_config
+    from replaylab.train.run_folder import default_run_dir
+
+    ft = build_config(_parse(["-R", "0.5"]))
+    assert default_run_dir(ft) == Path("runs") / f"finetune-{run_id(ft)}"
+    ours = load_config(RunConfig, REPO / "configs" / "tiny.yaml")
+    assert default_run_dir(ours) == Path("runs") / f"{ours.name}-{run_id(ours)}"
+    other = load_config(RunConfig, REPO / "configs" / "tiny.yaml", ["seed=7"])
+    assert default_run_dir(other) != default_run_dir(ours)
+    named = load_config(RunConfig, REPO / "configs" / "tiny.yaml", ["name=my run/1"])
+    assert default_run_dir(named).name.startswith("my-run-1-")

@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-eval-include", metavar="DIR", help="a folder of lm-eval task YAML files (e.g. over local jsonl)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch threads (default: leave as is)")
-    p.add_argument("--out", help="run folder (default: runs/finetune-<config hash>)")
+    p.add_argument("--out", help="run folder (default: runs/<name>-<run id>: runs/finetune-<run id> unless the config "
+                                 "names the run, as replaylab train)")
     p.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint, with the config it holds (as "
                         "replaylab train --resume RUN_DIR); `--resume --out RUN_DIR` with the run's flags works too")
@@ -149,17 +150,18 @@ def build_config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from replaylab.fingerprint import run_id
-
     # before the heavy imports: a bad override fails at once
     if args.resume is not None:
         config, out = resume_config(args)
     else:
         config = build_config(args)
-        out = Path(args.out) if args.out else Path("runs") / f"finetune-{run_id(config)}"
+        out = Path(args.out) if args.out else None
 
     from replaylab.hf.finetune import run_finetune
     from replaylab.train import TrainingInterrupted
+    from replaylab.train.run_folder import default_run_dir
+
+    out = out or default_run_dir(config)  # the one default-output rule, as replaylab train's
 
     try:
         manifest = run_finetune(config, out, resume=args.resume is not None, overwrite=args.overwrite)

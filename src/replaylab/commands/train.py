@@ -8,7 +8,6 @@ Under `torchrun --nproc_per_node N` the same command trains data-parallel; rank 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ HELP = "train one run (a list of stages) into a run folder, or resume one"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="run config YAML (see docs/training.md)")
     add_override_arguments(p, "stages.1.lr.peak=3e-4")
-    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--out", help="run folder (default: runs/<config name>-<run id>, as replaylab finetune)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest good checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a replaylab run folder at --out that holds another config (never a folder it did not make)")
@@ -29,15 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from the full training state of another run's checkpoint (a shared prefix)")
 
 
-def _default_out(name: str) -> Path:
-    return Path("runs") / (re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "run")
-
-
 def main(args: argparse.Namespace) -> int:
     from replaylab.config import load_config
     from replaylab.hf.config import load_run_config
     from replaylab.runconfig import RunConfig
     from replaylab.train import TrainingInterrupted, run_training
+    from replaylab.train.run_folder import default_run_dir
 
     if args.resume:
         if args.config or args.overrides:
@@ -56,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.config!r} looks like an override; the config file comes first: "
                               "replaylab train CONFIG KEY=VALUE ...")
         config = load_config(RunConfig, args.config, args.overrides)
-        out = Path(args.out) if args.out else _default_out(config.name)
+        out = Path(args.out) if args.out else default_run_dir(config)
     try:
         manifest = run_training(config, out, resume=bool(args.resume), init_from=args.init_from,
                                 overwrite=args.overwrite)

@@ -16,6 +16,7 @@ for the whole run, so a second trainer is refused with one line naming the holde
 
 from __future__ import annotations
 
+import re
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,20 @@ import torch
 
 from replaylab.config import dump_yaml
 from replaylab.errors import ConfigError
-from replaylab.fingerprint import run_identity
+from replaylab.fingerprint import run_id, run_identity
 from replaylab.hf.config import load_run_config
 from replaylab.outputs import OutputError, claim_output, folder_lock, read_marker, remove_ours, write_marker
 from replaylab.paths import atomic_write_text
 from replaylab.train import ddp
 from replaylab.train.manifest import now, read_manifest, write_manifest
+
+
+def default_run_dir(config: Any) -> Path:
+    """Where `replaylab train` and `replaylab finetune` put a run given no --out: runs/<name>-<run id>. The name
+    keeps it readable; the id (fingerprint.run_id) makes the folder the run's own: the same config finds its
+    folder again (a finished run is not trained twice) and another config never lands in it."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.name).strip("-") or "run"
+    return Path("runs") / f"{name}-{run_id(config)}"
 
 
 def _same_run(mine: Any, theirs: Any) -> bool:
