@@ -76,7 +76,7 @@ from bench_common import machine, write_json  # benchmarks/ is on the path when 
 
 from replaylab import runtime
 from replaylab.errors import one_line
-from replaylab.hf.config import FinetuneConfig
+from replaylab.finetune_form import FinetuneConfig
 from replaylab.hf.packing import TARGET, plan_mix, sampler_config
 from replaylab.hf.train_module import HFCausalLMModule, build_model, compile_spec
 from replaylab.train.ddp import DistInfo

@@ -97,7 +97,7 @@ def test_enumerated_fields_are_typed_choices(override, message):
 
 
 def test_choices_are_checked_for_configs_built_in_python_too():
-    from replaylab.hf.config import FinetuneConfig, read_finetune
+    from replaylab.finetune_form import FinetuneConfig, read_finetune
 
     cfg = from_dict(RunConfig, BASE)
     cfg.train.device = "tpu"

@@ -26,7 +26,7 @@ def test_fields_added_later_leave_fine_tuning_run_ids_as_they_were(tmp_path):
     still name the same runs; another value is another run. A config.yaml written before them loads as the
     same run as one written now."""
     from replaylab.fingerprint import finetune_view
-    from replaylab.hf.config import FinetuneConfig, load_run_config, read_finetune
+    from replaylab.finetune_form import FinetuneConfig, load_run_config, read_finetune
 
     default = FinetuneConfig()
     lora = read_finetune({"replay_fraction": 0.25, "lora": {"enabled": True}})

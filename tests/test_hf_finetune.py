@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from replaylab.errors import ConfigError, ReplaylabError
-from replaylab.hf.config import read_finetune
+from replaylab.finetune_form import read_finetune
 from replaylab.runconfig import RunConfig
 from replaylab.hf.packing import REPLAY, TARGET, open_stores, plan_mix, sampler_config
 from replaylab.train.mixture import MixtureSampler

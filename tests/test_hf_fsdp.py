@@ -112,7 +112,7 @@ def test_fsdp_flag_and_one_process_fallback(world, tmp_path, capsys):
 DRIVER = """
 import json, shutil, sys
 from pathlib import Path
-from replaylab.hf.config import load_run_config
+from replaylab.finetune_form import load_run_config
 from replaylab.hf.finetune import run_finetune
 from replaylab.runtime import deterministic_attention
 from replaylab.train import ddp

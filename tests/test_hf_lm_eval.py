@@ -170,7 +170,7 @@ def test_missing_package_is_a_config_error(monkeypatch):
 
 def test_include_without_tasks_is_a_config_error():
     from replaylab.config import from_dict
-    from replaylab.hf.config import read_finetune
+    from replaylab.finetune_form import read_finetune
 
     with pytest.raises(ConfigError, match="eval.lm_eval_tasks is empty"):
         read_finetune({"eval": {"lm_eval_include": "tasks/"}})

@@ -92,7 +92,7 @@ def test_every_batch_holds_its_exact_share_and_the_target_is_seen_budget_x_epoch
 def test_it_is_the_stream_replaylab_finetune_trains_on(code_store, prose_store, tiny_tokenizer):
     """The same plan, RunConfig and MixtureSampler that `replaylab finetune` builds (as finetune.py built them before
     the shared builder existed: plan_mix, sampler_config, MixtureSampler)."""
-    from replaylab.hf.config import read_finetune
+    from replaylab.finetune_form import read_finetune
     from replaylab.hf.packing import open_stores, plan_mix, sampler_config
     from replaylab.train.mixture import MixtureSampler
 

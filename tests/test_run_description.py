@@ -83,7 +83,7 @@ def test_the_shipped_experiment_keeps_its_run_ids_lr_groups_and_cells():
            for e, r in zip(doc["runs"], runs)]
     assert got == OLD_EXPERIMENT
     for entry, run in zip(doc["runs"], runs):  # sweep.json holds the RunConfig; read back, it is the same run
-        from replaylab.hf.config import read_run_config
+        from replaylab.finetune_form import read_run_config
 
         assert run_id(read_run_config(entry["config"])) == entry["run_id"] == run_id(run.config)
 
@@ -92,7 +92,7 @@ def test_a_run_folder_config_of_either_form_reads_as_the_same_run(tmp_path):
     """config.yaml is written as a RunConfig now; one written in the fine-tuning form (every run folder before)
     reads as the same run, so `finetune --resume` continues it."""
     from replaylab.commands.finetune import build_config
-    from replaylab.hf.config import load_run_config
+    from replaylab.finetune_form import load_run_config
 
     cfg = build_config(_parse(["-R", "0.5", "--lora", "--budget", "16", "log_every=1"]))
     (tmp_path / "new.yaml").write_text(dump_yaml(cfg))
@@ -105,7 +105,7 @@ def test_a_run_folder_config_of_either_form_reads_as_the_same_run(tmp_path):
 
 
 def test_the_fine_tuning_form_keeps_its_words_in_errors():
-    from replaylab.hf.config import read_finetune
+    from replaylab.finetune_form import read_finetune
 
     for raw, message in [({"replay_fraction": 1.0}, "replay_fraction must lie in [0, 1), got 1.0"),
                          ({"replay": None, "replay_fraction": 0.5}, "no replay pool is set"),

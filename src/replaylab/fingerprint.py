@@ -45,7 +45,7 @@ _PREFIX_FREE = ("name", "meta", "logging", "stages")
 
 def finetune_view(config: Any) -> dict:
     """What a replay fine-tuning run (a RunConfig with a `finetune` plan) hashes as: the mapping its config had
-    before it was a RunConfig (hf/config.py reads that form), key for key and in that order, so the ids of
+    before it was a RunConfig (finetune_form.py reads that form), key for key and in that order, so the ids of
     existing run folders, sweeps, LR groups and cells stay. Settings that form could not express are added
     under `extra` only when they differ from their defaults (a run that sets them never had an old id)."""
     m, d, p, o, t, e = config.model, config.data, config.finetune, config.optim, config.train, config.eval
@@ -108,7 +108,7 @@ def _hashed(config: Any) -> Any:
     if isinstance(config, dict):
         from replaylab.config import from_dict
         from replaylab.errors import ConfigError
-        from replaylab.hf.config import is_finetune_form
+        from replaylab.finetune_form import is_finetune_form
         from replaylab.runconfig import RunConfig
 
         if is_finetune_form(config):

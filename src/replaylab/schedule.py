@@ -308,7 +308,7 @@ def finetune_hf(base: RunConfig | dict, *, seed: int | None = None, lr: float | 
     that form set on it (replay_fraction, target.budget, lora.r, ...); lr: its peak (optim.lr). meta: the
     strategy, domains, rho, lr and lr_group (`fingerprint.lr_group`: this config with its LR blanked)."""
     from replaylab.fingerprint import finetune_view
-    from replaylab.hf.config import read_finetune
+    from replaylab.finetune_form import read_finetune
 
     raw = copy.deepcopy(finetune_view(base) if isinstance(base, RunConfig) else base)
     base_meta = raw.pop("meta", None) or {}

@@ -85,7 +85,7 @@ _RUN_FLAGS = ("config", "model", "target", "replay", "replay_fraction", "budget"
 def resume_config(args: argparse.Namespace):
     """(config, run folder) of `--resume [RUN_DIR]`: RUN_DIR's own config.yaml when no flag describes the run,
     else the flags' config (the run folder then refuses one that differs from its own)."""
-    from replaylab.hf.config import load_run_config
+    from replaylab.finetune_form import load_run_config
 
     if args.resume and args.out and Path(args.resume) != Path(args.out):
         raise ConfigError(f"--resume {args.resume!r} and --out {args.out!r} name two folders; give the run folder "
@@ -105,7 +105,7 @@ def resume_config(args: argparse.Namespace):
 def build_config(args: argparse.Namespace):
     """The run's RunConfig from --config (the fine-tuning form, or a RunConfig of a Hugging Face model), the
     flags and the KEY=VALUE / --set overrides (in that order; overrides name the --config file's keys)."""
-    from replaylab.hf.config import is_finetune_form, merge, read_finetune, to_run_form
+    from replaylab.finetune_form import is_finetune_form, merge, read_finetune, to_run_form
     from replaylab.runconfig import RunConfig
 
     given = load_yaml(args.config) if args.config else {}

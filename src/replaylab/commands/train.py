@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from replaylab.config import load_config
-    from replaylab.hf.config import load_run_config
+    from replaylab.finetune_form import load_run_config
     from replaylab.runconfig import RunConfig
     from replaylab.train import TrainingInterrupted, run_training
     from replaylab.train.run_folder import default_run_dir

@@ -79,7 +79,7 @@ class StrategySpec:
             raise ConfigError(f"strategy {self.strategy!r}: lrs is empty; list at least one learning rate or leave "
                               "lrs out")
         if self.strategy == HF_KIND:  # its axes are keys of the fine-tuning form
-            from replaylab.hf.config import check_axis
+            from replaylab.finetune_form import check_axis
 
             for where, axes in (("grid", self.grid), ("zip", self.zip)):
                 for key in axes:

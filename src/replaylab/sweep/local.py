@@ -112,7 +112,7 @@ def execute_run(store: RunStore, entry: dict, *, retry_before: float | None = No
 def _train(entry: dict, run_dir: Path, *, init_from: Path | None) -> dict:
     """Train (or resume) one plan entry by its kind; both raise a TrainingInterrupted on SIGTERM."""
     if entry.get("kind") == "finetune_hf":
-        from replaylab.hf.config import read_run_config
+        from replaylab.finetune_form import read_run_config
         from replaylab.hf.finetune import run_finetune
 
         return run_finetune(read_run_config(entry["config"]), run_dir, resume=True)

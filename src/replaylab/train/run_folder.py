@@ -2,7 +2,7 @@
 lock it, write config.yaml + manifest, record how the run ended.
 
     config.yaml      the resolved config (a RunConfig; a Hugging Face run's as planned, or in the fine-tuning
-                     form of runs written before it was a RunConfig: hf/config.py reads both)
+                     form of runs written before it was a RunConfig: finetune_form.py reads both)
     manifest.json    status running | done | failed | diverged, identities, steps_done, final losses
     metrics.jsonl    train / eval / data records (train/logging.py)
     checkpoints/     train/checkpoint.py
@@ -26,7 +26,7 @@ import torch
 from replaylab.config import dump_yaml
 from replaylab.errors import ConfigError
 from replaylab.fingerprint import run_id, run_identity
-from replaylab.hf.config import load_run_config
+from replaylab.finetune_form import load_run_config
 from replaylab.outputs import OutputError, claim_output, folder_lock, read_marker, remove_ours, write_marker
 from replaylab.paths import atomic_write_text
 from replaylab.train import ddp
