@@ -151,3 +151,19 @@ def test_train_and_finetune_default_to_one_output_rule(tmp_path):
     assert default_run_dir(other) != default_run_dir(ours)
     named = load_config(RunConfig, REPO / "configs" / "tiny.yaml", ["name=my run/1"])
     assert default_run_dir(named).name.startswith("my-run-1-")
+
+
+def test_finetune_config_may_be_a_run_config_and_the_flags_still_apply(tmp_path):
+    """`replaylab finetune --config` takes the RunConfig form too (what a run folder's config.yaml holds now);
+    the flags name the same settings there, so the run is the one the fine-tuning form with those flags gives."""
+    from replaylab.commands.finetune import build_config
+
+    form = build_config(_parse(["--target", "code", "--replay", "generic", "--epochs", "2"]))
+    (tmp_path / "run.yaml").write_text(dump_yaml(form))
+    for flags in (["-R", "0.25", "--lr", "1e-3", "--budget", "16", "--lora-r", "4", "--seed", "3"],
+                  ["--replay", "none", "--budget", "8", "--fsdp"]):
+        from_run = build_config(_parse(["--config", str(tmp_path / "run.yaml"), *flags]))
+        from_form = build_config(_parse(["--target", "code", "--replay", "generic", "--epochs", "2", *flags]))
+        assert to_dict(from_run) == to_dict(from_form) and run_id(from_run) == run_id(from_form)
+        assert from_run.data.domains["target"].source == "code"
+    assert "replay" not in from_run.data.domains and from_run.model.parallel == "fsdp"
