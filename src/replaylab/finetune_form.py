@@ -22,10 +22,8 @@ from typing import Any
 
 from replaylab.config import from_dict, load_yaml, to_dict
 from replaylab.errors import ConfigError
-from replaylab.model_kinds import HF, LoraConfig  # noqa: F401 - LoraConfig: its old home
+from replaylab.model_kinds import HF, LoraConfig
 from replaylab.runconfig import DomainConfig, RunConfig
-
-PoolConfig = DomainConfig  # a data pool of the old form: source, budget, options
 
 # Old key -> RunConfig path. The nested sections map key by key (`optim.lr` -> `finetune.lr.peak`).
 _KEYS = {
@@ -169,7 +167,7 @@ def check_axis(key: str, where: str = "grid") -> None:
 
 
 def _unwrap(tp: Any) -> Any:
-    """`PoolConfig | None` -> PoolConfig (the optional replay pool is still a section)."""
+    """`X | None` -> X (an optional section, e.g. the replay pool, is still a section)."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1
     return args[0] if optional else tp
