@@ -2,7 +2,7 @@
 
 Both train the same model, SmolLM2-135M's shape with random weights (a `LlamaConfig` with its numbers,
 saved once to a temporary folder, so nothing is downloaded; `--layers` shrinks it for a CPU smoke run),
-with full fine-tuning and with LoRA (the FinetuneConfig default: r 8 on every linear layer), at the same
+with full fine-tuning and with LoRA (replaylab finetune's default: r 8 on every linear layer), at the same
 batch size, sequence length and precision, on random token ids:
 
     ours   the real code path, not a copy of it: `hf.train_module.build_model` + `HFCausalLMModule`, trained by
@@ -76,7 +76,7 @@ from bench_common import machine, write_json  # benchmarks/ is on the path when 
 
 from replaylab import runtime
 from replaylab.errors import one_line
-from replaylab.hf.config import FinetuneConfig, FTOptimConfig, LoraConfig
+from replaylab.finetune_form import FinetuneConfig
 from replaylab.hf.packing import TARGET, plan_mix, sampler_config
 from replaylab.hf.train_module import HFCausalLMModule, build_model, compile_spec
 from replaylab.train.ddp import DistInfo
@@ -87,7 +87,7 @@ from replaylab.train.trainer import Trainer
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                     rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
-LR = 3e-4  # FTOptimConfig's default, for both
+LR = 3e-4  # a fine-tuning run's default peak (runconfig.FINETUNE_PEAK), for both
 LABELS = {"ours": "ours (HFCausalLMModule + Trainer.fit)",
           "ours-fused": "ours, fused attention (HFCausalLMModule + Trainer.fit)",
           "ours-regional": "ours, regional compile (HFCausalLMModule + Trainer.fit)",
@@ -228,14 +228,11 @@ def save_random_model(folder: Path, layers: int) -> dict:
     return {"params": sum(p.numel() for p in model.parameters()), **config.to_diff_dict()}
 
 
-def finetune_config(args, mode: str, total_steps: int) -> FinetuneConfig:
-    """The FinetuneConfig `replaylab finetune` would get for this shape (no data, no eval, no saving)."""
-    cfg = FinetuneConfig(seq_len=args.seq_len, batch_size=args.batch, max_steps=total_steps, replay=None,
-                         lora=LoraConfig(enabled=mode == "lora"), optim=FTOptimConfig(lr=LR),
-                         precision=args.precision, device=args.device, log_every=10**9, progress="off",
-                         save_final=False)
-    cfg.validate()
-    return cfg
+def finetune_config(args, mode: str, total_steps: int):
+    """The RunConfig `replaylab finetune` would get for this shape (no data, no eval, no saving)."""
+    return FinetuneConfig(seq_len=args.seq_len, batch_size=args.batch, max_steps=total_steps, replay=None,
+                          lora={"enabled": mode == "lora"}, optim={"lr": LR}, precision=args.precision,
+                          device=args.device, log_every=10**9, progress="off", save_final=False)
 
 
 def n_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -253,15 +250,15 @@ def trial_ours(args, mode: str, folder: str, device: torch.device, dtype, *, fus
                     max_steps=total)
     scfg = sampler_config(cfg, plan, tokenizer="random")  # the one-stage RunConfig finetune trains
     # The run's own settings, as `replaylab finetune --compile regional --no-deterministic` would set them.
-    cfg.compile = "regional" if regional else cfg.compile
-    cfg.deterministic = not fused
-    spec = compile_spec(cfg.compile, device, False) if args.compile == "default" or regional else args.compile
+    cfg.model.compile = "regional" if regional else cfg.model.compile
+    cfg.train.deterministic = not fused
+    spec = compile_spec(cfg.model.compile, device, False) if args.compile == "default" or regional else args.compile
     label = f"ours{'-regional' if regional else ''}{'-fused' if fused else ''}/{mode}"
     # As run_finetune does: the model is built and its compile trialled inside the engine's deterministic mode
     # (math attention on CUDA; unless `fused`), so the trial's graphs are the ones the steps run (dynamo
     # guards on the deterministic-algorithms setting: a trial outside it would recompile at the first step).
     with tempfile.TemporaryDirectory(prefix="hf_bench_run.") as run_dir, ExitStack() as held, \
-            runtime.deterministic_run(device, cfg.deterministic):
+            runtime.deterministic_run(device, cfg.train.deterministic):
         t0 = time.perf_counter()
         model = build_model(cfg, folder, device)
         clock = StepClock(device)

@@ -164,9 +164,9 @@ def test_messages_name_the_value_and_the_fix(inputs, tmp_path, monkeypatch, caps
 @pytest.mark.parametrize("build, words", [
     (lambda: __import__("replaylab.sweep", fromlist=["run_sweep"]).run_sweep("x.yaml", "out", workers=0),
      "workers (0) and threads (1) must be >= 1"),
-    (lambda: __import__("replaylab.hf.config", fromlist=["FinetuneConfig"]).FinetuneConfig(
+    (lambda: __import__("replaylab.hf", fromlist=["FinetuneConfig"]).FinetuneConfig(
         replay=None, replay_fraction=0.5).validate(), "no replay pool is set"),
-    (lambda: __import__("replaylab.hf.config", fromlist=["FinetuneConfig"]).FinetuneConfig(log_every=0).validate(),
+    (lambda: __import__("replaylab.hf", fromlist=["FinetuneConfig"]).FinetuneConfig(log_every=0).validate(),
      "log_every must be >= 1, got 0"),
 ])
 def test_library_errors_name_fields_not_flags(build, words):

@@ -97,12 +97,12 @@ def test_enumerated_fields_are_typed_choices(override, message):
 
 
 def test_choices_are_checked_for_configs_built_in_python_too():
-    from replaylab.hf.config import FinetuneConfig
+    from replaylab.finetune_form import FinetuneConfig, read_finetune
 
     cfg = from_dict(RunConfig, BASE)
     cfg.train.device = "tpu"
     with pytest.raises(ConfigError, match="train.device 'tpu' is unknown; choose one of auto, cpu, cuda"):
         cfg.train.validate()
     with pytest.raises(ConfigError, match="^parallel 'zero3' is unknown; choose one of ddp, fsdp$"):
-        FinetuneConfig(parallel="zero3").validate()
-    assert from_dict(FinetuneConfig, {"progress": False}).progress == "off"
+        FinetuneConfig(parallel="zero3")
+    assert read_finetune({"progress": False}).train.progress == "off"

@@ -25,24 +25,24 @@ def test_fields_added_later_leave_fine_tuning_run_ids_as_they_were(tmp_path):
     they are left out of every hash (config.added_field), so these ids, computed before the fields existed,
     still name the same runs; another value is another run. A config.yaml written before them loads as the
     same run as one written now."""
-    from replaylab.config import load_config
-    from replaylab.hf.config import FinetuneConfig
+    from replaylab.fingerprint import finetune_view
+    from replaylab.finetune_form import FinetuneConfig, load_run_config, read_finetune
 
     default = FinetuneConfig()
-    lora = from_dict(FinetuneConfig, {"replay_fraction": 0.25, "lora": {"enabled": True}})
+    lora = read_finetune({"replay_fraction": 0.25, "lora": {"enabled": True}})
     assert (run_id(default), run_identity(default), lr_cell(default)) == ("57f4869833f3105a", "7a3b59a215870fec",
                                                                           "b69940106435")
     assert (run_id(lora), run_identity(lora), lr_cell(lora)) == ("819be59e2a471917", "5dbe4ae01f1ed62e", "4dedc91e2906")
-    others = {run_id(from_dict(FinetuneConfig, change)) for change in
+    others = {run_id(read_finetune(change)) for change in
               ({"deterministic": False}, {"compile": "regional"}, {"compile": "off"})}
     assert len(others) == 3 and run_id(default) not in others
-    raw = to_dict(default)
-    assert raw["compile"] == "auto" and raw["deterministic"] is True  # config.yaml shows them
+    assert default.model.compile == "auto" and default.train.deterministic is True
+    raw = finetune_view(default)  # the fine-tuning form, as run folders hold it
     import yaml
 
     old = tmp_path / "old.yaml"  # as written before the fields existed
     old.write_text(yaml.safe_dump({k: v for k, v in raw.items() if k not in ("compile", "deterministic")}))
-    assert run_identity(load_config(FinetuneConfig, old)) == run_identity(default)
+    assert run_identity(load_run_config(old)) == run_identity(default)
 
 
 def test_run_ids_and_lr_groups_stay_as_they_were():

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from replaylab.config import from_dict
 from replaylab.errors import ConfigError, ReplaylabError
-from replaylab.hf.config import FinetuneConfig
+from replaylab.finetune_form import read_finetune
+from replaylab.runconfig import RunConfig
 from replaylab.hf.packing import REPLAY, TARGET, open_stores, plan_mix, sampler_config
 from replaylab.train.mixture import MixtureSampler
 
@@ -81,7 +81,7 @@ def world(tmp_path_factory):
         yield w
 
 
-def make_config(world, **kw) -> FinetuneConfig:
+def make_config(world, **kw) -> RunConfig:
     raw = {"model": world["model"], "target": {"source": world["code"], "budget": 12, "options": {"glob": "*.py"}},
            "replay": {"source": world["prose"]}, "replay_fraction": 0.5, "target_epochs": 2.0, "seq_len": 32,
            "batch_size": 4, "optim": {"lr": 1e-2, "warmup": 0.1}, "eval": {"max_sequences": 8, "initial": True},
@@ -92,7 +92,7 @@ def make_config(world, **kw) -> FinetuneConfig:
         for p in parents:
             node = node.setdefault(p, {})
         node[last] = value
-    return from_dict(FinetuneConfig, raw)
+    return read_finetune(raw)
 
 
 @pytest.mark.parametrize("rho", [0.0, 0.25, 0.5, 0.75])
@@ -277,7 +277,7 @@ def test_fresh_lr_schedule_is_the_engines():
     """The fine-tuning AdamW's LR is the engine's schedule (train/lr.py) of the run's one stage."""
     from replaylab.train.lr import lr_schedule
 
-    cfg = from_dict(FinetuneConfig, {"optim": {"lr": 1e-3, "warmup": 0.25, "schedule": "cosine"}})
+    cfg = read_finetune({"optim": {"lr": 1e-3, "warmup": 0.25, "schedule": "cosine"}})
     plan = plan_mix(budget=8, target_epochs=1, replay_fraction=0.0, batch_size=1)
     lrs = list(lr_schedule(sampler_config(cfg, plan, "tok")))
     assert len(lrs) == 8 and lrs[:3] == [5e-4, 1e-3, 1e-3]  # 2 warmup steps, then the peak
@@ -332,14 +332,14 @@ def test_sigterm_checkpoints_and_resume_matches_straight_run(world, tmp_path):
 @pytest.mark.parametrize("raw, message", [
     ({"replay_fraction": 1.0}, "replay_fraction must lie in [0, 1), got 1.0"),
     ({"replay": None, "replay_fraction": 0.5}, "no replay pool is set"),
-    ({"batch_size": 6, "micro_batch_size": 4}, "batch_size (6) must be a positive multiple of micro_batch_size (4)"),
+    ({"batch_size": 6, "micro_batch_size": 4}, "batch_size (6) must be a multiple of micro_batch_size (4)"),
     ({"lora": {"r": 0}}, "lora.r must be >= 1, got 0"),
     ({"eval": {"max_sequences": 1}}, "eval.max_sequences must be >= 2"),
     ({"optim": {"schedule": "wsd"}}, "optim.schedule 'wsd' is unknown"),
 ])
 def test_config_mistakes_name_the_value_and_the_fix(raw, message):
     with pytest.raises(ConfigError) as e:
-        from_dict(FinetuneConfig, raw)
+        read_finetune(raw)
     assert message in str(e.value)
 
 

@@ -112,15 +112,14 @@ def test_fsdp_flag_and_one_process_fallback(world, tmp_path, capsys):
 DRIVER = """
 import json, shutil, sys
 from pathlib import Path
-from replaylab.config import load_config
-from replaylab.hf.config import FinetuneConfig
+from replaylab.finetune_form import load_run_config
 from replaylab.hf.finetune import run_finetune
 from replaylab.runtime import deterministic_attention
 from replaylab.train import ddp
 
 root, device = Path(sys.argv[1]), sys.argv[2]
 info = ddp.setup(device)  # the group the runs join: gloo on CPU; NCCL with GPU LOCAL_RANK on CUDA
-full, lora = (load_config(FinetuneConfig, root / f"{n}.yaml") for n in ("full", "lora"))
+full, lora = (load_run_config(root / f"{n}.yaml") for n in ("full", "lora"))
 with deterministic_attention(device, True):  # CUDA: the math kernel, so the resume is bit for bit
     run_finetune(full, root / "two_full")
     run_finetune(lora, root / "two_lora")

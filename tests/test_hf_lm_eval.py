@@ -170,10 +170,10 @@ def test_missing_package_is_a_config_error(monkeypatch):
 
 def test_include_without_tasks_is_a_config_error():
     from replaylab.config import from_dict
-    from replaylab.hf.config import FinetuneConfig
+    from replaylab.finetune_form import read_finetune
 
     with pytest.raises(ConfigError, match="eval.lm_eval_tasks is empty"):
-        from_dict(FinetuneConfig, {"eval": {"lm_eval_include": "tasks/"}})
+        read_finetune({"eval": {"lm_eval_include": "tasks/"}})
 
 
 @pytest.mark.slow  # indexes lm-eval's ~15k own task YAMLs: ~20 s of CPU

@@ -51,3 +51,38 @@ def test_finetune_resume_reads_the_config_from_the_run_folder(world, tmp_path, c
         assert main(["finetune", *argv]) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_run_folder_of_the_fine_tuning_form_resumes_with_either_command(world, tmp_path, capsys):
+    """Run folders written before a fine-tuning run was a RunConfig hold config.yaml in the fine-tuning form:
+    they keep their identity and continue, bit for bit, under `replaylab train --resume` (one resume for every
+    run) as under `replaylab finetune --resume`."""
+    import yaml
+
+    from replaylab.cli import main
+    from replaylab.finetune_form import load_run_config
+    from replaylab.fingerprint import finetune_view
+
+    flags = ["--model", world["model"], "--target", world["code"], "--set", "target.options.glob=*.py",
+             "--budget", "8", "--replay", world["prose"], "-R", "0.5", "--seq-len", "32", "--batch-size", "4",
+             "--max-steps", "4", "--threads", "1", "--set", "eval.initial=false", "--set", "checkpoint_every=2",
+             "--set", "log_every=1", "--set", "progress=off", "--set", "save_final=false"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["finetune", *flags, "--out", str(a)]) == 0
+    assert main(["finetune", *flags, "--out", str(b)]) == 0
+    old_form = {k: v for k, v in finetune_view(load_run_config(b / "config.yaml")).items()
+                if k not in ("compile", "deterministic")}  # as written before those fields existed
+    (b / "config.yaml").write_text(yaml.safe_dump(old_form, sort_keys=False))
+    manifest = json.loads((b / "manifest.json").read_text())
+    (b / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    assert [p.name for p in (b / "checkpoints").iterdir()] == ["step_0000002"]  # it continues from there
+    records = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
+    records[0]["attempt"] = 1  # survives only if the run continues from step 2 rather than starting over
+    (b / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(b)]) == 0, capsys.readouterr().err
+    assert json.loads((b / "metrics.jsonl").read_text().splitlines()[0]).get("attempt") == 1
+    assert read_losses(b) == read_losses(a)
+    assert json.loads((b / "manifest.json").read_text())["final"] == json.loads((a / "manifest.json").read_text())["final"]
+    assert json.loads((b / "manifest.json").read_text())["config_hash"] == manifest["config_hash"]
+    assert main(["finetune", "--resume", str(b)]) == 0  # done: nothing left to do

@@ -49,7 +49,7 @@ def test_plan_counts_runs_and_steps_per_cell(tmp_path):
     assert list(rows["steps"]) == [2 * 4, 4 * 4, 8 * 4, 56]  # summed over runs; per run target steps / (1 - R)
     e = doc["runs"][0]
     assert e["coords"] == {"strategy": "finetune_hf", "replay_fraction": 0.0, "lora.r": 4, "lr": 1e-3, "seed": 0}
-    assert e["config"]["threads"] == 1 and e["config"]["meta"]["rho"] == 0.0
+    assert e["config"]["train"]["threads"] == 1 and e["config"]["meta"]["rho"] == 0.0  # the run's RunConfig
     # lr_group: the two LRs of a (cell, seed) share it, nothing else does
     groups = {}
     for e in doc["runs"]:

@@ -80,8 +80,9 @@ def test_finetune_takes_both_forms_in_command_line_order(configs):
                               "eval.every=4"])
     assert args.overrides == ["seed=5", "optim.warmup=0.05", "eval.every=4"]
     config = build_config(args)
-    assert (config.seed, config.optim.lr, config.optim.warmup, config.eval.every) == (5, 1e-3, 0.05, 4)
-    assert config.replay_fraction == 0.25  # from the YAML; the overrides come on top of it
+    lr = config.finetune.lr
+    assert (config.seed, lr.peak, lr.warmup, config.eval.every) == (5, 1e-3, 0.05, 4)
+    assert config.finetune.replay_fraction == 0.25  # from the YAML; the overrides come on top of it
     assert build_config(parser.parse_args([*configs["finetune"], "--set", "seed=1", "seed=2"])).seed == 2
     assert build_config(parser.parse_args([*configs["finetune"], "seed=1", "--set", "seed=2"])).seed == 2
 

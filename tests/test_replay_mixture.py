@@ -92,12 +92,11 @@ def test_every_batch_holds_its_exact_share_and_the_target_is_seen_budget_x_epoch
 def test_it_is_the_stream_replaylab_finetune_trains_on(code_store, prose_store, tiny_tokenizer):
     """The same plan, RunConfig and MixtureSampler that `replaylab finetune` builds (as finetune.py built them before
     the shared builder existed: plan_mix, sampler_config, MixtureSampler)."""
-    from replaylab.config import from_dict
-    from replaylab.hf.config import FinetuneConfig
+    from replaylab.finetune_form import read_finetune
     from replaylab.hf.packing import open_stores, plan_mix, sampler_config
     from replaylab.train.mixture import MixtureSampler
 
-    cfg = from_dict(FinetuneConfig, {"model": "unused", "target": {"source": str(code_store.path), "budget": 40},
+    cfg = read_finetune({"model": "unused", "target": {"source": str(code_store.path), "budget": 40},
                                      "replay": {"source": str(prose_store.path)}, "replay_fraction": 0.3,
                                      "target_epochs": 1.5, "seq_len": L, "batch_size": 8, "seed": 7})
     plan = plan_mix(budget=40, target_epochs=1.5, replay_fraction=0.3, batch_size=8)

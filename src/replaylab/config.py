@@ -172,6 +172,17 @@ def check_choices(obj: Any, prefix: str = "") -> None:
         _choice(getattr(obj, name), choices, f"{prefix}{name}")
 
 
+@functools.lru_cache(maxsize=None)
+def _kinds(args: tuple) -> dict[str, type]:
+    """{kind: class} of the dataclasses among a union's members that have a Literal `kind` field (the first
+    member's kind is the default); {} when they have none."""
+    out = {}
+    for arg in args:
+        if dataclasses.is_dataclass(arg) and "kind" in {f.name for f in dataclasses.fields(arg)}:
+            out.update(dict.fromkeys(typing.get_args(typing.get_type_hints(arg)["kind"]), arg))
+    return out
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML value into type `tp`, or raise ConfigError naming `where`."""
     if tp is Any:
@@ -181,6 +192,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        kinds = _kinds(args)
+        if kinds and isinstance(value, dict):  # a section with kinds (RunConfig.model): its `kind` picks the class
+            kind = value.get("kind", next(iter(kinds)))
+            if kind not in kinds:
+                raise ConfigError(f"{where}.kind {kind!r} is unknown; choose one of {', '.join(map(str, kinds))}")
+            return from_dict(kinds[kind], value, where)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -269,15 +286,20 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     return obj
 
 
-def added_field(default: Any) -> Any:
-    """A config field added after run ids were first recorded: while it holds `default` it is left out of
-    the content hash (`to_dict(..., for_hash=True)`), so configs written before it existed keep their ids
-    (and their run folders, lr groups and cells). A value other than the default hashes as usual."""
+def added_field(default: Any = None, *, factory: Any = None) -> Any:
+    """A config field added after run ids were first recorded: while it holds `default` (or `factory()`, for a
+    list) it is left out of the content hash (`to_dict(..., for_hash=True)`), so configs written before it
+    existed keep their ids (and their run folders, lr groups and cells). Another value hashes as usual."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"hash_omits_default": True})
     return dataclasses.field(default=default, metadata={"hash_omits_default": True})
 
 
 def _hashed(f: dataclasses.Field, value: Any) -> bool:
-    return not (f.metadata.get("hash_omits_default") and value == f.default)
+    if not f.metadata.get("hash_omits_default"):
+        return True
+    default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+    return value != default
 
 
 def to_dict(obj: Any, *, for_hash: bool = False) -> Any:

@@ -43,13 +43,90 @@ BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "checkpoint_steps", "log_
 _PREFIX_FREE = ("name", "meta", "logging", "stages")
 
 
+def finetune_view(config: Any) -> dict:
+    """What a replay fine-tuning run (a RunConfig with a `finetune` plan) hashes as: the mapping its config had
+    before it was a RunConfig (finetune_form.py reads that form), key for key and in that order, so the ids of
+    existing run folders, sweeps, LR groups and cells stay. Settings that form could not express are added
+    under `extra` only when they differ from their defaults (a run that sets them never had an old id)."""
+    m, d, p, o, t, e = config.model, config.data, config.finetune, config.optim, config.train, config.eval
+    pool = lambda dom: None if dom is None else {"source": dom.source, "budget": dom.budget,  # noqa: E731
+                                                  "options": to_dict(dom.options)}
+    view = {
+        "name": config.name, "seed": config.seed, "model": m.source, "trust_remote_code": m.trust_remote_code,
+        "target": pool(d.domains["target"]), "replay": pool(d.domains.get("replay")),
+        "replay_fraction": p.replay_fraction, "target_epochs": p.target_epochs, "seq_len": d.seq_len,
+        "batch_size": t.batch_size, "micro_batch_size": t.micro_batch_size, "max_steps": p.max_steps,
+        "lora": to_dict(m.lora),
+        "optim": {"lr": p.lr.peak, "schedule": p.lr.schedule, "warmup": p.lr.warmup, "final_lr": p.lr.final,
+                  "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay, "grad_clip": o.grad_clip},
+        "eval": {"every": e.every, "max_sequences": e.max_sequences, "batch_size": e.batch_size,
+                 "initial": e.initial, "mc_tasks": list(e.mc_tasks), "mc_max_items": e.mc_max_items,
+                 "lm_eval_tasks": list(e.lm_eval_tasks), "lm_eval_include": e.lm_eval_include},
+        "precision": t.precision, "gradient_checkpointing": m.gradient_checkpointing, "device": t.device,
+        "compile": m.compile, "deterministic": t.deterministic, "parallel": m.parallel, "threads": t.threads,
+        "checkpoint_every": t.checkpoint_every, "keep_checkpoints": t.keep_checkpoints, "log_every": t.log_every,
+        "progress": t.progress, "save_final": m.save_final, "logging": to_dict(config.logging),
+        "meta": to_dict(config.meta),
+    }
+    if view["compile"] == "auto":  # added to that form later: left out at their defaults (config.added_field)
+        del view["compile"]
+    if view["deterministic"] is True:
+        del view["deterministic"]
+    extra = {f"{section}.{name}": value for section, obj, names in _FINETUNE_EXTRA
+             for name in names if (value := getattr(getattr(config, obj), name)) != _default(obj, name)}
+    for name, dom in d.domains.items():
+        if dom.epochs is not None:
+            extra[f"data.domains.{name}.epochs"] = dom.epochs
+    if p.lr.decay != _default("finetune", "decay"):
+        extra["finetune.lr.decay"] = p.lr.decay
+    if extra:
+        view["extra"] = to_dict(extra)
+    return view
+
+
+# RunConfig settings a fine-tuning config of the old form could not hold: (section, attribute, fields).
+_FINETUNE_EXTRA = (("optim", "optim", ("decay_norms", "decay_embeddings", "implementation")),
+                   ("train", "train", ("mixture_block", "compile", "checkpoint_steps")),
+                   ("data", "data", ("tokenizer", "budget_seed", "val_sequences")),
+                   ("eval", "eval", ("domains",)))
+
+
+def _default(section: str, name: str) -> Any:
+    from replaylab import runconfig
+
+    if section == "finetune":
+        return getattr(runconfig.FinetunePlanConfig().lr, name)
+    cls = {"optim": runconfig.OptimConfig, "train": runconfig.TrainConfig, "data": runconfig.DataConfig,
+           "eval": runconfig.EvalConfig}[section]
+    return getattr(cls(), name)
+
+
+def _hashed(config: Any) -> Any:
+    """What a config hashes as: itself, or a planned fine-tuning run's `finetune_view`. A mapping in the RunConfig
+    form (a sweep.json entry) is read first, so it hashes as its config does (`added_field`s at their defaults are
+    left out of an object's hash, not out of its mapping); one in the fine-tuning form hashes as it is."""
+    if isinstance(config, dict):
+        from replaylab.config import from_dict
+        from replaylab.errors import ConfigError
+        from replaylab.finetune_form import is_finetune_form
+        from replaylab.runconfig import RunConfig
+
+        if is_finetune_form(config):
+            return config
+        try:
+            config = from_dict(RunConfig, config)
+        except ConfigError:
+            return config
+    return finetune_view(config) if getattr(config, "finetune", None) is not None else config
+
+
 def run_id(config: Any) -> str:
     """A run's id: the content hash of its config as planned (see `config_hash` on key order)."""
-    return config_hash(config)
+    return config_hash(_hashed(config))
 
 
 def _without_bookkeeping(config: Any) -> dict:
-    raw = to_dict(config, for_hash=True)  # a new nest of dicts and lists, also from a dict
+    raw = to_dict(_hashed(config), for_hash=True)  # a new nest of dicts and lists, also from a dict
     for section in (raw, raw.get("train")):
         if isinstance(section, dict):
             for f in BOOKKEEPING:
@@ -117,11 +194,17 @@ def lr_cell(config: Any) -> str:
     return config_hash(raw, 12)
 
 
-def lr_group(raw: dict) -> str:
+def lr_group(raw: Any) -> str:
     """`meta.lr_group` of a strategy builder's config (a raw mapping, key order as built): its hash with
     `name` and `meta` left out and the peak of the tuned curve's first stage blanked. A mid-training
     run's `continue` stage keeps its copy of the peak, so mid-training runs at two LRs get two groups:
-    the field is part of every run id, so it keeps this rule; `lr_cell` is the corrected cell."""
+    the field is part of every run id, so it keeps this rule; `lr_cell` is the corrected cell.
+    A planned fine-tuning run (a RunConfig with a `finetune` plan, its meta still empty) keeps the rule it was
+    first recorded with: its `finetune_view` with `optim.lr` blanked (name and the empty meta included)."""
+    if getattr(raw, "finetune", None) is not None:
+        cell = to_dict(finetune_view(raw), for_hash=True)
+        cell["optim"]["lr"] = None
+        return config_hash(cell, 12)
     cell = copy.deepcopy(raw)
     meta = cell.pop("meta", None) or {}
     cell.pop("name", None)

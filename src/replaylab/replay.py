@@ -31,9 +31,11 @@ from typing import Any, Literal
 import torch
 
 from replaylab import paths
+from replaylab.config import from_dict
 from replaylab.errors import ConfigError, DataError
 from replaylab.fingerprint import mixture_id
 from replaylab.hf.packing import REPLAY, TARGET, replay_sampler
+from replaylab.runconfig import RunConfig
 
 __all__ = ["ReplayMixture"]
 
@@ -122,12 +124,14 @@ class ReplayMixture(torch.utils.data.IterableDataset):
             raise DataError(f"budget {budget} sequences exceeds the {available} train sequences of {seq_len} tokens in "
                             f"the target store {stores[TARGET].path}; give budget <= {available} or a shorter seq_len")
 
-        from replaylab.hf.config import FinetuneConfig, PoolConfig
-
-        cfg = FinetuneConfig(name="replay_mixture", seed=seed, target=PoolConfig(str(stores[TARGET].path), budget),
-                             replay=PoolConfig(str(stores[REPLAY].path)) if replay is not None else None,
-                             replay_fraction=rho, target_epochs=float(epochs), seq_len=seq_len, batch_size=batch_size,
-                             max_steps=max_steps, progress="off")
+        # The run this stream is, as `replaylab finetune` plans it (a RunConfig of the fine-tuning plan; no model
+        # is loaded: the stores are tokenized already).
+        domains = {name: {"source": str(store.path)} for name, store in stores.items()}
+        domains[TARGET]["budget"] = budget
+        cfg = from_dict(RunConfig, {
+            "name": "replay_mixture", "seed": seed, "model": {"kind": "hf"}, "data": {"seq_len": seq_len,
+            "domains": domains}, "train": {"batch_size": batch_size, "progress": "off"},
+            "finetune": {"replay_fraction": rho, "target_epochs": float(epochs), "max_steps": max_steps}})
         self.stores = stores
         self.plan, self.run_config, self.sampler = replay_sampler(cfg, stores, str(stores[TARGET].path))
         self.replay_fraction, self.seq_len, self.batch_size, self.seed = rho, seq_len, batch_size, seed

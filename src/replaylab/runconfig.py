@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-from replaylab.config import check_choices, closest
+from replaylab.config import added_field, check_choices, closest
 from replaylab.errors import ConfigError
+from replaylab.model_kinds import HF, HFModelConfig, model_kind, validate_hf_run, with_kind_defaults
 
 # Settings with a fixed set of values: the types name the values (YAML and overrides are checked against
 # them by replaylab.config, with an error that lists them), and the fine-tuning config shares them.
@@ -43,8 +44,10 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class ModelConfig:
-    """Llama-style decoder. `preset` fills every field not given explicitly."""
+    """Our Llama-style decoder (model_kinds.py: the other kind a run may train). `preset` fills every field
+    not given explicitly."""
 
+    kind: Literal["transformer"] = added_field("transformer")
     preset: str | None = None
     d_model: int = 128
     n_layers: int = 2
@@ -233,9 +236,44 @@ class OptimConfig:
         check_choices(self, "optim.")
 
 
+FINETUNE_PEAK = 3e-4  # a fine-tuning run's peak LR unless it gives one (pre-training's, LRConfig's, is 3e-3)
+
+
+@dataclass
+class FinetunePlanConfig:
+    """Replay fine-tuning with fixed target exposure, planned at launch (`hf.packing.replay_sampler`): the run
+    draws `target_epochs` x the target budget (data.domains.target; its budget may be every train sequence,
+    known only once the store is read) and replay stretches it to target steps / (1 - replay_fraction). Its
+    one stage, its length (train.total_steps) and its exact token shares follow; `lr` is that stage's (a fresh
+    AdamW). max_steps: a hard cap on total steps (a smoke test: the target exposure is then cut short)."""
+
+    replay_fraction: float = 0.0
+    target_epochs: float = 1.0
+    max_steps: int | None = None
+    lr: LRConfig = field(default_factory=lambda: LRConfig(peak=FINETUNE_PEAK))
+
+    @classmethod
+    def _merge_defaults(cls, data: dict) -> dict:
+        if isinstance(data.get("lr"), dict):  # a partial lr section keeps the fine-tuning peak
+            data["lr"] = {"peak": FINETUNE_PEAK, **data["lr"]}
+        return data
+
+    def validate(self) -> None:
+        if not 0 <= self.replay_fraction < 1:
+            raise ConfigError(f"finetune.replay_fraction must lie in [0, 1), got {self.replay_fraction}; it is the "
+                              "replay share of the tokens")
+        if self.target_epochs <= 0:
+            raise ConfigError(f"finetune.target_epochs must be > 0, got {self.target_epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"finetune.max_steps must be >= 1, got {self.max_steps}")
+        if self.lr.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"finetune.lr.schedule {self.lr.schedule!r} is unknown; choose one of cosine, linear, "
+                              "constant")
+
+
 @dataclass
 class TrainConfig:
-    total_steps: int = 1024
+    total_steps: int | None = 1024  # None: planned at launch (RunConfig.finetune)
     batch_size: int = 16  # sequences per optimizer step (global, across DDP ranks)
     micro_batch_size: int | None = None  # sequences per forward pass; None = batch_size (no accumulation)
     mixture_block: int | None = None  # sequences per mixture block; None = batch_size
@@ -253,10 +291,12 @@ class TrainConfig:
     progress: Switch = "auto"  # auto: a bar on a terminal
 
     def validate(self) -> None:
-        for name in ("total_steps", "batch_size", "log_every", "keep_checkpoints"):
+        if self.total_steps is not None and self.total_steps < 1:  # None: a fine-tuning plan sets it at launch
+            raise ConfigError(f"train.total_steps must be >= 1, got {self.total_steps}")
+        for name in ("batch_size", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.total_steps > MAX_STEPS:
+        if self.total_steps is not None and self.total_steps > MAX_STEPS:
             raise ConfigError(f"train.total_steps is {self.total_steps:,}, above the {MAX_STEPS:,} steps replaylab plans "
                               "a run for; give a shorter run")
         for name in ("micro_batch_size", "mixture_block", "threads"):
@@ -269,7 +309,7 @@ class TrainConfig:
             raise ConfigError(
                 f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size ({mb})"
             )
-        bad = [s for s in self.checkpoint_steps if not 1 <= s <= self.total_steps]
+        bad = [s for s in self.checkpoint_steps if not 1 <= s <= (self.total_steps or s)]
         if bad:
             raise ConfigError(f"train.checkpoint_steps {bad} lie outside 1..{self.total_steps} (train.total_steps)")
         check_choices(self, "train.")
@@ -281,6 +321,16 @@ class EvalConfig:
     max_sequences: int = 64  # held-out sequences per domain (split in two halves: select / report)
     batch_size: int = 16
     domains: list[str] | None = None  # None = every domain of the run
+    # Of Hugging Face runs (model.kind: hf), added later. initial: evaluate the pretrained model before step 1.
+    # mc_tasks: local jsonl files of multiple-choice items scored by log-likelihood (hf/evaluate.py).
+    # lm_eval_tasks: lm-evaluation-harness task names (needs `pip install 'replaylab[eval]'`): its own tasks
+    # (their data must be in the Hugging Face cache), replaylab's examples (e.g. replaylab_basque_vocab) or tasks
+    # in lm_eval_include, a folder of task YAML files (e.g. over a local jsonl).
+    initial: bool = added_field(False)
+    mc_tasks: list[str] = added_field(factory=list)
+    mc_max_items: int | None = added_field(None)
+    lm_eval_tasks: list[str] = added_field(factory=list)
+    lm_eval_include: str | None = added_field(None)
 
     def validate(self) -> None:
         if self.every < 0:
@@ -303,7 +353,7 @@ class LoggingConfig:
 class RunConfig:
     name: str = "run"
     seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig | HFModelConfig = field(default_factory=ModelConfig)  # its `kind` names the implementation
     data: DataConfig = field(default_factory=DataConfig)
     stages: list[StageConfig] = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -313,8 +363,22 @@ class RunConfig:
     # Free-form record of how the run was made (strategy, rho, alpha, budget multiple, lr...): the
     # strategy builders fill it, analysis reads it from the manifest. Not used by the engine.
     meta: dict[str, Any] = field(default_factory=dict)
+    # A run whose stage is planned at launch (replay fine-tuning of a Hugging Face model); stages then stay empty.
+    finetune: FinetunePlanConfig | None = added_field(None)
+
+    @classmethod
+    def _merge_defaults(cls, data: dict) -> dict:
+        data = with_kind_defaults(data)
+        train = data.get("train")
+        if data.get("finetune") is not None and (train is None or isinstance(train, dict)):
+            data["train"] = {"total_steps": None, **(train or {})}  # the plan sets it
+        return data
 
     def validate(self) -> None:
+        if self.finetune is not None or model_kind(self.model) == HF:
+            return validate_hf_run(self)
+        if self.train.total_steps is None:
+            raise ConfigError("train.total_steps is missing; give the run's length in optimizer steps")
         if not self.stages:
             raise ConfigError("stages is empty; a run needs at least one stage")
         names = [s.name for s in self.stages]
@@ -352,3 +416,4 @@ class RunConfig:
         if frac_idx:
             out[frac_idx[-1]] += total - sum(out)
         return out
+

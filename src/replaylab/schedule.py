@@ -1,178 +1,28 @@
-"""The paper's two-stage data-schedule space, and the strategy builders that turn a point of it into a run.
+"""The strategy builders: a point of the paper's data-schedule space (replaylab.schedule_space) turned into a run.
 
-Two pools (generic, target), two stages. With gamma = target fraction x epochs (the share of all
-tokens that are target tokens):
-  alpha = share of the target tokens placed in stage 2
-  rho   = replay fraction = generic share of stage 2; stage-2 target weight w2 = 1 - rho
-  delta = stage-2 length as a fraction of the run = gamma * alpha / (1 - rho)
-  w1    = stage-1 target weight = gamma * (1 - alpha) / (1 - delta)
-so that w1 (1 - delta) + w2 delta = gamma. Any two of (rho, alpha, delta) fix the third.
+The builders (`reference`, `finetune`, `midtrain`) turn a base config (model, data domains, optimizer,
+train length and batch: everything but the stages) into a validated `RunConfig` whose stages realize the
+strategy and whose `meta` records it (the keys analysis reads, see docs/design.md). Target budgets are
+given in units of the base budget `target_fraction` x all sequences of the run (paper: 1/1024, one global
+batch), so the same recipe works at any scale.
 
-`solve_two_stage` solves and checks a point; given `total_steps` it also rounds the stage boundary to a
-whole step and returns the *realized* point (alpha and gamma kept exact, rho and delta re-derived), so
-the target exposure the engine checks is exactly what was asked for.
-
-The strategy builders (`reference`, `finetune`, `midtrain`) turn a base config (model, data domains,
-optimizer, train length and batch: everything but the stages) into a validated `RunConfig` whose stages
-realize the strategy and whose `meta` records it (the keys analysis reads, see docs/design.md). Target
-budgets are given in units of the base budget `target_fraction` x all sequences of the run (paper:
-1/1024, one global batch), so the same recipe works at any scale.
+`finetune_hf` is replay fine-tuning of a pretrained Hugging Face model with fixed target exposure: its
+plan (`plan_mix`: steps and exact token shares from the target budget, epochs and replay fraction R) is
+laid out as the run's one stage at launch (`finetune_stage`), once the target budget is known.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from replaylab.config import from_dict, to_dict
 from replaylab.errors import ConfigError
 from replaylab.fingerprint import lr_group
-from replaylab.runconfig import RunConfig, TrainConfig
-
-_EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class TwoStage:
-    """A point of the schedule space. `stage1_steps`/`stage2_steps` are set when a run length was given."""
-
-    gamma: float
-    rho: float
-    alpha: float
-    delta: float
-    w1: float  # stage-1 target weight
-    w2: float  # stage-2 target weight = 1 - rho
-    stage1_steps: int | None = None
-    stage2_steps: int | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def _derive(gamma: float, rho: float | None, alpha: float | None, delta: float | None) -> tuple[float, float, float]:
-    """The missing one of (rho, alpha, delta), from delta = gamma * alpha / (1 - rho)."""
-    if delta is None:
-        if rho >= 1 - _EPS:
-            raise ConfigError(
-                f"rho={rho} leaves no target data in stage 2, so delta is undetermined; use rho < 1 or give delta"
-            )
-        delta = gamma * alpha / (1 - rho)
-    elif alpha is None:
-        alpha = delta * (1 - rho) / gamma
-    else:
-        if delta <= 0:
-            raise ConfigError(f"delta={delta}: stage 2 needs a length > 0; give delta in (0, 1)")
-        rho = 1 - gamma * alpha / delta
-    return rho, alpha, delta
-
-
-def _problem(gamma: float, rho: float, alpha: float, delta: float) -> str | None:
-    """What makes a point infeasible, in words, or None."""
-    if not -_EPS <= alpha <= 1 + _EPS:
-        return f"alpha = {alpha:.6g} (the share of target tokens in stage 2) is outside [0, 1]"
-    if not -_EPS <= rho <= 1 + _EPS:
-        return f"rho = {rho:.6g} (the replay fraction) is outside [0, 1]"
-    if delta > 1 + _EPS:
-        return f"delta = {delta:.6g} > 1: stage 2 would be longer than the run"
-    if delta < -_EPS:
-        return f"delta = {delta:.6g} < 0"
-    w1 = gamma * (1 - alpha) / (1 - delta) if delta < 1 - _EPS else (0.0 if alpha > 1 - _EPS else math.inf)
-    if w1 > 1 + _EPS:
-        return f"stage-1 target weight w1 = {w1:.6g} > 1: stage 1 is too short for its target tokens"
-    return None
-
-
-def _feasible_range(gamma: float, given: dict[str, float], free: str) -> str:
-    """The interval of `free` that is feasible with the other given value (scanned; the set is an interval)."""
-    lo = hi = None
-    n = 2000
-    for i in range(n + 1):
-        v = i / n
-        kw = {**given, free: v}
-        try:
-            rho, alpha, delta = _derive(gamma, kw.get("rho"), kw.get("alpha"), kw.get("delta"))
-        except (ConfigError, ZeroDivisionError):
-            continue
-        if _problem(gamma, rho, alpha, delta) is None:
-            lo = v if lo is None else lo
-            hi = v
-    (name, value), = given.items()
-    if lo is None:
-        return f"no {free} is feasible with gamma={gamma:.6g} and {name}={value:.6g}"
-    return f"with gamma={gamma:.6g} and {name}={value:.6g}, feasible {free} lies in [{lo:.4g}, {hi:.4g}]"
-
-
-def _check_fraction(name: str, value: float | None) -> None:
-    if value is not None and not 0 <= value <= 1:
-        raise ConfigError(f"{name}={value} must lie in [0, 1]")
-
-
-def solve_two_stage(
-    gamma: float,
-    rho: float | None = None,
-    alpha: float | None = None,
-    delta: float | None = None,
-    *,
-    total_steps: int | None = None,
-) -> TwoStage:
-    """Solve the third of (rho, alpha, delta) from two, check feasibility, optionally round to whole steps.
-
-    Rounding (when `total_steps` is given): stage-2 steps = delta * T rounded half up, then nudged the
-    least needed so that both target weights stay <= 1. alpha and gamma are kept; delta = steps / T and
-    rho = 1 - gamma * alpha / delta are the realized values.
-    """
-    given = {k: v for k, v in (("rho", rho), ("alpha", alpha), ("delta", delta)) if v is not None}
-    if len(given) != 2:
-        raise ConfigError(
-            f"give exactly two of rho, alpha, delta (got {', '.join(given) or 'none'}); the third follows "
-            "from delta = gamma * alpha / (1 - rho)"
-        )
-    if not 0 < gamma <= 1:
-        raise ConfigError(
-            f"gamma={gamma:.6g} (target fraction x epochs) must lie in (0, 1]; use fewer epochs or a smaller target budget"
-        )
-    for name, value in given.items():
-        _check_fraction(name, value)
-    rho_, alpha_, delta_ = _derive(gamma, rho, alpha, delta)
-    problem = _problem(gamma, rho_, alpha_, delta_)
-    if problem is not None:
-        first = next(iter(given))
-        free = [k for k in given if k != first][0]
-        raise ConfigError(f"infeasible schedule ({problem}); {_feasible_range(gamma, {first: given[first]}, free)}")
-    rho_, alpha_, delta_ = min(max(rho_, 0.0), 1.0), min(max(alpha_, 0.0), 1.0), min(max(delta_, 0.0), 1.0)
-    if total_steps is None:
-        w1 = gamma * (1 - alpha_) / (1 - delta_) if delta_ < 1 else 0.0
-        return TwoStage(gamma, rho_, alpha_, delta_, w1, 1 - rho_)
-    return _round_to_steps(gamma, alpha_, delta_, total_steps)
-
-
-def _round_to_steps(gamma: float, alpha: float, delta: float, total: int) -> TwoStage:
-    if total < 2:
-        raise ConfigError(f"train.total_steps={total}: a two-stage run needs at least 2 steps")
-    target_steps = gamma * total  # target tokens, in units of whole steps
-    s2 = math.floor(delta * total + 0.5)
-    s2_min = max(1, math.ceil(alpha * target_steps - 1e-6))  # w2 <= 1
-    s2_max = min(total - 1, total - math.ceil((1 - alpha) * target_steps - 1e-6))  # w1 <= 1
-    if s2_min > s2_max:
-        raise ConfigError(
-            f"infeasible schedule at {total} steps: stage 2 needs between {s2_min} and {s2_max} steps "
-            f"(gamma={gamma:.6g}, alpha={alpha:.6g}); use more total steps or a smaller gamma"
-        )
-    s2 = min(max(s2, s2_min), s2_max)
-    d = s2 / total
-    w2 = gamma * alpha / d
-    w1 = gamma * (1 - alpha) / (1 - d)
-    return TwoStage(gamma, 1 - w2, alpha, d, w1, w2, total - s2, s2)
-
-
-def replay_fraction(multiplier: float) -> float:
-    """The paper's fine-tuning replay: stretching fine-tuning by m fills it with rho = 1 - 1/m generic data."""
-    if not multiplier >= 1:  # nan too
-        raise ConfigError(f"multiplier={multiplier}: the fine-tuning stretch must be >= 1 (1 = no replay)")
-    return 1 - 1 / multiplier
-
+from replaylab.runconfig import MAX_STEPS, RunConfig, StageConfig, TrainConfig
+from replaylab.schedule_space import TwoStage, replay_fraction, solve_two_stage
 
 # ---------------------------------------------------------------------------------------------------
 # The strategy builders.
@@ -363,6 +213,140 @@ def midtrain(base: RunConfig | dict, *, target: str | None = None, generic: str 
                    name=f"midtrain-{target}-rho{_fmt(rho)}-a{_fmt(alpha)}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}")
 
 
-STRATEGIES: dict[str, Callable[..., RunConfig]] = {"reference": reference, "finetune": finetune, "midtrain": midtrain}
+# ---------------------------------------------------------------------------------------------------
+# Replay fine-tuning of a pretrained Hugging Face model (model.kind: hf), planned at launch.
 
-__all__ = ["TwoStage", "solve_two_stage", "replay_fraction", "reference", "finetune", "midtrain", "STRATEGIES"]
+TARGET, REPLAY = "target", "replay"  # its domains
+
+
+@dataclass(frozen=True)
+class MixPlan:
+    """How many steps a fine-tuning run takes and how its tokens split between target and replay."""
+
+    budget: int  # unique target sequences
+    target_draws: int  # target sequences drawn over the planned run (target_epochs x budget)
+    target_steps: int  # steps the target alone fills (the run length at R = 0)
+    planned_steps: int  # target_steps stretched by 1 / (1 - R)
+    total_steps: int  # planned_steps, or max_steps when that caps the run
+    target_weight: float  # exact token share of the target in every block
+    replay_fraction: float
+
+    @property
+    def capped(self) -> bool:
+        return self.total_steps < self.planned_steps
+
+    @property
+    def target_epochs(self) -> float:
+        """Passes over the budget the planned run makes (exact; R = 0 rounds up to whole batches)."""
+        return self.target_draws / self.budget
+
+
+def plan_mix(*, budget: int, target_epochs: float, replay_fraction: float, batch_size: int,
+             max_steps: int | None = None) -> MixPlan:
+    if budget < 1:
+        raise ConfigError(f"the target budget is {budget} sequences; it needs at least 1")
+    wanted = target_epochs * budget
+    if not wanted < 2**63:  # inf and nan too: the sampler counts sequences in int64
+        raise ConfigError(f"target_epochs={target_epochs:g} over {budget} target sequences draws {wanted:.6g} "
+                          "sequences, beyond a 64-bit count; give a realistic target_epochs (passes over the budget)")
+    draws = max(1, round(wanted))
+    target_steps = math.ceil(draws / batch_size)
+    if replay_fraction == 0:
+        # Pure target: fill the last batch with the next target sequences rather than leave it short.
+        planned, draws, weight = target_steps, target_steps * batch_size, 1.0
+    else:
+        # (the epsilon keeps 128 / (8 x 0.1) = 160.00000000000003 from rounding up to 161)
+        planned = math.ceil(draws / (batch_size * (1 - replay_fraction)) - 1e-9)
+        weight = draws / (planned * batch_size)
+    total = planned if max_steps is None else min(planned, max_steps)
+    if total > MAX_STEPS:  # a replay fraction near 1 stretches the run without bound (only `total` steps are built)
+        raise ConfigError(f"the run would take {total:,} steps ({target_steps:,} target steps stretched by 1 / (1 - "
+                          f"replay_fraction={replay_fraction:g}), target_epochs={target_epochs:g}), above the "
+                          f"{MAX_STEPS:,} steps replaylab plans a run for; lower target_epochs or replay_fraction, or "
+                          f"set max_steps (at most {MAX_STEPS:,})")
+    if total * batch_size >= 2**63:  # sequences are counted in int64
+        raise ConfigError(f"the run would take {total} steps of {batch_size} sequences, beyond a 64-bit count; give a "
+                          "realistic batch_size")
+    return MixPlan(budget=budget, target_draws=draws, target_steps=target_steps, planned_steps=planned,
+                   total_steps=total, target_weight=weight, replay_fraction=replay_fraction)
+
+
+def finetune_stage(cfg: RunConfig, plan: MixPlan, tokenizer: str, micro_batch_size: int | None = None) -> RunConfig:
+    """The planned fine-tuning run `cfg` laid out as the engine runs it: its one stage (`finetune.lr`, the plan's
+    steps and exact token shares), train.total_steps, the target's budget and epochs. tokenizer: the tokenizer's
+    folder. micro_batch_size: the launcher's (per rank; None = the config's). A replay pool that is not
+    trained on (R = 0) is still a domain: it is evaluated (forgetting)."""
+    target = cfg.data.domains[TARGET]
+    replay = cfg.data.domains.get(REPLAY)
+    domains = {TARGET: replace(target, budget=plan.budget,
+                               # a capped run stops early: the epoch check would (rightly) fail
+                               epochs=None if plan.capped else plan.target_epochs, options=dict(target.options))}
+    mixture = {TARGET: 1.0}
+    if plan.target_weight < 1:
+        assert replay is not None
+        domains[REPLAY] = replace(replay, options=dict(replay.options))
+        mixture = {TARGET: plan.target_weight, REPLAY: 1.0 - plan.target_weight}
+    elif replay is not None:  # evaluated (forgetting), never trained on
+        domains[REPLAY] = replace(replay, budget=None, options=dict(replay.options))
+    train = replace(cfg.train, total_steps=plan.total_steps,
+                    micro_batch_size=micro_batch_size or cfg.train.micro_batch_size)
+    return replace(cfg, finetune=None, data=replace(cfg.data, tokenizer=tokenizer, domains=domains), train=train,
+                   stages=[StageConfig(name="finetune", steps=plan.total_steps, mixture=mixture,
+                                       lr=replace(cfg.finetune.lr))])
+
+
+def _set(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    *parents, last = key.split(".")
+    for p in parents:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}  # e.g. replay: null in the base, swept replay.budget
+        node = node[p]
+    node[last] = value
+
+
+def finetune_hf(base: RunConfig | dict, *, seed: int | None = None, lr: float | None = None,
+                **fields: Any) -> RunConfig:
+    """Replay fine-tuning of a pretrained Hugging Face model with fixed target exposure (`plan_mix`). `base`: the
+    fine-tuning form (`replaylab finetune --config`; a RunConfig is read back into it); `fields`: dotted keys of
+    that form set on it (replay_fraction, target.budget, lora.r, ...); lr: its peak (optim.lr). meta: the
+    strategy, domains, rho, lr and lr_group (`fingerprint.lr_group`: this config with its LR blanked)."""
+    from replaylab.fingerprint import finetune_view
+    from replaylab.finetune_form import read_finetune
+
+    raw = copy.deepcopy(finetune_view(base) if isinstance(base, RunConfig) else base)
+    base_meta = raw.pop("meta", None) or {}
+    for key, value in fields.items():
+        _set(raw, key, value)
+    if lr is not None:
+        _set(raw, "optim.lr", lr)
+    if seed is not None:
+        raw["seed"] = seed
+    cfg = read_finetune(raw)
+    cfg.meta = {**base_meta, "strategy": "finetune_hf", "target_domain": TARGET, "generic_domain": REPLAY,
+                "rho": cfg.finetune.replay_fraction, "lr": cfg.finetune.lr.peak, "lr_group": lr_group(cfg)}
+    return cfg
+
+
+def _resolved_axes(cfg: RunConfig, cell: dict[str, Any]) -> dict[str, Any]:
+    """A finetune_hf run's axis values as its config holds them (replay_fraction 0 -> 0.0)."""
+    from replaylab.fingerprint import finetune_view
+
+    view = finetune_view(cfg)
+    out = {}
+    for key in cell:
+        node: Any = view
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[key] = list(node) if isinstance(node, tuple) else node
+    return out
+
+
+finetune_hf.axis_values = _resolved_axes  # the sweep records these as the run's coordinates
+
+
+STRATEGIES: dict[str, Callable[..., RunConfig]] = {"reference": reference, "finetune": finetune, "midtrain": midtrain,
+                                                   "finetune_hf": finetune_hf}
+
+__all__ = ["TwoStage", "solve_two_stage", "replay_fraction", "reference", "finetune", "midtrain", "finetune_hf",
+           "plan_mix", "MixPlan", "STRATEGIES"]

@@ -17,7 +17,8 @@ HELP = "fine-tune a pretrained Hugging Face causal LM on target data, replaying 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="a FinetuneConfig YAML file; the flags below override it")
+    p.add_argument("--config", help="a fine-tuning config YAML file (or a RunConfig with model.kind: hf); the flags "
+                                    "below override it")
     p.add_argument("--model", help="a model folder, a hub id, or smollm2-135m (built in, offline; the default)")
     p.add_argument("--target", help="target data: a recipe name (e.g. basque), a .jsonl/.txt/.parquet file or folder, or hf:org/name")
     p.add_argument("--replay", help="generic replay data, same forms as --target (default: generic); 'none' = no replay pool")
@@ -50,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-eval-include", metavar="DIR", help="a folder of lm-eval task YAML files (e.g. over local jsonl)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch threads (default: leave as is)")
-    p.add_argument("--out", help="run folder (default: runs/finetune-<config hash>)")
+    p.add_argument("--out", help="run folder (default: runs/<name>-<run id>: runs/finetune-<run id> unless the config "
+                                 "names the run, as replaylab train)")
     p.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint, with the config it holds (as "
                         "replaylab train --resume RUN_DIR); `--resume --out RUN_DIR` with the run's flags works too")
@@ -83,8 +85,7 @@ _RUN_FLAGS = ("config", "model", "target", "replay", "replay_fraction", "budget"
 def resume_config(args: argparse.Namespace):
     """(config, run folder) of `--resume [RUN_DIR]`: RUN_DIR's own config.yaml when no flag describes the run,
     else the flags' config (the run folder then refuses one that differs from its own)."""
-    from replaylab.config import load_config
-    from replaylab.hf.config import FinetuneConfig
+    from replaylab.finetune_form import load_run_config
 
     if args.resume and args.out and Path(args.resume) != Path(args.out):
         raise ConfigError(f"--resume {args.resume!r} and --out {args.out!r} name two folders; give the run folder "
@@ -98,14 +99,18 @@ def resume_config(args: argparse.Namespace):
     if not (out / "config.yaml").exists():
         raise ConfigError(f"--resume {where!r} is not a run folder (no config.yaml); give the --out of a "
                           "replaylab finetune run")
-    return load_config(FinetuneConfig, out / "config.yaml"), out
+    return load_run_config(out / "config.yaml"), out
 
 
 def build_config(args: argparse.Namespace):
-    """The FinetuneConfig from --config, the flags and the KEY=VALUE / --set overrides (in that order)."""
-    from replaylab.hf.config import FinetuneConfig
+    """The run's RunConfig from --config (the fine-tuning form, or a RunConfig of a Hugging Face model), the
+    flags and the KEY=VALUE / --set overrides (in that order; overrides name the --config file's keys)."""
+    from replaylab.finetune_form import is_finetune_form, merge, read_finetune, to_run_form
+    from replaylab.runconfig import RunConfig
 
-    raw = load_yaml(args.config) if args.config else {}
+    given = load_yaml(args.config) if args.config else {}
+    run_form = not is_finetune_form(given)
+    raw = {} if run_form else given  # the flags, in the fine-tuning form's words
     flags = {
         "model": args.model, "replay_fraction": args.replay_fraction, "target_epochs": args.epochs,
         "max_steps": args.max_steps, "seq_len": args.seq_len, "batch_size": args.batch_size,
@@ -117,7 +122,7 @@ def build_config(args: argparse.Namespace):
     if args.target is not None:
         _section(raw, "target")["source"] = args.target
     if args.budget is not None:
-        _section(raw, "target", {"source": "basque"})["budget"] = args.budget
+        _section(raw, "target", None if run_form else {"source": "basque"})["budget"] = args.budget
     if args.replay is not None:
         if args.replay == "none":
             raw["replay"] = None
@@ -135,21 +140,28 @@ def build_config(args: argparse.Namespace):
         _section(raw, "eval")["lm_eval_tasks"] = list(args.lm_eval_task)
     if args.lm_eval_include is not None:
         _section(raw, "eval")["lm_eval_include"] = args.lm_eval_include
-    return from_dict(FinetuneConfig, apply_overrides(raw, args.overrides))
+    if not run_form:
+        return read_finetune(apply_overrides(raw, args.overrides))
+    merged = merge(given, to_run_form(raw))
+    domains = (merged.get("data") or {}).get("domains") or {}
+    for name in [n for n, d in domains.items() if d is None]:  # --replay none
+        del domains[name]
+    return from_dict(RunConfig, apply_overrides(merged, args.overrides))
 
 
 def main(args: argparse.Namespace) -> int:
-    from replaylab.fingerprint import run_id
-
     # before the heavy imports: a bad override fails at once
     if args.resume is not None:
         config, out = resume_config(args)
     else:
         config = build_config(args)
-        out = Path(args.out) if args.out else Path("runs") / f"finetune-{run_id(config)}"
+        out = Path(args.out) if args.out else None
 
     from replaylab.hf.finetune import run_finetune
     from replaylab.train import TrainingInterrupted
+    from replaylab.train.run_folder import default_run_dir
+
+    out = out or default_run_dir(config)  # the one default-output rule, as replaylab train's
 
     try:
         manifest = run_finetune(config, out, resume=args.resume is not None, overwrite=args.overwrite)

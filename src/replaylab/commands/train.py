@@ -8,7 +8,6 @@ Under `torchrun --nproc_per_node N` the same command trains data-parallel; rank 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ HELP = "train one run (a list of stages) into a run folder, or resume one"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="run config YAML (see docs/training.md)")
     add_override_arguments(p, "stages.1.lr.peak=3e-4")
-    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--out", help="run folder (default: runs/<config name>-<run id>, as replaylab finetune)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest good checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a replaylab run folder at --out that holds another config (never a folder it did not make)")
@@ -29,14 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from the full training state of another run's checkpoint (a shared prefix)")
 
 
-def _default_out(name: str) -> Path:
-    return Path("runs") / (re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "run")
-
-
 def main(args: argparse.Namespace) -> int:
-    from replaylab.config import apply_overrides, from_dict, load_config, load_yaml
+    from replaylab.config import load_config, load_yaml
+    from replaylab.finetune_form import load_run_config
     from replaylab.runconfig import RunConfig
     from replaylab.train import TrainingInterrupted, run_training
+    from replaylab.train.run_folder import default_run_dir
 
     if args.resume:
         if args.config or args.overrides:
@@ -47,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
                               "cannot move it: drop --out (or copy the run folder there and resume the copy)")
         if not (out / "config.yaml").exists():
             raise ConfigError(f"--resume {str(out)!r} is not a run folder (no config.yaml); give the --out of a run")
-        config = load_config(RunConfig, out / "config.yaml")
+        config = load_run_config(out / "config.yaml")  # any kind of run, fine-tuning form included
     else:
         if not args.config:
             raise ConfigError("give a run config YAML (replaylab train CONFIG) or --resume RUN_DIR")
@@ -60,8 +57,8 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.config!r} is an experiment (it has {', '.join(keys) or 'kind: finetune_hf'}), "
                               f"not a run config; list its runs with replaylab plan {args.config}, train them with "
                               f"replaylab sweep {args.config}")
-        config = from_dict(RunConfig, apply_overrides(raw, args.overrides))
-        out = Path(args.out) if args.out else _default_out(config.name)
+        config = load_config(RunConfig, args.config, args.overrides)
+        out = Path(args.out) if args.out else default_run_dir(config)
     try:
         manifest = run_training(config, out, resume=bool(args.resume), init_from=args.init_from,
                                 overwrite=args.overwrite)

@@ -23,131 +23,43 @@ build their batches through it.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 from replaylab.errors import ConfigError
-from replaylab.hf.config import FinetuneConfig
-from replaylab.runconfig import (MAX_STEPS, DataConfig, DomainConfig, EvalConfig, LRConfig, OptimConfig, RunConfig,
-                                 StageConfig, TrainConfig)
+from replaylab.runconfig import RunConfig
+from replaylab.schedule import REPLAY, TARGET, MixPlan, finetune_stage, plan_mix  # noqa: F401 - their old home
 from replaylab.train.mixture import MixtureSampler
 
-TARGET, REPLAY = "target", "replay"
+sampler_config = finetune_stage  # its old name
 
 
-@dataclass(frozen=True)
-class MixPlan:
-    """How many steps a fine-tuning run takes and how its tokens split between target and replay."""
-
-    budget: int  # unique target sequences
-    target_draws: int  # target sequences drawn over the planned run (target_epochs x budget)
-    target_steps: int  # steps the target alone fills (the run length at R = 0)
-    planned_steps: int  # target_steps stretched by 1 / (1 - R)
-    total_steps: int  # planned_steps, or max_steps when that caps the run
-    target_weight: float  # exact token share of the target in every block
-    replay_fraction: float
-
-    @property
-    def capped(self) -> bool:
-        return self.total_steps < self.planned_steps
-
-    @property
-    def target_epochs(self) -> float:
-        """Passes over the budget the planned run makes (exact; R = 0 rounds up to whole batches)."""
-        return self.target_draws / self.budget
-
-
-def plan_mix(*, budget: int, target_epochs: float, replay_fraction: float, batch_size: int,
-             max_steps: int | None = None) -> MixPlan:
-    if budget < 1:
-        raise ConfigError(f"the target budget is {budget} sequences; it needs at least 1")
-    wanted = target_epochs * budget
-    if not wanted < 2**63:  # inf and nan too: the sampler counts sequences in int64
-        raise ConfigError(f"target_epochs={target_epochs:g} over {budget} target sequences draws {wanted:.6g} "
-                          "sequences, beyond a 64-bit count; give a realistic target_epochs (passes over the budget)")
-    draws = max(1, round(wanted))
-    target_steps = math.ceil(draws / batch_size)
-    if replay_fraction == 0:
-        # Pure target: fill the last batch with the next target sequences rather than leave it short.
-        planned, draws, weight = target_steps, target_steps * batch_size, 1.0
-    else:
-        # (the epsilon keeps 128 / (8 x 0.1) = 160.00000000000003 from rounding up to 161)
-        planned = math.ceil(draws / (batch_size * (1 - replay_fraction)) - 1e-9)
-        weight = draws / (planned * batch_size)
-    total = planned if max_steps is None else min(planned, max_steps)
-    if total > MAX_STEPS:  # a replay fraction near 1 stretches the run without bound (only `total` steps are built)
-        raise ConfigError(f"the run would take {total:,} steps ({target_steps:,} target steps stretched by 1 / (1 - "
-                          f"replay_fraction={replay_fraction:g}), target_epochs={target_epochs:g}), above the "
-                          f"{MAX_STEPS:,} steps replaylab plans a run for; lower target_epochs or replay_fraction, or "
-                          f"set max_steps (at most {MAX_STEPS:,})")
-    if total * batch_size >= 2**63:  # sequences are counted in int64
-        raise ConfigError(f"the run would take {total} steps of {batch_size} sequences, beyond a 64-bit count; give a "
-                          "realistic batch_size")
-    return MixPlan(budget=budget, target_draws=draws, target_steps=target_steps, planned_steps=planned,
-                   total_steps=total, target_weight=weight, replay_fraction=replay_fraction)
-
-
-def sampler_config(cfg: FinetuneConfig, plan: MixPlan, tokenizer: str, micro_batch_size: int | None = None) -> RunConfig:
-    """The one-stage RunConfig of this run as the engine sees it: it drives the engine's MixtureSampler, names
-    the held-out sets for `build_eval_sets`, and gives the one Trainer its schedule (the fresh AdamW's LR
-    curve as the stage's LR, train.lr's pure function of the step) and its log, eval and checkpoint cadence."""
-    domains = {TARGET: DomainConfig(source=cfg.target.source, budget=plan.budget,
-                                    # a capped run stops early: the epoch check would (rightly) fail
-                                    epochs=None if plan.capped else plan.target_epochs,
-                                    options=dict(cfg.target.options))}
-    mixture = {TARGET: 1.0}
-    if plan.target_weight < 1:
-        assert cfg.replay is not None
-        domains[REPLAY] = DomainConfig(source=cfg.replay.source, budget=cfg.replay.budget,
-                                       options=dict(cfg.replay.options))
-        mixture = {TARGET: plan.target_weight, REPLAY: 1.0 - plan.target_weight}
-    elif cfg.replay is not None:  # evaluated (forgetting), never trained on
-        domains[REPLAY] = DomainConfig(source=cfg.replay.source, options=dict(cfg.replay.options))
-    o = cfg.optim
-    return RunConfig(
-        name=cfg.name, seed=cfg.seed,
-        data=DataConfig(tokenizer=tokenizer, seq_len=cfg.seq_len, domains=domains),
-        stages=[StageConfig(name="finetune", steps=plan.total_steps, mixture=mixture,
-                            lr=LRConfig(schedule=o.schedule, peak=o.lr, final=o.final_lr, warmup=o.warmup))],
-        optim=OptimConfig(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip),
-        train=TrainConfig(total_steps=plan.total_steps, batch_size=cfg.batch_size, micro_batch_size=micro_batch_size,
-                          log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                          keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress),
-        eval=EvalConfig(every=cfg.eval.every, max_sequences=cfg.eval.max_sequences, batch_size=cfg.eval.batch_size),
-    )
-
-
-def replay_sampler(cfg: FinetuneConfig, stores: dict, tokenizer: str,
+def replay_sampler(cfg: RunConfig, stores: dict, tokenizer: str,
                    micro_batch_size: int | None = None) -> tuple[MixPlan, RunConfig, MixtureSampler]:
     """The one way a target + replay run becomes batches: the plan (fixed target exposure), the one-stage
     RunConfig and the engine's MixtureSampler over `stores` ({"target": ..., "replay": ...}). `replaylab finetune`
-    trains on it and `replaylab.ReplayMixture` (HF Trainer, TRL, Accelerate, plain PyTorch) yields it. Of `cfg`
-    only the data fields are read: target (budget), replay, replay_fraction, target_epochs, seq_len, batch_size,
-    max_steps, seed, and the cadence fields copied into the RunConfig. tokenizer: the tokenizer's folder."""
-    plan = plan_mix(budget=resolve_budget(cfg, stores[TARGET]), target_epochs=cfg.target_epochs,
-                    replay_fraction=cfg.replay_fraction, batch_size=cfg.batch_size, max_steps=cfg.max_steps)
-    scfg = sampler_config(cfg, plan, tokenizer, micro_batch_size=micro_batch_size)
+    trains on it and `replaylab.ReplayMixture` (HF Trainer, TRL, Accelerate, plain PyTorch) yields it. `cfg`: a
+    planned fine-tuning RunConfig (its `finetune` plan). tokenizer: the tokenizer's folder."""
+    p = cfg.finetune
+    plan = plan_mix(budget=resolve_budget(cfg, stores[TARGET]), target_epochs=p.target_epochs,
+                    replay_fraction=p.replay_fraction, batch_size=cfg.train.batch_size, max_steps=p.max_steps)
+    scfg = finetune_stage(cfg, plan, tokenizer, micro_batch_size=micro_batch_size)
     return plan, scfg, MixtureSampler(scfg, stores)
 
 
-def open_stores(cfg: FinetuneConfig, tokenizer) -> dict:
+def open_stores(cfg: RunConfig, tokenizer) -> dict:
     """Token stores of the target and replay pools, tokenized with `tokenizer` (a data-layer Tokenizer)."""
     from replaylab.data.store import get_store
 
-    stores = {TARGET: get_store(cfg.target.source, tokenizer, cfg.target.options)}
-    if cfg.replay is not None:
-        stores[REPLAY] = get_store(cfg.replay.source, tokenizer, cfg.replay.options)
-    return stores
+    return {name: get_store(dom.source, tokenizer, dom.options) for name, dom in cfg.data.domains.items()}
 
 
-def resolve_budget(cfg: FinetuneConfig, store) -> int:
+def resolve_budget(cfg: RunConfig, store) -> int:
     """The target budget in sequences: the configured one, or every train sequence of the store (not
     `schedule.target_budget`, which derives a budget from a run's length and target fraction)."""
-    available = store.num_sequences("train", cfg.seq_len)
-    budget = cfg.target.budget or available
+    seq_len, target = cfg.data.seq_len, cfg.data.domains[TARGET]
+    available = store.num_sequences("train", seq_len)
+    budget = target.budget or available
     if budget > available:
         raise ConfigError(
-            f"target budget {budget} sequences exceeds the {available} train sequences of {cfg.seq_len} tokens in "
-            f"{cfg.target.source!r}; lower target.budget to at most {available} or use a shorter seq_len"
+            f"target budget {budget} sequences exceeds the {available} train sequences of {seq_len} tokens in "
+            f"{target.source!r}; lower target.budget to at most {available} or use a shorter seq_len"
         )
     return budget

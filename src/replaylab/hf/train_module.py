@@ -14,9 +14,8 @@ import torch
 from replaylab.errors import ConfigError
 from replaylab.hf import evaluate as ev
 from replaylab.hf import parallel
-from replaylab.hf.config import FinetuneConfig
 from replaylab.hf.models import load_model
-from replaylab.runconfig import OptimConfig
+from replaylab.runconfig import OptimConfig, RunConfig
 from replaylab.runtime import autocast, compile_trial
 from replaylab.train import checkpoint as ckpt
 from replaylab.train import ddp
@@ -45,27 +44,28 @@ class Trainable(torch.nn.Module):
                 p.copy_(tensors[n])
 
 
-def build_model(cfg: FinetuneConfig, folder: str, device: torch.device) -> torch.nn.Module:
-    """The pretrained model of `folder`, with LoRA adapters when `cfg.lora.enabled`, on `device`."""
+def build_model(cfg: RunConfig, folder: str, device: torch.device) -> torch.nn.Module:
+    """The pretrained model of `folder`, with LoRA adapters when `cfg.model.lora.enabled`, on `device`."""
     torch.manual_seed(cfg.seed)  # LoRA's A matrices are random: same seed, same adapters
-    model = load_model(folder, trust_remote_code=cfg.trust_remote_code)
+    m = cfg.model
+    model = load_model(folder, trust_remote_code=m.trust_remote_code)
     model.config.use_cache = False
-    if cfg.gradient_checkpointing:
+    if m.gradient_checkpointing:
         # transformers 5 renamed it; both recompute each layer's activations in the backward pass
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora.enabled:
+    if m.lora.enabled:
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         try:
             from peft import LoraConfig as PeftLora, get_peft_model
         except ImportError:
             raise ConfigError("lora needs peft: pip install 'replaylab[hf]'") from None
-        lc = cfg.lora
+        lc = m.lora
         model = get_peft_model(model, PeftLora(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
                                                target_modules=list(lc.target_modules), task_type="CAUSAL_LM"))
-        if cfg.gradient_checkpointing:
+        if m.gradient_checkpointing:
             model.enable_input_require_grads()
     return model.to(device)
 
@@ -82,7 +82,7 @@ class LMLogits(torch.nn.Module):
 
 
 def compile_spec(choice: str, device: torch.device, sharded: bool) -> str:
-    """What a fine-tuning run compiles for FinetuneConfig.compile = `choice` (HFCausalLMModule's compile_spec).
+    """What a fine-tuning run compiles for model.compile = `choice` (HFCausalLMModule's compile_spec).
     auto: model and loss together on a GPU (as the engine does: the fp32 logits of the 49k-token vocabulary
     are never stored), nothing on a CPU (compiling takes longer than a small run); regional: each decoder
     layer (`compile_layers`); off: nothing. An FSDP-sharded model runs eager whatever the choice."""

@@ -18,6 +18,21 @@ YAML form (see configs/tiny_sweep.yaml):
 
 Each grid point x LR x seed becomes one run (a `RunConfig` from `replaylab.schedule`), identified by
 its run id (`replaylab.fingerprint.run_id`: the content hash of its resolved config).
+
+Replay fine-tuning of a Hugging Face model has a flat form, read into the same Experiment with one strategy,
+`finetune_hf` (see configs/finetune_hf_sweep.yaml and docs/finetune.md "Sweeping R"):
+
+    name: smollm_eu
+    kind: finetune_hf
+    base: ft.yaml                 # the fine-tuning form (replaylab finetune --config), inline or a path
+    overrides: [threads=1]        # optional dotted overrides applied to the base
+    grid: {replay_fraction: [0, 0.5, 0.75]}   # any dotted key of that form (lora.r, target.budget, ...)
+    zip: {target_epochs: [1, 2], target.budget: [16, 8]}   # optional: zipped, then crossed with grid
+    lrs: [3e-4, 1e-3]             # optional optim.lr values; the best is selected per cell on the val half
+    seeds: [0, 1]
+
+Its runs share no prefixes: each starts from the pretrained model, and runs differing in R draw different
+batches from step 0.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from __future__ import annotations
 import itertools
 import math
 import typing
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +81,15 @@ class StrategySpec:
             raise ConfigError(f"strategy {self.strategy!r}: {sorted(both)[0]!r} is given twice (grid, zip or args)")
         if "lr" in self.grid or "lr" in self.zip:
             raise ConfigError(f"strategy {self.strategy!r}: list learning rates under lrs:, not as a grid axis")
+        if self.lrs is not None and not self.lrs:
+            raise ConfigError(f"strategy {self.strategy!r}: lrs is empty; list at least one learning rate or leave "
+                              "lrs out")
+        if self.strategy == HF_KIND:  # its axes are keys of the fine-tuning form
+            from replaylab.finetune_form import check_axis
+
+            for where, axes in (("grid", self.grid), ("zip", self.zip)):
+                for key in axes:
+                    check_axis(key, where)
 
     def num_runs(self, default_seeds: list[int]) -> int:
         """Runs this strategy plans before duplicates are merged: grid product x zip length x LRs x seeds."""
@@ -84,6 +109,7 @@ class Experiment:
     target_fraction: Any = 1 / 1024  # a number or "a/b"
     prefix_granularity: int = 1  # branch points at multiples of this many steps (1 = exactly where runs diverge)
     shared_prefixes: bool = True
+    kind: str | None = None  # finetune_hf: the flat form of replay fine-tuning (see the module docstring)
 
     def validate(self) -> None:
         if not self.strategies:
@@ -122,10 +148,31 @@ def _numbers(builder: Any, args: dict[str, Any], where: str) -> dict[str, Any]:
     return {k: _number(v, f"{where} {k}") if v is not None and is_float(k) else v for k, v in args.items()}
 
 
+HF_KIND = "finetune_hf"
+_HF_KEYS = ("name", "kind", "base", "overrides", "grid", "zip", "lrs", "seeds")
+
+
+def _hf_form(raw: dict) -> dict:
+    """A `kind: finetune_hf` experiment as an Experiment mapping: one finetune_hf strategy, no shared prefixes."""
+    unknown = sorted(set(raw) - set(_HF_KEYS), key=str)
+    if unknown:
+        raise ConfigError(f"unknown config field experiment.{unknown[0]}; known fields here: "
+                          f"{', '.join(sorted(_HF_KEYS))}")
+    spec = {"strategy": HF_KIND, **{k: raw[k] for k in ("grid", "zip", "lrs") if k in raw}}
+    return {**{k: raw[k] for k in ("name", "kind", "base", "overrides", "seeds") if k in raw}, "strategies": [spec],
+            "shared_prefixes": False}
+
+
 def load_experiment(path: str | Path) -> tuple[Experiment, dict]:
     """The experiment and its raw base config (overrides applied, paths resolved)."""
     path = Path(path)
     raw = load_yaml(path)
+    kind = raw.get("kind")
+    if kind not in (None, HF_KIND):
+        raise ConfigError(f"experiment kind {kind!r} is unknown; use kind: {HF_KIND}, or leave kind out for a "
+                          "schedule experiment (strategies:)")
+    if kind == HF_KIND:
+        raw = _hf_form(raw)
     exp = from_dict(Experiment, raw, "experiment") if raw else from_dict(Experiment, {}, "experiment")
     base = exp.base
     if isinstance(base, str):
@@ -154,11 +201,14 @@ def expand(exp: Experiment, base: dict) -> list[PlannedRun]:
                 "target_fraction": _number(exp.target_fraction, "experiment target_fraction")}
     for spec in exp.strategies:
         builder = STRATEGIES[spec.strategy]
+        takes = inspect.signature(builder).parameters
+        shared = {k: v for k, v in defaults.items() if k in takes}  # finetune_hf names its own pools
+        axis_values = getattr(builder, "axis_values", None)  # coordinates as the config holds them
         for cell in grid_cells(spec.grid, spec.zip):
             args = _numbers(builder, {**spec.args, **cell}, f"strategy {spec.strategy!r}")
             for lr in spec.lrs or [None]:
                 for seed in spec.seeds or exp.seeds:
-                    kwargs = {**defaults, **args, "seed": seed}
+                    kwargs = {**shared, **args, "seed": seed}
                     if lr is not None:
                         kwargs["lr"] = lr  # spec.lrs are floats already (parse_number via from_dict)
                     try:
@@ -166,9 +216,11 @@ def expand(exp: Experiment, base: dict) -> list[PlannedRun]:
                     except TypeError as e:
                         raise ConfigError(f"strategy {spec.strategy!r}: {e}; check the grid/args names") from None
                     except ConfigError as e:
-                        raise ConfigError(f"strategy {spec.strategy!r} at {cell or 'its defaults'}: {e}") from None
+                        at = ", ".join(f"{k}={v}" for k, v in cell.items()) or "its defaults"
+                        raise ConfigError(f"strategy {spec.strategy!r} at {at}: {e}") from None
                     rid = run_id(cfg)
-                    coords = {"strategy": spec.strategy, **cell, "lr": cfg.meta["lr"], "seed": seed}
+                    values = axis_values(cfg, cell) if axis_values else cell
+                    coords = {"strategy": spec.strategy, **values, "lr": cfg.meta["lr"], "seed": seed}
                     runs.setdefault(rid, PlannedRun(rid, cfg, coords))
     return list(runs.values())
 

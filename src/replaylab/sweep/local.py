@@ -19,8 +19,6 @@ import time
 import traceback
 from pathlib import Path
 
-from replaylab.config import from_dict
-from replaylab.runconfig import RunConfig
 from replaylab.sweep.runstore import FAILED, RunStore
 
 BUSY, SKIPPED, WAITING, LOST = "busy", "skipped", "waiting", "lost"
@@ -123,15 +121,13 @@ def execute_run(store: RunStore, entry: dict, *, retry_before: float | None = No
 
 
 def _train(entry: dict, run_dir: Path, *, init_from: Path | None) -> dict:
-    """Train (or resume) one plan entry by its kind; both raise a TrainingInterrupted on SIGTERM."""
-    if entry.get("kind") == "finetune_hf":
-        from replaylab.hf.config import FinetuneConfig
-        from replaylab.hf.finetune import run_finetune
-
-        return run_finetune(from_dict(FinetuneConfig, entry["config"]), run_dir, resume=True)
+    """Train (or resume) one plan entry, of any kind (run_training picks the model's setup); raises a
+    TrainingInterrupted on SIGTERM. A fine-tuning entry of a sweep planned before it was a RunConfig is read
+    from its own form."""
+    from replaylab.finetune_form import read_run_config
     from replaylab.train import run_training
 
-    return run_training(from_dict(RunConfig, entry["config"]), run_dir, resume=True, init_from=init_from)
+    return run_training(read_run_config(entry["config"]), run_dir, resume=True, init_from=init_from)
 
 
 def _record_failure(store: RunStore, rid: str, error: BaseException) -> None:

@@ -9,6 +9,7 @@ L layers, d model width, S sequence length: the usual forward+backward count wit
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import pandas as pd
 
 from replaylab.config import to_dict
 from replaylab.runconfig import RunConfig
-from replaylab.sweep.experiment import Experiment, PlannedRun, expand, load_experiment, prefix_granularity
+from replaylab.schedule import plan_mix
+from replaylab.sweep.experiment import HF_KIND, Experiment, PlannedRun, expand, load_experiment, prefix_granularity
 from replaylab.sweep.prefix import Branch, carrier_checkpoints, plan_prefixes
 
 DEFAULT_VOCAB = 4096  # the built-in tokenizer's vocabulary, used when model.vocab_size is unset
@@ -36,8 +38,13 @@ def flops_per_token(config: RunConfig) -> float:
 
 
 def build_plan(exp: Experiment, base: dict) -> tuple[list[PlannedRun], dict[str, Branch], dict[str, Any]]:
-    """Runs, shared-prefix branches, and the sweep.json document (run configs as they will train)."""
+    """Runs, shared-prefix branches, and the sweep.json document (run configs as they will train). A
+    `kind: finetune_hf` experiment's entries and document carry that kind, and its runs never branch."""
     runs = expand(exp, base)
+    if exp.kind == HF_KIND:
+        entries = [{"run_id": r.run_id, "kind": HF_KIND, "coords": r.coords, "config": to_dict(r.config),
+                    "branch": None, "branch_steps": []} for r in runs]
+        return runs, {}, {"name": exp.name, "kind": HF_KIND, "prefix_granularity": None, "runs": entries}
     gran = prefix_granularity(exp, runs)
     configs = {r.run_id: r.config for r in runs}
     branches = plan_prefixes(configs, granularity=gran, min_shared=gran) if exp.shared_prefixes else {}
@@ -80,27 +87,48 @@ def estimate(runs: list[PlannedRun], branches: dict[str, Branch], *, gpu_tflops:
     return out
 
 
-def load_plan(path: str | Path) -> tuple[list, dict[str, Branch], dict[str, Any]]:
-    """`build_plan` for an experiment file of either kind: schedule (strategies:) or `kind: finetune_hf`
-    (`replaylab.sweep.hf_experiment`: entries carry "kind": "finetune_hf" and never branch)."""
-    from replaylab.sweep.hf_experiment import build_hf_plan, is_hf_experiment, load_hf_experiment
+def planned_steps(cfg: RunConfig) -> int | None:
+    """A fine-tuning run's total steps when its target budget is given (None = every train sequence: that
+    needs the tokenized store, which planning never builds)."""
+    budget, p = cfg.data.domains["target"].budget, cfg.finetune
+    if budget is None:
+        return None
+    return plan_mix(budget=budget, target_epochs=p.target_epochs, replay_fraction=p.replay_fraction,
+                    batch_size=cfg.train.batch_size, max_steps=p.max_steps).total_steps
 
-    if is_hf_experiment(path):
-        runs, doc = build_hf_plan(*load_hf_experiment(path))
-        return runs, {}, doc
+
+def estimate_hf(runs: list[PlannedRun]) -> pd.DataFrame:
+    """One row per cell (axis values) plus a total: runs (LRs x seeds), steps, tokens. FLOPs and
+    GPU-hours are left unknown (NaN): they need the model's shape, which would mean loading it."""
+    rows = []
+    for r in runs:
+        label = " ".join(f"{k}={v}" for k, v in r.coords.items() if k not in ("strategy", "lr", "seed")) or HF_KIND
+        steps = planned_steps(r.config)
+        tokens = steps * r.config.train.batch_size * r.config.data.seq_len if steps is not None else math.nan
+        rows.append({"cell": label, "runs": 1, "steps": math.nan if steps is None else steps,
+                     "steps_trained": math.nan if steps is None else steps, "tokens": tokens, "flops": math.nan})
+    df = pd.DataFrame(rows, columns=["cell", "runs", "steps", "steps_trained", "tokens", "flops"])
+    # min_count=1 / skipna=False: a sum over unknown steps stays unknown instead of becoming 0
+    out = df.groupby("cell", sort=False).sum(numeric_only=True, min_count=1).reset_index()
+    total = df.drop(columns="cell").sum(skipna=False).to_frame().T
+    total.insert(0, "cell", "total")
+    out = pd.concat([out, total], ignore_index=True)
+    out["steps_saved"] = 0
+    out["gpu_hours"] = math.nan
+    return out
+
+
+def load_plan(path: str | Path) -> tuple[list, dict[str, Branch], dict[str, Any]]:
+    """`build_plan` for an experiment file of either kind: schedule (strategies:) or `kind: finetune_hf`."""
     return build_plan(*load_experiment(path))
 
 
 def experiment_name(path: str | Path) -> str:
-    from replaylab.sweep.hf_experiment import is_hf_experiment, load_hf_experiment
-
-    return (load_hf_experiment(path) if is_hf_experiment(path) else load_experiment(path))[0].name
+    return load_experiment(path)[0].name
 
 
 def plan_experiment(path: str | Path, **kw: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
     runs, branches, doc = load_plan(path)
-    if doc.get("kind") == "finetune_hf":
-        from replaylab.sweep.hf_experiment import estimate_hf
-
+    if doc.get("kind") == HF_KIND:
         return estimate_hf(runs), doc
     return estimate(runs, branches, **kw), doc

@@ -1,6 +1,6 @@
 """The training engine: one Trainer (trainer.py) for every model, train modules (module.py: ours;
 replaylab.hf.train_module: Hugging Face), and `run_training(config, out_dir, *, resume=False, init_from=None)
--> dict` (run.py).
+-> dict` (run.py: the one launch path, for every model kind).
 
 Imported lazily so that `replaylab.train.mixture` / `lr` / `optim` load without torch's model stack."""
 

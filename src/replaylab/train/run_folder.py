@@ -1,7 +1,8 @@
 """A run folder's lifecycle, for every kind of run (engine and Hugging Face): check what the folder holds,
 lock it, write config.yaml + manifest, record how the run ended.
 
-    config.yaml      the resolved config (RunConfig, or FinetuneConfig for a Hugging Face run)
+    config.yaml      the resolved config (a RunConfig; a Hugging Face run's as planned, or in the fine-tuning
+                     form of runs written before it was a RunConfig: finetune_form.py reads both)
     manifest.json    status running | done | failed | diverged, identities, steps_done, final losses
     metrics.jsonl    train / eval / data records (train/logging.py)
     checkpoints/     train/checkpoint.py
@@ -15,29 +16,39 @@ for the whole run, so a second trainer is refused with one line naming the holde
 
 from __future__ import annotations
 
+import re
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from replaylab.config import dump_yaml, load_config
+from replaylab.config import dump_yaml
 from replaylab.errors import ConfigError
-from replaylab.fingerprint import run_identity
+from replaylab.fingerprint import run_id, run_identity
+from replaylab.finetune_form import load_run_config
 from replaylab.outputs import OutputError, claim_output, folder_lock, read_marker, remove_ours, write_marker
 from replaylab.paths import atomic_write_text
 from replaylab.train import ddp
 from replaylab.train.manifest import now, read_manifest, write_manifest
 
 
+def default_run_dir(config: Any) -> Path:
+    """Where `replaylab train` and `replaylab finetune` put a run given no --out: runs/<name>-<run id>. The name
+    keeps it readable; the id (fingerprint.run_id) makes the folder the run's own: the same config finds its
+    folder again (a finished run is not trained twice) and another config never lands in it."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.name).strip("-") or "run"
+    return Path("runs") / f"{name}-{run_id(config)}"
+
+
 def _same_run(mine: Any, theirs: Any) -> bool:
     # The identity ignores key order, but the order of data.domains is the sampler's tie-break order.
-    order = [list(c.data.domains) if hasattr(c, "data") else None for c in (mine, theirs)]
+    order = [list(c.data.domains) for c in (mine, theirs)]
     return run_identity(mine) == run_identity(theirs) and order[0] == order[1]
 
 
 class RunFolder:
-    """The folder `path` of one run of `config` (a RunConfig or FinetuneConfig). `resume_hint` is the command
+    """The folder `path` of one run of `config` (a RunConfig). `resume_hint` is the command
     that continues it (for messages)."""
 
     def __init__(self, path: Path | str, config: Any, *, resume: bool, overwrite: bool, dist: ddp.DistInfo,
@@ -66,7 +77,7 @@ class RunFolder:
             if not self.resume and ((path / "manifest.json").exists() or (path / "checkpoints").exists()):
                 raise ConfigError(f"--out {str(path)!r} holds a damaged run (no config.yaml); choose another --out")
             return None
-        other = load_config(type(self.config), saved)
+        other = load_run_config(saved)
         manifest = read_manifest(path) or {}  # a damaged manifest is an error before anything else
         if not _same_run(self.config, other):
             if self.overwrite:

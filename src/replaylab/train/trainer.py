@@ -80,6 +80,18 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
+class Callback:
+    """What a kind of run does around the loop (a Hugging Face run: evaluate the pretrained model first, score
+    multiple choice and lm-eval tasks and save the model at the end; hf/finetune.py). Every rank calls them."""
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        """Before the first step (of this attempt: `trainer.start` says where it starts)."""
+
+    def on_fit_end(self, trainer: "Trainer", final: dict[str, dict[str, float]]) -> dict[str, Any]:
+        """After the last step, before the run is recorded done; returns fields for the manifest."""
+        return {}
+
+
 class Trainer:
     """Trains `module` over the schedule of `config` (stages, LR, batch, eval and checkpoint cadence) on the
     sampler's batches, from `start` (a resumed or branched step), writing into `folder`.
@@ -88,12 +100,12 @@ class Trainer:
     Hugging Face run writes its model/ or adapter/ folder instead). eval_at_start: evaluate before the first
     step if an eval is due there (a run branched off a shared prefix at its own stage end, where the carrier
     did not evaluate: the state is the one it would have had alone). divergence_hint: what to change when the
-    run diverges (default: the stage's lr.peak)."""
+    run diverges (default: the stage's lr.peak). callbacks: `Callback`s, in order."""
 
     def __init__(self, *, config: RunConfig, module: TrainModule, sampler: MixtureSampler, eval_sets: list[EvalSet],
                  folder: RunFolder, start: int, rows: tuple[int, int], logger_config: Any,
                  checkpoint_at_end: bool = True,
-                 eval_at_start: bool = False, divergence_hint: str | None = None):
+                 eval_at_start: bool = False, divergence_hint: str | None = None, callbacks: tuple = ()):
         self.config, self.module, self.sampler, self.eval_sets = config, module, sampler, eval_sets
         self.folder, self.dist, self.device = folder, folder.dist, folder.device
         self.start, self.step = start, start
@@ -105,6 +117,7 @@ class Trainer:
         self.checkpoint_at_end = checkpoint_at_end
         self.eval_at_start = eval_at_start
         self.divergence_hint = divergence_hint
+        self.callbacks = tuple(callbacks)
         self.logger = RunLogger(folder.path, config=logger_config, enabled=self.dist.is_main, resume_step=start)
         self.pin = self.device.type == "cuda"
         self._signal_at_end: int | None = None  # a signal during the last step: passed on by `finish`
@@ -151,6 +164,8 @@ class Trainer:
         tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
         branch_steps = set(cfg.train.checkpoint_steps)
         final: dict[str, dict[str, float]] = {}
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
         if self.start >= self.total:  # killed after its last checkpoint, before it was recorded done:
             return self.module.evaluate(self.eval_sets, cfg.eval.batch_size)  # (its records are all written)
         if self.eval_at_start and self._eval_due(self.start):
@@ -232,11 +247,13 @@ class Trainer:
         self.folder.ended("diverged", error=message, steps_done=step)
 
     # -- how the run ends ---------------------------------------------------------------------------------
-    def finish(self, **fields: Any) -> None:
-        """Record the run as done with `fields` (final losses, ...). A signal that came during the last step
-        is passed on once the run is saved: whoever sent it (a shell, a sweep worker's supervisor) still wants
-        this process to stop."""
-        self.folder.ended("done", steps_done=self.step, **fields)
+    def finish(self, final: dict[str, dict[str, float]], **fields: Any) -> None:
+        """Record the run as done with its `final` losses, the callbacks' fields and `fields`. A signal that came
+        during the last step is passed on once the run is saved: whoever sent it (a shell, a sweep worker's
+        supervisor) still wants this process to stop."""
+        for callback in self.callbacks:
+            fields.update(callback.on_fit_end(self, final))
+        self.folder.ended("done", steps_done=self.step, final=final, **fields)
         if self._signal_at_end is not None:
             os.kill(os.getpid(), self._signal_at_end)
 
