@@ -43,6 +43,8 @@ def tiny_world(root: Path):
     docs = []
     for mod in (argparse, collections, email, js, logging, pathlib, unittest, urllib.parse, zipfile, inspect):
         for _, obj in inspect.getmembers(mod):
+            if inspect.ismodule(obj):  # which submodules a package holds depends on what the process imported
+                continue
             d = inspect.getdoc(obj)
             if d and len(d) > 200 and d not in docs:
                 docs.append(d)
