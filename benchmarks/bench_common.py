@@ -19,8 +19,13 @@ def machine(device: torch.device) -> dict:
     """Versions, date, and the GPU's name or the CPU's model, cores, threads and native bf16; load average."""
     import transformers
 
-    info = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device.type}
+    info = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device.type,
+    }
     try:
         import peft
 
@@ -30,10 +35,21 @@ def machine(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     else:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
-        info.update(cpu=names[0] if names else platform.processor() or platform.machine(), cpus=os.cpu_count(),
-                    threads=torch.get_num_threads(), native_bf16=runtime.cpu_has_native_bf16())
+        names = (
+            [
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ]
+            if Path("/proc/cpuinfo").exists()
+            else []
+        )
+        info.update(
+            cpu=names[0] if names else platform.processor() or platform.machine(),
+            cpus=os.cpu_count(),
+            threads=torch.get_num_threads(),
+            native_bf16=runtime.cpu_has_native_bf16(),
+        )
     if hasattr(os, "getloadavg"):
         info["load_avg_start"] = os.getloadavg()
     return info

@@ -94,11 +94,15 @@ def main() -> None:
             "sample_seqs_per_s_batch256": round(sampling[256]),
         }
         print(f"BPE training (vocab {args.vocab}, 2 MB sample): {train_s:.2f} s")
-        print(f"store build: {nbytes / 1e6:.1f} MB -> {tokens:,} tokens in {build_s:.2f} s = "
-              f"{result['tokenize_mb_per_s']} MB/s, {result['tokenize_tokens_per_s']:,} tokens/s")
+        print(
+            f"store build: {nbytes / 1e6:.1f} MB -> {tokens:,} tokens in {build_s:.2f} s = "
+            f"{result['tokenize_mb_per_s']} MB/s, {result['tokenize_tokens_per_s']:,} tokens/s"
+        )
         for batch, rate in sampling.items():
-            print(f"sampling: {rate:,.0f} sequences/s = {rate * (args.seq_len + 1):,.0f} tokens/s "
-                  f"(batches of {batch} x {args.seq_len + 1})")
+            print(
+                f"sampling: {rate:,.0f} sequences/s = {rate * (args.seq_len + 1):,.0f} tokens/s "
+                f"(batches of {batch} x {args.seq_len + 1})"
+            )
         print(json.dumps(result))
 
 

@@ -42,19 +42,35 @@ def pct(x) -> str:
 
 def engine_table(record: dict) -> list[str]:
     """The throughput.py contenders of one part: tokens/s, MFU, warm-up, first loss, ratio to ours/auto."""
-    out = ["| contender | tokens/s | MFU | vs ours/auto | warm-up + compile s | first loss |", "|---|---|---|---|---|---|"]
+    out = [
+        "| contender | tokens/s | MFU | vs ours/auto | warm-up + compile s | first loss |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, c in record.get("contenders", {}).items():
         vs = f"{c['vs_auto']:.3f}x" if "vs_auto" in c else "-"
-        out.append(f"| {name} | {c['tokens_per_s']:,.0f} | {pct(c.get('mfu'))} | {vs} | {c['warmup_s']:.1f} | "
-                   f"{c['first_loss']:.4f} |")
+        out.append(
+            f"| {name} | {c['tokens_per_s']:,.0f} | {pct(c.get('mfu'))} | {vs} | {c['warmup_s']:.1f} | "
+            f"{c['first_loss']:.4f} |"
+        )
     for key, why in record.get("skipped", {}).items():
         out.append(f"| {key} | not run: {why} | | | | |")
     return out
 
 
 def report(folder: Path) -> str:
-    lines = ["## GPU check", "", "```", tail(folder, "env.txt", 12), "```", "", "Parts:", "", "```",
-             tail(folder, "parts.txt", 30), "```"]
+    lines = [
+        "## GPU check",
+        "",
+        "```",
+        tail(folder, "env.txt", 12),
+        "```",
+        "",
+        "Parts:",
+        "",
+        "```",
+        tail(folder, "parts.txt", 30),
+        "```",
+    ]
 
     det = load(folder, "determinism.json")
     lines += ["", "### determinism (train.deterministic at the paper's shapes)", ""]
@@ -64,9 +80,11 @@ def report(folder: Path) -> str:
         lines += [f"micro-batch {det['args']['batch']} x {det['args']['seq_len']}; {det['model']}", ""]
         lines += engine_table(det)
         for key, r in det.get("repeat", {}).items():
-            lines.append(f"- {key} twice from the same weights, {r['steps']} steps: losses "
-                         f"{'bit-identical' if r['losses_identical'] else 'differ (max |diff| %.3g)' % r['max_loss_diff']}, "
-                         f"parameters {'bit-identical' if r['params_identical'] else 'differ'}")
+            lines.append(
+                f"- {key} twice from the same weights, {r['steps']} steps: losses "
+                f"{'bit-identical' if r['losses_identical'] else 'differ (max |diff| %.3g)' % r['max_loss_diff']}, "
+                f"parameters {'bit-identical' if r['params_identical'] else 'differ'}"
+            )
         if "repeat" not in det:
             lines.append("- no repeat comparison recorded (the part stopped before the timing rounds ended)")
 
@@ -74,12 +92,22 @@ def report(folder: Path) -> str:
         rec = load(folder, f"{part}.json")
         if rec is None:
             continue
-        lines += ["", f"### {title}", "", f"{rec['precision']}, {rec['tokens_per_step']} tokens/step; "
-                  f"{rec.get('trials_planned', '?')} trials planned, {len(rec['trials'])} recorded", "",
-                  "| entry | value |", "|---|---|"]
+        lines += [
+            "",
+            f"### {title}",
+            "",
+            f"{rec['precision']}, {rec['tokens_per_step']} tokens/step; "
+            f"{rec.get('trials_planned', '?')} trials planned, {len(rec['trials'])} recorded",
+            "",
+            "| entry | value |",
+            "|---|---|",
+        ]
         for key, value in rec["summary"].items():
-            shown = (f"{value['tokens_per_s']:,.0f} tokens/s, MFU {pct(value.get('mfu'))}" if isinstance(value, dict)
-                     else f"{value:.3f}x")
+            shown = (
+                f"{value['tokens_per_s']:,.0f} tokens/s, MFU {pct(value.get('mfu'))}"
+                if isinstance(value, dict)
+                else f"{value:.3f}x"
+            )
             lines.append(f"| {key} | {shown} |")
         for t in rec["trials"]:
             if "error" in t:
@@ -90,10 +118,12 @@ def report(folder: Path) -> str:
         lines += ["", "### levers (paper shapes, micro-batch %d)" % lev["args"]["batch"], ""] + engine_table(lev)
         share = lev.get("optimizer_share")
         if share:
-            lines.append(f"- optimizer step (clip + AdamW): {share['optimizer_s'] * 1e3:.2f} ms against "
-                         f"{share['forward_backward_s'] * 1e3:.1f} ms forward + backward: "
-                         f"{share['share_of_micro_step']:.2%} of a one-micro-batch step, "
-                         f"{share['share_at_accumulate']:.3%} at {share['accumulate']} micro-batches per step")
+            lines.append(
+                f"- optimizer step (clip + AdamW): {share['optimizer_s'] * 1e3:.2f} ms against "
+                f"{share['forward_backward_s'] * 1e3:.1f} ms forward + backward: "
+                f"{share['share_of_micro_step']:.2%} of a one-micro-batch step, "
+                f"{share['share_at_accumulate']:.3%} at {share['accumulate']} micro-batches per step"
+            )
     tuned = load(folder, "autotune.json")
     if tuned is not None:
         lines += ["", "### autotune (max-autotune compile)", ""] + engine_table(tuned)
@@ -123,8 +153,10 @@ def main(argv=None) -> None:
             with tarfile.open(args.results) as bundle:
                 bundle.extractall(tmp, filter="data")
         except (tarfile.TarError, OSError) as e:
-            fail(f"{args.results} is not a bundle gpu_check.sh wrote ({one_line(e)}); give its BUNDLE .tgz or "
-                 "results folder")
+            fail(
+                f"{args.results} is not a bundle gpu_check.sh wrote ({one_line(e)}); give its BUNDLE .tgz or "
+                "results folder"
+            )
         folders = [d for d in Path(tmp).iterdir() if d.is_dir()]
         if len(folders) != 1:
             fail(f"{args.results} holds {len(folders)} folders; expected the one gpu_check.sh's BUNDLE writes")

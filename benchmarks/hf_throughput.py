@@ -84,19 +84,34 @@ from replaylab.train.run_folder import RunFolder
 from replaylab.train.trainer import Trainer
 
 # HuggingFaceTB/SmolLM2-135M's config.json (the numbers that set the compute).
-SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                    rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+SMOLLM2_135M = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=8192,
+    rope_theta=100000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    bos_token_id=0,
+    eos_token_id=0,
+)
 LR = 3e-4  # a fine-tuning run's default peak (runconfig.FINETUNE_PEAK), for both
-LABELS = {"ours": "ours (HFCausalLMModule + Trainer.fit)",
-          "ours-fused": "ours, fused attention (HFCausalLMModule + Trainer.fit)",
-          "ours-regional": "ours, regional compile (HFCausalLMModule + Trainer.fit)",
-          "hf": "transformers.Trainer"}  # --contenders' names, and their rows in the table
+LABELS = {
+    "ours": "ours (HFCausalLMModule + Trainer.fit)",
+    "ours-fused": "ours, fused attention (HFCausalLMModule + Trainer.fit)",
+    "ours-regional": "ours, regional compile (HFCausalLMModule + Trainer.fit)",
+    "hf": "transformers.Trainer",
+}  # --contenders' names, and their rows in the table
 # (summary key, numerator, denominator, printed as)
-RATIOS = (("ratio", "ours", "hf", "ours / transformers.Trainer"),
-          ("ratio_fused", "ours-fused", "hf", "ours-fused / transformers.Trainer"),
-          ("ratio_fused_ours", "ours-fused", "ours", "ours-fused / ours (what determinism costs)"),
-          ("ratio_regional_ours", "ours-regional", "ours", "ours-regional / ours (regional vs whole-model compile)"))
+RATIOS = (
+    ("ratio", "ours", "hf", "ours / transformers.Trainer"),
+    ("ratio_fused", "ours-fused", "hf", "ours-fused / transformers.Trainer"),
+    ("ratio_fused_ours", "ours-fused", "ours", "ours-fused / ours (what determinism costs)"),
+    ("ratio_regional_ours", "ours-regional", "ours", "ours-regional / ours (regional vs whole-model compile)"),
+)
 
 
 def parse_args(argv=None):
@@ -110,19 +125,29 @@ def parse_args(argv=None):
     p.add_argument("--trials", type=int, default=2, help="rounds of the contenders per mode, in ABBA order")
     p.add_argument("--layers", type=int, default=SMOLLM2_135M["num_hidden_layers"], help="shrink the model (CPU smoke)")
     p.add_argument("--modes", default="full,lora", help="comma-separated: full, lora")
-    p.add_argument("--contenders", default="ours,hf",
-                   help=f"comma-separated: {', '.join(LABELS)} (ours: finetune's deterministic mode; ours-fused: "
-                        "fused attention kernels; give both to measure them side by side in one run)")
+    p.add_argument(
+        "--contenders",
+        default="ours,hf",
+        help=f"comma-separated: {', '.join(LABELS)} (ours: finetune's deterministic mode; ours-fused: "
+        "fused attention kernels; give both to measure them side by side in one run)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU only)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak bf16 TFLOP/s for MFU")
     p.add_argument("--json", help="write every trial's numbers to this file (rewritten after each trial)")
-    p.add_argument("--compile", default="default", choices=("default", "auto", "on", "off"),
-                   help="ours: default = what replaylab finetune does (compile on a GPU, not on a CPU)")
+    p.add_argument(
+        "--compile",
+        default="default",
+        choices=("default", "auto", "on", "off"),
+        help="ours: default = what replaylab finetune does (compile on a GPU, not on a CPU)",
+    )
     p.add_argument("--hf-torch-compile", action="store_true", help="transformers.Trainer with torch_compile=True")
-    p.add_argument("--fused-attention", action="store_true",
-                   help="ours with the fused attention kernels (not reproducible on CUDA) instead of finetune's "
-                        "deterministic math kernel; kept for old command lines: --contenders ours,ours-fused,hf "
-                        "measures both side by side in one run")
+    p.add_argument(
+        "--fused-attention",
+        action="store_true",
+        help="ours with the fused attention kernels (not reproducible on CUDA) instead of finetune's "
+        "deterministic math kernel; kept for old command lines: --contenders ours,ours-fused,hf "
+        "measures both side by side in one run",
+    )
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - {"full", "lora"}:
@@ -130,8 +155,11 @@ def parse_args(argv=None):
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = [c for c in contenders if c not in LABELS]
     if not contenders or unknown or len(set(contenders)) != len(contenders):
-        p.error(f"--contenders {args.contenders!r}: " + (f"unknown {', '.join(unknown)}; " if unknown else "")
-                + f"give distinct names from {', '.join(LABELS)}")
+        p.error(
+            f"--contenders {args.contenders!r}: "
+            + (f"unknown {', '.join(unknown)}; " if unknown else "")
+            + f"give distinct names from {', '.join(LABELS)}"
+        )
     if args.fused_attention and {"ours", "ours-fused"} <= set(contenders):
         p.error("--fused-attention makes ours fused too: drop it to compare ours with ours-fused")
     if args.warmup_steps < 1 or args.steps < 1 or args.trials < 1:
@@ -163,9 +191,12 @@ class StepClock:
         timed = len(self.ends) - warmup
         assert timed >= 1 and len(self.begins) == len(self.ends), (len(self.begins), len(self.ends))
         window = self.ends[-1] - self.ends[warmup - 1]
-        return {"tokens_per_s": timed * tokens_per_step / window, "window_s": window,
-                "step_s": [b - a for a, b in zip(self.ends[warmup - 1:], self.ends[warmup:])],  # end to end
-                "step_compute_s": [e - b for b, e in zip(self.begins[warmup:], self.ends[warmup:])]}  # begin to end
+        return {
+            "tokens_per_s": timed * tokens_per_step / window,
+            "window_s": window,
+            "step_s": [b - a for a, b in zip(self.ends[warmup - 1 :], self.ends[warmup:])],  # end to end
+            "step_compute_s": [e - b for b, e in zip(self.begins[warmup:], self.ends[warmup:])],
+        }  # begin to end
 
 
 class TimedModule:
@@ -230,24 +261,35 @@ def save_random_model(folder: Path, layers: int) -> dict:
 
 def finetune_config(args, mode: str, total_steps: int):
     """The RunConfig `replaylab finetune` would get for this shape (no data, no eval, no saving)."""
-    return FinetuneConfig(seq_len=args.seq_len, batch_size=args.batch, max_steps=total_steps, replay=None,
-                          lora={"enabled": mode == "lora"}, optim={"lr": LR}, precision=args.precision,
-                          device=args.device, log_every=10**9, progress="off", save_final=False)
+    return FinetuneConfig(
+        seq_len=args.seq_len,
+        batch_size=args.batch,
+        max_steps=total_steps,
+        replay=None,
+        lora={"enabled": mode == "lora"},
+        optim={"lr": LR},
+        precision=args.precision,
+        device=args.device,
+        log_every=10**9,
+        progress="off",
+        save_final=False,
+    )
 
 
 def n_params(model: torch.nn.Module) -> tuple[int, int]:
     """(base parameters, trainable parameters) of a model (LoRA adapters are not base parameters)."""
     named = list(model.named_parameters())  # a tied weight is listed once
-    return (sum(p.numel() for n, p in named if "lora_" not in n),
-            sum(p.numel() for _, p in named if p.requires_grad))
+    return (sum(p.numel() for n, p in named if "lora_" not in n), sum(p.numel() for _, p in named if p.requires_grad))
 
 
-def trial_ours(args, mode: str, folder: str, device: torch.device, dtype, *, fused: bool,
-               regional: bool = False) -> dict:
+def trial_ours(
+    args, mode: str, folder: str, device: torch.device, dtype, *, fused: bool, regional: bool = False
+) -> dict:
     total = args.warmup_steps + args.steps
     cfg = finetune_config(args, mode, total)
-    plan = plan_mix(budget=args.batch * total, target_epochs=1.0, replay_fraction=0.0, batch_size=args.batch,
-                    max_steps=total)
+    plan = plan_mix(
+        budget=args.batch * total, target_epochs=1.0, replay_fraction=0.0, batch_size=args.batch, max_steps=total
+    )
     scfg = sampler_config(cfg, plan, tokenizer="random")  # the one-stage RunConfig finetune trains
     # The run's own settings, as `replaylab finetune --compile regional --no-deterministic` would set them.
     cfg.model.compile = "regional" if regional else cfg.model.compile
@@ -257,31 +299,58 @@ def trial_ours(args, mode: str, folder: str, device: torch.device, dtype, *, fus
     # As run_finetune does: the model is built and its compile trialled inside the engine's deterministic mode
     # (math attention on CUDA; unless `fused`), so the trial's graphs are the ones the steps run (dynamo
     # guards on the deterministic-algorithms setting: a trial outside it would recompile at the first step).
-    with tempfile.TemporaryDirectory(prefix="hf_bench_run.") as run_dir, ExitStack() as held, \
-            runtime.deterministic_run(device, cfg.train.deterministic):
+    with (
+        tempfile.TemporaryDirectory(prefix="hf_bench_run.") as run_dir,
+        ExitStack() as held,
+        runtime.deterministic_run(device, cfg.train.deterministic),
+    ):
         t0 = time.perf_counter()
         model = build_model(cfg, folder, device)
         clock = StepClock(device)
         sampler = RandomSampler(batch=args.batch, seq_len=args.seq_len, vocab=SMOLLM2_135M["vocab_size"])
         rows = (0, scfg.train.micro_batch_size or scfg.train.batch_size)
         example = torch.from_numpy(sampler.batch(0, rows=rows)[0]).to(device)
-        module = TimedModule(HFCausalLMModule(model, scfg.optim, device=device, dtype=dtype, example=example,
-                                              compile_spec=spec), clock)
+        module = TimedModule(
+            HFCausalLMModule(model, scfg.optim, device=device, dtype=dtype, example=example, compile_spec=spec), clock
+        )
         build_s = time.perf_counter() - t0
-        run = RunFolder(run_dir, cfg, resume=False, overwrite=False, dist=DistInfo(), device=device, held=held,
-                        resume_hint="(benchmark)")
-        with Trainer(config=scfg, module=module, sampler=sampler, eval_sets=[], folder=run, start=0, rows=rows,
-                     logger_config=cfg, checkpoint_at_end=False) as trainer:
+        run = RunFolder(
+            run_dir,
+            cfg,
+            resume=False,
+            overwrite=False,
+            dist=DistInfo(),
+            device=device,
+            held=held,
+            resume_hint="(benchmark)",
+        )
+        with Trainer(
+            config=scfg,
+            module=module,
+            sampler=sampler,
+            eval_sets=[],
+            folder=run,
+            start=0,
+            rows=rows,
+            logger_config=cfg,
+            checkpoint_at_end=False,
+        ) as trainer:
             if trainer.fit() is None:
                 raise RuntimeError(f"{label}: the run diverged: {trainer.diverged}")
     loss = float(torch.stack(module.losses).float().mean())
     base, trainable = n_params(model)
-    return {"build_s": build_s, "mean_loss": loss, "base_params": base, "trainable_params": trainable,
-            **clock.result(args.warmup_steps, args.batch * args.seq_len)}
+    return {
+        "build_s": build_s,
+        "mean_loss": loss,
+        "base_params": base,
+        "trainable_params": trainable,
+        **clock.result(args.warmup_steps, args.batch * args.seq_len),
+    }
 
 
 def trial_hf(args, mode: str, folder: str, device: torch.device, dtype) -> dict:
-    from transformers import PrinterCallback, Trainer as HFTrainer, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+    from transformers import Trainer as HFTrainer
 
     class Clock(TrainerCallback):
         def __init__(self, clock: StepClock):
@@ -314,20 +383,42 @@ def trial_hf(args, mode: str, folder: str, device: torch.device, dtype) -> dict:
     warmup = {"warmup_ratio": 0.01} if "warmup_ratio" in fields else {"warmup_steps": 0.01}
     with tempfile.TemporaryDirectory(prefix="hf_bench_trainer.") as out_dir:
         targs = TrainingArguments(
-            output_dir=out_dir, per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-            bf16=dtype == torch.bfloat16, max_steps=total, logging_steps=10**9, save_strategy="no",
-            eval_strategy="no", report_to=[], dataloader_num_workers=0, disable_tqdm=True,
-            optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch", max_grad_norm=1.0,
-            learning_rate=LR, lr_scheduler_type="cosine", adam_beta2=0.95, weight_decay=0.1, seed=0,
-            use_cpu=device.type == "cpu", torch_compile=args.hf_torch_compile, **warmup)
-        trainer = HFTrainer(model=model, args=targs, train_dataset=RandomTokens(args.batch * total),
-                            callbacks=[Clock(clock)])
+            output_dir=out_dir,
+            per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=1,
+            bf16=dtype == torch.bfloat16,
+            max_steps=total,
+            logging_steps=10**9,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
+            max_grad_norm=1.0,
+            learning_rate=LR,
+            lr_scheduler_type="cosine",
+            adam_beta2=0.95,
+            weight_decay=0.1,
+            seed=0,
+            use_cpu=device.type == "cpu",
+            torch_compile=args.hf_torch_compile,
+            **warmup,
+        )
+        trainer = HFTrainer(
+            model=model, args=targs, train_dataset=RandomTokens(args.batch * total), callbacks=[Clock(clock)]
+        )
         trainer.remove_callback(PrinterCallback)  # it prints the end-of-run metrics (disable_tqdm adds it)
         build_s = time.perf_counter() - t0
         out = trainer.train()
     base, trainable = n_params(model)
-    return {"build_s": build_s, "mean_loss": out.training_loss, "base_params": base, "trainable_params": trainable,
-            **clock.result(args.warmup_steps, args.batch * args.seq_len)}
+    return {
+        "build_s": build_s,
+        "mean_loss": out.training_loss,
+        "base_params": base,
+        "trainable_params": trainable,
+        **clock.result(args.warmup_steps, args.batch * args.seq_len),
+    }
 
 
 def summarize(trials: list[dict], args, peak: float | None) -> dict:
@@ -365,24 +456,38 @@ def main(argv=None) -> None:
     gpu = device.type == "cuda"
     peak = args.peak_tflops * 1e12 if gpu else None
     trials: list[dict] = []
-    runners = {"ours": functools.partial(trial_ours, fused=args.fused_attention),
-               "ours-fused": functools.partial(trial_ours, fused=True),
-               "ours-regional": functools.partial(trial_ours, fused=args.fused_attention, regional=True), "hf": trial_hf}
+    runners = {
+        "ours": functools.partial(trial_ours, fused=args.fused_attention),
+        "ours-fused": functools.partial(trial_ours, fused=True),
+        "ours-regional": functools.partial(trial_ours, fused=args.fused_attention, regional=True),
+        "hf": trial_hf,
+    }
     width = max(map(len, args.contenders))
 
     def record() -> dict:
         if hasattr(os, "getloadavg"):
             info["load_avg_end"] = os.getloadavg()  # at this write: the end, for the last one
-        return {"machine": info, "args": vars(args), "model": model_info, "precision": precision,
-                "tokens_per_step": tokens, "peak_flops": peak, "summary": summarize(trials, args, peak),
-                "trials_planned": len(args.modes) * args.trials * len(args.contenders), "trials": trials}
+        return {
+            "machine": info,
+            "args": vars(args),
+            "model": model_info,
+            "precision": precision,
+            "tokens_per_step": tokens,
+            "peak_flops": peak,
+            "summary": summarize(trials, args, peak),
+            "trials_planned": len(args.modes) * args.trials * len(args.contenders),
+            "trials": trials,
+        }
 
     with tempfile.TemporaryDirectory(prefix="hf_bench_model.") as folder:
         model_info = save_random_model(Path(folder), args.layers)
         hw = info.get("gpu") or f"{info['cpu']}, {info['threads']} threads"
-        print(f"SmolLM2-135M shape, {args.layers} layers, {model_info['params'] / 1e6:.1f}M params, random weights; "
-              f"{hw}; {precision}; {args.batch} x {args.seq_len} = {tokens} tokens/step; torch {info['torch']}, "
-              f"transformers {info['transformers']}", flush=True)
+        print(
+            f"SmolLM2-135M shape, {args.layers} layers, {model_info['params'] / 1e6:.1f}M params, random weights; "
+            f"{hw}; {precision}; {args.batch} x {args.seq_len} = {tokens} tokens/step; torch {info['torch']}, "
+            f"transformers {info['transformers']}",
+            flush=True,
+        )
         for mode in args.modes:
             for r in range(args.trials):
                 # ABBA: drift (heat, other processes' load) hits every contender alike
@@ -397,15 +502,23 @@ def main(argv=None) -> None:
                         res = {"error": one_line(e)}
                     if gpu:
                         res["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-                    res.update(mode=mode, contender=name, trial=r, total_s=time.perf_counter() - t0,
-                               threads=torch.get_num_threads())  # (a library that changed it would show here)
+                    res.update(
+                        mode=mode,
+                        contender=name,
+                        trial=r,
+                        total_s=time.perf_counter() - t0,
+                        threads=torch.get_num_threads(),
+                    )  # (a library that changed it would show here)
                     trials.append(res)
                     head = f"  {mode:4s} trial {r} {name:{width}s}:"
                     if "error" in res:
                         print(f"{head} error: {res['error']} ({res['total_s']:.1f} s)", flush=True)
                     else:
-                        print(f"{head} {res['tokens_per_s']:,.0f} tokens/s "
-                              f"(loss {res['mean_loss']:.4f}, {res['total_s']:.1f} s)", flush=True)
+                        print(
+                            f"{head} {res['tokens_per_s']:,.0f} tokens/s "
+                            f"(loss {res['mean_loss']:.4f}, {res['total_s']:.1f} s)",
+                            flush=True,
+                        )
                     gc.collect()  # (after a failed trial: frees what its traceback held)
                     if gpu:
                         torch.cuda.empty_cache()
@@ -413,8 +526,9 @@ def main(argv=None) -> None:
                         write_json(args.json, record())
 
     summary = summarize(trials, args, peak)
-    print("\n| mode | trainer | trainable params | median tokens/s | per trial | mean loss |"
-          + (" MFU |" if peak else ""))
+    print(
+        "\n| mode | trainer | trainable params | median tokens/s | per trial | mean loss |" + (" MFU |" if peak else "")
+    )
     print("|---|---|---|---|---|---|" + ("---|" if peak else ""))
     for mode in args.modes:
         for name in args.contenders:
@@ -424,9 +538,11 @@ def main(argv=None) -> None:
             ok = [t for t in mine if "error" not in t]
             per = ", ".join("error" if "error" in t else f"{t['tokens_per_s']:,.0f}" for t in mine)
             entry = summary[f"{mode}/{name}"]
-            print(f"| {mode} | {LABELS[name]} | {ok[0]['trainable_params'] / 1e6:.2f}M | {entry['tokens_per_s']:,.0f} "
-                  f"| {per} | {statistics.median(t['mean_loss'] for t in ok):.4f} |"
-                  + (f" {entry['mfu']:.1%} |" if peak else ""))
+            print(
+                f"| {mode} | {LABELS[name]} | {ok[0]['trainable_params'] / 1e6:.2f}M | {entry['tokens_per_s']:,.0f} "
+                f"| {per} | {statistics.median(t['mean_loss'] for t in ok):.4f} |"
+                + (f" {entry['mfu']:.1%} |" if peak else "")
+            )
     print()
     for mode in args.modes:
         for key, _, _, text in RATIOS:

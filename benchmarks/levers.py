@@ -29,6 +29,7 @@ def cce_unavailable(device: torch.device) -> str | None:
 def cce_loss(filter_eps):
     """A loss builder (model, autocast dtype) -> tokens (B, T+1) -> mean loss: the model body compiled, the output
     layer and cross-entropy in cut-cross-entropy's kernel, which never stores the logits."""
+
     def build(model: Transformer, dtype: torch.dtype | None):
         from cut_cross_entropy import linear_cross_entropy
 
@@ -40,7 +41,9 @@ def cce_loss(filter_eps):
             h = body(tokens[:, :-1])
             dt = dtype or h.dtype
             return linear_cross_entropy(h.to(dt), model.output_weight().to(dt), tokens[:, 1:], filter_eps=filter_eps)
+
         return loss
+
     return build
 
 
@@ -48,7 +51,8 @@ def fp8_unavailable(device: torch.device) -> str | None:
     if device.type != "cuda":
         return "float8 matmuls need a CUDA GPU"
     if torch.cuda.get_device_capability(device) < (8, 9):
-        return f"float8 matmuls need compute capability 8.9+ (Ada, Hopper); this GPU has {torch.cuda.get_device_capability(device)}"
+        capability = torch.cuda.get_device_capability(device)
+        return f"float8 matmuls need compute capability 8.9+ (Ada, Hopper); this GPU has {capability}"
     try:
         import torchao.float8  # noqa: F401
     except ImportError as e:
@@ -63,6 +67,7 @@ def to_fp8(model: Transformer, head: bool) -> Transformer:
     def keep(module, fqn):  # float8 matmuls need both dimensions divisible by 16
         ok = isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
         return ok and (head or fqn != "lm_head")
+
     return convert_to_float8_training(model, module_filter_fn=keep)
 
 

@@ -39,8 +39,10 @@ def main(argv=None) -> None:
     flops = flops_per_token(cfg.model, parameter_counts(cfg.model), seq)
     rate = statistics.median(rates)
     tokens = cfg.train.batch_size * seq
-    print(f"median tokens/s over steps 2+: {rate:,.0f}; {tokens / rate:.2f} s/step; "
-          f"MFU {flops * rate / (args.peak_tflops * 1e12):.1%} of {args.peak_tflops:g} TFLOP/s")
+    print(
+        f"median tokens/s over steps 2+: {rate:,.0f}; {tokens / rate:.2f} s/step; "
+        f"MFU {flops * rate / (args.peak_tflops * 1e12):.1%} of {args.peak_tflops:g} TFLOP/s"
+    )
 
 
 if __name__ == "__main__":

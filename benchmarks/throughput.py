@@ -88,27 +88,46 @@ def parse_args(argv=None):
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--batch", type=int, default=32, help="sequences per step")
-    p.add_argument("--micro-batch", type=int,
-                   help="sequences per forward pass of ours (train.micro_batch_size; default: --batch)")
+    p.add_argument(
+        "--micro-batch", type=int, help="sequences per forward pass of ours (train.micro_batch_size; default: --batch)"
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 = one sweep worker per core)")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=5, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per contender (after compiling)")
-    p.add_argument("--only", default="", help="comma-separated contender keys (or name prefixes) to run (default: all "
-                                              "but the levers)")
+    p.add_argument(
+        "--only",
+        default="",
+        help="comma-separated contender keys (or name prefixes) to run (default: all but the levers)",
+    )
     p.add_argument("--levers", action="store_true", help="also run every lever (see the docstring)")
     p.add_argument("--repeat", default="", help="comma-separated contender keys to run twice and compare bit for bit")
-    p.add_argument("--split-steps", type=int, default=5,
-                   help="steps of ours/auto timed in two parts (forward+backward, clip+AdamW); 0 = skip")
-    p.add_argument("--accumulate", type=int, default=64,
-                   help="micro-batches per optimizer step for the optimizer-share estimate (paper: 1024 / 16)")
+    p.add_argument(
+        "--split-steps",
+        type=int,
+        default=5,
+        help="steps of ours/auto timed in two parts (forward+backward, clip+AdamW); 0 = skip",
+    )
+    p.add_argument(
+        "--accumulate",
+        type=int,
+        default=64,
+        help="micro-batches per optimizer step for the optimizer-share estimate (paper: 1024 / 16)",
+    )
     p.add_argument("--json", help="write every measurement here (after each phase)")
-    p.add_argument("--deadline", type=float, default=0,
-                   help="seconds after which no further contender is built and warmed: the timing rounds then run "
-                        "with those warmed (for a run under a time limit); 0 = none")
-    p.add_argument("--emulated-bf16", action="store_true",
-                   help="also time bf16 on a CPU without avx512_bf16/AMX (emulated: 10-20x slower, off by default)")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=0,
+        help="seconds after which no further contender is built and warmed: the timing rounds then run "
+        "with those warmed (for a run under a time limit); 0 = none",
+    )
+    p.add_argument(
+        "--emulated-bf16",
+        action="store_true",
+        help="also time bf16 on a CPU without avx512_bf16/AMX (emulated: 10-20x slower, off by default)",
+    )
     p.add_argument("--peak-tflops", type=float, help="GPU peak bf16 TFLOP/s for MFU (default: from the GPU name)")
     args = p.parse_args(argv)
     if min(args.steps, args.rounds, args.warmup) < 1:
@@ -131,25 +150,46 @@ class Contender:
     every step (deterministic mode, say); `loss_fn(model, dtype)`, when given, builds the loss function that
     replaces ours (the levers)."""
 
-    def __init__(self, key, name, model, dtype, compile_, device, hf: bool, example: torch.Tensor,
-                 context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                 loss_fn: Callable | None = None, micro: int | None = None):
+    def __init__(
+        self,
+        key,
+        name,
+        model,
+        dtype,
+        compile_,
+        device,
+        hf: bool,
+        example: torch.Tensor,
+        context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        loss_fn: Callable | None = None,
+        micro: int | None = None,
+    ):
         self.key, self.name, self.dtype, self.device, self.hf, self.context = key, name, dtype, device, hf, context
         self.model = model.to(device).train()
         self.micro = micro
         with self.context():
             if hf:
-                self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1,
-                                             **adamw_kwargs("auto", device))
+                self.opt = torch.optim.AdamW(
+                    self.model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1, **adamw_kwargs("auto", device)
+                )
                 step_model = torch.compile(self.model) if compile_ else self.model
                 # shift_labels: score all T next tokens, as ours does (labels alone would drop the last one)
-                self.loss_fn = lambda t: step_model(input_ids=t[:, :-1], labels=t[:, 1:],
-                                                    shift_labels=t[:, 1:].contiguous(), use_cache=False).loss
+                self.loss_fn = lambda t: (
+                    step_model(
+                        input_ids=t[:, :-1], labels=t[:, 1:], shift_labels=t[:, 1:].contiguous(), use_cache=False
+                    ).loss
+                )
             else:
                 # OptimConfig's defaults are the paper's AdamW (betas 0.9/0.95, decay 0.1 on matrices, clip 1.0).
                 spec = "on" if compile_ and loss_fn is None else "off"  # a lever compiles its own loss
-                self.module = TransformerModule(self.model, OptimConfig(), device=device, dtype=dtype,
-                                                compile_spec=spec, example=example[: micro or len(example)])
+                self.module = TransformerModule(
+                    self.model,
+                    OptimConfig(),
+                    device=device,
+                    dtype=dtype,
+                    compile_spec=spec,
+                    example=example[: micro or len(example)],
+                )
                 if loss_fn is not None:
                     self.module._loss = loss_fn(self.model, dtype)  # micro_loss still applies the autocast
         self.rates: list[float] = []
@@ -193,6 +233,7 @@ class Contender:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
+
         self.step(batch, mark)
         return times[1] - times[0], times[2] - times[1]
 
@@ -212,8 +253,9 @@ class Spec:
     unavailable: str | None = None  # why this contender cannot run here
 
 
-def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, emulated_bf16: bool = False,
-               micro: int | None = None):
+def contenders(
+    cfg: ModelConfig, device: torch.device, example: torch.Tensor, emulated_bf16: bool = False, micro: int | None = None
+):
     from transformers import LlamaForCausalLM
 
     auto_dtype = runtime.resolve_precision("auto", device)
@@ -226,8 +268,19 @@ def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, em
     def ours(key, name, dtype, compile_, prepare=lambda m: m, unavailable=None, **kw):
         def make():
             torch.manual_seed(0)
-            return Contender(key, name, prepare(Transformer(cfg)), dtype, compile_, device, hf=False,
-                             example=example, micro=micro, **kw)
+            return Contender(
+                key,
+                name,
+                prepare(Transformer(cfg)),
+                dtype,
+                compile_,
+                device,
+                hf=False,
+                example=example,
+                micro=micro,
+                **kw,
+            )
+
         return Spec(key, name, make, unavailable)
 
     def hf(key, dtype, compile_):
@@ -237,12 +290,18 @@ def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, em
             model = LlamaForCausalLM._from_config(hf_config(cfg), attn_implementation="sdpa")
             model.load_state_dict(to_hf_state_dict(ref.state_dict(), cfg), strict=False)  # same weights
             return Contender(key, key, model, dtype, compile_, device, hf=True, example=example)
+
         return Spec(key, key, make)
 
     auto = f"{'bf16' if auto_dtype else 'fp32'}{' + compile' if compile_ok else ''}"
     yield ours("ours/auto", f"ours/auto ({auto})", auto_dtype, compile_ok)
-    yield ours("ours/deterministic", f"ours/deterministic ({auto}, math attention on CUDA)", auto_dtype, compile_ok,
-               context=det)
+    yield ours(
+        "ours/deterministic",
+        f"ours/deterministic ({auto}, math attention on CUDA)",
+        auto_dtype,
+        compile_ok,
+        context=det,
+    )
     yield ours("ours/fp32 eager", "ours/fp32 eager", None, False)
     if compile_ok and auto_dtype is None and try_bf16:
         yield ours("ours/bf16 + compile", "ours/bf16 + compile", bf16, True)
@@ -258,14 +317,31 @@ def contenders(cfg: ModelConfig, device: torch.device, example: torch.Tensor, em
 
     # The levers (benchmarks/levers.py). Each says why it cannot run here rather than silently dropping out.
     for key, eps in (("ours/cce", "high"), ("ours/cce-exact", None)):
-        yield ours(key, f"{key} ({auto}, cut-cross-entropy, filter_eps={eps})", auto_dtype, compile_ok,
-                   loss_fn=levers.cce_loss(eps), unavailable=levers.cce_unavailable(device) or no_compile)
+        yield ours(
+            key,
+            f"{key} ({auto}, cut-cross-entropy, filter_eps={eps})",
+            auto_dtype,
+            compile_ok,
+            loss_fn=levers.cce_loss(eps),
+            unavailable=levers.cce_unavailable(device) or no_compile,
+        )
     for key, head in (("ours/fp8", True), ("ours/fp8-body", False)):
-        yield ours(key, f"{key} (float8 {'all linears' if head else 'all but the output layer'} + compile)",
-                   auto_dtype, compile_ok, prepare=lambda m, head=head: levers.to_fp8(m, head),
-                   unavailable=levers.fp8_unavailable(device) or no_compile)
-    yield ours("ours/max-autotune", f"ours/max-autotune ({auto}, mode=max-autotune-no-cudagraphs)", auto_dtype,
-               compile_ok, loss_fn=levers.autotuned_loss, unavailable=levers.gpu_only(device) or no_compile)
+        yield ours(
+            key,
+            f"{key} (float8 {'all linears' if head else 'all but the output layer'} + compile)",
+            auto_dtype,
+            compile_ok,
+            prepare=lambda m, head=head: levers.to_fp8(m, head),
+            unavailable=levers.fp8_unavailable(device) or no_compile,
+        )
+    yield ours(
+        "ours/max-autotune",
+        f"ours/max-autotune ({auto}, mode=max-autotune-no-cudagraphs)",
+        auto_dtype,
+        compile_ok,
+        loss_fn=levers.autotuned_loss,
+        unavailable=levers.gpu_only(device) or no_compile,
+    )
 
 
 def selected(spec: Spec, only: set[str], with_levers: bool) -> bool:
@@ -299,13 +375,26 @@ def main(argv=None) -> None:
     tokens = args.batch * args.seq_len
     info = machine(device)
     hw = info.get("gpu") or f"{info['cpu']}, {info['threads']} threads, native bf16: {info['native_bf16']}"
-    print(f"{describe(cfg)}\n{hw}; torch {torch.__version__}; {args.batch} x {args.seq_len} = {tokens} tokens/step",
-          flush=True)
-    peak = (args.peak_tflops * 1e12 if args.peak_tflops else
-            next((v for k, v in PEAK_BF16.items() if k in hw), None)) if device.type == "cuda" else None
+    print(
+        f"{describe(cfg)}\n{hw}; torch {torch.__version__}; {args.batch} x {args.seq_len} = {tokens} tokens/step",
+        flush=True,
+    )
+    peak = (
+        (args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in hw), None))
+        if device.type == "cuda"
+        else None
+    )
     fpt = flops_per_token(cfg, counts, args.seq_len)
-    record = {"machine": info, "args": vars(args), "model": describe(cfg), "tokens_per_step": tokens,
-              "flops_per_token": fpt, "peak_flops": peak, "contenders": {}, "skipped": {}}
+    record = {
+        "machine": info,
+        "args": vars(args),
+        "model": describe(cfg),
+        "tokens_per_step": tokens,
+        "flops_per_token": fpt,
+        "peak_flops": peak,
+        "contenders": {},
+        "skipped": {},
+    }
 
     runs: list[Contender] = []
     began = time.perf_counter()
@@ -349,12 +438,20 @@ def main(argv=None) -> None:
             c.rates.append(tokens * args.steps / (time.perf_counter() - t0))
     for c in runs:
         rate = statistics.median(c.rates)
-        record["contenders"][c.name] = {"key": c.key, "tokens_per_s": rate, "rounds": c.rates,
-                                        "warmup_s": c.warmup_s, "first_loss": c.losses[0],
-                                        "mfu": fpt * rate / peak if peak else None}
+        record["contenders"][c.name] = {
+            "key": c.key,
+            "tokens_per_s": rate,
+            "rounds": c.rates,
+            "warmup_s": c.warmup_s,
+            "first_loss": c.losses[0],
+            "mfu": fpt * rate / peak if peak else None,
+        }
     write_json(args.json, record)
 
-    print(f"\n| setting | tokens/s (median of {args.rounds}) | warm-up + compile s | first loss |" + (" MFU |" if peak else ""))
+    print(
+        f"\n| setting | tokens/s (median of {args.rounds}) | warm-up + compile s | first loss |"
+        + (" MFU |" if peak else "")
+    )
     print("|---|---|---|---|" + ("---|" if peak else ""))
     for c in runs:
         r = record["contenders"][c.name]
@@ -381,10 +478,16 @@ def main(argv=None) -> None:
             same_losses = a.losses == b.losses
             diff = max(abs(x - y) for x, y in zip(a.losses, b.losses))
             same_params = a.checksum() == b.checksum()
-            print(f"repeat {key}: {len(a.losses)} steps, losses {'bit-identical' if same_losses else 'DIFFER'} "
-                  f"(max |diff| {diff:.3g}), parameters {'bit-identical' if same_params else 'DIFFER'}")
-            record.setdefault("repeat", {})[key] = {"steps": len(a.losses), "losses_identical": same_losses,
-                                                     "max_loss_diff": diff, "params_identical": same_params}
+            print(
+                f"repeat {key}: {len(a.losses)} steps, losses {'bit-identical' if same_losses else 'DIFFER'} "
+                f"(max |diff| {diff:.3g}), parameters {'bit-identical' if same_params else 'DIFFER'}"
+            )
+            record.setdefault("repeat", {})[key] = {
+                "steps": len(a.losses),
+                "losses_identical": same_losses,
+                "max_loss_diff": diff,
+                "params_identical": same_params,
+            }
 
     # The optimizer's share of a step: the most that a faster optimizer step (CUDA graphs, compiled AdamW) can gain.
     if auto and args.split_steps:
@@ -392,11 +495,19 @@ def main(argv=None) -> None:
         fb, opt = statistics.median(p[0] for p in parts), statistics.median(p[1] for p in parts)
         fb /= args.batch // args.micro_batch  # the step ran batch / micro-batch forward+backward passes
         at_batch = opt / (args.accumulate * fb + opt)
-        print(f"optimizer step (clip + AdamW) of ours/auto: {opt * 1e3:.2f} ms vs {fb * 1e3:.1f} ms forward+backward "
-              f"per micro-batch of {args.micro_batch}: {opt / (fb + opt):.2%} of a one-micro-batch step, {at_batch:.3%} of a step of "
-              f"{args.accumulate} micro-batches")
-        record["optimizer_share"] = {"forward_backward_s": fb, "optimizer_s": opt, "share_of_micro_step": opt / (fb + opt),
-                                     "accumulate": args.accumulate, "share_at_accumulate": at_batch}
+        print(
+            f"optimizer step (clip + AdamW) of ours/auto: {opt * 1e3:.2f} ms vs {fb * 1e3:.1f} ms forward+backward "
+            f"per micro-batch of {args.micro_batch}: {opt / (fb + opt):.2%} of a one-micro-batch step, "
+            f"{at_batch:.3%} of a step of "
+            f"{args.accumulate} micro-batches"
+        )
+        record["optimizer_share"] = {
+            "forward_backward_s": fb,
+            "optimizer_s": opt,
+            "share_of_micro_step": opt / (fb + opt),
+            "accumulate": args.accumulate,
+            "share_at_accumulate": at_batch,
+        }
     write_json(args.json, record)
     if args.json:
         print(f"wrote {args.json}")

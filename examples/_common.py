@@ -51,10 +51,19 @@ def tiny_world(folder: str | Path, *, hidden: int = 256, layers: int = 2, max_po
         sample.write_text("".join(json.dumps({"text": t}) + "\n" for t in target + replay))
         tok = train_tokenizer([str(sample)], vocab_size=512, out=build / "tokenizer", sample_bytes=400_000)
         torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                             num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                             max_position_embeddings=max_positions, eos_token_id=tok.eos_id, bos_token_id=tok.eos_id,
-                             pad_token_id=tok.eos_id, tie_word_embeddings=True)
+        config = LlamaConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=max_positions,
+            eos_token_id=tok.eos_id,
+            bos_token_id=tok.eos_id,
+            pad_token_id=tok.eos_id,
+            tie_word_embeddings=True,
+        )
         LlamaForCausalLM(config).save_pretrained(build / "model")
         for name in ("tokenizer.json", "tokenizer_config.json"):  # the model's own tokenizer, as on the Hub
             (build / "model" / name).write_bytes((build / "tokenizer" / name).read_bytes())
@@ -80,16 +89,26 @@ def summarize(mix, steps: int, verbose: bool = True) -> dict:
     counts = [mix.domain_counts(s) for s in range(steps)]
     shares = [c.get("replay", 0) / mix.batch_size for c in counts]
     drawn = sum(c["target"] for c in counts)
-    out = {"steps": steps, "batch_replay_share_min": min(shares), "batch_replay_share_max": max(shares),
-           "replay_share": sum(shares) / steps, "target_draws": drawn,
-           "target_epochs": drawn / mix.plan.budget, "planned": mix.target_exposure()}
+    out = {
+        "steps": steps,
+        "batch_replay_share_min": min(shares),
+        "batch_replay_share_max": max(shares),
+        "replay_share": sum(shares) / steps,
+        "target_draws": drawn,
+        "target_epochs": drawn / mix.plan.budget,
+        "planned": mix.target_exposure(),
+    }
     if not verbose:
         return out
-    print(f"trained {steps} steps of {mix.batch_size} x {mix.seq_len} tokens; replay share per batch: "
-          f"min {out['batch_replay_share_min']:.4f}, max {out['batch_replay_share_max']:.4f} (asked "
-          f"{mix.replay_fraction:g}); over the run {out['replay_share']:.4f}")
-    print(f"target: {drawn} sequences drawn = {out['target_epochs']:.4g} passes over the budget of "
-          f"{mix.plan.budget} (the full run: {mix.target_exposure()['draws']})")
+    print(
+        f"trained {steps} steps of {mix.batch_size} x {mix.seq_len} tokens; replay share per batch: "
+        f"min {out['batch_replay_share_min']:.4f}, max {out['batch_replay_share_max']:.4f} (asked "
+        f"{mix.replay_fraction:g}); over the run {out['replay_share']:.4f}"
+    )
+    print(
+        f"target: {drawn} sequences drawn = {out['target_epochs']:.4g} passes over the budget of "
+        f"{mix.plan.budget} (the full run: {mix.target_exposure()['draws']})"
+    )
     return out
 
 
@@ -102,8 +121,9 @@ def run_from_command_line(main, doc: str) -> None:
     p.add_argument("--budget", type=int, default=128, help="unique target sequences")
     p.add_argument("--epochs", type=float, default=2.0, help="passes over the target budget")
     p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--workdir", default=None,
-                   help="where the tiny model and outputs go (default: $REPLAYLAB_HOME/examples)")
+    p.add_argument(
+        "--workdir", default=None, help="where the tiny model and outputs go (default: $REPLAYLAB_HOME/examples)"
+    )
     a = p.parse_args()
     main(workdir=a.workdir, replay_fraction=a.replay_fraction, budget=a.budget, epochs=a.epochs, max_steps=a.max_steps)
 
@@ -123,8 +143,17 @@ def trainer_arguments(mix, output_dir: str, *, accumulation: int, lr: float, see
     import torch
 
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    return dict(output_dir=output_dir, per_device_train_batch_size=mix.batch_size // (accumulation * processes),
-                gradient_accumulation_steps=accumulation, learning_rate=lr, lr_scheduler_type="cosine",
-                warmup_steps=max(1, mix.num_steps // 20), logging_steps=max(1, mix.num_steps // 8),
-                save_strategy="no", report_to=[], disable_tqdm=True, seed=seed,
-                use_cpu=not torch.cuda.is_available())  # on a CPU, torchrun runs gloo DDP only with use_cpu
+    return dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=mix.batch_size // (accumulation * processes),
+        gradient_accumulation_steps=accumulation,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, mix.num_steps // 20),
+        logging_steps=max(1, mix.num_steps // 8),
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+    )  # on a CPU, torchrun runs gloo DDP only with use_cpu

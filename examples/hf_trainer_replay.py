@@ -24,21 +24,42 @@ import os
 from _common import default_workdir, run_from_command_line, tiny_world, trainer_arguments, trainer_summary
 
 
-def main(*, workdir: str | None = None, replay_fraction: float = 0.5, budget: int = 128, epochs: float = 2.0,
-         seq_len: int = 128, batch_size: int = 8, accumulation: int = 2, max_steps: int | None = None,
-         lr: float = 1e-3, seed: int = 0) -> dict:
+def main(
+    *,
+    workdir: str | None = None,
+    replay_fraction: float = 0.5,
+    budget: int = 128,
+    epochs: float = 2.0,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    accumulation: int = 2,
+    max_steps: int | None = None,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> dict:
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from replaylab import ReplayMixture
 
     workdir = workdir or default_workdir()
     world = tiny_world(workdir)
-    mix = ReplayMixture(world["target"], world["replay"], tokenizer=world["model"], replay_fraction=replay_fraction,
-                        budget=budget, epochs=epochs, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps,
-                        seed=seed, rows="global")
-    args = TrainingArguments(num_train_epochs=1,  # one pass over the mixture = its num_steps steps
-                             **trainer_arguments(mix, os.path.join(workdir, "hf_trainer"), accumulation=accumulation,
-                                                 lr=lr, seed=seed))
+    mix = ReplayMixture(
+        world["target"],
+        world["replay"],
+        tokenizer=world["model"],
+        replay_fraction=replay_fraction,
+        budget=budget,
+        epochs=epochs,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        seed=seed,
+        rows="global",
+    )
+    args = TrainingArguments(
+        num_train_epochs=1,  # one pass over the mixture = its num_steps steps
+        **trainer_arguments(mix, os.path.join(workdir, "hf_trainer"), accumulation=accumulation, lr=lr, seed=seed),
+    )
     model = AutoModelForCausalLM.from_pretrained(world["model"])
     trainer = Trainer(model=model, args=args, train_dataset=mix, callbacks=[mix.trainer_callback()])
     trainer.train()

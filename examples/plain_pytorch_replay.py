@@ -23,9 +23,19 @@ import os
 from _common import default_workdir, run_from_command_line, summarize, tiny_world
 
 
-def main(*, workdir: str | None = None, replay_fraction: float = 0.5, budget: int = 128, epochs: float = 2.0,
-         seq_len: int = 128, batch_size: int = 8, micro_batch_size: int = 2, max_steps: int | None = None,
-         lr: float = 1e-3, seed: int = 0) -> dict:
+def main(
+    *,
+    workdir: str | None = None,
+    replay_fraction: float = 0.5,
+    budget: int = 128,
+    epochs: float = 2.0,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    micro_batch_size: int = 2,
+    max_steps: int | None = None,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> dict:
     import torch
     import torch.distributed as dist
     from torch.utils.data import DataLoader
@@ -39,9 +49,18 @@ def main(*, workdir: str | None = None, replay_fraction: float = 0.5, budget: in
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     workdir = workdir or default_workdir()
     world = tiny_world(workdir)
-    mix = ReplayMixture(world["target"], world["replay"], tokenizer=world["model"], replay_fraction=replay_fraction,
-                        budget=budget, epochs=epochs, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps,
-                        seed=seed)
+    mix = ReplayMixture(
+        world["target"],
+        world["replay"],
+        tokenizer=world["model"],
+        replay_fraction=replay_fraction,
+        budget=budget,
+        epochs=epochs,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        seed=seed,
+    )
     accumulation = batch_size // processes // micro_batch_size  # micro-batches per optimizer step, per process
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(world["model"]).to(device)
@@ -64,8 +83,10 @@ def main(*, workdir: str | None = None, replay_fraction: float = 0.5, budget: in
             step, running = step + 1, 0.0
     if rank == 0:
         # What a checkpoint needs to continue the identical stream: the mixture's position, with the weights.
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "data": mix.state_dict()},
-                   os.path.join(workdir, "plain_checkpoint.pt"))
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "data": mix.state_dict()},
+            os.path.join(workdir, "plain_checkpoint.pt"),
+        )
         print(f"{mix}\nloss (rank 0's rows) {losses[0]:.3f} -> {losses[-1]:.3f}")
     out = {**summarize(mix, step, verbose=rank == 0), "losses": losses}
     if dist.is_initialized():

@@ -25,9 +25,19 @@ import os
 from _common import default_workdir, run_from_command_line, tiny_world, trainer_arguments, trainer_summary
 
 
-def main(*, workdir: str | None = None, replay_fraction: float = 0.5, budget: int = 128, epochs: float = 2.0,
-         seq_len: int = 128, batch_size: int = 8, accumulation: int = 2, max_steps: int | None = None,
-         lr: float = 1e-3, seed: int = 0) -> dict:
+def main(
+    *,
+    workdir: str | None = None,
+    replay_fraction: float = 0.5,
+    budget: int = 128,
+    epochs: float = 2.0,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    accumulation: int = 2,
+    max_steps: int | None = None,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -39,18 +49,33 @@ def main(*, workdir: str | None = None, replay_fraction: float = 0.5, budget: in
 
     workdir = workdir or default_workdir()
     world = tiny_world(workdir)
-    mix = ReplayMixture(world["target"], world["replay"], tokenizer=world["model"], replay_fraction=replay_fraction,
-                        budget=budget, epochs=epochs, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps,
-                        seed=seed, rows="global")
+    mix = ReplayMixture(
+        world["target"],
+        world["replay"],
+        tokenizer=world["model"],
+        replay_fraction=replay_fraction,
+        budget=budget,
+        epochs=epochs,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        seed=seed,
+        rows="global",
+    )
     args = SFTConfig(
         max_steps=mix.num_steps,
         **trainer_arguments(mix, os.path.join(workdir, "trl_sft"), accumulation=accumulation, lr=lr, seed=seed),
         bf16=torch.cuda.is_available(),  # TRL defaults to bf16; fp32 on a CPU
-        dataset_kwargs={"skip_prepare_dataset": True})  # already tokenized and packed
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )  # already tokenized and packed
     model = AutoModelForCausalLM.from_pretrained(world["model"])
-    trainer = SFTTrainer(model=model, args=args, train_dataset=mix.as_hf_dataset(),
-                         processing_class=AutoTokenizer.from_pretrained(world["model"]),
-                         callbacks=[mix.trainer_callback()])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=mix.as_hf_dataset(),
+        processing_class=AutoTokenizer.from_pretrained(world["model"]),
+        callbacks=[mix.trainer_callback()],
+    )
     trainer.train()
     return trainer_summary(trainer, mix)
 

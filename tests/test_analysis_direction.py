@@ -13,7 +13,13 @@ import pytest
 from test_analysis_law import PILOT_BUDGETS, PILOT_LOSSES, PILOT_NO_REPLAY, PILOT_RHO_HALF
 
 from replaylab.analysis import (
-    FORMS, AnalysisError, NotInvertibleError, analyze_runs, bootstrap_multiplier, data_efficiency, fit_reference_law,
+    FORMS,
+    AnalysisError,
+    NotInvertibleError,
+    analyze_runs,
+    bootstrap_multiplier,
+    data_efficiency,
+    fit_reference_law,
 )
 from replaylab.cli import main as cli
 
@@ -24,11 +30,23 @@ FLAT = {8: 7.0, 16: 7.0, 32: 7.0, 64: 7.0}
 def _table(reference: dict[int, float], baseline: float, candidate: float, seeds=(0, 1), spread=0.01) -> pd.DataFrame:
     rows = []
     for s in seeds:
-        rows += [dict(strategy="reference", target_domain="t", seed=s, budget=b, target_test_loss=v + s * spread)
-                 for b, v in reference.items()]
-        rows += [dict(strategy="finetune", target_domain="t", seed=s, budget=32, rho=rho, alpha=1.0,
-                      target_val_loss=v + s * spread, target_test_loss=v + s * spread)
-                 for rho, v in ((0.0, baseline), (0.5, candidate))]
+        rows += [
+            dict(strategy="reference", target_domain="t", seed=s, budget=b, target_test_loss=v + s * spread)
+            for b, v in reference.items()
+        ]
+        rows += [
+            dict(
+                strategy="finetune",
+                target_domain="t",
+                seed=s,
+                budget=32,
+                rho=rho,
+                alpha=1.0,
+                target_val_loss=v + s * spread,
+                target_test_loss=v + s * spread,
+            )
+            for rho, v in ((0.0, baseline), (0.5, candidate))
+        ]
     return pd.DataFrame(rows)
 
 
@@ -45,8 +63,9 @@ def test_a_reference_that_does_not_fall_is_never_inverted(form, reference, why):
     assert eff.multiplier is None and eff.effective_data is None and eff.baseline_effective_data is None
     assert eff.law_flag == "not inverted" and why in eff.note and eff.describe() == "law not inverted"
     with pytest.raises(AnalysisError, match=why):
-        bootstrap_multiplier({b: [v, v + 0.01] for b, v in reference.items()}, [7.3, 7.31], [7.2, 7.21],
-                             form=form, n_boot=50)
+        bootstrap_multiplier(
+            {b: [v, v + 0.01] for b, v in reference.items()}, [7.3, 7.31], [7.2, 7.21], form=form, n_boot=50
+        )
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -72,8 +91,9 @@ def test_a_degenerate_flag_reaches_every_row_and_output(tmp_path, capsys):
     assert eff.multiplier == pytest.approx(1.30, abs=0.005)
     assert eff.law_flag == "degenerate" and "degenerate paper fit" in eff.note
     ref = pd.DataFrame({"budget": PILOT_BUDGETS, "loss": PILOT_LOSSES})
-    cmp_ = pd.DataFrame({"strategy": "finetune", "budget": 64, "rho": [0.0, 0.5],
-                         "loss": [PILOT_NO_REPLAY, PILOT_RHO_HALF]})
+    cmp_ = pd.DataFrame(
+        {"strategy": "finetune", "budget": 64, "rho": [0.0, 0.5], "loss": [PILOT_NO_REPLAY, PILOT_RHO_HALF]}
+    )
     ref.to_csv(tmp_path / "ref.csv", index=False)
     cmp_.to_csv(tmp_path / "cmp.csv", index=False)
     src = ["--reference", str(tmp_path / "ref.csv"), "--compare", str(tmp_path / "cmp.csv")]
@@ -99,8 +119,22 @@ def test_the_rising_reference_from_the_cli_gives_no_number(tmp_path, capsys):
     _table(RISING, 7.2, 7.3)[lambda d: d.strategy == "reference"].to_csv(tmp_path / "ref.csv", index=False)
     _table(RISING, 7.2, 7.3)[lambda d: d.strategy != "reference"].to_csv(tmp_path / "cmp.csv", index=False)
     for form in FORMS:
-        assert cli(["analyze", "--reference", str(tmp_path / "ref.csv"), "--compare", str(tmp_path / "cmp.csv"),
-                    "--form", form, "--boot", "50"]) == 0, form
+        assert (
+            cli(
+                [
+                    "analyze",
+                    "--reference",
+                    str(tmp_path / "ref.csv"),
+                    "--compare",
+                    str(tmp_path / "cmp.csv"),
+                    "--form",
+                    form,
+                    "--boot",
+                    "50",
+                ]
+            )
+            == 0
+        ), form
         out = capsys.readouterr().out
         assert "law not inverted" in out and "do not fall" in out and "x " not in out.split("┃")[-1], form
 

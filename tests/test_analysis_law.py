@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from replaylab.analysis import (
-    AnalysisError, NotInvertibleError, data_efficiency, fit_reference_law,
+    AnalysisError,
+    NotInvertibleError,
+    data_efficiency,
+    fit_reference_law,
 )
 from replaylab.errors import ReplaylabError
 
@@ -121,13 +124,16 @@ def test_extrapolation_is_flagged():
     assert outside.multiplier == pytest.approx(50.0)
 
 
-@pytest.mark.parametrize("budgets,losses,match", [
-    ([1, 2], [3.0, 2.9], "at least 3 distinct budgets"),
-    ([1, 1, 1, 2], [3.0, 3.1, 3.0, 2.9], "at least 3 distinct budgets"),
-    ([0, 1, 2], [3.0, 2.9, 2.8], "not positive"),
-    ([1, 2, 4], [3.0, float("nan"), 2.8], "finite"),
-    ([1, 2, 4], [3.0, 2.9], "differ in length"),
-])
+@pytest.mark.parametrize(
+    "budgets,losses,match",
+    [
+        ([1, 2], [3.0, 2.9], "at least 3 distinct budgets"),
+        ([1, 1, 1, 2], [3.0, 3.1, 3.0, 2.9], "at least 3 distinct budgets"),
+        ([0, 1, 2], [3.0, 2.9, 2.8], "not positive"),
+        ([1, 2, 4], [3.0, float("nan"), 2.8], "finite"),
+        ([1, 2, 4], [3.0, 2.9], "differ in length"),
+    ],
+)
 def test_bad_inputs_raise_one_clear_error(budgets, losses, match):
     with pytest.raises(AnalysisError, match=match) as e:
         fit_reference_law(budgets, losses)

@@ -20,11 +20,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replaylab.analysis import FORMS, AnalysisError, analyze_runs, bootstrap_multiplier, data_efficiency, fit_reference_law
+from replaylab.analysis import (
+    FORMS,
+    AnalysisError,
+    analyze_runs,
+    bootstrap_multiplier,
+    data_efficiency,
+    fit_reference_law,
+)
 
 BUDGET_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 loss = st.floats(1.0, 9.0, allow_nan=False, allow_infinity=False)
 # The bootstrap refits the law per resample; the robust fit's multi-start costs ~1 s per example.
@@ -104,8 +115,13 @@ def test_multipliers_point_the_way_the_losses_do(form, curve, cand, base, equal)
 
 @pytest.mark.parametrize("form", BOOT_FORMS)
 @settings(SETTINGS, max_examples=15)
-@given(curve=reference_curves(), cand=st.lists(loss, min_size=2, max_size=3),
-       base=st.lists(loss, min_size=2, max_size=3), spread=st.floats(0.0, 0.1), seed=st.integers(0, 3))
+@given(
+    curve=reference_curves(),
+    cand=st.lists(loss, min_size=2, max_size=3),
+    base=st.lists(loss, min_size=2, max_size=3),
+    spread=st.floats(0.0, 0.1),
+    seed=st.integers(0, 3),
+)
 def test_intervals_never_lie_on_the_wrong_side_of_one(form, curve, cand, base, spread, seed):
     budgets, losses = curve
     ref = {b: [v - spread, v + spread] for b, v in zip(budgets, losses)}
@@ -128,11 +144,25 @@ def test_intervals_never_lie_on_the_wrong_side_of_one(form, curve, cand, base, s
 @given(curve=reference_curves(), cells=st.lists(loss, min_size=2, max_size=4))
 def test_every_row_of_an_analysis_points_the_right_way(form, curve, cells):
     budgets, losses = curve
-    rows = [dict(strategy="reference", target_domain="t", seed=s, budget=b, target_test_loss=v + 0.01 * s)
-            for s in (0, 1) for b, v in zip(budgets, losses)]
-    rows += [dict(strategy="finetune", target_domain="t", seed=s, budget=8, rho=i / 10, alpha=1.0,
-                  target_val_loss=v + 0.01 * s, target_test_loss=v + 0.01 * s)
-             for s in (0, 1) for i, v in enumerate(cells)]
+    rows = [
+        dict(strategy="reference", target_domain="t", seed=s, budget=b, target_test_loss=v + 0.01 * s)
+        for s in (0, 1)
+        for b, v in zip(budgets, losses)
+    ]
+    rows += [
+        dict(
+            strategy="finetune",
+            target_domain="t",
+            seed=s,
+            budget=8,
+            rho=i / 10,
+            alpha=1.0,
+            target_val_loss=v + 0.01 * s,
+            target_test_loss=v + 0.01 * s,
+        )
+        for s in (0, 1)
+        for i, v in enumerate(cells)
+    ]
     a = analyze_runs(pd.DataFrame(rows), form=form, n_boot=20)
     dom = a.domains["t"]
     refused = dom.law is None or dom.law.refusal is not None

@@ -7,8 +7,7 @@ import pytest
 from analysis_fixtures import make_sweep
 from run_configs import tiny_raw
 
-from replaylab.analysis import analyze_runs, load_sweep_table
-from replaylab.analysis import plots
+from replaylab.analysis import analyze_runs, load_sweep_table, plots
 from replaylab.cli import main as cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,10 +40,14 @@ def test_each_figure_renders(analysis, sweep, tmp_path):
 def test_law_figure_marks_a_degenerate_fit(tmp_path):
     import pandas as pd
 
-    rows = [dict(strategy="reference", target_domain="code", seed=0, budget=b, target_test_loss=l, target_val_loss=l)
-            for b, l in zip([16, 32, 64, 128, 256, 512, 1024], [6.379, 5.902, 5.432, 4.944, 4.479, 4.052, 3.698])]
-    rows += [dict(strategy="finetune", target_domain="code", seed=0, budget=64, rho=r, target_test_loss=l,
-                  target_val_loss=l) for r, l in ((0.0, 5.498), (0.5, 5.319), (0.75, 5.376))]
+    rows = [
+        dict(strategy="reference", target_domain="code", seed=0, budget=b, target_test_loss=l, target_val_loss=l)
+        for b, l in zip([16, 32, 64, 128, 256, 512, 1024], [6.379, 5.902, 5.432, 4.944, 4.479, 4.052, 3.698])
+    ]
+    rows += [
+        dict(strategy="finetune", target_domain="code", seed=0, budget=64, rho=r, target_test_loss=l, target_val_loss=l)
+        for r, l in ((0.0, 5.498), (0.5, 5.319), (0.75, 5.376))
+    ]
     dom = analyze_runs(pd.DataFrame(rows), form="paper").domains["code"]
     fig = plots.law_figure(dom)
     assert "DEGENERATE" in fig.axes[0].get_title()
@@ -64,7 +67,7 @@ def test_report_command_writes_a_self_contained_report(sweep, tmp_path, capsys):
     assert "report.html" in capsys.readouterr().out
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 + 1 + 1 + 2  # 2 laws, replay, heatmap, 2 curves
-    assert "<img src=\"figures" not in page  # nothing outside the file
+    assert '<img src="figures' not in page  # nothing outside the file
     assert "Headline multipliers" in page and "select half" in page
     md = (out / "report.md").read_text()
     assert "](figures/law_code.png)" in md and "mid-training: best schedule vs baseline" in md
@@ -102,14 +105,25 @@ def test_real_tiny_sweep_end_to_end(tmp_path, prose_store, code_store, tiny_toke
         "name": "analysis-e2e",
         "base": {
             "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
-            "data": {"tokenizer": tiny_tokenizer, "seq_len": 32,
-                     "domains": {"generic": {"source": str(prose_store.path)}, "code": {"source": str(code_store.path)}}},
-            "train": {"total_steps": 16, "batch_size": 4, "precision": "fp32", "compile": "off", "log_every": 4,
-                      "progress": "off"},
+            "data": {
+                "tokenizer": tiny_tokenizer,
+                "seq_len": 32,
+                "domains": {"generic": {"source": str(prose_store.path)}, "code": {"source": str(code_store.path)}},
+            },
+            "train": {
+                "total_steps": 16,
+                "batch_size": 4,
+                "precision": "fp32",
+                "compile": "off",
+                "log_every": 4,
+                "progress": "off",
+            },
             "eval": {"max_sequences": 8, "batch_size": 8},
             "logging": {"tensorboard": False},
         },
-        "target": "code", "target_fraction": "1/16", "seeds": [0, 1],
+        "target": "code",
+        "target_fraction": "1/16",
+        "seeds": [0, 1],
         "strategies": [
             {"strategy": "reference", "grid": {"budget_multiple": [1, 2, 4]}, "args": {"epochs": 2}},
             {"strategy": "finetune", "grid": {"multiplier": [1, 2]}, "lrs": [1e-3, 3e-3], "args": {"epochs": 2}},

@@ -73,18 +73,59 @@ def test_bare_manifests_give_the_same_numbers(tmp_path, analysis):
 def test_selection_uses_the_select_half_not_the_report_half():
     rows = []
     for b, loss in ((1, 3.0), (2, 2.7), (4, 2.5), (8, 2.35)):
-        rows.append(dict(strategy="reference", target_domain="t", seed=0, budget=b, target_test_loss=loss,
-                         target_val_loss=loss))
+        rows.append(
+            dict(strategy="reference", target_domain="t", seed=0, budget=b, target_test_loss=loss, target_val_loss=loss)
+        )
     # LR 1e-3 looks better on the report half but worse on the select half: 3e-3 must be chosen.
-    rows.append(dict(strategy="finetune", target_domain="t", seed=0, rho=0.0, budget=2, lr=1e-3,
-                     target_val_loss=2.80, target_test_loss=2.60))
-    rows.append(dict(strategy="finetune", target_domain="t", seed=0, rho=0.0, budget=2, lr=3e-3,
-                     target_val_loss=2.70, target_test_loss=2.72))
+    rows.append(
+        dict(
+            strategy="finetune",
+            target_domain="t",
+            seed=0,
+            rho=0.0,
+            budget=2,
+            lr=1e-3,
+            target_val_loss=2.80,
+            target_test_loss=2.60,
+        )
+    )
+    rows.append(
+        dict(
+            strategy="finetune",
+            target_domain="t",
+            seed=0,
+            rho=0.0,
+            budget=2,
+            lr=3e-3,
+            target_val_loss=2.70,
+            target_test_loss=2.72,
+        )
+    )
     # rho 0.75 wins on the report half, rho 0.5 on the select half.
-    rows.append(dict(strategy="finetune", target_domain="t", seed=0, rho=0.5, budget=2, lr=3e-3,
-                     target_val_loss=2.55, target_test_loss=2.56))
-    rows.append(dict(strategy="finetune", target_domain="t", seed=0, rho=0.75, budget=2, lr=3e-3,
-                     target_val_loss=2.58, target_test_loss=2.50))
+    rows.append(
+        dict(
+            strategy="finetune",
+            target_domain="t",
+            seed=0,
+            rho=0.5,
+            budget=2,
+            lr=3e-3,
+            target_val_loss=2.55,
+            target_test_loss=2.56,
+        )
+    )
+    rows.append(
+        dict(
+            strategy="finetune",
+            target_domain="t",
+            seed=0,
+            rho=0.75,
+            budget=2,
+            lr=3e-3,
+            target_val_loss=2.58,
+            target_test_loss=2.50,
+        )
+    )
     a = analyze_runs(pd.DataFrame(rows), n_boot=100)
     c = a.domains["t"].comparisons[0]
     assert c.baseline["lr"] == 3e-3 and c.baseline["test_loss"] == 2.72
@@ -93,10 +134,14 @@ def test_selection_uses_the_select_half_not_the_report_half():
 
 
 def test_missing_select_half_is_flagged_or_refused():
-    rows = [dict(strategy="reference", target_domain="t", seed=0, budget=b, target_test_loss=3 - 0.3 * math.log(b))
-            for b in (1, 2, 4)]
-    rows += [dict(strategy="finetune", target_domain="t", seed=0, rho=r, target_test_loss=l)
-             for r, l in ((0.0, 2.9), (0.5, 2.8), (0.75, 2.85))]
+    rows = [
+        dict(strategy="reference", target_domain="t", seed=0, budget=b, target_test_loss=3 - 0.3 * math.log(b))
+        for b in (1, 2, 4)
+    ]
+    rows += [
+        dict(strategy="finetune", target_domain="t", seed=0, rho=r, target_test_loss=l)
+        for r, l in ((0.0, 2.9), (0.5, 2.8), (0.75, 2.85))
+    ]
     c = analyze_runs(pd.DataFrame(rows), n_boot=100).domains["t"].comparisons[0]
     assert "REPORT half" in c.selection
     rows.append(dict(strategy="finetune", target_domain="t", seed=0, rho=0.5, lr=1e-2, target_test_loss=2.7))
@@ -126,8 +171,22 @@ def _write_csvs(sweep, tmp_path):
 
 def test_cli_analyze_from_csv_matches_the_sweep(sweep, tmp_path, capsys):
     ref, cmp_ = _write_csvs(sweep, tmp_path)
-    assert cli(["analyze", "--reference", str(ref), "--compare", str(cmp_), "--boot", "200",
-                "--csv", str(tmp_path / "a.csv")]) == 0
+    assert (
+        cli(
+            [
+                "analyze",
+                "--reference",
+                str(ref),
+                "--compare",
+                str(cmp_),
+                "--boot",
+                "200",
+                "--csv",
+                str(tmp_path / "a.csv"),
+            ]
+        )
+        == 0
+    )
     assert cli(["analyze", str(sweep), "--boot", "200", "--csv", str(tmp_path / "b.csv"), "--cells"]) == 0
     out = capsys.readouterr().out
     assert "fine-tuning: replay vs none" in out and "95% CI" in out and "select half" in out
@@ -142,13 +201,16 @@ def test_cli_analyze_from_csv_matches_the_sweep(sweep, tmp_path, capsys):
     assert "--seeds '0,x'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["analyze"], "nothing to analyze"),
-    (["analyze", "/nonexistent/sweep"], "does not exist"),
-    (["analyze", "--reference", "/nonexistent.csv", "--compare", "/x.csv"], "does not exist"),
-    (["analyze", "--reference", "r.csv"], "go together"),
-    (["report", "--reference", "r.csv", "--compare", "c.csv"], "--out"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["analyze"], "nothing to analyze"),
+        (["analyze", "/nonexistent/sweep"], "does not exist"),
+        (["analyze", "--reference", "/nonexistent.csv", "--compare", "/x.csv"], "does not exist"),
+        (["analyze", "--reference", "r.csv"], "go together"),
+        (["report", "--reference", "r.csv", "--compare", "c.csv"], "--out"),
+    ],
+)
 def test_cli_user_mistakes_are_one_line_exit_2(argv, match, capsys):
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -19,17 +19,35 @@ RUN = {
     "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
     "data": {"tokenizer": "@/tok", "seq_len": 32, "domains": {"generic": {"source": "@/t.jsonl"}}},
     "stages": [{"name": "main", "steps": 4, "mixture": {"generic": 1.0}, "lr": {"peak": 3e-3}}],
-    "train": {"total_steps": 4, "batch_size": 2, "precision": "fp32", "compile": "off", "threads": 1,
-              "progress": "off"},
+    "train": {
+        "total_steps": 4,
+        "batch_size": 2,
+        "precision": "fp32",
+        "compile": "off",
+        "threads": 1,
+        "progress": "off",
+    },
     "logging": {"tensorboard": False},
 }
 BASE = {k: v for k, v in RUN.items() if k != "stages"}
-BASE = {**BASE, "data": {**BASE["data"], "domains": {"generic": {"source": "@/t.jsonl"}, "code": {"source": "@/t.jsonl"}}}}
-EXPERIMENT = {"name": "bad", "base": BASE, "target": "code", "target_fraction": "1/8", "seeds": [0],
-              "strategies": [{"strategy": "finetune", "grid": {"rho": [0, 0.5]}, "args": {"epochs": 1}}]}
-HF_EXPERIMENT = {"name": "bad-hf", "kind": "finetune_hf", "seeds": [0],
-                 "base": {"model": "@/tiny", "target": {"source": "@/t.jsonl", "budget": 4}, "replay": None,
-                          "seq_len": 32}}
+BASE = {
+    **BASE,
+    "data": {**BASE["data"], "domains": {"generic": {"source": "@/t.jsonl"}, "code": {"source": "@/t.jsonl"}}},
+}
+EXPERIMENT = {
+    "name": "bad",
+    "base": BASE,
+    "target": "code",
+    "target_fraction": "1/8",
+    "seeds": [0],
+    "strategies": [{"strategy": "finetune", "grid": {"rho": [0, 0.5]}, "args": {"epochs": 1}}],
+}
+HF_EXPERIMENT = {
+    "name": "bad-hf",
+    "kind": "finetune_hf",
+    "seeds": [0],
+    "base": {"model": "@/tiny", "target": {"source": "@/t.jsonl", "budget": 4}, "replay": None, "seq_len": 32},
+}
 FT = ["finetune", "--model", "@/tiny", "--target", "@/t.jsonl", "--replay", "none", "--seq-len", "32"]
 
 
@@ -84,15 +102,29 @@ def inputs(tmp_path_factory) -> Path:
     (root / "dir").mkdir()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(["some words to read"] * 10, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        ["some words to read"] * 10,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     (root / "tok").mkdir()
     tok.save(str(root / "tok" / "tokenizer.json"))
     # A model folder whose config is all the checks before loading need (no weights: they must not load).
     (root / "tiny").mkdir()
-    (root / "tiny" / "config.json").write_text(json.dumps({
-        "model_type": "llama", "vocab_size": 300, "hidden_size": 16, "intermediate_size": 32,
-        "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 64}))
+    (root / "tiny" / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "vocab_size": 300,
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "max_position_embeddings": 64,
+            }
+        )
+    )
     # A run folder to resume whose manifest.json was cut short, and one whose manifest is not an object.
     for name, manifest in (("cut", '{"config_hash": "ab12", "status": "runn'), ("list", "[1, 2]\n")):
         run = root / "runs" / name
@@ -113,8 +145,11 @@ CASES = [
     ("train-not-utf8", ["train", "@/latin1.yaml"], "is not UTF-8 text (byte 0xe9 at line 1)"),
     ("plan-not-utf8", ["plan", "@/exp_latin1.yaml"], "is not UTF-8 text (byte 0xff at line 1)"),
     ("train-yaml-syntax", ["train", "@/syntax.yaml"], "is not valid YAML at line 2"),
-    ("finetune-config-flat-section", ["finetune", "--config", "@/ft_flat.yaml", "--target", "@/t.jsonl"],
-     "config field target is 'basque', not a section"),
+    (
+        "finetune-config-flat-section",
+        ["finetune", "--config", "@/ft_flat.yaml", "--target", "@/t.jsonl"],
+        "config field target is 'basque', not a section",
+    ),
     ("resume-manifest-truncated", ["train", "--resume", "@/runs/cut"], "manifest.json is not valid JSON"),
     ("resume-manifest-not-object", ["train", "--resume", "@/runs/list"], "holds list, not a JSON object"),
     # 2. duplicate keys
@@ -127,7 +162,11 @@ CASES = [
     ("train-nan-lr", ["train", "@/run.yaml", "stages.0.lr.peak=.nan"], "stages[0].lr.peak: nan is not a finite"),
     ("train-inf-string", ["train", "@/run.yaml", "optim.eps=inf"], "optim.eps: 'inf' is not a finite"),
     ("train-neg-inf-file", ["train", "@/nan_file.yaml"], "optim.weight_decay: -inf is not a finite"),
-    ("train-nan-int-field", ["train", "@/run.yaml", "train.total_steps=.nan"], "train.total_steps: nan is not a finite"),
+    (
+        "train-nan-int-field",
+        ["train", "@/run.yaml", "train.total_steps=.nan"],
+        "train.total_steps: nan is not a finite",
+    ),
     ("train-nan-betas", ["train", "@/run.yaml", "optim.betas=[0.9, .nan]"], "optim.betas[1]: nan is not a finite"),
     ("finetune-nan-lr", FT + ["--lr", "nan"], "optim.lr: nan is not a finite"),
     ("finetune-inf-set", FT + ["--set", "target_epochs=.inf"], "target_epochs: inf is not a finite"),
@@ -140,20 +179,33 @@ CASES = [
     ("plan-args-text", ["plan", "@/exp_args_text.yaml"], "strategy 'finetune' epochs: expected a number"),
     ("plan-hf-grid-zero", ["plan", "@/hf_zero.yaml"], "replay_fraction: '1/0' divides by zero"),
     # 5. analysis options
-    ("analyze-level-above-1", ["analyze", "--reference", "@/r.csv", "--compare", "@/c.csv", "--level", "1.5"],
-     "--level 1.5 is not a confidence level in (0, 1)"),
+    (
+        "analyze-level-above-1",
+        ["analyze", "--reference", "@/r.csv", "--compare", "@/c.csv", "--level", "1.5"],
+        "--level 1.5 is not a confidence level in (0, 1)",
+    ),
     ("analyze-level-nan", ["analyze", "@/dir", "--level", "nan"], "--level nan is not a confidence level"),
     ("report-level-zero", ["report", "@/dir", "--out", "report", "--level", "0"], "--level 0.0 is not a confidence"),
     ("analyze-boot-zero", ["analyze", "@/dir", "--boot", "0"], "--boot 0 is too few bootstrap resamples"),
     # 6. sequence longer than the model's positions
-    ("finetune-seq-len-too-long", FT + ["--seq-len", "128"],
-     "seq_len 128 is longer than model '@/tiny' allows (max_position_embeddings 64); use --seq-len 64 or less"),
+    (
+        "finetune-seq-len-too-long",
+        FT + ["--seq-len", "128"],
+        "seq_len 128 is longer than model '@/tiny' allows (max_position_embeddings 64); use --seq-len 64 or less",
+    ),
     # 7. input files checked before the model loads and before the run folder exists
     ("finetune-target-missing", FT + ["--target", "@/missing.jsonl"], "corpus path '@/missing.jsonl' does not exist"),
-    ("finetune-mc-task-missing", FT + ["--mc-task", "@/none.jsonl"], "multiple-choice task file '@/none.jsonl' does not"),
+    (
+        "finetune-mc-task-missing",
+        FT + ["--mc-task", "@/none.jsonl"],
+        "multiple-choice task file '@/none.jsonl' does not",
+    ),
     ("finetune-mc-task-broken", FT + ["--mc-task", "@/mc_broken.jsonl"], "mc_broken.jsonl:2: not valid JSON"),
-    ("finetune-lm-eval-include-file", FT + ["--lm-eval-include", "@/t.jsonl", "--lm-eval-task", "x"],
-     "eval.lm_eval_include '@/t.jsonl' is not a folder"),
+    (
+        "finetune-lm-eval-include-file",
+        FT + ["--lm-eval-include", "@/t.jsonl", "--lm-eval-task", "x"],
+        "eval.lm_eval_include '@/t.jsonl' is not a folder",
+    ),
     # 8. REPLAYLAB_HOME that cannot be a folder
     ("home-is-a-file", ["data", "list"], "REPLAYLAB_HOME is '@/afile', which is a file, not a folder"),
     ("home-under-a-file", ["data", "list"], "REPLAYLAB_HOME is '@/afile/sub', which cannot be created"),
@@ -177,8 +229,14 @@ def test_bad_input_is_one_line_and_leaves_nothing(inputs, tmp_path, argv, expect
         home = Path(at(expected.split("'")[1]))
     before = _tree(inputs)
     env = {**os.environ, "REPLAYLAB_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "replaylab.cli", *map(at, argv)], cwd=work, env=env,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "replaylab.cli", *map(at, argv)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     command = argv[0]
     assert "Traceback" not in p.stdout + p.stderr, p.stderr
     assert p.returncode == 2, (p.returncode, p.stderr)

@@ -25,8 +25,14 @@ RUN = {
     "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
     "data": {"tokenizer": "@/tok", "seq_len": 32, "domains": {"generic": {"source": "@/t.jsonl"}}},
     "stages": [{"name": "main", "steps": 4, "mixture": {"generic": 1.0}}],
-    "train": {"total_steps": 4, "batch_size": 2, "precision": "fp32", "compile": "off", "threads": 1,
-              "progress": "off"},
+    "train": {
+        "total_steps": 4,
+        "batch_size": 2,
+        "precision": "fp32",
+        "compile": "off",
+        "threads": 1,
+        "progress": "off",
+    },
     "logging": {"tensorboard": False},
 }
 
@@ -43,12 +49,17 @@ def inputs(tmp_path_factory) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     root = tmp_path_factory.mktemp("inputs")
-    (root / "t.jsonl").write_text("".join(json.dumps({"text": f"document {i}: some words to read and more words"})
-                                          + "\n" for i in range(200)))
+    (root / "t.jsonl").write_text(
+        "".join(json.dumps({"text": f"document {i}: some words to read and more words"}) + "\n" for i in range(200))
+    )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(["some words to read"] * 10, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        ["some words to read"] * 10,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     (root / "tok").mkdir()
     tok.save(str(root / "tok" / "tokenizer.json"))
     run = yaml.safe_dump(RUN, sort_keys=False).replace("@/", f"{root}/")
@@ -58,8 +69,11 @@ def inputs(tmp_path_factory) -> Path:
     (root / "exp_bomb.yaml").write_text("name: x\n" + _bomb(9))
     (root / "ft_bomb.yaml").write_text("meta:\n" + _bomb(9, "  "))
     base = {k: v for k, v in yaml.safe_load(run).items() if k not in ("stages", "name")}
-    (root / "exp.yaml").write_text(yaml.safe_dump({"name": "exp", "base": base, "target": "generic", "seeds": [0],
-                                                   "strategies": [{"strategy": "reference"}]}))
+    (root / "exp.yaml").write_text(
+        yaml.safe_dump(
+            {"name": "exp", "base": base, "target": "generic", "seeds": [0], "strategies": [{"strategy": "reference"}]}
+        )
+    )
     return root
 
 
@@ -109,9 +123,16 @@ def test_bad_value_is_refused_before_the_run_folder(inputs, tmp_path, monkeypatc
 BOMBS = [
     ("train-file", ["train", "@/bomb.yaml"]),
     ("train-file-deeper", ["train", "@/deep_bomb.yaml"]),  # 10**30 values: hung before
-    ("train-override", ["train", "@/run.yaml", "meta={a: &a [1,1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,"
-                        "*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], e: [*d,*d,"
-                        "*d,*d,*d,*d,*d,*d,*d,*d,*d]}"]),
+    (
+        "train-override",
+        [
+            "train",
+            "@/run.yaml",
+            "meta={a: &a [1,1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,"
+            "*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], e: [*d,*d,"
+            "*d,*d,*d,*d,*d,*d,*d,*d,*d]}",
+        ],
+    ),
     ("plan-experiment", ["plan", "@/exp_bomb.yaml"]),
     ("finetune-config", ["finetune", "--config", "@/ft_bomb.yaml"]),
 ]
@@ -140,14 +161,22 @@ MESSAGES = [
     (["train", "@/run.yaml", "stages.0.lr.schedul=wsd"], "stages[0].lr.schedul; did you mean schedule?"),
     (["train", "@/run.yaml", "model.preset=tinny"], "model.preset 'tinny' is unknown; did you mean tiny?"),
     (["train", "@/run.yaml", "train.batch_size=0"], "train.batch_size must be >= 1, got 0"),
-    (["train", "@/exp.yaml"], "is an experiment (it has strategies, base), not a run config; list its runs with "
-                              "replaylab plan"),
-    (["tokenizer", "train", "@/t.jsonl", "--vocab-size", "300", "--out", "tk", "--sample-mb", "nan"],
-     "--sample-mb nan is not a size"),
-    (["tokenizer", "train", "@/t.jsonl", "--vocab-size", "300", "--out", "tk", "--sample-mb", "inf"],
-     "--sample-mb inf is not a size"),
-    (["tokenizer", "train", "@/t.jsonl", "--vocab-size", "300", "--out", "tk", "--sample-mb=-2"],
-     "--sample-mb -2.0 is not a size"),
+    (
+        ["train", "@/exp.yaml"],
+        "is an experiment (it has strategies, base), not a run config; list its runs with replaylab plan",
+    ),
+    (
+        ["tokenizer", "train", "@/t.jsonl", "--vocab-size", "300", "--out", "tk", "--sample-mb", "nan"],
+        "--sample-mb nan is not a size",
+    ),
+    (
+        ["tokenizer", "train", "@/t.jsonl", "--vocab-size", "300", "--out", "tk", "--sample-mb", "inf"],
+        "--sample-mb inf is not a size",
+    ),
+    (
+        ["tokenizer", "train", "@/t.jsonl", "--vocab-size", "300", "--out", "tk", "--sample-mb=-2"],
+        "--sample-mb -2.0 is not a size",
+    ),
     (["sweep", "@/exp.yaml", "--workers", "0"], "--workers 0 must be >= 1"),
 ]
 
@@ -161,14 +190,27 @@ def test_messages_name_the_value_and_the_fix(inputs, tmp_path, monkeypatch, caps
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("build, words", [
-    (lambda: __import__("replaylab.sweep", fromlist=["run_sweep"]).run_sweep("x.yaml", "out", workers=0),
-     "workers (0) and threads (1) must be >= 1"),
-    (lambda: __import__("replaylab.hf", fromlist=["FinetuneConfig"]).FinetuneConfig(
-        replay=None, replay_fraction=0.5).validate(), "no replay pool is set"),
-    (lambda: __import__("replaylab.hf", fromlist=["FinetuneConfig"]).FinetuneConfig(log_every=0).validate(),
-     "log_every must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "build, words",
+    [
+        (
+            lambda: __import__("replaylab.sweep", fromlist=["run_sweep"]).run_sweep("x.yaml", "out", workers=0),
+            "workers (0) and threads (1) must be >= 1",
+        ),
+        (
+            lambda: (
+                __import__("replaylab.hf", fromlist=["FinetuneConfig"])
+                .FinetuneConfig(replay=None, replay_fraction=0.5)
+                .validate()
+            ),
+            "no replay pool is set",
+        ),
+        (
+            lambda: __import__("replaylab.hf", fromlist=["FinetuneConfig"]).FinetuneConfig(log_every=0).validate(),
+            "log_every must be >= 1, got 0",
+        ),
+    ],
+)
 def test_library_errors_name_fields_not_flags(build, words):
     with pytest.raises(ConfigError) as e:
         build()
@@ -192,8 +234,12 @@ def test_an_experiment_grid_beyond_the_cap_is_refused_before_planning(tmp_path, 
     from replaylab.sweep.experiment import MAX_RUNS
 
     axes = {f"axis{i}": list(range(100)) for i in range(3)}  # 10**6 cells: expanding them would hang `plan`
-    exp = {"name": "huge", "base": RUN, "target": "generic",
-           "strategies": [{"strategy": "reference", "grid": axes, "args": {"epochs": 1}}]}
+    exp = {
+        "name": "huge",
+        "base": RUN,
+        "target": "generic",
+        "strategies": [{"strategy": "reference", "grid": axes, "args": {"epochs": 1}}],
+    }
     path = tmp_path / "huge.yaml"
     path.write_text(yaml.safe_dump(exp), encoding="utf-8")
     assert main(["plan", str(path)]) == 2
@@ -216,17 +262,22 @@ sys.exit(cli.main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("heavy, argv", [
-    ("scipy", ["train", "@/run.yaml"]),  # while the parser imports the analysis commands
-    ("torch", ["train", "@/run.yaml"]),  # while train imports the engine
-    ("pandas", ["results", "@/missing"]),
-    ("replaylab", ["data", "list"]),  # while the first command module is imported
-], ids=["parser-scipy", "train-torch", "results-pandas", "data-list"])
+@pytest.mark.parametrize(
+    "heavy, argv",
+    [
+        ("scipy", ["train", "@/run.yaml"]),  # while the parser imports the analysis commands
+        ("torch", ["train", "@/run.yaml"]),  # while train imports the engine
+        ("pandas", ["results", "@/missing"]),
+        ("replaylab", ["data", "list"]),  # while the first command module is imported
+    ],
+    ids=["parser-scipy", "train-torch", "results-pandas", "data-list"],
+)
 def test_ctrl_c_while_importing_is_one_line(inputs, tmp_path, heavy, argv):
     env = {**os.environ, "REPLAYLAB_HOME": str(tmp_path / "home")}
     argv = [a.replace("@/", f"{inputs}/") for a in argv]
-    p = subprocess.run([sys.executable, "-c", DRIVER, heavy, *argv], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", DRIVER, heavy, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode in (130, -signal.SIGINT), (p.returncode, p.stderr)
     assert p.stderr.strip().splitlines() == [f"replaylab {argv[0]}: interrupted"], p.stderr
 
@@ -235,12 +286,20 @@ def test_ctrl_c_at_any_moment_of_a_short_command_is_one_line(inputs, tmp_path):
     """The driver imports the CLI first (what runs before replaylab's code is Python's own start-up), then
     SIGINT arrives while the command imports, plans or trains; or after it finished."""
     env = {**os.environ, "REPLAYLAB_HOME": str(tmp_path / "home")}
-    driver = ("import os, signal, sys, threading\nfrom replaylab import cli\n"
-              "t = threading.Timer(float(sys.argv[1]), os.kill, (os.getpid(), signal.SIGINT)); t.start()\n"
-              "code = cli.main(sys.argv[2:]); t.cancel(); sys.exit(code)\n")
+    driver = (
+        "import os, signal, sys, threading\nfrom replaylab import cli\n"
+        "t = threading.Timer(float(sys.argv[1]), os.kill, (os.getpid(), signal.SIGINT)); t.start()\n"
+        "code = cli.main(sys.argv[2:]); t.cancel(); sys.exit(code)\n"
+    )
     for delay in (0.05, 0.3, 1.0, 2.5):
-        p = subprocess.run([sys.executable, "-c", driver, str(delay), "train", str(inputs / "run.yaml"), "--out",
-                            f"run{delay}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-c", driver, str(delay), "train", str(inputs / "run.yaml"), "--out", f"run{delay}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert "Traceback" not in p.stderr, p.stderr
         lines = p.stderr.strip().splitlines()
         if p.returncode == 0:
@@ -255,16 +314,29 @@ def test_ctrl_c_on_a_sweep_with_two_workers_is_one_line_and_the_rerun_continues(
     no worker traceback, one line that says to rerun the sweep, no run counted failed, and the rerun finishes."""
     base = yaml.safe_load((inputs / "run.yaml").read_text())
     base = {k: v for k, v in base.items() if k not in ("stages", "name")}
-    base["data"]["domains"] = {"generic": base["data"]["domains"]["generic"], "code": base["data"]["domains"]["generic"]}
+    base["data"]["domains"] = {
+        "generic": base["data"]["domains"]["generic"],
+        "code": base["data"]["domains"]["generic"],
+    }
     base["train"]["total_steps"] = 400
     exp = tmp_path / "exp.yaml"
-    exp.write_text(yaml.safe_dump({"name": "sw", "base": base, "target": "code", "target_fraction": "1/8",
-                                   "seeds": [0], "strategies": [{"strategy": "finetune", "grid": {"rho": [0, 0.5]},
-                                                                  "args": {"epochs": 1}}]}))
+    exp.write_text(
+        yaml.safe_dump(
+            {
+                "name": "sw",
+                "base": base,
+                "target": "code",
+                "target_fraction": "1/8",
+                "seeds": [0],
+                "strategies": [{"strategy": "finetune", "grid": {"rho": [0, 0.5]}, "args": {"epochs": 1}}],
+            }
+        )
+    )
     env = {**os.environ, "REPLAYLAB_HOME": str(tmp_path / "home")}
     argv = [sys.executable, "-m", "replaylab.cli", "sweep", str(exp), "--workers", "2", "--out", str(tmp_path / "sw")]
-    p = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 240
     while not list((tmp_path / "sw").glob("runs/*/metrics.jsonl")) and time.monotonic() < deadline:
         assert p.poll() is None, p.communicate()

@@ -11,8 +11,13 @@ BASE = {
     "train": {"total_steps": 100, "batch_size": 16},
     "stages": [
         {"name": "pretrain", "steps": 80, "mixture": {"generic": 1.0}},
-        {"name": "finetune", "fraction": 0.2, "mixture": {"generic": 0.5, "code": 0.5},
-         "optimizer": "reset", "lr": {"schedule": "cosine", "peak": "3e-4"}},
+        {
+            "name": "finetune",
+            "fraction": 0.2,
+            "mixture": {"generic": 0.5, "code": 0.5},
+            "optimizer": "reset",
+            "lr": {"schedule": "cosine", "peak": "3e-4"},
+        },
     ],
 }
 
@@ -77,15 +82,26 @@ def test_yaml_on_off_switches_stay_strings():
     assert (cfg.train.compile, cfg.train.progress) == ("off", "on")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.precision=fp16", "train.precision 'fp16' is unknown; did you mean bf16? choose one of auto, fp32, bf16"),
-    ("train.compile=no", None),  # YAML 1.1: no = false = off
-    ("train.progress=maybe", "train.progress 'maybe' is unknown; choose one of auto, on, off"),
-    ("stages.1.optimizer=keep", "stages[1].optimizer 'keep' is unknown; choose one of reset, carry"),
-    ("stages.0.lr.schedule=step", "stages[0].lr.schedule 'step' is unknown; choose one of constant, cosine, wsd, "
-                                  "linear, continue"),
-    ("optim.implementation=apex", "optim.implementation 'apex' is unknown; choose one of auto, fused, foreach, single"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "train.precision=fp16",
+            "train.precision 'fp16' is unknown; did you mean bf16? choose one of auto, fp32, bf16",
+        ),
+        ("train.compile=no", None),  # YAML 1.1: no = false = off
+        ("train.progress=maybe", "train.progress 'maybe' is unknown; choose one of auto, on, off"),
+        ("stages.1.optimizer=keep", "stages[1].optimizer 'keep' is unknown; choose one of reset, carry"),
+        (
+            "stages.0.lr.schedule=step",
+            "stages[0].lr.schedule 'step' is unknown; choose one of constant, cosine, wsd, linear, continue",
+        ),
+        (
+            "optim.implementation=apex",
+            "optim.implementation 'apex' is unknown; choose one of auto, fused, foreach, single",
+        ),
+    ],
+)
 def test_enumerated_fields_are_typed_choices(override, message):
     """Fields with a fixed set of values are Literal types: the error lists the values."""
     if message is None:

@@ -12,10 +12,16 @@ from replaylab.errors import DataError
 
 def test_jsonl_text_field_and_template(tmp_path):
     f = tmp_path / "qa.jsonl"
-    f.write_text("\n".join(json.dumps(r) for r in [
-        {"question": "What is 2+2?", "answer": "4", "body": "first"},
-        {"question": "Capital of France?", "answer": "Paris", "body": "second"},
-    ]) + "\n\n")
+    f.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"question": "What is 2+2?", "answer": "4", "body": "first"},
+                {"question": "Capital of France?", "answer": "Paris", "body": "second"},
+            ]
+        )
+        + "\n\n"
+    )
     assert list(iter_documents(str(f), {"text_field": "body"})) == ["first", "second"]
     docs = list(iter_documents(str(f), {"template": "Q: {question}\nA: {answer}"}))
     assert docs == ["Q: What is 2+2?\nA: 4", "Q: Capital of France?\nA: Paris"]

@@ -26,8 +26,9 @@ def assert_user_error(capsys, match, *argv):
 
 
 def test_build_list_inspect(capsys, isolated_home, prose_corpus, tiny_tokenizer):
-    rc, out, _ = run(capsys, "data", "build", str(prose_corpus), "--tokenizer", tiny_tokenizer,
-                     "--name", "prose", "--val-docs", "8")
+    rc, out, _ = run(
+        capsys, "data", "build", str(prose_corpus), "--tokenizer", tiny_tokenizer, "--name", "prose", "--val-docs", "8"
+    )
     assert rc == 0
     path = out.strip().splitlines()[-1]
     assert path == str(isolated_home / "stores" / "prose") and os.path.exists(os.path.join(path, "meta.json"))
@@ -46,8 +47,18 @@ def test_build_list_inspect(capsys, isolated_home, prose_corpus, tiny_tokenizer)
 def test_build_with_template_and_val_fraction(capsys, isolated_home, tmp_path, tiny_tokenizer):
     f = tmp_path / "qa.jsonl"
     f.write_text("".join(json.dumps({"q": f"question {i}?", "a": f"answer {i}."}) + "\n" for i in range(40)))
-    rc, out, _ = run(capsys, "data", "build", str(f), "--tokenizer", tiny_tokenizer, "--template", "{q} {a}",
-                     "--val-fraction", "0.25")
+    rc, out, _ = run(
+        capsys,
+        "data",
+        "build",
+        str(f),
+        "--tokenizer",
+        tiny_tokenizer,
+        "--template",
+        "{q} {a}",
+        "--val-fraction",
+        "0.25",
+    )
     assert rc == 0
     meta = json.loads(open(os.path.join(out.strip().splitlines()[-1], "meta.json")).read())
     assert meta["splits"]["val"]["documents"] == 10 and meta["corpus_options"]["template"] == "{q} {a}"
@@ -55,8 +66,18 @@ def test_build_with_template_and_val_fraction(capsys, isolated_home, tmp_path, t
 
 def test_tokenizer_train_and_show(capsys, tmp_path, prose_corpus):
     out_dir = tmp_path / "tok"
-    rc, out, _ = run(capsys, "tokenizer", "train", str(prose_corpus), "--vocab-size", "400", "--out", str(out_dir),
-                     "--sample-mb", "0.1")
+    rc, out, _ = run(
+        capsys,
+        "tokenizer",
+        "train",
+        str(prose_corpus),
+        "--vocab-size",
+        "400",
+        "--out",
+        str(out_dir),
+        "--sample-mb",
+        "0.1",
+    )
     assert rc == 0 and out.strip().splitlines()[-1] == str(out_dir)
     assert (out_dir / "tokenizer.json").exists()
     rc, out, _ = run(capsys, "tokenizer", "show", str(out_dir), "--text", "hello world")
@@ -74,16 +95,36 @@ def test_bad_inputs_exit_2_with_one_line(capsys, isolated_home, tmp_path, tiny_t
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\nnot json\n')
     assert_user_error(capsys, "bad.jsonl:2: not valid JSON", "data", "build", str(bad), *tok)
-    assert_user_error(capsys, "bad.jsonl:1: record has no field 'body'", "data", "build", str(bad), *tok,
-                      "--text-field", "body")
+    assert_user_error(
+        capsys, "bad.jsonl:1: record has no field 'body'", "data", "build", str(bad), *tok, "--text-field", "body"
+    )
     assert_user_error(capsys, "does not exist", "data", "build", str(tmp_path / "missing.jsonl"), *tok)
     assert_user_error(capsys, "unknown source 'no_such_recipe'", "data", "build", "no_such_recipe", *tok)
-    assert_user_error(capsys, "vocab size 100 is too small", "tokenizer", "train", str(prose_corpus),
-                      "--vocab-size", "100", "--out", str(tmp_path / "t"))
+    assert_user_error(
+        capsys,
+        "vocab size 100 is too small",
+        "tokenizer",
+        "train",
+        str(prose_corpus),
+        "--vocab-size",
+        "100",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert not (tmp_path / "t").exists()
     assert_user_error(capsys, "no token store 'nope'", "data", "inspect", "nope")
-    assert_user_error(capsys, "leaves no training document", "data", "build", str(prose_corpus), *tok,
-                      "--max-docs", "3", "--val-docs", "3")
+    assert_user_error(
+        capsys,
+        "leaves no training document",
+        "data",
+        "build",
+        str(prose_corpus),
+        *tok,
+        "--max-docs",
+        "3",
+        "--val-docs",
+        "3",
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert_user_error(capsys, "hub is not reachable", "data", "build", "hf:org/name", *tok)
     # Nothing half-written: no store and no temporary folder was left behind.
@@ -102,8 +143,13 @@ def test_invalid_utf8_builds_with_a_warning(capsys, isolated_home, tmp_path, tin
 
 def test_subprocess_error_is_one_line(tmp_path, prose_corpus):
     env = {**os.environ, "REPLAYLAB_HOME": str(tmp_path / "home")}
-    p = subprocess.run([sys.executable, "-m", "replaylab.cli", "data", "build", str(tmp_path / "nope.jsonl")],
-                       capture_output=True, text=True, env=env, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "replaylab.cli", "data", "build", str(tmp_path / "nope.jsonl")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and "replaylab data: error: corpus path" in p.stderr
 
@@ -133,7 +179,9 @@ def test_list_shows_full_source_paths(capsys, isolated_home, tmp_path, prose_cor
     monkeypatch.chdir(tmp_path)
     names = {}
     for folder in ("wiki", "forum"):
-        rc, out, _ = run(capsys, "data", "build", f"{folder}/train.jsonl", "--tokenizer", tiny_tokenizer, "--val-docs", "2")
+        rc, out, _ = run(
+            capsys, "data", "build", f"{folder}/train.jsonl", "--tokenizer", tiny_tokenizer, "--val-docs", "2"
+        )
         assert rc == 0
         names[folder] = os.path.basename(out.strip().splitlines()[-1])
         assert names[folder].startswith(f"{folder}-train-")

@@ -54,27 +54,33 @@ def project(tmp_path, monkeypatch, prose_corpus):
     return tmp_path
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("recipe:generic", ("recipe", "generic")),
-    ("math", ("recipe", "math")),  # no local math/: the recipe, as always
-    ("./generic", ("path", "./generic")),
-    ("path:generic", ("path", "generic")),
-    ("path:code", ("path", "code")),
-    ("data/mine.jsonl", ("path", "data/mine.jsonl")),
-    ("path:data/mine.jsonl", ("path", "data/mine.jsonl")),
-    ("hf:org/name", ("hf", "hf:org/name")),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("recipe:generic", ("recipe", "generic")),
+        ("math", ("recipe", "math")),  # no local math/: the recipe, as always
+        ("./generic", ("path", "./generic")),
+        ("path:generic", ("path", "generic")),
+        ("path:code", ("path", "code")),
+        ("data/mine.jsonl", ("path", "data/mine.jsonl")),
+        ("path:data/mine.jsonl", ("path", "data/mine.jsonl")),
+        ("hf:org/name", ("hf", "hf:org/name")),
+    ],
+)
 def test_unambiguous_spellings(project, source, expected):
     assert parse_source(source) == expected
 
 
-@pytest.mark.parametrize("source, message", [
-    ("generic", "source 'generic' is ambiguous: it is the built-in recipe 'generic' and also"),
-    ("code", "write recipe:code for the recipe or ./code (or path:code) for the local one"),
-    ("recipe:nope", "unknown recipe in source 'recipe:nope'; the recipes are basque, code"),
-    ("path:math", "corpus path 'math' does not exist"),
-    ("path:missing.jsonl", "corpus path 'missing.jsonl' does not exist"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("generic", "source 'generic' is ambiguous: it is the built-in recipe 'generic' and also"),
+        ("code", "write recipe:code for the recipe or ./code (or path:code) for the local one"),
+        ("recipe:nope", "unknown recipe in source 'recipe:nope'; the recipes are basque, code"),
+        ("path:math", "corpus path 'math' does not exist"),
+        ("path:missing.jsonl", "corpus path 'missing.jsonl' does not exist"),
+    ],
+)
 def test_ambiguous_or_missing_spellings_are_refused(project, source, message):
     with pytest.raises(DataError) as e:
         parse_source(source)
@@ -84,11 +90,17 @@ def test_ambiguous_or_missing_spellings_are_refused(project, source, message):
 def test_local_folder_named_like_a_recipe_is_not_trained_on(project, capsys, isolated_home, tiny_tokenizer):
     """The issue's case: `replaylab train` in a folder holding generic/ trained on it without a word."""
     cfg = project / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "name": "local", "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
-        "data": {"tokenizer": tiny_tokenizer, "seq_len": 32, "domains": {"generic": {"source": "generic"}}},
-        "stages": [{"name": "s", "steps": 2, "mixture": {"generic": 1.0}}],
-        "train": {"total_steps": 2, "batch_size": 2, "compile": "off", "progress": "off", "threads": 1}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "local",
+                "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
+                "data": {"tokenizer": tiny_tokenizer, "seq_len": 32, "domains": {"generic": {"source": "generic"}}},
+                "stages": [{"name": "s", "steps": 2, "mixture": {"generic": 1.0}}],
+                "train": {"total_steps": 2, "batch_size": 2, "compile": "off", "progress": "off", "threads": 1},
+            }
+        )
+    )
     line = one_line_error(capsys, "train", cfg, "--out", project / "run")
     assert "'generic' is ambiguous" in line and "recipe:generic" in line and "./generic" in line
     assert not (project / "run").exists() and not (isolated_home / "stores").exists()
@@ -132,7 +144,7 @@ def test_shipped_configs_keep_their_spellings(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------- damaged stores
 def _cut(file: Path, keep: int) -> None:
     data = file.read_bytes()
-    file.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+    file.write_bytes(data[:keep] if keep >= 0 else data[: len(data) + keep])
 
 
 DAMAGE = {  # how a store gets damaged -> what the one line says is wrong
@@ -142,8 +154,12 @@ DAMAGE = {  # how a store gets damaged -> what the one line says is wrong
     "meta.json cut short": (lambda s: _cut(s / "meta.json", 40), "meta.json is not a readable JSON object"),
     "meta.json = {}": (lambda s: (s / "meta.json").write_text("{}"), "meta.json has no 'source'"),
     "meta.json = []": (lambda s: (s / "meta.json").write_text("[]"), "meta.json is not a readable JSON object"),
-    "meta.json bad dtype": (lambda s: (s / "meta.json").write_text(json.dumps(
-        {**json.loads((s / "meta.json").read_text()), "dtype": "float99"})), "no valid dtype"),
+    "meta.json bad dtype": (
+        lambda s: (s / "meta.json").write_text(
+            json.dumps({**json.loads((s / "meta.json").read_text()), "dtype": "float99"})
+        ),
+        "no valid dtype",
+    ),
 }
 
 
@@ -183,7 +199,9 @@ def test_damage_message_names_the_command_that_rebuilt_it(isolated_home, prose_c
     with pytest.raises(DataError) as e:
         TokenStore(store.path)
     hint = str(e.value).split("rebuild it with `")[1].split("`")[0]
-    assert hint == f"replaylab data build {prose_corpus} --tokenizer {tiny_tokenizer} --max-docs 30 --val-docs 4 --force"
+    assert (
+        hint == f"replaylab data build {prose_corpus} --tokenizer {tiny_tokenizer} --max-docs 30 --val-docs 4 --force"
+    )
     assert main(hint.split()[1:]) == 0 and TokenStore(store.path).identity == store.identity
 
 
@@ -206,8 +224,9 @@ def _read_only_prefix(home: Path) -> list[str]:
     if os.geteuid() != 0:
         home.chmod(0o555)
         return []
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro {home} {home} && ! touch {home}/x"],
-                           capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount --bind -o ro {home} {home} && ! touch {home}/x"], capture_output=True
+    )
     if probe.returncode != 0:
         pytest.skip("root without a private mount namespace: no way to make a folder read-only")
     return ["unshare", "-m", "sh", "-c", f'mount --bind -o ro {home} {home} && exec "$@"', "sh"]

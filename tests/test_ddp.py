@@ -20,11 +20,14 @@ from replaylab.errors import ConfigError
 from replaylab.runconfig import RunConfig
 from replaylab.train import ddp, run_training
 
-TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2,
-                              reason="NCCL variant: needs 2 visible CUDA GPUs, one per torchrun rank")
+TWO_GPUS = pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="NCCL variant: needs 2 visible CUDA GPUs, one per torchrun rank"
+)
 # (device, relative tolerance of the 2-rank run against the 1-process one)
-DEVICES = [pytest.param("cpu", 1e-4, id="cpu-gloo"),
-           pytest.param("cuda", 1e-3, id="cuda-nccl", marks=TWO_GPUS)]  # looser: TF32 matmuls on CUDA
+DEVICES = [
+    pytest.param("cpu", 1e-4, id="cpu-gloo"),
+    pytest.param("cuda", 1e-3, id="cuda-nccl", marks=TWO_GPUS),
+]  # looser: TF32 matmuls on CUDA
 
 
 def ddp_raw(prose_store, code_store, tokenizer, device: str = "cpu") -> dict:
@@ -32,16 +35,35 @@ def ddp_raw(prose_store, code_store, tokenizer, device: str = "cpu") -> dict:
         "name": "ddp-test",
         "seed": 5,
         "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
-        "data": {"tokenizer": tokenizer, "seq_len": 32,
-                 "domains": {"generic": {"source": str(prose_store.path)},
-                             "code": {"source": str(code_store.path), "budget": 8}}},
+        "data": {
+            "tokenizer": tokenizer,
+            "seq_len": 32,
+            "domains": {
+                "generic": {"source": str(prose_store.path)},
+                "code": {"source": str(code_store.path), "budget": 8},
+            },
+        },
         "stages": [
             {"name": "pretrain", "steps": 6, "mixture": {"generic": 1.0}},
-            {"name": "finetune", "steps": 4, "mixture": {"code": 0.5, "generic": 0.5}, "optimizer": "reset",
-             "lr": {"peak": 1e-3}},
+            {
+                "name": "finetune",
+                "steps": 4,
+                "mixture": {"code": 0.5, "generic": 0.5},
+                "optimizer": "reset",
+                "lr": {"peak": 1e-3},
+            },
         ],
-        "train": {"total_steps": 10, "batch_size": 8, "micro_batch_size": 2, "precision": "fp32",
-                  "compile": "off", "threads": 1, "log_every": 1, "progress": "off", "device": device},
+        "train": {
+            "total_steps": 10,
+            "batch_size": 8,
+            "micro_batch_size": 2,
+            "precision": "fp32",
+            "compile": "off",
+            "threads": 1,
+            "log_every": 1,
+            "progress": "off",
+            "device": device,
+        },
         "eval": {"max_sequences": 8, "batch_size": 8},
         "logging": {"tensorboard": False},
     }
@@ -49,8 +71,13 @@ def ddp_raw(prose_store, code_store, tokenizer, device: str = "cpu") -> dict:
 
 def _torchrun(nproc: int, *args: str, env: dict) -> subprocess.CompletedProcess:
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    return subprocess.run([torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "replaylab.cli", *args],
-                          env=env, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "replaylab.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 @pytest.mark.slow  # two torchrun processes: ~15-35 s on 2 cores
@@ -105,10 +132,13 @@ def test_setup_checks_the_gpu_count_before_joining(monkeypatch):
 
 
 @pytest.mark.slow  # one torchrun process per GPU plus one: ~10 s each to import torch
-@pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="needs a CUDA GPU; without one train.device=cuda is refused earlier (no GPU visible)")
-def test_torchrun_with_more_ranks_than_gpus_exits_2_on_every_rank(prose_store, code_store, tiny_tokenizer,
-                                                                  tmp_path, isolated_home):
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU; without one train.device=cuda is refused earlier (no GPU visible)",
+)
+def test_torchrun_with_more_ranks_than_gpus_exits_2_on_every_rank(
+    prose_store, code_store, tiny_tokenizer, tmp_path, isolated_home
+):
     ranks = torch.cuda.device_count() + 1
     raw = ddp_raw(prose_store, code_store, tiny_tokenizer, "cuda")
     cfg = tmp_path / "cfg.yaml"

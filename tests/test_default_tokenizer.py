@@ -14,8 +14,15 @@ import sys
 import pytest
 
 from replaylab.data.recipes import RECIPES
-from replaylab.data.tokenizer import (DEFAULT_RECIPES, DEFAULT_SAMPLE_BYTES, DEFAULT_VOCAB, _default_pins,
-                                      _pins_index_path, get_tokenizer, load_tokenizer)
+from replaylab.data.tokenizer import (
+    DEFAULT_RECIPES,
+    DEFAULT_SAMPLE_BYTES,
+    DEFAULT_VOCAB,
+    _default_pins,
+    _pins_index_path,
+    get_tokenizer,
+    load_tokenizer,
+)
 from replaylab.errors import DataError
 
 UNREACHABLE = "http://127.0.0.1:9/"  # the discard port: connection refused at once
@@ -24,8 +31,13 @@ UNREACHABLE = "http://127.0.0.1:9/"  # the discard port: connection refused at o
 def offline_env(tmp_path) -> dict:
     """Registry settings npm and pip read, pointed at nothing, with an empty npm cache (npm would
     otherwise fall back to tarballs it cached earlier): a build attempt fails in about a second."""
-    return {"npm_config_registry": UNREACHABLE, "npm_config_cache": str(tmp_path / "npm-cache"),
-            "npm_config_fetch_retries": "0", "PIP_INDEX_URL": UNREACHABLE + "simple", "PIP_RETRIES": "0"}
+    return {
+        "npm_config_registry": UNREACHABLE,
+        "npm_config_cache": str(tmp_path / "npm-cache"),
+        "npm_config_fetch_retries": "0",
+        "PIP_INDEX_URL": UNREACHABLE + "simple",
+        "PIP_RETRIES": "0",
+    }
 
 
 @pytest.fixture
@@ -55,8 +67,15 @@ def fake_built_corpora(home, prose_corpus, pins_match=True):
         pins = RECIPES[name].pins()
         if not pins_match:
             pins["sources"] = [{**s, "version": s["version"] + "-old"} for s in pins["sources"]]
-        summary = {**pins, "docs": 1, "chars": 1, "bytes": 1, "duplicates_removed": 0, "utf8_replacements": 0,
-                   "docs_per_source": {}}
+        summary = {
+            **pins,
+            "docs": 1,
+            "chars": 1,
+            "bytes": 1,
+            "duplicates_removed": 0,
+            "utf8_replacements": 0,
+            "docs_per_source": {},
+        }
         raw = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()
         (folder / "summary.json").write_bytes(raw)
         key.update(raw)
@@ -136,8 +155,13 @@ def test_offline_build_without_cache_is_one_line(tmp_path):
     f = tmp_path / "notes.jsonl"
     f.write_text("".join(json.dumps({"text": f"Note {i}: replay keeps old skills."}) + "\n" for i in range(20)))
     env = {**os.environ, **offline_env(tmp_path), "REPLAYLAB_HOME": str(tmp_path / "home")}
-    p = subprocess.run([sys.executable, "-m", "replaylab.cli", "data", "build", str(f)],
-                       capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "replaylab.cli", "data", "build", str(f)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert p.returncode == 2 and p.stdout == "", (p.stdout, p.stderr)
     lines = p.stderr.splitlines()
     assert len(lines) == 1, p.stderr

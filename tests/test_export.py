@@ -31,8 +31,15 @@ def tokenizer_dir(tmp_path_factory):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=[EOS], show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=[EOS],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     folder = tmp_path_factory.mktemp("tok")
     tok.save(str(folder / "tokenizer.json"))
     return folder
@@ -84,9 +91,17 @@ def test_import_round_trip(tmp_path):
 
 
 def test_import_a_checkpoint_written_by_transformers(tmp_path):
-    hf_cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=80, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
-                                      rope_theta=20000.0, rms_norm_eps=1e-6)
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        rope_theta=20000.0,
+        rms_norm_eps=1e-6,
+    )
     torch.manual_seed(1)
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
     hf.save_pretrained(tmp_path / "llama")
@@ -113,10 +128,16 @@ def test_import_errors(tmp_path):
 
 def write_run(tmp_path, tokenizer_dir, steps=(5, 10)) -> tuple:
     cfg = small_cfg()
-    raw = {"name": "t", "model": {k: getattr(cfg, k) for k in ("d_model", "n_layers", "n_heads", "d_ff",
-                                                                 "vocab_size", "max_seq_len", "rope_theta")},
-           "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32, "domains": {"generic": {"source": "generic"}}},
-           "train": {"total_steps": 10}, "stages": [{"name": "s", "mixture": {"generic": 1.0}, "steps": 10}]}
+    raw = {
+        "name": "t",
+        "model": {
+            k: getattr(cfg, k)
+            for k in ("d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "max_seq_len", "rope_theta")
+        },
+        "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32, "domains": {"generic": {"source": "generic"}}},
+        "train": {"total_steps": 10},
+        "stages": [{"name": "s", "mixture": {"generic": 1.0}, "steps": 10}],
+    }
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(dump_yaml(from_dict(RunConfig, raw)))

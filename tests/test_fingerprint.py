@@ -25,16 +25,21 @@ def test_fields_added_later_leave_fine_tuning_run_ids_as_they_were(tmp_path):
     they are left out of every hash (config.added_field), so these ids, computed before the fields existed,
     still name the same runs; another value is another run. A config.yaml written before them loads as the
     same run as one written now."""
-    from replaylab.fingerprint import finetune_view
     from replaylab.finetune_form import FinetuneConfig, load_run_config, read_finetune
+    from replaylab.fingerprint import finetune_view
 
     default = FinetuneConfig()
     lora = read_finetune({"replay_fraction": 0.25, "lora": {"enabled": True}})
-    assert (run_id(default), run_identity(default), lr_cell(default)) == ("57f4869833f3105a", "7a3b59a215870fec",
-                                                                          "b69940106435")
+    assert (run_id(default), run_identity(default), lr_cell(default)) == (
+        "57f4869833f3105a",
+        "7a3b59a215870fec",
+        "b69940106435",
+    )
     assert (run_id(lora), run_identity(lora), lr_cell(lora)) == ("819be59e2a471917", "5dbe4ae01f1ed62e", "4dedc91e2906")
-    others = {run_id(read_finetune(change)) for change in
-              ({"deterministic": False}, {"compile": "regional"}, {"compile": "off"})}
+    others = {
+        run_id(read_finetune(change))
+        for change in ({"deterministic": False}, {"compile": "regional"}, {"compile": "off"})
+    }
     assert len(others) == 3 and run_id(default) not in others
     assert default.model.compile == "auto" and default.train.deterministic is True
     raw = finetune_view(default)  # the fine-tuning form, as run folders hold it
@@ -48,9 +53,11 @@ def test_fields_added_later_leave_fine_tuning_run_ids_as_they_were(tmp_path):
 def test_run_ids_and_lr_groups_stay_as_they_were():
     # Computed before replaylab.fingerprint existed: sweep folders on disk are named by these.
     # The fine-tuning run pre-trains at its own tuned peak (1e-3): only the fine-tuning stage is tuned.
-    pinned = [(reference(BASE, seed=0), "4741a1c9cc354d12", "538300067c34"),
-              (finetune(BASE, multiplier=2, lr=1e-3, pretrain_lr=1e-3, seed=1), "fbe14eef5d80bc30", "2efa57e9dadf"),
-              (midtrain(BASE, rho=0.5, alpha=0.5, lr=1e-3, seed=2), "f9043dcb6f616a02", "00aac9b9fcd9")]
+    pinned = [
+        (reference(BASE, seed=0), "4741a1c9cc354d12", "538300067c34"),
+        (finetune(BASE, multiplier=2, lr=1e-3, pretrain_lr=1e-3, seed=1), "fbe14eef5d80bc30", "2efa57e9dadf"),
+        (midtrain(BASE, rho=0.5, alpha=0.5, lr=1e-3, seed=2), "f9043dcb6f616a02", "00aac9b9fcd9"),
+    ]
     for cfg, rid, group in pinned:
         assert (run_id(cfg), cfg.meta["lr_group"]) == (rid, group), cfg.meta["strategy"]
 
@@ -131,13 +138,19 @@ def test_results_select_the_lr_analyze_selects(tmp_path):
     from replaylab.sweep.runstore import RunStore
 
     base = {**BASE, "train": {"total_steps": 64, "batch_size": 4}}
-    builders = {"finetune": lambda lr, seed: finetune(base, multiplier=2, lr=lr, target_fraction=1 / 16, epochs=2,
-                                                      seed=seed),
-                "midtrain": lambda lr, seed: midtrain(base, rho=0.5, alpha=0.5, lr=lr, target_fraction=1 / 16,
-                                                      epochs=2, seed=seed)}
+    builders = {
+        "finetune": lambda lr, seed: finetune(base, multiplier=2, lr=lr, target_fraction=1 / 16, epochs=2, seed=seed),
+        "midtrain": lambda lr, seed: midtrain(
+            base, rho=0.5, alpha=0.5, lr=lr, target_fraction=1 / 16, epochs=2, seed=seed
+        ),
+    }
     # select-half losses per (strategy, lr), one per seed: per seed 1e-3 wins twice, by the mean 3e-3 wins
-    val = {("finetune", 1e-3): [2.0, 2.0, 3.0], ("finetune", 3e-3): [2.1, 2.1, 2.1],
-           ("midtrain", 1e-3): [1.9, 1.9, 3.5], ("midtrain", 3e-3): [2.2, 2.2, 2.2]}
+    val = {
+        ("finetune", 1e-3): [2.0, 2.0, 3.0],
+        ("finetune", 3e-3): [2.1, 2.1, 2.1],
+        ("midtrain", 1e-3): [1.9, 1.9, 3.5],
+        ("midtrain", 3e-3): [2.2, 2.2, 2.2],
+    }
     store = RunStore(tmp_path)
     entries, manifests = [], {}
     for (strategy, lr), losses in val.items():
@@ -165,8 +178,13 @@ def test_results_select_the_lr_analyze_selects(tmp_path):
 def test_mixture_id_keeps_the_rule_saved_replay_mixture_states_carry():
     """ReplayMixture's identity moved from replay.py into fingerprint.mixture_id with its rule unchanged (sorted
     keys): the value recorded before the move, so a saved position still loads; any input changes it."""
-    kw = dict(store_identities={"target": "abc", "replay": "def"}, plan={"budget": 12, "total_steps": 6,
-              "target_weight": 0.5}, seed=0, seq_len=32, batch_size=4)
+    kw = dict(
+        store_identities={"target": "abc", "replay": "def"},
+        plan={"budget": 12, "total_steps": 6, "target_weight": 0.5},
+        seed=0,
+        seq_len=32,
+        batch_size=4,
+    )
     assert mixture_id(**kw) == "9f7cd45b41a40805"
     assert mixture_id(**{**kw, "seed": 1}) != mixture_id(**kw)
     assert mixture_id(**{**kw, "store_identities": {"replay": "def", "target": "abc"}}) == mixture_id(**kw)

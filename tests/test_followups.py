@@ -17,14 +17,20 @@ from replaylab.sweep.local import execute_run
 from replaylab.sweep.runstore import RunStore
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    # round(target_epochs * budget) raised OverflowError (inf) or ValueError (nan) before
-    (dict(target_epochs=1.7976931348623157e308, replay_fraction=0.0), "target_epochs=1.79769e+308"),
-    (dict(target_epochs=1e300, replay_fraction=0.5), "beyond a 64-bit count"),
-    (dict(target_epochs=float("nan"), replay_fraction=0.0), "target_epochs=nan"),
-    # finite draws, but a replay fraction next to 1 stretches the run past any step count
-    (dict(target_epochs=1e15, replay_fraction=1 - 2**-53), "lower target_epochs or replay_fraction, or set max_steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        # round(target_epochs * budget) raised OverflowError (inf) or ValueError (nan) before
+        (dict(target_epochs=1.7976931348623157e308, replay_fraction=0.0), "target_epochs=1.79769e+308"),
+        (dict(target_epochs=1e300, replay_fraction=0.5), "beyond a 64-bit count"),
+        (dict(target_epochs=float("nan"), replay_fraction=0.0), "target_epochs=nan"),
+        # finite draws, but a replay fraction next to 1 stretches the run past any step count
+        (
+            dict(target_epochs=1e15, replay_fraction=1 - 2**-53),
+            "lower target_epochs or replay_fraction, or set max_steps",
+        ),
+    ],
+)
 def test_plan_mix_refuses_target_epochs_beyond_any_run(kwargs, words):
     with pytest.raises(ConfigError) as e:
         plan_mix(budget=64, batch_size=8, **kwargs)

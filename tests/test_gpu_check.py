@@ -21,12 +21,21 @@ ALL_PARTS = "determinism hf levers tests lora tiny slice autotune"
 @pytest.mark.slow  # ~1.5 min on 2 cores: seven parts, two of them compiling
 def test_gpu_check_script_runs_every_part_in_smoke_mode(tmp_path, prose_store, code_store, tiny_tokenizer, store_home):
     out = tmp_path / "out"
-    env = {**os.environ, "SMOKE": "1", "PARTS": ALL_PARTS, "RESULTS": str(out), "PY": sys.executable,
-           "BUNDLE": str(tmp_path / "bundle.tgz"),
-           "REPLAYLAB_HOME": str(store_home), "GENERIC": str(prose_store.path), "TARGET": str(code_store.path),
-           "TOK": str(tiny_tokenizer)}
-    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = {
+        **os.environ,
+        "SMOKE": "1",
+        "PARTS": ALL_PARTS,
+        "RESULTS": str(out),
+        "PY": sys.executable,
+        "BUNDLE": str(tmp_path / "bundle.tgz"),
+        "REPLAYLAB_HOME": str(store_home),
+        "GENERIC": str(prose_store.path),
+        "TARGET": str(code_store.path),
+        "TOK": str(tiny_tokenizer),
+    }
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     status = {line.split(":")[0]: line for line in (out / "parts.txt").read_text().splitlines() if ": exit " in line}
     assert set(status) == set(ALL_PARTS.split())
@@ -59,8 +68,13 @@ def test_gpu_check_script_runs_every_part_in_smoke_mode(tmp_path, prose_store, c
     assert "out/parts.txt" in names and "out/levers.json" in names and not any("/runs" in n for n in names)
 
     # gpu_report.py turns the bundle into BENCHMARKS.md's Markdown, from the measured numbers.
-    report = subprocess.run([sys.executable, "benchmarks/gpu_report.py", str(tmp_path / "bundle.tgz")], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    report = subprocess.run(
+        [sys.executable, "benchmarks/gpu_report.py", str(tmp_path / "bundle.tgz")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert report.returncode == 0, report.stderr
     auto = next(c for c in det["contenders"].values() if c["key"] == "ours/auto")
     assert f"{auto['tokens_per_s']:,.0f}" in report.stdout
@@ -68,16 +82,29 @@ def test_gpu_check_script_runs_every_part_in_smoke_mode(tmp_path, prose_store, c
     assert "| full/ratio |" in report.stdout and "not run: float8 matmuls need a CUDA GPU" in report.stdout
 
     # A results folder that holds anything is refused: no earlier result is overwritten or mistaken for new.
-    again = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env={**env, "PARTS": "tests"},
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"],
+        cwd=ROOT,
+        env={**env, "PARTS": "tests"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 2 and "is not empty" in again.stderr
     # Nor is an existing bundle file replaced, and a file that is no bundle gets one line, not a traceback.
-    again = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                           env={**env, "PARTS": "tests", "RESULTS": str(tmp_path / "new")})
+    again = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "PARTS": "tests", "RESULTS": str(tmp_path / "new")},
+    )
     assert again.returncode == 2 and "exists; name a new file" in again.stderr
     assert (tmp_path / "bundle.tgz").stat().st_size > 0 and not (tmp_path / "new").exists()
     junk = tmp_path / "junk.tgz"
     junk.write_text("not a tar file")
-    bad = subprocess.run([sys.executable, "benchmarks/gpu_report.py", str(junk)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "benchmarks/gpu_report.py", str(junk)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "is not a bundle" in bad.stderr

@@ -32,11 +32,13 @@ def test_regional_compile_matches_eager_and_compiles_one_graph_for_all_layers(wo
     for spec in ("off", "regional"):
         torch.manual_seed(0)
         model = build_model(cfg, world["model"], torch.device("cpu"))
-        module = HFCausalLMModule(model, OptimConfig(), device=torch.device("cpu"), dtype=None,
-                                  compile_spec=spec, example=tokens)
+        module = HFCausalLMModule(
+            model, OptimConfig(), device=torch.device("cpu"), dtype=None, compile_spec=spec, example=tokens
+        )
         layers = decoder_layers(model)
-        assert len(layers) == 2 and all((layer._compiled_call_impl is not None) == (spec == "regional")
-                                        for layer in layers)
+        assert len(layers) == 2 and all(
+            (layer._compiled_call_impl is not None) == (spec == "regional") for layer in layers
+        )
         losses = []
         for _ in range(2):
             loss = module.micro_loss(tokens)
@@ -53,9 +55,33 @@ def test_compile_and_determinism_choices_from_the_cli(world, tmp_path):
     losses agree with the default run's), records the choices in config.yaml, and is another run id."""
     from replaylab.cli import main
 
-    common = ["finetune", "--model", world["model"], "--target", world["code"], "--set", "target.options.glob=*.py",
-              "--budget", "8", "--replay", world["prose"], "--replay-fraction", "0.5", "--seq-len", "32",
-              "--batch-size", "4", "--max-steps", "3", "--lr", "1e-3", "--threads", "1", "--set", "eval.initial=false"]
+    common = [
+        "finetune",
+        "--model",
+        world["model"],
+        "--target",
+        world["code"],
+        "--set",
+        "target.options.glob=*.py",
+        "--budget",
+        "8",
+        "--replay",
+        world["prose"],
+        "--replay-fraction",
+        "0.5",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--lr",
+        "1e-3",
+        "--threads",
+        "1",
+        "--set",
+        "eval.initial=false",
+    ]
     finals = {}
     for name, extra in (("default", []), ("chosen", ["--compile", "regional", "--no-deterministic"])):
         assert main(common + extra + ["--out", str(tmp_path / name)]) == 0

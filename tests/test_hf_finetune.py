@@ -19,8 +19,8 @@ import torch
 
 from replaylab.errors import ConfigError, ReplaylabError
 from replaylab.finetune_form import read_finetune
-from replaylab.runconfig import RunConfig
 from replaylab.hf.packing import REPLAY, TARGET, open_stores, plan_mix, sampler_config
+from replaylab.runconfig import RunConfig
 from replaylab.train.mixture import MixtureSampler
 
 torch.set_num_threads(1)
@@ -35,11 +35,45 @@ def tiny_world(root: Path):
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     code = root / "code"
     code.mkdir()
-    for name in ["textwrap", "heapq", "bisect", "fnmatch", "glob", "shlex", "colorsys", "calendar", "csv",
-                 "difflib", "fractions", "getopt", "gettext", "graphlib", "keyword", "numbers", "operator",
-                 "pprint", "queue", "random", "sched", "secrets", "selectors", "statistics", "string", "stringprep"]:
+    for name in [
+        "textwrap",
+        "heapq",
+        "bisect",
+        "fnmatch",
+        "glob",
+        "shlex",
+        "colorsys",
+        "calendar",
+        "csv",
+        "difflib",
+        "fractions",
+        "getopt",
+        "gettext",
+        "graphlib",
+        "keyword",
+        "numbers",
+        "operator",
+        "pprint",
+        "queue",
+        "random",
+        "sched",
+        "secrets",
+        "selectors",
+        "statistics",
+        "string",
+        "stringprep",
+    ]:
         shutil.copy(stdlib / f"{name}.py", code / f"{name}.py")
-    import argparse, collections, email, json as js, logging, pathlib, unittest, urllib.parse, zipfile
+    import argparse
+    import collections
+    import email
+    import json as js
+    import logging
+    import pathlib
+    import unittest
+    import urllib.parse
+    import zipfile
+
     docs = []
     for mod in (argparse, collections, email, js, logging, pathlib, unittest, urllib.parse, zipfile, inspect):
         for _, obj in inspect.getmembers(mod):
@@ -58,17 +92,33 @@ def tiny_world(root: Path):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     texts = docs + [p.read_text() for p in sorted(code.glob("*.py"))]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     model_dir = root / "tiny-llama"
     model_dir.mkdir()
     tok.save(str(model_dir / "tokenizer.json"))
-    (model_dir / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "model_max_length": 1024}))
+    (model_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "model_max_length": 1024}
+        )
+    )
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      eos_token_id=0, bos_token_id=0, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=0,
+        bos_token_id=0,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(cfg).save_pretrained(model_dir)
     yield {"root": root, "code": str(code), "prose": str(prose), "docs": docs, "model": str(model_dir)}
     if old_home is None:
@@ -84,10 +134,20 @@ def world(tmp_path_factory):
 
 
 def make_config(world, **kw) -> RunConfig:
-    raw = {"model": world["model"], "target": {"source": world["code"], "budget": 12, "options": {"glob": "*.py"}},
-           "replay": {"source": world["prose"]}, "replay_fraction": 0.5, "target_epochs": 2.0, "seq_len": 32,
-           "batch_size": 4, "optim": {"lr": 1e-2, "warmup": 0.1}, "eval": {"max_sequences": 8, "initial": True},
-           "log_every": 1, "progress": "off", "threads": 1}
+    raw = {
+        "model": world["model"],
+        "target": {"source": world["code"], "budget": 12, "options": {"glob": "*.py"}},
+        "replay": {"source": world["prose"]},
+        "replay_fraction": 0.5,
+        "target_epochs": 2.0,
+        "seq_len": 32,
+        "batch_size": 4,
+        "optim": {"lr": 1e-2, "warmup": 0.1},
+        "eval": {"max_sequences": 8, "initial": True},
+        "log_every": 1,
+        "progress": "off",
+        "threads": 1,
+    }
     for key, value in kw.items():
         node = raw
         *parents, last = key.split("__")
@@ -128,7 +188,9 @@ def test_token_exact_shares_and_exposure_on_real_stores(world):
 
 
 def read_losses(run: Path) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+    return [
+        r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"
+    ]
 
 
 def test_full_finetune_resume_is_bit_exact(world, tmp_path):
@@ -164,8 +226,12 @@ def test_lora_trains_only_adapters(world, tmp_path):
     from replaylab.hf.finetune import run_finetune
 
     full = run_finetune(make_config(world, replay_fraction=0.0), tmp_path / "full")
-    lora = run_finetune(make_config(world, replay_fraction=0.0, lora__enabled=True, lora__r=4,
-                                    gradient_checkpointing=True, optim__lr=1e-2), tmp_path / "lora")
+    lora = run_finetune(
+        make_config(
+            world, replay_fraction=0.0, lora__enabled=True, lora__r=4, gradient_checkpointing=True, optim__lr=1e-2
+        ),
+        tmp_path / "lora",
+    )
     assert full["plan"]["total_steps"] == lora["plan"]["total_steps"] == 6
     assert lora["trainable_params"] < full["trainable_params"] / 5
     adapter = load_file(str(tmp_path / "lora" / "adapter" / "adapter_model.safetensors"))
@@ -208,10 +274,37 @@ def test_cli_runs_and_reports_errors_on_one_line(world, tmp_path, capsys):
     from replaylab.cli import main
 
     out = tmp_path / "cli"
-    rc = main(["finetune", "--model", world["model"], "--target", world["code"], "--set", "target.options.glob=*.py",
-               "--budget", "8", "--replay", world["prose"], "--replay-fraction", "0.75", "--seq-len", "32",
-               "--batch-size", "4", "--max-steps", "3", "--lr", "1e-3", "--threads", "1", "--set", "eval.initial=false",
-               "--out", str(out)])
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            world["model"],
+            "--target",
+            world["code"],
+            "--set",
+            "target.options.glob=*.py",
+            "--budget",
+            "8",
+            "--replay",
+            world["prose"],
+            "--replay-fraction",
+            "0.75",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "3",
+            "--lr",
+            "1e-3",
+            "--threads",
+            "1",
+            "--set",
+            "eval.initial=false",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "realized token shares: target 0.2500, replay 0.7500" in text and "final" in text
@@ -245,10 +338,13 @@ def test_unreachable_model_ids_fail_fast(monkeypatch, tmp_path):
 # pinned to fp32: auto means bf16 on CUDA and on CPUs with native bf16 (AMX, avx512_bf16), whose
 # rounding differs with the batch split far beyond these tolerances (measured: 3.6e-2 in the losses).
 # CUDA's fp32 matmuls use TF32, hence its looser tolerance.
-TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2,
-                              reason="NCCL variant: needs 2 visible CUDA GPUs, one per torchrun rank")
-RANK_DEVICES = [pytest.param("cpu", {"device": "cpu", "precision": "fp32"}, 1e-4, id="cpu-gloo"),
-                pytest.param("cuda", {"device": "cuda", "precision": "fp32"}, 1e-3, id="cuda-nccl", marks=TWO_GPUS)]
+TWO_GPUS = pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="NCCL variant: needs 2 visible CUDA GPUs, one per torchrun rank"
+)
+RANK_DEVICES = [
+    pytest.param("cpu", {"device": "cpu", "precision": "fp32"}, 1e-4, id="cpu-gloo"),
+    pytest.param("cuda", {"device": "cuda", "precision": "fp32"}, 1e-3, id="cuda-nccl", marks=TWO_GPUS),
+]
 
 
 @pytest.mark.slow
@@ -266,9 +362,26 @@ def test_torchrun_ddp_matches_one_process(device, pin, tol, world, tmp_path):
     single = run_finetune(cfg, tmp_path / "one")
     (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "replaylab.cli", "finetune", "--config", str(tmp_path / "cfg.yaml"),
-                    "--out", str(tmp_path / "two")], check=True, env=env, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "replaylab.cli",
+            "finetune",
+            "--config",
+            str(tmp_path / "cfg.yaml"),
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+    )
     two = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert two["status"] == "done"
     for dom in (TARGET, REPLAY):
@@ -291,8 +404,11 @@ def test_remote_code_stays_off_unless_asked(tmp_path):
 
     folder = tmp_path / "custom"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "not-in-transformers", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {"model_type": "not-in-transformers", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"}}
+        )
+    )
     (folder / "configuration_custom.py").write_text("raise SystemExit('remote code ran')\n")
     with pytest.raises(ConfigError, match="--trust-remote-code"):
         load_model(str(folder))
@@ -311,8 +427,16 @@ def test_sigterm_checkpoints_and_resume_matches_straight_run(world, tmp_path):
     cfg = make_config(world, replay_fraction=0.75, eval__initial=False, save_final=False)  # 24 steps
     straight = run_finetune(cfg, tmp_path / "straight")
     (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
-    cmd = [sys.executable, "-m", "replaylab.cli", "finetune", "--config", str(tmp_path / "cfg.yaml"),
-           "--out", str(tmp_path / "run")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "replaylab.cli",
+        "finetune",
+        "--config",
+        str(tmp_path / "cfg.yaml"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
@@ -331,14 +455,17 @@ def test_sigterm_checkpoints_and_resume_matches_straight_run(world, tmp_path):
     assert read_losses(tmp_path / "run") == read_losses(tmp_path / "straight")
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"replay_fraction": 1.0}, "replay_fraction must lie in [0, 1), got 1.0"),
-    ({"replay": None, "replay_fraction": 0.5}, "no replay pool is set"),
-    ({"batch_size": 6, "micro_batch_size": 4}, "batch_size (6) must be a multiple of micro_batch_size (4)"),
-    ({"lora": {"r": 0}}, "lora.r must be >= 1, got 0"),
-    ({"eval": {"max_sequences": 1}}, "eval.max_sequences must be >= 2"),
-    ({"optim": {"schedule": "wsd"}}, "optim.schedule 'wsd' is unknown"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"replay_fraction": 1.0}, "replay_fraction must lie in [0, 1), got 1.0"),
+        ({"replay": None, "replay_fraction": 0.5}, "no replay pool is set"),
+        ({"batch_size": 6, "micro_batch_size": 4}, "batch_size (6) must be a multiple of micro_batch_size (4)"),
+        ({"lora": {"r": 0}}, "lora.r must be >= 1, got 0"),
+        ({"eval": {"max_sequences": 1}}, "eval.max_sequences must be >= 2"),
+        ({"optim": {"schedule": "wsd"}}, "optim.schedule 'wsd' is unknown"),
+    ],
+)
 def test_config_mistakes_name_the_value_and_the_fix(raw, message):
     with pytest.raises(ConfigError) as e:
         read_finetune(raw)
@@ -350,11 +477,17 @@ def test_divergence_stops_before_the_bad_step_like_the_engine(world, tmp_path):
     message naming the setting to lower, and the step with a non-finite gradient norm is not applied."""
     from replaylab.hf.finetune import run_finetune
 
-    cfg = make_config(world, optim__lr=1e12, optim__grad_clip=0.0, optim__warmup=0.0, eval__initial=False,
-                      save_final=False, log_every=1)
+    cfg = make_config(
+        world,
+        optim__lr=1e12,
+        optim__grad_clip=0.0,
+        optim__warmup=0.0,
+        eval__initial=False,
+        save_final=False,
+        log_every=1,
+    )
     manifest = run_finetune(cfg, tmp_path / "div")
     assert manifest["status"] == "diverged" and "optim.lr" in manifest["error"]
     assert manifest["steps_done"] < manifest["plan"]["total_steps"]
     last = [json.loads(line) for line in (tmp_path / "div" / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["type"] == "train" and last["step"] == manifest["steps_done"] + 1 and last["tok_per_s"] is None
-

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 import torch
-
 from test_hf_finetune import RANK_DEVICES, make_config, read_losses, world  # noqa: F401 - the module-scoped fixture
+
 from replaylab.config import dump_yaml
 from replaylab.errors import ConfigError
 from replaylab.hf.packing import REPLAY, TARGET
@@ -98,9 +98,34 @@ def test_sharded_state_round_trips_in_the_checkpoint_format(world, one_rank_grou
 def test_fsdp_flag_and_one_process_fallback(world, tmp_path, capsys):
     from replaylab.cli import main
 
-    rc = main(["finetune", "--model", world["model"], "--target", world["code"], "--set", "target.options.glob=*.py",
-               "--budget", "8", "--replay", "none", "--seq-len", "32", "--batch-size", "4", "--max-steps", "2",
-               "--threads", "1", "--set", "eval.initial=false", "--fsdp", "--out", str(tmp_path / "run")])
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            world["model"],
+            "--target",
+            world["code"],
+            "--set",
+            "target.options.glob=*.py",
+            "--budget",
+            "8",
+            "--replay",
+            "none",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "2",
+            "--threads",
+            "1",
+            "--set",
+            "eval.initial=false",
+            "--fsdp",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert rc == 0
     assert "parallel=fsdp with one process trains unsharded" in capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "done"
@@ -149,15 +174,38 @@ def test_two_fsdp_ranks_match_one_process_and_resume_bit_for_bit(device, pin, to
 
     # 12 steps; a clip that binds at every step, so the global gradient norm across shards must be right
     full = make_config(world, eval__initial=False, parallel="fsdp", checkpoint_every=5, optim__grad_clip=0.1, **pin)
-    lora = make_config(world, eval__initial=False, parallel="fsdp", replay_fraction=0.0, lora__enabled=True,
-                       lora__r=4, micro_batch_size=1, gradient_checkpointing=True, **pin)  # 2 micro per rank
+    lora = make_config(
+        world,
+        eval__initial=False,
+        parallel="fsdp",
+        replay_fraction=0.0,
+        lora__enabled=True,
+        lora__r=4,
+        micro_batch_size=1,
+        gradient_checkpointing=True,
+        **pin,
+    )  # 2 micro per rank
     for name, cfg in (("full", full), ("lora", lora)):
         (tmp_path / f"{name}.yaml").write_text(dump_yaml(cfg))
         run_finetune(cfg, tmp_path / f"one_{name}")  # one process: the unsharded fallback
     (tmp_path / "driver.py").write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(tmp_path / "driver.py"), str(tmp_path), device], check=True, env=env, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(tmp_path / "driver.py"),
+            str(tmp_path),
+            device,
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+    )
 
     for name in ("full", "lora"):
         one, two = tmp_path / f"one_{name}", tmp_path / f"two_{name}"
@@ -169,8 +217,10 @@ def test_two_fsdp_ranks_match_one_process_and_resume_bit_for_bit(device, pin, to
 
     # Checkpoints: the same tensors, names and optimizer layout as the unsharded run's.
     for file in ("model.safetensors", "optim.safetensors"):
-        a, b = (load_file(str(r / "checkpoints" / "step_0000005" / file)) for r in (tmp_path / "one_full",
-                                                                                    tmp_path / "two_full"))
+        a, b = (
+            load_file(str(r / "checkpoints" / "step_0000005" / file))
+            for r in (tmp_path / "one_full", tmp_path / "two_full")
+        )
         assert a.keys() == b.keys()
         assert all(torch.allclose(a[k], b[k], atol=tol) for k in a)
     # The final folders were written from the gathered state and load as plain HF model / adapter.

@@ -36,8 +36,13 @@ def world(tmp_path_factory):
 
     with tiny_world(tmp_path_factory.mktemp("lmeval")) as w:
         model_dir = w["model"]
-        yield {**w, "model_dir": model_dir, "model": AutoModelForCausalLM.from_pretrained(model_dir),
-               "hf_tok": AutoTokenizer.from_pretrained(model_dir), "tok": load_tokenizer(model_dir)}
+        yield {
+            **w,
+            "model_dir": model_dir,
+            "model": AutoModelForCausalLM.from_pretrained(model_dir),
+            "hf_tok": AutoTokenizer.from_pretrained(model_dir),
+            "tok": load_tokenizer(model_dir),
+        }
 
 
 def ours(world, items: list[dict]) -> dict:
@@ -65,8 +70,11 @@ def test_held_out_losses_are_the_engines_evaluation_of_the_hf_model(world):
             for i in range(0, len(part), 2):
                 batch = torch.from_numpy(part[i : i + 2])
                 logits = model(input_ids=batch[:, :-1], use_cache=False).logits
-                total += float(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
-                                               reduction="sum").double())
+                total += float(
+                    F.cross_entropy(
+                        logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum"
+                    ).double()
+                )
             want = total / (len(part) * 16)
             assert got[f"{half}_loss"] == want
             assert got[f"{half}_bpb"] == pytest.approx(want / math.log(2) / 3.5, rel=1e-15)
@@ -125,7 +133,8 @@ def write_task(folder: Path, name: str, items: list[dict]) -> None:
     (folder / f"{name}.yaml").write_text(
         f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files: {{test: {data}}}\ntest_split: test\n"
         "output_type: multiple_choice\ndoc_to_text: context\ndoc_to_choice: choices\ndoc_to_target: answer\n"
-        'target_delimiter: ""\nmetric_list: [{metric: acc}, {metric: acc_norm}]\n')
+        'target_delimiter: ""\nmetric_list: [{metric: acc}, {metric: acc_norm}]\n'
+    )
 
 
 def test_local_task_folder_agrees_item_by_item(world, tmp_path):
@@ -133,8 +142,13 @@ def test_local_task_folder_agrees_item_by_item(world, tmp_path):
     assert len(items) == 12
     write_task(tmp_path / "tasks", "prose_by_sum", relabel(world, items, "acc"))
     write_task(tmp_path / "tasks", "prose_by_byte", relabel(world, items, "acc_norm"))
-    res = run_lm_eval(world["model"], world["hf_tok"], ["prose_by_sum", "prose_by_byte"], batch_size=4,
-                      include=str(tmp_path / "tasks"))
+    res = run_lm_eval(
+        world["model"],
+        world["hf_tok"],
+        ["prose_by_sum", "prose_by_byte"],
+        batch_size=4,
+        include=str(tmp_path / "tasks"),
+    )
     # Every answer is our scorer's pick, so lm-eval scores 1.0 only if it picks the same choice on every item.
     assert res["prose_by_sum"]["acc"] == 1.0 and res["prose_by_sum"]["n"] == 12
     assert res["prose_by_byte"]["acc_norm"] == 1.0 and res["prose_by_byte"]["n"] == 12
@@ -144,18 +158,61 @@ def test_finetune_cli_runs_lm_eval_tasks_into_the_manifest(world, tmp_path, caps
     from replaylab.cli import main
 
     out = tmp_path / "run"
-    rc = main(["finetune", "--model", world["model_dir"], "--target", world["code"], "--set", "target.options.glob=*.py",
-               "--budget", "8", "--replay", world["prose"], "--replay-fraction", "0.5", "--seq-len", "32",
-               "--batch-size", "4", "--max-steps", "2", "--threads", "1", "--set", "eval.initial=false",
-               "--set", "save_final=false", "--lm-eval-task", BUILTIN, "--out", str(out)])
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            world["model_dir"],
+            "--target",
+            world["code"],
+            "--set",
+            "target.options.glob=*.py",
+            "--budget",
+            "8",
+            "--replay",
+            world["prose"],
+            "--replay-fraction",
+            "0.5",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "2",
+            "--threads",
+            "1",
+            "--set",
+            "eval.initial=false",
+            "--set",
+            "save_final=false",
+            "--lm-eval-task",
+            BUILTIN,
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     mc = json.loads((out / "manifest.json").read_text())["mc"]
     assert mc[BUILTIN]["n"] == 20 and 0 <= mc[BUILTIN]["acc"] <= 1
     assert BUILTIN in capsys.readouterr().out
 
     # A missing include folder stops the run before training, on one line.
-    assert main(["finetune", "--model", world["model_dir"], "--lm-eval-task", "x", "--lm-eval-include",
-                 str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                world["model_dir"],
+                "--lm-eval-task",
+                "x",
+                "--lm-eval-include",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is not a folder" in err and not (tmp_path / "x" / "manifest.json").exists()
 
@@ -169,7 +226,6 @@ def test_missing_package_is_a_config_error(monkeypatch):
 
 
 def test_include_without_tasks_is_a_config_error():
-    from replaylab.config import from_dict
     from replaylab.finetune_form import read_finetune
 
     with pytest.raises(ConfigError, match="eval.lm_eval_tasks is empty"):

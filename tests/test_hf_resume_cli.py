@@ -20,10 +20,38 @@ def world(tmp_path_factory):
 def test_finetune_resume_reads_the_config_from_the_run_folder(world, tmp_path, capsys):
     from replaylab.cli import main
 
-    flags = ["--model", world["model"], "--target", world["code"], "--set", "target.options.glob=*.py",
-             "--budget", "8", "--replay", world["prose"], "--replay-fraction", "0.5", "--seq-len", "32",
-             "--batch-size", "4", "--max-steps", "4", "--lr", "1e-3", "--threads", "1", "--set", "eval.initial=false",
-             "--set", "checkpoint_every=2", "--set", "log_every=1", "--set", "progress=off"]
+    flags = [
+        "--model",
+        world["model"],
+        "--target",
+        world["code"],
+        "--set",
+        "target.options.glob=*.py",
+        "--budget",
+        "8",
+        "--replay",
+        world["prose"],
+        "--replay-fraction",
+        "0.5",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-3",
+        "--threads",
+        "1",
+        "--set",
+        "eval.initial=false",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "log_every=1",
+        "--set",
+        "progress=off",
+    ]
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["finetune", *flags, "--out", str(a)]) == 0
     assert main(["finetune", *flags, "--out", str(b)]) == 0
@@ -40,13 +68,17 @@ def test_finetune_resume_reads_the_config_from_the_run_folder(world, tmp_path, c
     assert main(["finetune", "--resume", str(b)]) == 0  # no flags: the folder's config.yaml
     assert json.loads((b / "metrics.jsonl").read_text().splitlines()[0]).get("attempt") == 1
     assert read_losses(b) == read_losses(a)  # bit for bit
-    assert json.loads((b / "manifest.json").read_text())["final"] == json.loads((a / "manifest.json").read_text())["final"]
+    assert (
+        json.loads((b / "manifest.json").read_text())["final"] == json.loads((a / "manifest.json").read_text())["final"]
+    )
     assert (b / "model").is_dir()
     assert main(["finetune", *flags, "--resume", "--out", str(b)]) == 0  # the old form: already done
 
-    for argv, words in ((["--resume", str(a), "--out", str(b)], "two folders"),
-                        (["--resume", str(tmp_path / "nowhere")], "not a run folder"),
-                        (["--resume"], "needs the run folder")):
+    for argv, words in (
+        (["--resume", str(a), "--out", str(b)], "two folders"),
+        (["--resume", str(tmp_path / "nowhere")], "not a run folder"),
+        (["--resume"], "needs the run folder"),
+    ):
         capsys.readouterr()
         assert main(["finetune", *argv]) == 2
         err = capsys.readouterr().err
@@ -63,15 +95,46 @@ def test_a_run_folder_of_the_fine_tuning_form_resumes_with_either_command(world,
     from replaylab.finetune_form import load_run_config
     from replaylab.fingerprint import finetune_view
 
-    flags = ["--model", world["model"], "--target", world["code"], "--set", "target.options.glob=*.py",
-             "--budget", "8", "--replay", world["prose"], "-R", "0.5", "--seq-len", "32", "--batch-size", "4",
-             "--max-steps", "4", "--threads", "1", "--set", "eval.initial=false", "--set", "checkpoint_every=2",
-             "--set", "log_every=1", "--set", "progress=off", "--set", "save_final=false"]
+    flags = [
+        "--model",
+        world["model"],
+        "--target",
+        world["code"],
+        "--set",
+        "target.options.glob=*.py",
+        "--budget",
+        "8",
+        "--replay",
+        world["prose"],
+        "-R",
+        "0.5",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "4",
+        "--threads",
+        "1",
+        "--set",
+        "eval.initial=false",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "log_every=1",
+        "--set",
+        "progress=off",
+        "--set",
+        "save_final=false",
+    ]
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["finetune", *flags, "--out", str(a)]) == 0
     assert main(["finetune", *flags, "--out", str(b)]) == 0
-    old_form = {k: v for k, v in finetune_view(load_run_config(b / "config.yaml")).items()
-                if k not in ("compile", "deterministic")}  # as written before those fields existed
+    old_form = {
+        k: v
+        for k, v in finetune_view(load_run_config(b / "config.yaml")).items()
+        if k not in ("compile", "deterministic")
+    }  # as written before those fields existed
     (b / "config.yaml").write_text(yaml.safe_dump(old_form, sort_keys=False))
     manifest = json.loads((b / "manifest.json").read_text())
     (b / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
@@ -83,6 +146,8 @@ def test_a_run_folder_of_the_fine_tuning_form_resumes_with_either_command(world,
     assert main(["train", "--resume", str(b)]) == 0, capsys.readouterr().err
     assert json.loads((b / "metrics.jsonl").read_text().splitlines()[0]).get("attempt") == 1
     assert read_losses(b) == read_losses(a)
-    assert json.loads((b / "manifest.json").read_text())["final"] == json.loads((a / "manifest.json").read_text())["final"]
+    assert (
+        json.loads((b / "manifest.json").read_text())["final"] == json.loads((a / "manifest.json").read_text())["final"]
+    )
     assert json.loads((b / "manifest.json").read_text())["config_hash"] == manifest["config_hash"]
     assert main(["finetune", "--resume", str(b)]) == 0  # done: nothing left to do

@@ -23,24 +23,45 @@ torch.set_num_threads(1)
 
 def base_config(model: str, code: str, prose: str) -> dict:
     """8 target sequences x 1 epoch at batch 4: 2 steps at R = 0, 4 at R = 0.5."""
-    return {"model": model, "target": {"source": code, "budget": 8, "options": {"glob": "*.py"}},
-            "replay": {"source": prose}, "target_epochs": 1.0, "seq_len": 32, "batch_size": 4,
-            "optim": {"warmup": 0.0}, "eval": {"max_sequences": 8, "initial": False},
-            "log_every": 1, "progress": "off", "save_final": False}
+    return {
+        "model": model,
+        "target": {"source": code, "budget": 8, "options": {"glob": "*.py"}},
+        "replay": {"source": prose},
+        "target_epochs": 1.0,
+        "seq_len": 32,
+        "batch_size": 4,
+        "optim": {"warmup": 0.0},
+        "eval": {"max_sequences": 8, "initial": False},
+        "log_every": 1,
+        "progress": "off",
+        "save_final": False,
+    }
 
 
 def write_experiment(tmp_path, base: dict, **kw) -> str:
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump(base))
-    exp = {"name": "hf_t", "kind": "finetune_hf", "base": "ft.yaml", "overrides": ["threads=1"],
-           "grid": {"replay_fraction": [0, 0.5]}, "lrs": ["1e-3", "1e-2"], "seeds": [0], **kw}
+    exp = {
+        "name": "hf_t",
+        "kind": "finetune_hf",
+        "base": "ft.yaml",
+        "overrides": ["threads=1"],
+        "grid": {"replay_fraction": [0, 0.5]},
+        "lrs": ["1e-3", "1e-2"],
+        "seeds": [0],
+        **kw,
+    }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
     return str(path)
 
 
 def test_plan_counts_runs_and_steps_per_cell(tmp_path):
-    path = write_experiment(tmp_path, base_config("some/model", "code.jsonl", "prose.jsonl"),
-                            grid={"replay_fraction": [0, 0.5, 0.75], "lora.r": [4]}, seeds=[0, 1])
+    path = write_experiment(
+        tmp_path,
+        base_config("some/model", "code.jsonl", "prose.jsonl"),
+        grid={"replay_fraction": [0, 0.5, 0.75], "lora.r": [4]},
+        seeds=[0, 1],
+    )
     table, doc = plan_experiment(path)
     assert len(doc["runs"]) == 3 * 2 * 2 and len({e["run_id"] for e in doc["runs"]}) == 12
     assert all(e["kind"] == "finetune_hf" and e["branch"] is None for e in doc["runs"])
@@ -62,16 +83,19 @@ def test_plan_counts_runs_and_steps_per_cell(tmp_path):
     assert table["steps"].isna().all()  # unknown until tokenized: plan never tokenizes
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"grid": {"lora.rank": [4]}}, "grid axis 'lora.rank' is not a config field (lora has: alpha, dropout"),
-    ({"grid": {"replay_fraction": []}}, "grid axis 'replay_fraction' is empty"),
-    ({"grid": {"optim.lr": [1e-3]}}, "list learning rates under lrs:"),
-    ({"zip": {"seq_len.x": [1]}}, "zip axis 'seq_len.x': seq_len is a value, not a section"),
-    ({"grid": {"replay_fraction": [1.0]}}, "at replay_fraction=1.0: replay_fraction must lie in [0, 1)"),
-    ({"lrs": []}, "lrs is empty"),
-    ({"strategies": []}, "unknown config field experiment.strategies"),
-    ({"kind": "finetune"}, "experiment kind 'finetune' is unknown; use kind: finetune_hf"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"grid": {"lora.rank": [4]}}, "grid axis 'lora.rank' is not a config field (lora has: alpha, dropout"),
+        ({"grid": {"replay_fraction": []}}, "grid axis 'replay_fraction' is empty"),
+        ({"grid": {"optim.lr": [1e-3]}}, "list learning rates under lrs:"),
+        ({"zip": {"seq_len.x": [1]}}, "zip axis 'seq_len.x': seq_len is a value, not a section"),
+        ({"grid": {"replay_fraction": [1.0]}}, "at replay_fraction=1.0: replay_fraction must lie in [0, 1)"),
+        ({"lrs": []}, "lrs is empty"),
+        ({"strategies": []}, "unknown config field experiment.strategies"),
+        ({"kind": "finetune"}, "experiment kind 'finetune' is unknown; use kind: finetune_hf"),
+    ],
+)
 def test_experiment_mistakes_name_the_key(tmp_path, change, message):
     path = write_experiment(tmp_path, base_config("m", "c", "p"), **change)
     with pytest.raises(ConfigError) as e:

@@ -8,33 +8,47 @@ import pytest
 from replaylab.config import from_dict
 from replaylab.errors import ConfigError, DataError, ReplaylabError
 from replaylab.runconfig import RunConfig
-from replaylab.train.mixture import (MixtureSampler, apportion_blocks, check_epochs, domain_names, plan_counts,
-                                     stage_at, stage_starts)
+from replaylab.train.mixture import (
+    MixtureSampler,
+    apportion_blocks,
+    check_epochs,
+    domain_names,
+    plan_counts,
+    stage_at,
+    stage_starts,
+)
 
 SEQ = 32
 
 
-def make_config(stages, *, batch=16, block=None, total=None, seed=0, target_budget=8, target_epochs=None,
-                domains=None) -> RunConfig:
+def make_config(
+    stages, *, batch=16, block=None, total=None, seed=0, target_budget=8, target_epochs=None, domains=None
+) -> RunConfig:
     stages = [dict(s) for s in stages]
     total = total or sum(s["steps"] for s in stages)
     domains = domains or {
         "generic": {"source": "prose"},
         "target": {"source": "code", "budget": target_budget, "epochs": target_epochs},
     }
-    return from_dict(RunConfig, {
-        "seed": seed,
-        "data": {"seq_len": SEQ, "domains": domains},
-        "stages": stages,
-        "train": {"total_steps": total, "batch_size": batch, "mixture_block": block},
-    })
+    return from_dict(
+        RunConfig,
+        {
+            "seed": seed,
+            "data": {"seq_len": SEQ, "domains": domains},
+            "stages": stages,
+            "train": {"total_steps": total, "batch_size": batch, "mixture_block": block},
+        },
+    )
 
 
 def two_stage(rho=0.75, s1=40, s2=24, w1=1 / 32, **kw) -> RunConfig:
-    return make_config([
-        {"name": "pretrain", "steps": s1, "mixture": {"generic": 1 - w1, "target": w1}},
-        {"name": "finetune", "steps": s2, "mixture": {"generic": rho, "target": 1 - rho}},
-    ], **kw)
+    return make_config(
+        [
+            {"name": "pretrain", "steps": s1, "mixture": {"generic": 1 - w1, "target": w1}},
+            {"name": "finetune", "steps": s2, "mixture": {"generic": rho, "target": 1 - rho}},
+        ],
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -103,8 +117,9 @@ def test_two_domain_closed_form_equals_the_block_loop():
     for i, w in enumerate(cases):
         block = [1, 3, 16, 64, 1024][i % 5]
         quota = [(1 - w) * block, 0.0, w * block]
-        assert np.array_equal(_apportion_closed_form(quota, [0, 2], block, 300),
-                              _apportion_loop(quota, [0, 2], block, 300)), (w, block)
+        assert np.array_equal(
+            _apportion_closed_form(quota, [0, 2], block, 300), _apportion_loop(quota, [0, 2], block, 300)
+        ), (w, block)
 
 
 def test_zero_weight_domain_gets_nothing_and_ties_go_to_config_order():
@@ -115,8 +130,7 @@ def test_zero_weight_domain_gets_nothing_and_ties_go_to_config_order():
 
 
 def test_blocks_smaller_than_batch():
-    cfg = make_config([{"name": "s", "steps": 10, "mixture": {"generic": 0.9375, "target": 0.0625}}],
-                      batch=32, block=8)
+    cfg = make_config([{"name": "s", "steps": 10, "mixture": {"generic": 0.9375, "target": 0.0625}}], batch=32, block=8)
     plan = plan_counts(cfg)
     # the quota of an 8-sequence block is 0.5 target sequences, so a step of four blocks gets exactly 2
     assert (np.diff(plan[:, 1]) == 2).all()
@@ -189,8 +203,9 @@ def test_shared_prefix_sees_identical_batches(stores):
 
 
 def test_epochs_cover_the_budget_once_each_and_reshuffle(stores):
-    cfg = make_config([{"name": "s", "steps": 32, "mixture": {"generic": 0.75, "target": 0.25}}],
-                      target_budget=16, target_epochs=8)
+    cfg = make_config(
+        [{"name": "s", "steps": 32, "mixture": {"generic": 0.75, "target": 0.25}}], target_budget=16, target_epochs=8
+    )
     sampler = MixtureSampler(cfg, stores)
     ids = sampler.sequence_ids("target", np.arange(128))
     budget = np.sort(stores["target"].budget_indices(SEQ, 16, 0))

@@ -16,8 +16,9 @@ torch.set_num_threads(1)
 
 def tiny_model(tied: bool = False) -> Transformer:
     torch.manual_seed(0)
-    return Transformer(ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, vocab_size=64, max_seq_len=16,
-                                   tie_embeddings=tied))
+    return Transformer(
+        ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, vocab_size=64, max_seq_len=16, tie_embeddings=tied)
+    )
 
 
 def names_by_group(model: nn.Module, cfg: OptimConfig) -> dict[str, set[str]]:
@@ -39,8 +40,12 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, n: int) -> None:
 def test_decay_on_matrices_only_untied_head_decays():
     model = tiny_model()
     groups = names_by_group(model, OptimConfig())
-    assert groups["no_decay"] == {"tok_emb.weight", "norm.weight", "layers.0.attn_norm.weight",
-                                  "layers.0.mlp_norm.weight"}
+    assert groups["no_decay"] == {
+        "tok_emb.weight",
+        "norm.weight",
+        "layers.0.attn_norm.weight",
+        "layers.0.mlp_norm.weight",
+    }
     assert "lm_head.weight" in groups["decay"]  # the untied head is a matrix like any projection
     assert groups["decay"] == {n for n, _ in model.named_parameters()} - groups["no_decay"]
     opt = build_optimizer(model, OptimConfig(weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8), "cpu")
@@ -142,11 +147,11 @@ def test_clip_gradients():
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.01)
     total = sum(p.numel() for p in model.parameters())
-    expect = 0.01 * total ** 0.5
+    expect = 0.01 * total**0.5
     assert float(clip_gradients(model, 0.0)) == pytest.approx(expect, rel=1e-5)  # 0 = off: report only
     assert all(torch.all(p.grad == 0.01) for p in model.parameters())
     assert float(clip_gradients(model, 1.0)) == pytest.approx(expect, rel=1e-5)  # returns the norm before clipping
-    after = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+    after = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
     assert after == pytest.approx(1.0, rel=1e-4)
     assert float(clip_gradients(model, 10.0)) == pytest.approx(1.0, rel=1e-4)  # under the limit: untouched
     model.lm_head.weight.grad[0, 0] = float("inf")
@@ -164,12 +169,23 @@ def test_hugging_face_llama_groups():
 
     for tied in (False, True):
         torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                             num_attention_heads=2, num_key_value_heads=2,
-                                             tie_word_embeddings=tied))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=64,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                tie_word_embeddings=tied,
+            )
+        )
         g = names_by_group(model, OptimConfig())
-        assert g["no_decay"] == {"model.embed_tokens.weight", "model.norm.weight",
-                                 "model.layers.0.input_layernorm.weight",
-                                 "model.layers.0.post_attention_layernorm.weight"}
+        assert g["no_decay"] == {
+            "model.embed_tokens.weight",
+            "model.norm.weight",
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.0.post_attention_layernorm.weight",
+        }
         assert ("lm_head.weight" in g["decay"]) is not tied  # tied: the head *is* the embedding
         assert "model.layers.0.self_attn.q_proj.weight" in g["decay"]

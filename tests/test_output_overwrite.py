@@ -22,7 +22,6 @@ from typing import Callable
 
 import pytest
 import yaml
-
 from run_configs import tiny_raw
 from test_output_policy import SENTINEL, plant, run_cli
 
@@ -30,10 +29,10 @@ from test_output_policy import SENTINEL, plant, run_cli
 @dataclass
 class Case:
     name: str
-    args: Callable[[Path, Path], list]         # (ws, case folder) -> argv after `replaylab`
-    expect: list[str]                           # pieces of the one-line message
+    args: Callable[[Path, Path], list]  # (ws, case folder) -> argv after `replaylab`
+    expect: list[str]  # pieces of the one-line message
     setup: Callable[[Path, Path], None] = lambda ws, c: None
-    home: bool = False                          # the case gets its own copy of REPLAYLAB_HOME at c/home
+    home: bool = False  # the case gets its own copy of REPLAYLAB_HOME at c/home
     strict: list[str] = field(default_factory=list)  # folders (relative to c) that must not gain even a lock file
 
 
@@ -83,83 +82,213 @@ def tok(ws: Path, *rest) -> list:
 
 CASES = [
     # ---- an overwrite or rebuild removes only what that kind writes: anything else is refused, listed
-    Case("train-overwrite-notes", lambda ws, c: ["train", ws / "run2.yaml", "--out", c / "run", "--overwrite"],
-         ["NOTES.md", "did not write"], lambda ws, c: (copy(ws, c, "run"), note(c / "run" / "NOTES.md"))),
-    Case("train-overwrite-export", lambda ws, c: ["train", ws / "run2.yaml", "--out", c / "run", "--overwrite"],
-         ["hf_export"], _export_inside_run),
-    Case("sweep-overwrite-user-files", lambda ws, c: ["sweep", ws / "other_exp.yaml", "--out", c / "S", "--overwrite"],
-         ["results.csv", "analysis.json"],
-         lambda ws, c: (copy(ws, c, "S"), note(c / "S" / "results.csv"), note(c / "S" / "analysis.json"))),
-    Case("sweep-overwrite-notes-in-a-run", lambda ws, c: ["sweep", ws / "other_exp.yaml", "--out", c / "S",
-                                                          "--overwrite"],
-         ["NOTES.md", "runs/"], lambda ws, c: (copy(ws, c, "S"), note(first_run(c / "S") / "NOTES.md"))),
-    Case("data-build-force-run-inside", lambda ws, c: ["data", "build", ws / "corpus.jsonl", "--name", "gen",
-                                                       "--tokenizer", ws / "tok", "--force"],
-         ["run1", "did not write"], _run_inside_store, home=True),
-    Case("report-overwrite-notes", lambda ws, c: ["report", ws / "S", "--out", c / "rep", "--overwrite"],
-         ["notes.md"], _report_of_other_runs),
-    Case("tokenizer-overwrite-notes", lambda ws, c: tok(ws, "--out", c / "tok", "--overwrite"), ["notes.txt"],
-         lambda ws, c: (copy(ws, c, "tok"), note(c / "tok" / "notes.txt"))),
-    Case("export-force-notes", lambda ws, c: ["export", ws / "run", "--hf", c / "hf", "--force"], ["notes.txt"],
-         lambda ws, c: (copy(ws, c, "hf"), note(c / "hf" / "notes.txt"))),
+    Case(
+        "train-overwrite-notes",
+        lambda ws, c: ["train", ws / "run2.yaml", "--out", c / "run", "--overwrite"],
+        ["NOTES.md", "did not write"],
+        lambda ws, c: (copy(ws, c, "run"), note(c / "run" / "NOTES.md")),
+    ),
+    Case(
+        "train-overwrite-export",
+        lambda ws, c: ["train", ws / "run2.yaml", "--out", c / "run", "--overwrite"],
+        ["hf_export"],
+        _export_inside_run,
+    ),
+    Case(
+        "sweep-overwrite-user-files",
+        lambda ws, c: ["sweep", ws / "other_exp.yaml", "--out", c / "S", "--overwrite"],
+        ["results.csv", "analysis.json"],
+        lambda ws, c: (copy(ws, c, "S"), note(c / "S" / "results.csv"), note(c / "S" / "analysis.json")),
+    ),
+    Case(
+        "sweep-overwrite-notes-in-a-run",
+        lambda ws, c: ["sweep", ws / "other_exp.yaml", "--out", c / "S", "--overwrite"],
+        ["NOTES.md", "runs/"],
+        lambda ws, c: (copy(ws, c, "S"), note(first_run(c / "S") / "NOTES.md")),
+    ),
+    Case(
+        "data-build-force-run-inside",
+        lambda ws, c: ["data", "build", ws / "corpus.jsonl", "--name", "gen", "--tokenizer", ws / "tok", "--force"],
+        ["run1", "did not write"],
+        _run_inside_store,
+        home=True,
+    ),
+    Case(
+        "report-overwrite-notes",
+        lambda ws, c: ["report", ws / "S", "--out", c / "rep", "--overwrite"],
+        ["notes.md"],
+        _report_of_other_runs,
+    ),
+    Case(
+        "tokenizer-overwrite-notes",
+        lambda ws, c: tok(ws, "--out", c / "tok", "--overwrite"),
+        ["notes.txt"],
+        lambda ws, c: (copy(ws, c, "tok"), note(c / "tok" / "notes.txt")),
+    ),
+    Case(
+        "export-force-notes",
+        lambda ws, c: ["export", ws / "run", "--hf", c / "hf", "--force"],
+        ["notes.txt"],
+        lambda ws, c: (copy(ws, c, "hf"), note(c / "hf" / "notes.txt")),
+    ),
     # ---- no output inside another replaylab artifact
-    Case("train-inside-store", lambda ws, c: ["train", ws / "run.yaml", "--out", c / "home" / "stores" / "gen" / "r"],
-         ["inside the replaylab store folder"], home=True),
-    Case("sweep-inside-run", lambda ws, c: ["sweep", ws / "exp.yaml", "--out", c / "run" / "sweep"],
-         ["inside the replaylab run folder"], lambda ws, c: copy(ws, c, "run")),
-    Case("export-inside-run", lambda ws, c: ["export", ws / "run", "--hf", c / "run" / "hf_export"],
-         ["inside the replaylab run folder"], lambda ws, c: copy(ws, c, "run")),
-    Case("report-inside-run", lambda ws, c: ["report", ws / "S", "--out", c / "run" / "report"],
-         ["inside the replaylab run folder"], lambda ws, c: copy(ws, c, "run")),
-    Case("tokenizer-inside-sweep", lambda ws, c: tok(ws, "--out", c / "S" / "tok"),
-         ["inside the replaylab sweep folder"], lambda ws, c: copy(ws, c, "S")),
-    Case("train-inside-sweep", lambda ws, c: ["train", ws / "run.yaml", "--out", c / "S" / "mine"],
-         ["inside the replaylab sweep folder"], lambda ws, c: copy(ws, c, "S")),
-    Case("train-inside-checkpoints", lambda ws, c: ["train", ws / "run.yaml", "--out", c / "run" / "checkpoints"],
-         ["inside the replaylab run folder"], lambda ws, c: copy(ws, c, "run")),
-    Case("finetune-inside-store", lambda ws, c: ["finetune", "--model", ws / "hf", "--target", ws / "corpus.jsonl",
-                                                 "--replay", "none", "--seq-len", "16", "--out",
-                                                 c / "home" / "stores" / "gen" / "ft"],
-         ["inside the replaylab store folder"], home=True),
+    Case(
+        "train-inside-store",
+        lambda ws, c: ["train", ws / "run.yaml", "--out", c / "home" / "stores" / "gen" / "r"],
+        ["inside the replaylab store folder"],
+        home=True,
+    ),
+    Case(
+        "sweep-inside-run",
+        lambda ws, c: ["sweep", ws / "exp.yaml", "--out", c / "run" / "sweep"],
+        ["inside the replaylab run folder"],
+        lambda ws, c: copy(ws, c, "run"),
+    ),
+    Case(
+        "export-inside-run",
+        lambda ws, c: ["export", ws / "run", "--hf", c / "run" / "hf_export"],
+        ["inside the replaylab run folder"],
+        lambda ws, c: copy(ws, c, "run"),
+    ),
+    Case(
+        "report-inside-run",
+        lambda ws, c: ["report", ws / "S", "--out", c / "run" / "report"],
+        ["inside the replaylab run folder"],
+        lambda ws, c: copy(ws, c, "run"),
+    ),
+    Case(
+        "tokenizer-inside-sweep",
+        lambda ws, c: tok(ws, "--out", c / "S" / "tok"),
+        ["inside the replaylab sweep folder"],
+        lambda ws, c: copy(ws, c, "S"),
+    ),
+    Case(
+        "train-inside-sweep",
+        lambda ws, c: ["train", ws / "run.yaml", "--out", c / "S" / "mine"],
+        ["inside the replaylab sweep folder"],
+        lambda ws, c: copy(ws, c, "S"),
+    ),
+    Case(
+        "train-inside-checkpoints",
+        lambda ws, c: ["train", ws / "run.yaml", "--out", c / "run" / "checkpoints"],
+        ["inside the replaylab run folder"],
+        lambda ws, c: copy(ws, c, "run"),
+    ),
+    Case(
+        "finetune-inside-store",
+        lambda ws, c: [
+            "finetune",
+            "--model",
+            ws / "hf",
+            "--target",
+            ws / "corpus.jsonl",
+            "--replay",
+            "none",
+            "--seq-len",
+            "16",
+            "--out",
+            c / "home" / "stores" / "gen" / "ft",
+        ],
+        ["inside the replaylab store folder"],
+        home=True,
+    ),
     # ---- an output file is never one of replaylab's own files
-    Case("analyze-json-sweep-index", lambda ws, c: ["analyze", c / "S", "--json", c / "S" / "sweep.json",
-                                                    "--overwrite"],
-         ["replaylab's own", "sweep.json"], lambda ws, c: copy(ws, c, "S")),
-    Case("results-csv-run-manifest", lambda ws, c: ["results", ws / "S", "--csv", c / "run" / "manifest.json",
-                                                    "--overwrite"],
-         ["replaylab's own", "manifest.json"], lambda ws, c: copy(ws, c, "run")),
-    Case("results-csv-sweep-run-config", lambda ws, c: ["results", c / "S", "--csv",
-                                                        first_run(c / "S") / "config.yaml", "--overwrite"],
-         ["replaylab's own"], lambda ws, c: copy(ws, c, "S")),
-    Case("results-csv-marker", lambda ws, c: ["results", ws / "S", "--csv", c / "run" / ".replaylab.json",
-                                              "--overwrite"],
-         ["replaylab's own"], lambda ws, c: copy(ws, c, "run")),
-    Case("results-csv-in-runs", lambda ws, c: ["results", ws / "S", "--csv", c / "S" / "runs" / "all.csv"],
-         ["replaylab's own", "runs"], lambda ws, c: copy(ws, c, "S")),
-    Case("results-csv-in-checkpoints", lambda ws, c: ["results", ws / "S", "--csv",
-                                                      c / "run" / "checkpoints" / "x.csv"],
-         ["replaylab's own", "checkpoints"], lambda ws, c: copy(ws, c, "run")),
-    Case("results-csv-store-meta", lambda ws, c: ["results", ws / "S", "--csv", c / "home" / "stores" / "gen" /
-                                                  "meta.json", "--overwrite"],
-         ["replaylab's own", "meta.json"], home=True),
-    Case("results-csv-symlink-to-manifest", lambda ws, c: ["results", ws / "S", "--csv", c / "user" / "link.csv",
-                                                           "--overwrite"],
-         ["replaylab's own", "manifest.json"], _symlink_to_manifest),
+    Case(
+        "analyze-json-sweep-index",
+        lambda ws, c: ["analyze", c / "S", "--json", c / "S" / "sweep.json", "--overwrite"],
+        ["replaylab's own", "sweep.json"],
+        lambda ws, c: copy(ws, c, "S"),
+    ),
+    Case(
+        "results-csv-run-manifest",
+        lambda ws, c: ["results", ws / "S", "--csv", c / "run" / "manifest.json", "--overwrite"],
+        ["replaylab's own", "manifest.json"],
+        lambda ws, c: copy(ws, c, "run"),
+    ),
+    Case(
+        "results-csv-sweep-run-config",
+        lambda ws, c: ["results", c / "S", "--csv", first_run(c / "S") / "config.yaml", "--overwrite"],
+        ["replaylab's own"],
+        lambda ws, c: copy(ws, c, "S"),
+    ),
+    Case(
+        "results-csv-marker",
+        lambda ws, c: ["results", ws / "S", "--csv", c / "run" / ".replaylab.json", "--overwrite"],
+        ["replaylab's own"],
+        lambda ws, c: copy(ws, c, "run"),
+    ),
+    Case(
+        "results-csv-in-runs",
+        lambda ws, c: ["results", ws / "S", "--csv", c / "S" / "runs" / "all.csv"],
+        ["replaylab's own", "runs"],
+        lambda ws, c: copy(ws, c, "S"),
+    ),
+    Case(
+        "results-csv-in-checkpoints",
+        lambda ws, c: ["results", ws / "S", "--csv", c / "run" / "checkpoints" / "x.csv"],
+        ["replaylab's own", "checkpoints"],
+        lambda ws, c: copy(ws, c, "run"),
+    ),
+    Case(
+        "results-csv-store-meta",
+        lambda ws, c: ["results", ws / "S", "--csv", c / "home" / "stores" / "gen" / "meta.json", "--overwrite"],
+        ["replaylab's own", "meta.json"],
+        home=True,
+    ),
+    Case(
+        "results-csv-symlink-to-manifest",
+        lambda ws, c: ["results", ws / "S", "--csv", c / "user" / "link.csv", "--overwrite"],
+        ["replaylab's own", "manifest.json"],
+        _symlink_to_manifest,
+    ),
     # ---- a refused folder gets nothing, not even a lock file
-    Case("train-user-folder-no-lock", lambda ws, c: ["train", ws / "run.yaml", "--out", c / "user"],
-         ["did not create"], lambda ws, c: plant(c / "user"), strict=["user"]),
-    Case("train-home-no-lock", lambda ws, c: ["train", ws / "run.yaml", "--out", c / "fakehome"],
-         ["did not create"], lambda ws, c: (plant(c / "fakehome"), note(c / "fakehome" / ".bashrc")),
-         strict=["fakehome"]),
-    Case("train-overwrite-user-folder-no-lock", lambda ws, c: ["train", ws / "run.yaml", "--out", c / "user",
-                                                               "--overwrite"],
-         ["did not create"], lambda ws, c: plant(c / "user"), strict=["user"]),
-    Case("finetune-user-folder-no-lock", lambda ws, c: ["finetune", "--model", ws / "hf", "--target",
-                                                        ws / "corpus.jsonl", "--replay", "none", "--seq-len", "16",
-                                                        "--out", c / "user"],
-         ["did not create"], lambda ws, c: plant(c / "user"), strict=["user"]),
-    Case("sweep-user-folder-no-lock", lambda ws, c: ["sweep", ws / "exp.yaml", "--out", c / "user", "--overwrite"],
-         ["did not create"], lambda ws, c: plant(c / "user"), strict=["user"]),
+    Case(
+        "train-user-folder-no-lock",
+        lambda ws, c: ["train", ws / "run.yaml", "--out", c / "user"],
+        ["did not create"],
+        lambda ws, c: plant(c / "user"),
+        strict=["user"],
+    ),
+    Case(
+        "train-home-no-lock",
+        lambda ws, c: ["train", ws / "run.yaml", "--out", c / "fakehome"],
+        ["did not create"],
+        lambda ws, c: (plant(c / "fakehome"), note(c / "fakehome" / ".bashrc")),
+        strict=["fakehome"],
+    ),
+    Case(
+        "train-overwrite-user-folder-no-lock",
+        lambda ws, c: ["train", ws / "run.yaml", "--out", c / "user", "--overwrite"],
+        ["did not create"],
+        lambda ws, c: plant(c / "user"),
+        strict=["user"],
+    ),
+    Case(
+        "finetune-user-folder-no-lock",
+        lambda ws, c: [
+            "finetune",
+            "--model",
+            ws / "hf",
+            "--target",
+            ws / "corpus.jsonl",
+            "--replay",
+            "none",
+            "--seq-len",
+            "16",
+            "--out",
+            c / "user",
+        ],
+        ["did not create"],
+        lambda ws, c: plant(c / "user"),
+        strict=["user"],
+    ),
+    Case(
+        "sweep-user-folder-no-lock",
+        lambda ws, c: ["sweep", ws / "exp.yaml", "--out", c / "user", "--overwrite"],
+        ["did not create"],
+        lambda ws, c: plant(c / "user"),
+        strict=["user"],
+    ),
 ]
 
 
@@ -186,9 +315,14 @@ def world(tmp_path_factory, prose_store, code_store, tiny_tokenizer):
         (ws / "run2.yaml").write_text(yaml.safe_dump({**raw, "seed": 4}))
         run_training(from_dict(RunConfig, raw), ws / "run")
         export_run(ws / "run", ws / "hf")
-        exp = {"name": "policy", "base": {k: raw[k] for k in ("model", "data", "train", "eval", "logging")},
-               "target": "code", "target_fraction": "1/8", "seeds": [0],
-               "strategies": [{"strategy": "reference", "grid": {"budget_multiple": [1]}, "args": {"epochs": 1}}]}
+        exp = {
+            "name": "policy",
+            "base": {k: raw[k] for k in ("model", "data", "train", "eval", "logging")},
+            "target": "code",
+            "target_fraction": "1/8",
+            "seeds": [0],
+            "strategies": [{"strategy": "reference", "grid": {"budget_multiple": [1]}, "args": {"epochs": 1}}],
+        }
         exp["base"]["train"] = {k: v for k, v in raw["train"].items() if k != "micro_batch_size"}
         (ws / "exp.yaml").write_text(yaml.safe_dump(exp))
         (ws / "other_exp.yaml").write_text(yaml.safe_dump({**exp, "name": "another"}))
@@ -208,8 +342,7 @@ def snapshot(root: Path, strict: list[Path]) -> dict[str, bytes | str | None]:
     for p in sorted(root.rglob("*")):
         if "__pycache__" in p.parts or (p.name.endswith(".lock") and not any(s in p.parents for s in strict)):
             continue
-        out[str(p.relative_to(root))] = (os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file()
-                                         else None)
+        out[str(p.relative_to(root))] = os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
     return out
 
 
@@ -222,8 +355,11 @@ def outcomes(world):
             copy(world, c, "home")
         case.setup(world, c)
         strict = [c / s for s in case.strict]
-        env = {**os.environ, "REPLAYLAB_HOME": str(c / "home" if case.home else world / "home"),
-               "PYTHONWARNINGS": "ignore"}
+        env = {
+            **os.environ,
+            "REPLAYLAB_HOME": str(c / "home" if case.home else world / "home"),
+            "PYTHONWARNINGS": "ignore",
+        }
         before = snapshot(c, strict)
         r = run_cli(*case.args(world, c), env=env, cwd=c)
         return r, before, snapshot(c, strict)
@@ -261,28 +397,57 @@ def _kept_user_file(ws: Path, c: Path) -> None:
 
 
 def _rebuilt_store(ws: Path, c: Path) -> None:
-    assert (c / "home" / "stores" / "gen" / "meta.json").stat().st_mtime > (ws / "home" / "stores" / "gen" /
-                                                                            "meta.json").stat().st_mtime
+    assert (c / "home" / "stores" / "gen" / "meta.json").stat().st_mtime > (
+        ws / "home" / "stores" / "gen" / "meta.json"
+    ).stat().st_mtime
 
 
 ALLOWED = [  # an overwrite or rebuild of a folder holding only what its kind wrote works; CHECKS says what it did
-    Case("train-overwrite-clean", lambda ws, c: ["train", ws / "run2.yaml", "--out", c / "run", "--overwrite"], [],
-         lambda ws, c: copy(ws, c, "run")),
-    Case("sweep-overwrite-clean", lambda ws, c: ["sweep", ws / "other_exp.yaml", "--out", c / "S", "--overwrite"],
-         [], lambda ws, c: copy(ws, c, "S")),
-    Case("data-build-force-clean", lambda ws, c: ["data", "build", ws / "corpus.jsonl", "--name", "gen",
-                                                  "--tokenizer", ws / "tok", "--force"], [], home=True),
-    Case("export-force-clean", lambda ws, c: ["export", ws / "run", "--hf", c / "hf", "--force"], [],
-         lambda ws, c: copy(ws, c, "hf")),
+    Case(
+        "train-overwrite-clean",
+        lambda ws, c: ["train", ws / "run2.yaml", "--out", c / "run", "--overwrite"],
+        [],
+        lambda ws, c: copy(ws, c, "run"),
+    ),
+    Case(
+        "sweep-overwrite-clean",
+        lambda ws, c: ["sweep", ws / "other_exp.yaml", "--out", c / "S", "--overwrite"],
+        [],
+        lambda ws, c: copy(ws, c, "S"),
+    ),
+    Case(
+        "data-build-force-clean",
+        lambda ws, c: ["data", "build", ws / "corpus.jsonl", "--name", "gen", "--tokenizer", ws / "tok", "--force"],
+        [],
+        home=True,
+    ),
+    Case(
+        "export-force-clean",
+        lambda ws, c: ["export", ws / "run", "--hf", c / "hf", "--force"],
+        [],
+        lambda ws, c: copy(ws, c, "hf"),
+    ),
     # a user's file may sit in a sweep folder (it is then the user's to move before an --overwrite)
-    Case("user-csv-in-sweep", lambda ws, c: ["results", c / "S", "--csv", c / "S" / "all.csv"], [],
-         lambda ws, c: (copy(ws, c, "S"), note(c / "S" / "results.csv"))),
-    Case("sweep-continues-beside-user-file", lambda ws, c: ["sweep", ws / "exp.yaml", "--out", c / "S"], [],
-         lambda ws, c: (copy(ws, c, "S"), note(c / "S" / "results.csv"), note(c / "S" / "all.csv", "run_id,"))),
+    Case(
+        "user-csv-in-sweep",
+        lambda ws, c: ["results", c / "S", "--csv", c / "S" / "all.csv"],
+        [],
+        lambda ws, c: (copy(ws, c, "S"), note(c / "S" / "results.csv")),
+    ),
+    Case(
+        "sweep-continues-beside-user-file",
+        lambda ws, c: ["sweep", ws / "exp.yaml", "--out", c / "S"],
+        [],
+        lambda ws, c: (copy(ws, c, "S"), note(c / "S" / "results.csv"), note(c / "S" / "all.csv", "run_id,")),
+    ),
 ]
-CHECKS = {"train-overwrite-clean": _replaced_run, "sweep-overwrite-clean": _replaced_sweep,
-          "data-build-force-clean": _rebuilt_store, "user-csv-in-sweep": _kept_user_file,
-          "sweep-continues-beside-user-file": _kept_user_file}
+CHECKS = {
+    "train-overwrite-clean": _replaced_run,
+    "sweep-overwrite-clean": _replaced_sweep,
+    "data-build-force-clean": _rebuilt_store,
+    "user-csv-in-sweep": _kept_user_file,
+    "sweep-continues-beside-user-file": _kept_user_file,
+}
 
 
 @pytest.fixture(scope="module")
@@ -293,8 +458,11 @@ def allowed(world):
         if case.home:
             copy(world, c, "home")
         case.setup(world, c)
-        env = {**os.environ, "REPLAYLAB_HOME": str(c / "home" if case.home else world / "home"),
-               "PYTHONWARNINGS": "ignore"}
+        env = {
+            **os.environ,
+            "REPLAYLAB_HOME": str(c / "home" if case.home else world / "home"),
+            "PYTHONWARNINGS": "ignore",
+        }
         return run_cli(*case.args(world, c), env=env, cwd=c)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -341,9 +509,23 @@ def test_sweep_overwrite_refused_while_another_sweep_trains(world, tmp_path):
     exp["seeds"] = list(range(12))  # many tiny runs: a sweep that is still training when the second one comes
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(exp))
     env = {**os.environ, "REPLAYLAB_HOME": str(world / "home"), "PYTHONWARNINGS": "ignore"}
-    first = subprocess.Popen([sys.executable, "-m", "replaylab.cli", "sweep", str(tmp_path / "long.yaml"), "--out",
-                              str(tmp_path / "S"), "--workers", "1"], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "replaylab.cli",
+            "sweep",
+            str(tmp_path / "long.yaml"),
+            "--out",
+            str(tmp_path / "S"),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 180
         while not list((tmp_path / "S").glob("runs/*/manifest.json")):

@@ -21,16 +21,22 @@ from typing import Callable
 
 import pytest
 import yaml
+from run_configs import tiny_raw
 
 from replaylab.outputs import OutputError, check_name, claim_output, folder_lock, kind_of, write_marker
-from run_configs import tiny_raw
 
 SENTINEL = "a user's file: must survive"
 
 
 def run_cli(*args: str, env: dict, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "replaylab.cli", *map(str, args)], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "replaylab.cli", *map(str, args)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def plant(folder: Path) -> Path:
@@ -42,8 +48,8 @@ def plant(folder: Path) -> Path:
 @dataclass
 class Case:
     name: str
-    args: Callable[[Path], list]             # ws -> argv after `replaylab`
-    expect: str                               # a piece of the one-line message
+    args: Callable[[Path], list]  # ws -> argv after `replaylab`
+    expect: str  # a piece of the one-line message
     setup: Callable[[Path], None] = lambda ws: None
     cwd: Callable[[Path], Path] = lambda ws: ws / "cwd"
     keep: list = field(default_factory=list)  # extra files (relative to ws) that must be unchanged
@@ -60,52 +66,122 @@ CASES = [
     Case("name-dotdot", lambda ws: ["data", "build", ws / "corpus.jsonl", "--name", ".."], "not a valid name"),
     Case("name-dot", lambda ws: ["data", "build", ws / "corpus.jsonl", "--name", "."], "not a valid name"),
     Case("name-parent-path", lambda ws: ["data", "build", ws / "corpus.jsonl", "--name", "../x"], "not a valid name"),
-    Case("name-absolute", lambda ws: ["data", "build", ws / "corpus.jsonl", "--name", str(ws / "abs")],
-         "not a valid name"),
+    Case(
+        "name-absolute",
+        lambda ws: ["data", "build", ws / "corpus.jsonl", "--name", str(ws / "abs")],
+        "not a valid name",
+    ),
     Case("name-separator", lambda ws: ["data", "build", ws / "corpus.jsonl", "--name", "a/b"], "not a valid name"),
     # a store name that holds another corpus
-    Case("store-other-corpus", lambda ws: ["data", "build", ws / "other.jsonl", "--name", "gen",
-                                           "--tokenizer", ws / "tok"], "another",
-         keep=["home/stores/gen/meta.json", "home/stores/gen/train.bin"]),
+    Case(
+        "store-other-corpus",
+        lambda ws: ["data", "build", ws / "other.jsonl", "--name", "gen", "--tokenizer", ws / "tok"],
+        "another",
+        keep=["home/stores/gen/meta.json", "home/stores/gen/train.bin"],
+    ),
     # tokenizer train into folders that are not replaylab tokenizers
-    Case("tokenizer-user-folder", lambda ws: ["tokenizer", "train", ws / "corpus.jsonl", "--vocab-size", "300",
-                                              "--out", ws / "user"], "did not create"),
-    Case("tokenizer-cwd", lambda ws: ["tokenizer", "train", ws / "corpus.jsonl", "--vocab-size", "300",
-                                      "--out", "."], "did not create"),
-    Case("tokenizer-out-is-file", lambda ws: ["tokenizer", "train", ws / "corpus.jsonl", "--vocab-size", "300",
-                                              "--out", ws / "user" / "KEEP.txt"], "is a file"),
-    Case("tokenizer-into-store", lambda ws: ["tokenizer", "train", ws / "corpus.jsonl", "--vocab-size", "300",
-                                             "--out", ws / "home" / "stores" / "gen"], "store folder, not a tokenizer"),
+    Case(
+        "tokenizer-user-folder",
+        lambda ws: ["tokenizer", "train", ws / "corpus.jsonl", "--vocab-size", "300", "--out", ws / "user"],
+        "did not create",
+    ),
+    Case(
+        "tokenizer-cwd",
+        lambda ws: ["tokenizer", "train", ws / "corpus.jsonl", "--vocab-size", "300", "--out", "."],
+        "did not create",
+    ),
+    Case(
+        "tokenizer-out-is-file",
+        lambda ws: [
+            "tokenizer",
+            "train",
+            ws / "corpus.jsonl",
+            "--vocab-size",
+            "300",
+            "--out",
+            ws / "user" / "KEEP.txt",
+        ],
+        "is a file",
+    ),
+    Case(
+        "tokenizer-into-store",
+        lambda ws: [
+            "tokenizer",
+            "train",
+            ws / "corpus.jsonl",
+            "--vocab-size",
+            "300",
+            "--out",
+            ws / "home" / "stores" / "gen",
+        ],
+        "store folder, not a tokenizer",
+    ),
     # report / analyze / results outputs
     Case("report-user-folder", lambda ws: ["report", ws / "sweep", "--out", ws / "user"], "did not create"),
-    Case("report-into-sweep", lambda ws: ["report", ws / "sweep", "--out", ws / "sweep2"], "sweep folder, not a report"),
-    Case("report-through-file", lambda ws: ["report", ws / "sweep", "--out", ws / "user" / "KEEP.txt" / "r"],
-         "is a file"),
-    Case("analyze-json-exists", lambda ws: ["analyze", ws / "sweep", "--json", ws / "user" / "KEEP.txt"],
-         "already exists"),
+    Case(
+        "report-into-sweep", lambda ws: ["report", ws / "sweep", "--out", ws / "sweep2"], "sweep folder, not a report"
+    ),
+    Case(
+        "report-through-file", lambda ws: ["report", ws / "sweep", "--out", ws / "user" / "KEEP.txt" / "r"], "is a file"
+    ),
+    Case(
+        "analyze-json-exists",
+        lambda ws: ["analyze", ws / "sweep", "--json", ws / "user" / "KEEP.txt"],
+        "already exists",
+    ),
     Case("analyze-json-dir", lambda ws: ["analyze", ws / "sweep", "--json", ws / "user"], "is a folder"),
-    Case("analyze-csv-through-file", lambda ws: ["analyze", ws / "sweep", "--csv", ws / "user" / "KEEP.txt" / "x.csv"],
-         "is a file"),
-    Case("results-csv-exists", lambda ws: ["results", ws / "sweep", "--csv", ws / "user" / "KEEP.txt"],
-         "already exists"),
+    Case(
+        "analyze-csv-through-file",
+        lambda ws: ["analyze", ws / "sweep", "--csv", ws / "user" / "KEEP.txt" / "x.csv"],
+        "is a file",
+    ),
+    Case(
+        "results-csv-exists", lambda ws: ["results", ws / "sweep", "--csv", ws / "user" / "KEEP.txt"], "already exists"
+    ),
     # sweeps: another experiment's folder, a user's folder
-    Case("sweep-other-experiment", lambda ws: ["sweep", ws / "other_exp.yaml", "--out", ws / "sweep"],
-         "holds another sweep", keep=["sweep/experiment.yaml", "sweep/sweep.json"]),
+    Case(
+        "sweep-other-experiment",
+        lambda ws: ["sweep", ws / "other_exp.yaml", "--out", ws / "sweep"],
+        "holds another sweep",
+        keep=["sweep/experiment.yaml", "sweep/sweep.json"],
+    ),
     Case("sweep-user-folder", lambda ws: ["sweep", ws / "exp.yaml", "--out", ws / "user"], "did not create"),
-    Case("demo-user-folder", lambda ws: ["demo", "--experiment", ws / "exp.yaml", "--out", ws / "user"],
-         "did not create"),
+    Case(
+        "demo-user-folder", lambda ws: ["demo", "--experiment", ws / "exp.yaml", "--out", ws / "user"], "did not create"
+    ),
     # train / finetune / export into folders that are not theirs
     Case("train-user-folder", lambda ws: ["train", ws / "run.yaml", "--out", ws / "user"], "did not create"),
     Case("train-out-is-file", lambda ws: ["train", ws / "run.yaml", "--out", ws / "user" / "KEEP.txt"], "is a file"),
-    Case("train-through-file", lambda ws: ["train", ws / "run.yaml", "--out", ws / "user" / "KEEP.txt" / "run"],
-         "is a file"),
+    Case(
+        "train-through-file",
+        lambda ws: ["train", ws / "run.yaml", "--out", ws / "user" / "KEEP.txt" / "run"],
+        "is a file",
+    ),
     Case("train-into-sweep", lambda ws: ["train", ws / "run.yaml", "--out", ws / "sweep"], "sweep folder, not a run"),
     Case("train-resume-user-folder", lambda ws: ["train", "--resume", ws / "user"], "not a run folder"),
-    Case("finetune-user-folder", lambda ws: ["finetune", "--model", ws / "hf", "--target", ws / "corpus.jsonl",
-                                             "--replay", "none", "--seq-len", "16", "--out", ws / "user"], "did not create"),
+    Case(
+        "finetune-user-folder",
+        lambda ws: [
+            "finetune",
+            "--model",
+            ws / "hf",
+            "--target",
+            ws / "corpus.jsonl",
+            "--replay",
+            "none",
+            "--seq-len",
+            "16",
+            "--out",
+            ws / "user",
+        ],
+        "did not create",
+    ),
     Case("export-user-folder", lambda ws: ["export", ws / "run", "--hf", ws / "user"], "did not create"),
-    Case("export-into-store", lambda ws: ["export", ws / "run", "--hf", ws / "home" / "stores" / "gen"],
-         "store folder, not a export"),
+    Case(
+        "export-into-store",
+        lambda ws: ["export", ws / "run", "--hf", ws / "home" / "stores" / "gen"],
+        "store folder, not a export",
+    ),
 ]
 
 
@@ -133,11 +209,18 @@ def world(tmp_path_factory, code_corpus, prose_corpus, tiny_tokenizer, prose_sto
         from replaylab.commands.export import export_run
 
         export_run(ws / "run", ws / "hf")  # a real (tiny) Hugging Face model for `finetune --model`
-        exp = {"name": "policy", "base": {k: raw[k] for k in ("model", "data", "train", "eval", "logging")},
-               "target": "code", "target_fraction": "1/8", "seeds": [0],
-               "strategies": [{"strategy": "reference", "grid": {"budget_multiple": [1]}, "args": {"epochs": 1}}]}
-        exp["base"]["data"] = {**raw["data"], "domains": {"generic": {"source": str(prose_store.path)},
-                                                          "code": {"source": str(code_store.path)}}}
+        exp = {
+            "name": "policy",
+            "base": {k: raw[k] for k in ("model", "data", "train", "eval", "logging")},
+            "target": "code",
+            "target_fraction": "1/8",
+            "seeds": [0],
+            "strategies": [{"strategy": "reference", "grid": {"budget_multiple": [1]}, "args": {"epochs": 1}}],
+        }
+        exp["base"]["data"] = {
+            **raw["data"],
+            "domains": {"generic": {"source": str(prose_store.path)}, "code": {"source": str(code_store.path)}},
+        }
         exp["base"]["train"] = {k: v for k, v in raw["train"].items() if k != "micro_batch_size"}
         (ws / "exp.yaml").write_text(yaml.safe_dump(exp))
         (ws / "other_exp.yaml").write_text(yaml.safe_dump({**exp, "name": "another"}))
@@ -264,8 +347,13 @@ def test_second_trainer_on_a_running_run_is_refused(world, tmp_path, prose_store
     cfg.write_text(yaml.safe_dump(raw))
     run = tmp_path / "run"
     env = {**os.environ, "REPLAYLAB_HOME": str(world / "home")}
-    first = subprocess.Popen([sys.executable, "-m", "replaylab.cli", "train", str(cfg), "--out", str(run)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "replaylab.cli", "train", str(cfg), "--out", str(run)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not (run / "manifest.json").exists():
@@ -298,10 +386,21 @@ def test_two_builds_of_one_store_at_once_and_stale_leftovers(tmp_path, tiny_toke
     (stores / ".code.efgh5678.999999@nohost.tmp").mkdir()
     (stores / ".code.x.abcd1234.tmp").mkdir()  # a store named `code.x`'s: not ours to clean
     env = {**os.environ, "REPLAYLAB_HOME": str(home)}
-    args = [sys.executable, "-m", "replaylab.cli", "data", "build", str(code_corpus), "--name", "code",
-            "--tokenizer", tiny_tokenizer]
-    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    args = [
+        sys.executable,
+        "-m",
+        "replaylab.cli",
+        "data",
+        "build",
+        str(code_corpus),
+        "--name",
+        "code",
+        "--tokenizer",
+        tiny_tokenizer,
+    ]
+    procs = [
+        subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert outs[0][0].splitlines()[-1] == outs[1][0].splitlines()[-1] == str(stores / "code")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from run_configs import tiny_raw
 
 from replaylab.outputs import folder_lock, write_marker
 from replaylab.paths import atomic_dir, atomic_write_text, umask
-from run_configs import tiny_raw
 
 
 @contextmanager
@@ -31,13 +31,16 @@ def set_umask(mask: int):
 
 def modes(root: Path) -> dict[str, str]:
     """Every path under root (and root) with its permission bits, in octal."""
-    return {str(p.relative_to(root.parent)): oct(stat.S_IMODE(p.lstat().st_mode))
-            for p in [root, *sorted(root.rglob("*"))]}
+    return {
+        str(p.relative_to(root.parent)): oct(stat.S_IMODE(p.lstat().st_mode)) for p in [root, *sorted(root.rglob("*"))]
+    }
 
 
 def expected(root: Path, mask: int) -> dict[str, str]:
-    return {str(p.relative_to(root.parent)): oct((0o777 if p.is_dir() else 0o666) & ~mask)
-            for p in [root, *sorted(root.rglob("*"))]}
+    return {
+        str(p.relative_to(root.parent)): oct((0o777 if p.is_dir() else 0o666) & ~mask)
+        for p in [root, *sorted(root.rglob("*"))]
+    }
 
 
 @pytest.mark.parametrize("mask", [0o002, 0o022, 0o027, 0o077])
@@ -57,8 +60,14 @@ def test_atomic_writes_and_locks_follow_the_umask(tmp_path, mask):
 
 
 def run(*args, env: dict, mask: int) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "replaylab.cli", *map(str, args)], env=env, capture_output=True,
-                       text=True, timeout=300, umask=mask)
+    r = subprocess.run(
+        [sys.executable, "-m", "replaylab.cli", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        umask=mask,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return r
 
@@ -72,8 +81,7 @@ def test_commands_write_with_the_umask(tmp_path, prose_store, code_store, tiny_t
     (tmp_path / "corpus.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(tiny_raw(prose_store, code_store, tiny_tokenizer)))
 
-    run("data", "build", tmp_path / "corpus.jsonl", "--name", "gen", "--tokenizer", tiny_tokenizer, env=env,
-        mask=mask)
+    run("data", "build", tmp_path / "corpus.jsonl", "--name", "gen", "--tokenizer", tiny_tokenizer, env=env, mask=mask)
     run("train", tmp_path / "run.yaml", "--out", tmp_path / "run", env=env, mask=mask)
     for out in ("home", "run"):
         assert modes(tmp_path / out) == expected(tmp_path / out, mask)

@@ -57,15 +57,28 @@ def test_a_bad_value_is_the_same_one_line_error_in_both_commands(capsys, configs
 
 
 def test_bad_choice_names_the_choices_in_both_commands(capsys, configs):
-    assert one_line_error(capsys, [*configs["train"], "train.precision=fp16"]) == \
-        "train.precision 'fp16' is unknown; did you mean bf16? choose one of auto, fp32, bf16"
-    assert one_line_error(capsys, [*configs["finetune"], "--set", "precision=fp16"]) == \
-        "precision 'fp16' is unknown; did you mean bf16? choose one of auto, fp32, bf16"
+    assert (
+        one_line_error(capsys, [*configs["train"], "train.precision=fp16"])
+        == "train.precision 'fp16' is unknown; did you mean bf16? choose one of auto, fp32, bf16"
+    )
+    assert (
+        one_line_error(capsys, [*configs["finetune"], "--set", "precision=fp16"])
+        == "precision 'fp16' is unknown; did you mean bf16? choose one of auto, fp32, bf16"
+    )
 
 
 def test_train_takes_both_forms_in_command_line_order(capsys, configs, trained, tmp_path):
-    argv = [*configs["train"], "--set", "seed=1", "train.log_every=3", "--out", str(tmp_path / "r"), "seed=2",
-            "--set", "eval.every=2"]
+    argv = [
+        *configs["train"],
+        "--set",
+        "seed=1",
+        "train.log_every=3",
+        "--out",
+        str(tmp_path / "r"),
+        "seed=2",
+        "--set",
+        "eval.every=2",
+    ]
     assert main(argv) == 0
     (config,) = trained
     assert (config.seed, config.train.log_every, config.eval.every) == (2, 3, 2)
@@ -76,8 +89,9 @@ def test_train_takes_both_forms_in_command_line_order(capsys, configs, trained, 
 
 def test_finetune_takes_both_forms_in_command_line_order(configs):
     parser = build_parser()
-    args = parser.parse_args([*configs["finetune"], "seed=5", "--lr", "1e-3", "--set", "optim.warmup=0.05",
-                              "eval.every=4"])
+    args = parser.parse_args(
+        [*configs["finetune"], "seed=5", "--lr", "1e-3", "--set", "optim.warmup=0.05", "eval.every=4"]
+    )
     assert args.overrides == ["seed=5", "optim.warmup=0.05", "eval.every=4"]
     config = build_config(args)
     lr = config.finetune.lr

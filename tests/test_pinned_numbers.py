@@ -43,19 +43,47 @@ def same(got, want):
     return got == pytest.approx(want, rel=1e-5)
 
 
-HF_FULL_TRAIN = [6.237035751342773, 6.276079177856445, 6.218259811401367, 6.113053798675537, 6.043689250946045,
-                 5.926126003265381, 5.6986541748046875, 5.663506507873535, 5.749032974243164, 5.565731048583984,
-                 5.671214580535889, 5.526252746582031]
+HF_FULL_TRAIN = [
+    6.237035751342773,
+    6.276079177856445,
+    6.218259811401367,
+    6.113053798675537,
+    6.043689250946045,
+    5.926126003265381,
+    5.6986541748046875,
+    5.663506507873535,
+    5.749032974243164,
+    5.565731048583984,
+    5.671214580535889,
+    5.526252746582031,
+]
 HF_FULL_INITIAL = {"target": 6.227088928222656, "replay": 6.237109184265137}
 HF_FULL_FINAL = {"target": 5.688562870025635, "replay": 5.658512592315674}
-HF_LORA_TRAIN = [6.2324137687683105, 6.218282222747803, 6.237832546234131, 6.185832500457764, 6.166836261749268,
-                 6.198420524597168]
+HF_LORA_TRAIN = [
+    6.2324137687683105,
+    6.218282222747803,
+    6.237832546234131,
+    6.185832500457764,
+    6.166836261749268,
+    6.198420524597168,
+]
 HF_LORA_FINAL = {"target": 6.22797966003418, "replay": 6.219353199005127}
 # test_trainer's PINNED_* (680aaf4, to 1e-5) as this machine kind computes them, bit for bit.
 ENGINE_FINAL = {"generic": 6.195195198059082, "code": 6.145096778869629}
-ENGINE_TRAIN = [6.219804525375366, 6.234743118286133, 6.210691452026367, 6.1982741355896, 6.154350280761719,
-                6.217055320739746, 6.10721230506897, 6.122143983840942, 6.1202404499053955, 6.134339332580566,
-                6.016338586807251, 6.113072633743286]
+ENGINE_TRAIN = [
+    6.219804525375366,
+    6.234743118286133,
+    6.210691452026367,
+    6.1982741355896,
+    6.154350280761719,
+    6.217055320739746,
+    6.10721230506897,
+    6.122143983840942,
+    6.1202404499053955,
+    6.134339332580566,
+    6.016338586807251,
+    6.113072633743286,
+]
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +103,10 @@ def test_hf_finetune_numbers_are_pinned(world, tmp_path):
     assert same({d: r["test_loss"] for d, r in full["initial"]["losses"].items()}, HF_FULL_INITIAL)
     assert same({d: r["test_loss"] for d, r in full["final"].items()}, HF_FULL_FINAL)
 
-    lora = run_finetune(make_config(world, replay_fraction=0.0, lora__enabled=True, lora__r=4, eval__initial=False,
-                                    save_final=False), tmp_path / "lora")
+    lora = run_finetune(
+        make_config(world, replay_fraction=0.0, lora__enabled=True, lora__r=4, eval__initial=False, save_final=False),
+        tmp_path / "lora",
+    )
     assert same(read_losses(tmp_path / "lora"), HF_LORA_TRAIN)
     assert same({d: r["test_loss"] for d, r in lora["final"].items()}, HF_LORA_FINAL)
     assert "initial" not in lora or not lora["initial"]

@@ -34,6 +34,7 @@ def scratch_home(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------- parsers
 
+
 def test_brown_tags_stripped_and_detokenized():
     text = parse_brown((FIX / "brown_ca01_head").read_text())
     assert text.startswith("The Fulton County Grand Jury said Friday an investigation of Atlanta's recent primary")
@@ -42,9 +43,11 @@ def test_brown_tags_stripped_and_detokenized():
 
 
 def test_bible_osis_footnotes_removed_with_their_space():
-    raw = ('<w lemma="strong:H0430">In</w> <w lemma="strong:H0853">the</w> <w>beginning</w>, <w>God</w>'
-           '<note placement="foot"><reference type="annotateRef">1:1 </reference>The Hebrew word rendered '
-           '“God” is “אֱלֹהִ֑ים” (Elohim).</note><w>created</w> <w>the</w> <w>heavens</w>. \n<w>The</w> <w>earth</w>')
+    raw = (
+        '<w lemma="strong:H0430">In</w> <w lemma="strong:H0853">the</w> <w>beginning</w>, <w>God</w>'
+        '<note placement="foot"><reference type="annotateRef">1:1 </reference>The Hebrew word rendered '
+        "“God” is “אֱלֹהִ֑ים” (Elohim).</note><w>created</w> <w>the</w> <w>heavens</w>. \n<w>The</w> <w>earth</w>"
+    )
     assert clean_osis(raw) == "In the beginning, God created the heavens.\nThe earth"
 
 
@@ -64,10 +67,27 @@ def test_mo_catalog_translations_without_header_or_accelerators():
 
 
 def test_split_chapters_keeps_headings_and_paragraphs():
-    lines = ["EMMA", "", "VOLUME I", "", "CHAPTER I", "", "Emma Woodhouse,", "handsome.", "", "Next.",
-             "", "CHAPTER II", "", "Mr. Weston"]
-    assert split_chapters(lines) == ["EMMA", "VOLUME I\n\nCHAPTER I\n\nEmma Woodhouse, handsome.\n\nNext.",
-                                     "CHAPTER II\n\nMr. Weston"]
+    lines = [
+        "EMMA",
+        "",
+        "VOLUME I",
+        "",
+        "CHAPTER I",
+        "",
+        "Emma Woodhouse,",
+        "handsome.",
+        "",
+        "Next.",
+        "",
+        "CHAPTER II",
+        "",
+        "Mr. Weston",
+    ]
+    assert split_chapters(lines) == [
+        "EMMA",
+        "VOLUME I\n\nCHAPTER I\n\nEmma Woodhouse, handsome.\n\nNext.",
+        "CHAPTER II\n\nMr. Weston",
+    ]
 
 
 def test_normalize_counts_replacements():
@@ -81,7 +101,7 @@ def test_code_files_chosen_by_path_hash_within_budget(tmp_path):
     chosen = choose_by_hash("python", files, 5_000)
     rels = [rel for rel, _, _ in chosen]
     assert 4_500 < sum(size for _, _, size in chosen) <= 5_000 and len(chosen) >= 4
-    assert rels == sorted(rels) and rels != [rel for rel, _, _ in sorted(files)][:len(rels)]
+    assert rels == sorted(rels) and rels != [rel for rel, _, _ in sorted(files)][: len(rels)]
     assert choose_by_hash("python", files[::-1], 5_000) == chosen  # input order does not matter
     assert choose_by_hash("python", files, 10**9) == sorted(files)
 
@@ -92,6 +112,7 @@ def test_generated_files_detected():
 
 
 # ------------------------------------------------------------------------------------------ BIG-bench
+
 
 def test_bigbench_tasks_feed_one_recipe_each():
     bigbench.check_disjoint()
@@ -105,16 +126,20 @@ def test_bigbench_tasks_feed_one_recipe_each():
 def test_bigbench_renderers():
     example = {"input": "First sentence.\nEnds para.\nSecond para.", "target": "0 1 1"}
     assert bigbench.render_paragraphs(example) == "First sentence. Ends para.\n\nSecond para."
-    mathqa = {"input": "what is 2 / 3 of 90 ?\nmultiply(divide(2, 3), 90)",
-              "target_scores": {"50": 0, "60": 1, "70": 0}}
+    mathqa = {
+        "input": "what is 2 / 3 of 90 ?\nmultiply(divide(2, 3), 90)",
+        "target_scores": {"50": 0, "60": 1, "70": 0},
+    }
     assert bigbench.render_math("elementary_math_qa/question_with_mathematical_hint", mathqa) == (
-        "Problem: what is 2 / 3 of 90 ?\nSolution: multiply(divide(2, 3), 90)\nAnswer: 60")
+        "Problem: what is 2 / 3 of 90 ?\nSolution: multiply(divide(2, 3), 90)\nAnswer: 60"
+    )
     task = {"task_prefix": "Definition: Answer the question.\n"}
     assert bigbench.render_instruction(task, {"input": "Q?", "target": ["Yes.", "No."]}) == (
-        "Definition: Answer the question.\n\nInput: Q?\nOutput: Yes.")
-    assert bigbench.render_instruction_group(task, [{"input": "A?", "target": "a"}, {"input": "B?"},
-                                                    {"input": "C?", "target_scores": {"c": 1, "d": 0}}]) == (
-        "Definition: Answer the question.\n\nInput: A?\nOutput: a\n\nInput: C?\nOutput: c")
+        "Definition: Answer the question.\n\nInput: Q?\nOutput: Yes."
+    )
+    assert bigbench.render_instruction_group(
+        task, [{"input": "A?", "target": "a"}, {"input": "B?"}, {"input": "C?", "target_scores": {"c": 1, "d": 0}}]
+    ) == ("Definition: Answer the question.\n\nInput: A?\nOutput: a\n\nInput: C?\nOutput: c")
     assert bigbench.render_instruction_group(task, [{"input": "B?"}]) is None
     assert bigbench.looks_english("The cat sat on the mat and it was happy in the sun")
     assert not bigbench.looks_english("Eine Skyline ist die Teilansicht oder das Panorama einer Stadt")
@@ -157,8 +182,9 @@ write_corpus(Recipe("slow", "a slow build", "none", (), documents), Path(sys.arg
 
 
 def test_sigterm_during_build_leaves_no_temp_folder(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, str(tmp_path / "corpora" / "slow")],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_BUILD, str(tmp_path / "corpora" / "slow")], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "started"
     assert [p.name for p in (tmp_path / "corpora").iterdir()][0].startswith(".slow.")  # building
     proc.send_signal(signal.SIGTERM)
@@ -167,6 +193,7 @@ def test_sigterm_during_build_leaves_no_temp_folder(tmp_path):
 
 
 # -------------------------------------------------------------------------------------- errors, fetch
+
 
 def test_unknown_recipe_lists_known_ones(scratch_home):
     with pytest.raises(ReplaylabError, match=r"unknown recipe 'bask'.*basque, code, generic, instructions, math"):
@@ -209,6 +236,7 @@ def test_npm_fetch_is_verified_and_cached(scratch_home):
 
 # ------------------------------------------------------------------------------------ real end to end
 
+
 @pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt-get (Debian)")
 def test_bible_reader_matches_pysword_and_is_fast(scratch_home):
     from pysword.modules import SwordModules
@@ -222,7 +250,13 @@ def test_bible_reader_matches_pysword_and_is_fast(scratch_home):
     modules = SwordModules(str(root))
     modules.parse_modules()
     bible = modules.get_bible_from_module("engWEB2015eb")
-    for osis, name in [("Ruth", "Ruth"), ("Obad", "Obadiah"), ("Bar", "Baruch"), ("Phlm", "Philemon"), ("Jude", "Jude")]:
+    for osis, name in [
+        ("Ruth", "Ruth"),
+        ("Obad", "Obadiah"),
+        ("Bar", "Baruch"),
+        ("Phlm", "Philemon"),
+        ("Jude", "Jude"),
+    ]:
         assert books[name] == bible.get(books=[osis], clean=False), name  # byte for byte
     assert "In the beginning, God created the heavens and the earth." in clean_osis(books["Genesis"])
 

@@ -45,9 +45,18 @@ def llama(tmp_path_factory, tiny_tokenizer) -> str:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (folder / name).write_bytes((Path(tiny_tokenizer) / name).read_bytes())
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                 tie_word_embeddings=True)).save_pretrained(folder)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=512,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+        )
+    ).save_pretrained(folder)
     return str(folder)
 
 
@@ -66,8 +75,7 @@ def keys(tokens) -> list[bytes]:
 
 # ---- the mixture it yields -----------------------------------------------------------------------------
 @pytest.mark.parametrize(("rho", "epochs"), [(0.25, 2), (0.5, 3), (0.75, 1), (0.0, 2)])
-def test_every_batch_holds_its_exact_share_and_the_target_is_seen_budget_x_epochs(code_store, prose_store, rho,
-                                                                                    epochs):
+def test_every_batch_holds_its_exact_share_and_the_target_is_seen_budget_x_epochs(code_store, prose_store, rho, epochs):
     budget, batch = 24, 8
     mix = mixture(code_store, prose_store, replay_fraction=rho, epochs=epochs)
     examples = list(mix)
@@ -96,9 +104,18 @@ def test_it_is_the_stream_replaylab_finetune_trains_on(code_store, prose_store, 
     from replaylab.hf.packing import open_stores, plan_mix, sampler_config
     from replaylab.train.mixture import MixtureSampler
 
-    cfg = read_finetune({"model": "unused", "target": {"source": str(code_store.path), "budget": 40},
-                                     "replay": {"source": str(prose_store.path)}, "replay_fraction": 0.3,
-                                     "target_epochs": 1.5, "seq_len": L, "batch_size": 8, "seed": 7})
+    cfg = read_finetune(
+        {
+            "model": "unused",
+            "target": {"source": str(code_store.path), "budget": 40},
+            "replay": {"source": str(prose_store.path)},
+            "replay_fraction": 0.3,
+            "target_epochs": 1.5,
+            "seq_len": L,
+            "batch_size": 8,
+            "seed": 7,
+        }
+    )
     plan = plan_mix(budget=40, target_epochs=1.5, replay_fraction=0.3, batch_size=8)
     sampler = MixtureSampler(sampler_config(cfg, plan, tiny_tokenizer), open_stores(cfg, tiny_tokenizer))
     expected = np.concatenate([sampler.batch(s)[0] for s in range(plan.total_steps)])
@@ -135,7 +152,7 @@ def test_state_dict_resumes_a_plain_loop_mid_step(code_store, prose_store):
     again.load_state_dict(state)
     assert torch.equal(torch.cat([torch.stack(head), rows_of(again)]), full)
     again.load_state_dict({"step": 4})  # by step (what a Trainer checkpoint knows)
-    assert torch.equal(rows_of(again), full[4 * 8:])
+    assert torch.equal(rows_of(again), full[4 * 8 :])
     assert len(again) == len(full)  # len() is the full pass, wherever the stream resumes
 
 
@@ -156,11 +173,26 @@ def train_hf(llama, mix, out, *, stop=None, resume=None, skip=False):
         def on_step_end(self, args, state, control, **kwargs):
             control.should_training_stop = state.global_step == stop
 
-    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                             num_train_epochs=1, learning_rate=3e-3, logging_steps=1, save_strategy="steps",
-                             save_steps=3, report_to=[], disable_tqdm=True, use_cpu=True, ignore_data_skip=skip)
-    trainer = Recording(model=AutoModelForCausalLM.from_pretrained(llama), args=args, train_dataset=mix,
-                        callbacks=[mix.trainer_callback()] + ([StopAt()] if stop else []))
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        num_train_epochs=1,
+        learning_rate=3e-3,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=3,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        ignore_data_skip=skip,
+    )
+    trainer = Recording(
+        model=AutoModelForCausalLM.from_pretrained(llama),
+        args=args,
+        train_dataset=mix,
+        callbacks=[mix.trainer_callback()] + ([StopAt()] if stop else []),
+    )
     trainer.train(resume_from_checkpoint=resume)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return torch.cat(seen), losses, trainer.state
@@ -176,14 +208,14 @@ def uninterrupted(code_store, prose_store, llama, tmp_path_factory):
 
 
 @pytest.mark.parametrize("ignore_data_skip", [False, True], ids=["trainer-skips", "callback-jumps"])
-def test_a_resumed_trainer_sees_the_batches_of_an_uninterrupted_one(code_store, prose_store, llama, tmp_path,
-                                                                     uninterrupted, ignore_data_skip):
+def test_a_resumed_trainer_sees_the_batches_of_an_uninterrupted_one(
+    code_store, prose_store, llama, tmp_path, uninterrupted, ignore_data_skip
+):
     mix = mixture(code_store, prose_store, batch_size=4, budget=12, epochs=1, rows="global")
     head, _, state = train_hf(llama, mix, tmp_path, stop=3)
     assert state.global_step == 3 and (tmp_path / "checkpoint-3").is_dir()
     fresh = mixture(code_store, prose_store, batch_size=4, budget=12, epochs=1, rows="global")
-    tail, losses, state = train_hf(llama, fresh, tmp_path, resume=str(tmp_path / "checkpoint-3"),
-                                   skip=ignore_data_skip)
+    tail, losses, state = train_hf(llama, fresh, tmp_path, resume=str(tmp_path / "checkpoint-3"), skip=ignore_data_skip)
     assert state.global_step == 4
     assert torch.equal(torch.cat([head, tail]), uninterrupted[0])
     assert losses[-1] == pytest.approx(uninterrupted[1][-1], rel=1e-5)  # and the same training
@@ -194,11 +226,21 @@ def test_the_callback_refuses_a_trainer_that_does_not_match(code_store, prose_st
 
     mix = mixture(code_store, prose_store, batch_size=4, budget=12, epochs=1, rows="global")
     model = AutoModelForCausalLM.from_pretrained(llama)
-    for kw, words in [({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}, "global batch"),
-                      ({"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "num_train_epochs": 3},
-                       "num_train_epochs=1")]:
-        args = TrainingArguments(output_dir=str(tmp_path), report_to=[], disable_tqdm=True, use_cpu=True,
-                                 save_strategy="no", **{"num_train_epochs": 1, **kw})
+    for kw, words in [
+        ({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}, "global batch"),
+        (
+            {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "num_train_epochs": 3},
+            "num_train_epochs=1",
+        ),
+    ]:
+        args = TrainingArguments(
+            output_dir=str(tmp_path),
+            report_to=[],
+            disable_tqdm=True,
+            use_cpu=True,
+            save_strategy="no",
+            **{"num_train_epochs": 1, **kw},
+        )
         with pytest.raises(ConfigError, match=words):
             Trainer(model=model, args=args, train_dataset=mix, callbacks=[mix.trainer_callback()]).train()
 
@@ -209,8 +251,14 @@ def _rank_worker(rank: int, world: int, port: int, stores: tuple[str, str], llam
     (rows="global", Accelerate splits the batches)."""
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     kw = dict(replay_fraction=0.25, budget=24, epochs=2, seq_len=L, batch_size=8)
@@ -226,10 +274,22 @@ def _rank_worker(rank: int, world: int, port: int, stores: tuple[str, str], llam
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     gmix = ReplayMixture(*stores, rows="global", **kw)
-    args = TrainingArguments(output_dir=f"{out}/trainer", per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                             num_train_epochs=1, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True)
-    Recording(model=AutoModelForCausalLM.from_pretrained(llama), args=args, train_dataset=gmix,
-              callbacks=[gmix.trainer_callback()]).train()
+    args = TrainingArguments(
+        output_dir=f"{out}/trainer",
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        num_train_epochs=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    Recording(
+        model=AutoModelForCausalLM.from_pretrained(llama),
+        args=args,
+        train_dataset=gmix,
+        callbacks=[gmix.trainer_callback()],
+    ).train()
     torch.save({"plain": plain, "trainer": torch.cat(seen)}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -258,8 +318,9 @@ def test_two_ranks_together_see_exactly_the_single_process_batches(code_store, p
 
 # ---- inputs and errors ------------------------------------------------------------------------------------
 def test_texts_datasets_and_tokenizer_objects_go_through_the_data_layer(tiny_tokenizer, home):
-    import datasets
     from pydoc_data.topics import topics
+
+    import datasets
     from transformers import PreTrainedTokenizerFast
 
     texts = [topics[k] for k in sorted(topics)]
@@ -269,11 +330,16 @@ def test_texts_datasets_and_tokenizer_objects_go_through_the_data_layer(tiny_tok
     again = ReplayMixture(list(target), replay, tokenizer=tiny_tokenizer, **kw)
     assert again.stores["target"].path == from_lists.stores["target"].path  # cached like any store
     assert from_lists.stores["target"].path.parent == home / "stores"
-    from_datasets = ReplayMixture(datasets.Dataset.from_dict({"body": target}),
-                                  datasets.Dataset.from_dict({"body": replay}),
-                                  tokenizer=tiny_tokenizer, text_field="body", **kw)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(tiny_tokenizer) / "tokenizer.json"),
-                                     eos_token="<|endoftext|>")
+    from_datasets = ReplayMixture(
+        datasets.Dataset.from_dict({"body": target}),
+        datasets.Dataset.from_dict({"body": replay}),
+        tokenizer=tiny_tokenizer,
+        text_field="body",
+        **kw,
+    )
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(Path(tiny_tokenizer) / "tokenizer.json"), eos_token="<|endoftext|>"
+    )
     from_object = ReplayMixture(target, replay, tokenizer=hf_tok, **kw)
     from_store = ReplayMixture(from_lists.stores["target"].path, from_lists.stores["replay"].path.name, **kw)
     expected = rows_of(from_lists)
@@ -283,29 +349,32 @@ def test_texts_datasets_and_tokenizer_objects_go_through_the_data_layer(tiny_tok
     assert pure.realized_shares() == {"target": 1.0}
 
 
-@pytest.mark.parametrize(("kw", "words"), [
-    ({"replay_fraction": 1.0}, "replay_fraction is 1.0"),
-    ({"replay_fraction": "0.5"}, "replay_fraction is '0.5'"),
-    ({"seq_len": 4}, "seq_len is 4"),
-    ({"batch_size": 0}, "batch_size is 0"),
-    ({"budget": 0}, "budget is 0"),
-    ({"budget": 10**9}, "exceeds"),
-    ({"epochs": 0}, "epochs is 0"),
-    ({"epochs": float("inf")}, "epochs is inf"),
-    ({"max_steps": 0}, "max_steps is 0"),
-    ({"seed": 1.5}, "seed is 1.5"),
-    ({"replay": None}, "replay is None"),
-    ({"target": None}, "target is None"),
-    ({"target": 123}, "target is a int"),
-    ({"target": ["some text"]}, "pass tokenizer="),
-    ({"target": "no-such-store"}, "no token store"),
-    ({"tokenizer": object()}, "tokenizer is a object"),
-    ({"rows": "both"}, "rows is 'both'"),
-    ({"rank": 0}, "give both or neither"),
-    ({"rank": 2, "world_size": 2}, "out of range"),
-    ({"rank": 0, "world_size": 3}, "does not split over 3"),
-    ({"rank": 0, "world_size": 2, "rows": "global"}, "rows='global'"),
-])
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"replay_fraction": 1.0}, "replay_fraction is 1.0"),
+        ({"replay_fraction": "0.5"}, "replay_fraction is '0.5'"),
+        ({"seq_len": 4}, "seq_len is 4"),
+        ({"batch_size": 0}, "batch_size is 0"),
+        ({"budget": 0}, "budget is 0"),
+        ({"budget": 10**9}, "exceeds"),
+        ({"epochs": 0}, "epochs is 0"),
+        ({"epochs": float("inf")}, "epochs is inf"),
+        ({"max_steps": 0}, "max_steps is 0"),
+        ({"seed": 1.5}, "seed is 1.5"),
+        ({"replay": None}, "replay is None"),
+        ({"target": None}, "target is None"),
+        ({"target": 123}, "target is a int"),
+        ({"target": ["some text"]}, "pass tokenizer="),
+        ({"target": "no-such-store"}, "no token store"),
+        ({"tokenizer": object()}, "tokenizer is a object"),
+        ({"rows": "both"}, "rows is 'both'"),
+        ({"rank": 0}, "give both or neither"),
+        ({"rank": 2, "world_size": 2}, "out of range"),
+        ({"rank": 0, "world_size": 3}, "does not split over 3"),
+        ({"rank": 0, "world_size": 2, "rows": "global"}, "rows='global'"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(code_store, prose_store, kw, words):
     args = {"target": code_store, "replay": prose_store, **kw}
     with pytest.raises(ReplaylabError, match=words) as e:
@@ -315,8 +384,12 @@ def test_bad_arguments_are_one_line_errors(code_store, prose_store, kw, words):
 
 def test_bad_states_and_loaders_are_refused(code_store, prose_store, tiny_tokenizer):
     mix = mixture(code_store, prose_store)
-    for state, words in [({"step": 10**6}, "past the end"), ({"step": 0, "mixture": "other"}, "another mixture"),
-                         ("step 3", "load_state_dict takes"), ({"step": -1}, "state step is -1")]:
+    for state, words in [
+        ({"step": 10**6}, "past the end"),
+        ({"step": 0, "mixture": "other"}, "another mixture"),
+        ("step 3", "load_state_dict takes"),
+        ({"step": -1}, "state step is -1"),
+    ]:
         with pytest.raises(ConfigError, match=words) as e:
             mix.load_state_dict(state)
         assert "\n" not in str(e.value)

@@ -29,17 +29,36 @@ def long_raw(prose_store, code_store, tokenizer) -> dict:
         "name": "resume-test",
         "seed": 1,
         "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 128},
-        "data": {"tokenizer": tokenizer, "seq_len": 64,
-                 "domains": {"generic": {"source": str(prose_store.path)},
-                             "code": {"source": str(code_store.path), "budget": 16}}},
+        "data": {
+            "tokenizer": tokenizer,
+            "seq_len": 64,
+            "domains": {
+                "generic": {"source": str(prose_store.path)},
+                "code": {"source": str(code_store.path), "budget": 16},
+            },
+        },
         "stages": [
             {"name": "pretrain", "steps": 40, "mixture": {"generic": 1.0}},
-            {"name": "finetune", "steps": 20, "mixture": {"code": 0.25, "generic": 0.75}, "optimizer": "reset",
-             "lr": {"peak": 1e-3}},
+            {
+                "name": "finetune",
+                "steps": 20,
+                "mixture": {"code": 0.25, "generic": 0.75},
+                "optimizer": "reset",
+                "lr": {"peak": 1e-3},
+            },
         ],
-        "train": {"total_steps": STEPS, "batch_size": 8, "micro_batch_size": 4, "precision": "fp32",
-                  "compile": "off", "threads": 1, "log_every": 1, "progress": "off", "checkpoint_every": 5,
-                  "keep_checkpoints": 3},
+        "train": {
+            "total_steps": STEPS,
+            "batch_size": 8,
+            "micro_batch_size": 4,
+            "precision": "fp32",
+            "compile": "off",
+            "threads": 1,
+            "log_every": 1,
+            "progress": "off",
+            "checkpoint_every": 5,
+            "keep_checkpoints": 3,
+        },
         "eval": {"max_sequences": 8, "batch_size": 8, "every": 20},
         "logging": {"tensorboard": False},
     }
@@ -68,8 +87,13 @@ def _metrics(run_dir, kinds=("train", "eval", "data")):
 
 
 def _start(cfg, out, env):
-    return subprocess.Popen([sys.executable, "-m", "replaylab.cli", "train", str(cfg), "--out", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "replaylab.cli", "train", str(cfg), "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_step(out, step, proc, timeout=60.0):
@@ -86,8 +110,13 @@ def _wait_for_step(out, step, proc, timeout=60.0):
 
 
 def _resume(out, env):
-    return subprocess.run([sys.executable, "-m", "replaylab.cli", "train", "--resume", str(out)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "replaylab.cli", "train", "--resume", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_sigkill_then_resume_is_bit_identical(setup, tmp_path):
@@ -142,8 +171,12 @@ def test_init_from_prefix_equals_run_alone(prose_store, code_store, tiny_tokeniz
     raw["eval"]["every"] = 10
     # One WSD-like stable phase: a constant-LR pre-training shared by two fine-tuning variants.
     raw["stages"] = [
-        {"name": "pretrain", "steps": 20, "mixture": {"generic": 1.0},
-         "lr": {"schedule": "constant", "peak": 2e-3, "warmup": 0.0}},
+        {
+            "name": "pretrain",
+            "steps": 20,
+            "mixture": {"generic": 1.0},
+            "lr": {"schedule": "constant", "peak": 2e-3, "warmup": 0.0},
+        },
         {"name": "finetune", "steps": 10, "mixture": {"code": 0.25, "generic": 0.75}, "optimizer": "reset"},
     ]
     parent = run_training(from_dict(RunConfig, raw), tmp_path / "parent")

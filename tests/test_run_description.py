@@ -27,7 +27,12 @@ OLD_IDS = [
     (["--replay", "none"], "6d63d543522a659c", "7c6e5e05ad137287", "7aecaefe5bae"),
     (["--replay", "math", "-R", "0.25", "--epochs", "3"], "eca0338e0003513c", "95766ee768fe7fa3", "44818419328a"),
     (["--max-steps", "5", "--lr", "1e-3"], "ef63308c35833b73", "c51be133005e21d5", "6f67231b51fe"),
-    (["--seq-len", "128", "--batch-size", "16", "--micro-batch-size", "4"], "3c3ab25b0a8d270d", "1a8bb025914aefb8", "d15958be032d"),
+    (
+        ["--seq-len", "128", "--batch-size", "16", "--micro-batch-size", "4"],
+        "3c3ab25b0a8d270d",
+        "1a8bb025914aefb8",
+        "d15958be032d",
+    ),
     (["--lora"], "e2e5030e2f15a9ba", "0b69f8b136dcc3b8", "4e8d0e760775"),
     (["--lora-r", "4", "-R", "0.75"], "b60abba2b063f101", "359f4fbf7cb27eb0", "7e1ae356b53a"),
     (["--gradient-checkpointing", "--precision", "bf16"], "99a3974f8c8ef519", "07b94b77b5b1415a", "e5ceb317b007"),
@@ -37,15 +42,65 @@ OLD_IDS = [
     (["--deterministic"], "57f4869833f3105a", "7a3b59a215870fec", "b69940106435"),
     (["--fsdp"], "e2bf046337724be2", "5d14e8b75fe7443f", "c18b40a444c4"),
     (["--mc-task", "a.jsonl", "--mc-task", "b.jsonl"], "8384d4af643a4ab3", "c5f6ba063bd4c5dd", "674717026604"),
-    (["--lm-eval-task", "replaylab_basque_vocab", "--lm-eval-include", "tasks/"], "3848d75bf6bdd311", "592bc64435d9c994", "fc29d9b81f66"),
+    (
+        ["--lm-eval-task", "replaylab_basque_vocab", "--lm-eval-include", "tasks/"],
+        "3848d75bf6bdd311",
+        "592bc64435d9c994",
+        "fc29d9b81f66",
+    ),
     (["--seed", "3", "--threads", "2"], "ba1458b750a41e64", "84f35bdef9b53cce", "4c1396ab6c13"),
-    (["optim.warmup=0.05", "optim.schedule=linear", "optim.final_lr=1e-5"], "d97db8c2b36f5eab", "6021264aa889ed07", "ed0d3f39936c"),
-    (["optim.betas=[0.9, 0.99]", "optim.eps=1e-6", "optim.weight_decay=0", "optim.grad_clip=0.5"], "b6ffc3206cfa6e36", "5fa44248e78c67ce", "e56c8e256660"),
-    (["eval.every=4", "eval.max_sequences=16", "eval.batch_size=2", "eval.initial=false", "eval.mc_max_items=10"], "22a661c71b8bbc02", "41540d9a4c0a1b61", "056797ba3534"),
-    (["checkpoint_every=2", "keep_checkpoints=3", "log_every=1", "progress=off"], "916a0db517fde022", "7a3b59a215870fec", "b69940106435"),
-    (["save_final=false", "logging.tensorboard=true", "logging.wandb=true", "name=myrun", "device=cpu"], "360748b05c84643a", "dd1a0076f3d430ec", "2d89447e88e4"),
-    (["--target", "basque", "meta={note: x}", "target.options={glob: '*.py'}", "--replay", "generic", "replay.budget=100", "lora.alpha=8", "lora.dropout=0.1"], "c18283634dc0c9f5", "f05b4d0d39573674", "a217bbc8f988"),
-    (["lora.target_modules=[q_proj, v_proj]", "lora.enabled=true"], "2cd19c7f0a8c529f", "6e493d103c9653d3", "cd94372c4933"),
+    (
+        ["optim.warmup=0.05", "optim.schedule=linear", "optim.final_lr=1e-5"],
+        "d97db8c2b36f5eab",
+        "6021264aa889ed07",
+        "ed0d3f39936c",
+    ),
+    (
+        ["optim.betas=[0.9, 0.99]", "optim.eps=1e-6", "optim.weight_decay=0", "optim.grad_clip=0.5"],
+        "b6ffc3206cfa6e36",
+        "5fa44248e78c67ce",
+        "e56c8e256660",
+    ),
+    (
+        ["eval.every=4", "eval.max_sequences=16", "eval.batch_size=2", "eval.initial=false", "eval.mc_max_items=10"],
+        "22a661c71b8bbc02",
+        "41540d9a4c0a1b61",
+        "056797ba3534",
+    ),
+    (
+        ["checkpoint_every=2", "keep_checkpoints=3", "log_every=1", "progress=off"],
+        "916a0db517fde022",
+        "7a3b59a215870fec",
+        "b69940106435",
+    ),
+    (
+        ["save_final=false", "logging.tensorboard=true", "logging.wandb=true", "name=myrun", "device=cpu"],
+        "360748b05c84643a",
+        "dd1a0076f3d430ec",
+        "2d89447e88e4",
+    ),
+    (
+        [
+            "--target",
+            "basque",
+            "meta={note: x}",
+            "target.options={glob: '*.py'}",
+            "--replay",
+            "generic",
+            "replay.budget=100",
+            "lora.alpha=8",
+            "lora.dropout=0.1",
+        ],
+        "c18283634dc0c9f5",
+        "f05b4d0d39573674",
+        "a217bbc8f988",
+    ),
+    (
+        ["lora.target_modules=[q_proj, v_proj]", "lora.enabled=true"],
+        "2cd19c7f0a8c529f",
+        "6e493d103c9653d3",
+        "cd94372c4933",
+    ),
 ]
 # (run_id, meta.lr_group, lr_cell, run_identity) of configs/finetune_hf_sweep.yaml's runs, in plan order.
 OLD_EXPERIMENT = [
@@ -66,7 +121,9 @@ def _parse(flags: list[str]) -> argparse.Namespace:
     return p.parse_args(flags)
 
 
-@pytest.mark.parametrize("flags, rid, identity, cell", OLD_IDS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+@pytest.mark.parametrize(
+    "flags, rid, identity, cell", OLD_IDS, ids=lambda v: " ".join(v) if isinstance(v, list) else ""
+)
 def test_finetune_flags_give_a_run_config_with_the_old_ids(flags, rid, identity, cell):
     from replaylab.commands.finetune import build_config
 
@@ -79,8 +136,10 @@ def test_the_shipped_experiment_keeps_its_run_ids_lr_groups_and_cells():
     from replaylab.sweep.plan import load_plan
 
     runs, _, doc = load_plan(REPO / "configs" / "finetune_hf_sweep.yaml")
-    got = [(e["run_id"], e["config"]["meta"]["lr_group"], lr_cell(r.config), run_identity(r.config))
-           for e, r in zip(doc["runs"], runs)]
+    got = [
+        (e["run_id"], e["config"]["meta"]["lr_group"], lr_cell(r.config), run_identity(r.config))
+        for e, r in zip(doc["runs"], runs)
+    ]
     assert got == OLD_EXPERIMENT
     for entry, run in zip(doc["runs"], runs):  # sweep.json holds the RunConfig; read back, it is the same run
         from replaylab.finetune_form import read_run_config
@@ -96,8 +155,13 @@ def test_a_run_folder_config_of_either_form_reads_as_the_same_run(tmp_path):
 
     cfg = build_config(_parse(["-R", "0.5", "--lora", "--budget", "16", "log_every=1"]))
     (tmp_path / "new.yaml").write_text(dump_yaml(cfg))
-    old = {"model": "smollm2-135m", "target": {"source": "basque", "budget": 16}, "replay_fraction": 0.5,
-           "lora": {"enabled": True}, "log_every": 1}
+    old = {
+        "model": "smollm2-135m",
+        "target": {"source": "basque", "budget": 16},
+        "replay_fraction": 0.5,
+        "lora": {"enabled": True},
+        "log_every": 1,
+    }
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
     new_read, old_read = load_run_config(tmp_path / "new.yaml"), load_run_config(tmp_path / "old.yaml")
     assert run_id(new_read) == run_id(old_read) == run_id(cfg) == "4a3c6ac1a3dfc87b"  # recorded before the change
@@ -107,14 +171,16 @@ def test_a_run_folder_config_of_either_form_reads_as_the_same_run(tmp_path):
 def test_the_fine_tuning_form_keeps_its_words_in_errors():
     from replaylab.finetune_form import read_finetune
 
-    for raw, message in [({"replay_fraction": 1.0}, "replay_fraction must lie in [0, 1), got 1.0"),
-                         ({"replay": None, "replay_fraction": 0.5}, "no replay pool is set"),
-                         ({"optim": {"schedule": "wsd"}}, "optim.schedule 'wsd' is unknown"),
-                         ({"optim": {"peak": 1}}, "unknown config field optim.peak"),
-                         ({"lora": {"r": 0}}, "lora.r must be >= 1, got 0"),
-                         ({"target": "basque"}, "target: expected a mapping"),
-                         ({"parallel": "zero3"}, "parallel 'zero3' is unknown; choose one of ddp, fsdp"),
-                         ({"stages_": []}, "unknown config field stages_")]:
+    for raw, message in [
+        ({"replay_fraction": 1.0}, "replay_fraction must lie in [0, 1), got 1.0"),
+        ({"replay": None, "replay_fraction": 0.5}, "no replay pool is set"),
+        ({"optim": {"schedule": "wsd"}}, "optim.schedule 'wsd' is unknown"),
+        ({"optim": {"peak": 1}}, "unknown config field optim.peak"),
+        ({"lora": {"r": 0}}, "lora.r must be >= 1, got 0"),
+        ({"target": "basque"}, "target: expected a mapping"),
+        ({"parallel": "zero3"}, "parallel 'zero3' is unknown; choose one of ddp, fsdp"),
+        ({"stages_": []}, "unknown config field stages_"),
+    ]:
         with pytest.raises(ConfigError) as e:
             read_finetune(raw)
         assert message in str(e.value), (raw, str(e.value))
@@ -125,8 +191,15 @@ def test_kind_defaults_live_in_one_place():
     values win, and our Transformer's run configs are untouched (their ids too: test_fingerprint pins them)."""
     hf = {"model": {"kind": "hf"}, "data": {"domains": {"target": {"source": "basque"}}}, "finetune": {}}
     cfg = from_dict(RunConfig, hf)
-    assert (cfg.train.batch_size, cfg.eval.max_sequences, cfg.eval.batch_size, cfg.eval.initial,
-            cfg.logging.tensorboard, cfg.train.total_steps, cfg.finetune.lr.peak) == (8, 32, 8, True, False, None, 3e-4)
+    assert (
+        cfg.train.batch_size,
+        cfg.eval.max_sequences,
+        cfg.eval.batch_size,
+        cfg.eval.initial,
+        cfg.logging.tensorboard,
+        cfg.train.total_steps,
+        cfg.finetune.lr.peak,
+    ) == (8, 32, 8, True, False, None, 3e-4)
     cfg = from_dict(RunConfig, {**hf, "eval": {"max_sequences": 10}, "train": {"batch_size": 2}})
     assert (cfg.eval.max_sequences, cfg.eval.batch_size, cfg.train.batch_size) == (10, 8, 2)
     ours = load_config(RunConfig, REPO / "configs" / "tiny.yaml")
@@ -160,8 +233,10 @@ def test_finetune_config_may_be_a_run_config_and_the_flags_still_apply(tmp_path)
 
     form = build_config(_parse(["--target", "code", "--replay", "generic", "--epochs", "2"]))
     (tmp_path / "run.yaml").write_text(dump_yaml(form))
-    for flags in (["-R", "0.25", "--lr", "1e-3", "--budget", "16", "--lora-r", "4", "--seed", "3"],
-                  ["--replay", "none", "--budget", "8", "--fsdp"]):
+    for flags in (
+        ["-R", "0.25", "--lr", "1e-3", "--budget", "16", "--lora-r", "4", "--seed", "3"],
+        ["--replay", "none", "--budget", "8", "--fsdp"],
+    ):
         from_run = build_config(_parse(["--config", str(tmp_path / "run.yaml"), *flags]))
         from_form = build_config(_parse(["--target", "code", "--replay", "generic", "--epochs", "2", *flags]))
         assert to_dict(from_run) == to_dict(from_form) and run_id(from_run) == run_id(from_form)

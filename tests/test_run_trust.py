@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from run_configs import tiny_raw
 
 from replaylab.cli import main
 from replaylab.config import from_dict
 from replaylab.runconfig import RunConfig
 from replaylab.train import run_training
-from run_configs import tiny_raw
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,8 +34,15 @@ def one_line_error(capsys, *argv) -> str:
 
 
 def cli(*argv, cwd, env, **kw) -> subprocess.Popen | subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "replaylab.cli", *map(str, argv)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "replaylab.cli", *map(str, argv)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +65,14 @@ def test_resume_refuses_another_out(finished, tmp_path, capsys):
 # ----------------------------------------------------------------------------------- resume on other data
 def _interrupted_run(cwd: Path, env: dict, run: Path) -> dict:
     """Start a long run on `data/mine.jsonl` (relative) in `cwd`; SIGTERM it once it has a checkpoint."""
-    proc = subprocess.Popen([sys.executable, "-m", "replaylab.cli", "train", "cfg.yaml", "--out", str(run)], cwd=cwd,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "replaylab.cli", "train", "cfg.yaml", "--out", str(run)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not list((run / "checkpoints").glob("step_*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -78,13 +91,33 @@ def test_resume_refuses_data_that_changed(tmp_path, prose_corpus, code_corpus, t
     for cwd, corpus in ((here, prose_corpus), (there, code_corpus)):
         (cwd / "data").mkdir(parents=True)
         shutil.copyfile(corpus, cwd / "data" / "mine.jsonl")
-    (here / "cfg.yaml").write_text(yaml.safe_dump({
-        "name": "mine", "seed": 1, "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
-        "data": {"tokenizer": tiny_tokenizer, "seq_len": 32, "domains": {"target": {"source": "data/mine.jsonl"}}},
-        "stages": [{"name": "s", "steps": 5000, "mixture": {"target": 1.0}}],
-        "train": {"total_steps": 5000, "batch_size": 2, "precision": "fp32", "compile": "off", "threads": 1,
-                  "progress": "off", "checkpoint_every": 5, "log_every": 50},
-        "eval": {"max_sequences": 4, "batch_size": 4, "every": 0}, "logging": {"tensorboard": False}}))
+    (here / "cfg.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "mine",
+                "seed": 1,
+                "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
+                "data": {
+                    "tokenizer": tiny_tokenizer,
+                    "seq_len": 32,
+                    "domains": {"target": {"source": "data/mine.jsonl"}},
+                },
+                "stages": [{"name": "s", "steps": 5000, "mixture": {"target": 1.0}}],
+                "train": {
+                    "total_steps": 5000,
+                    "batch_size": 2,
+                    "precision": "fp32",
+                    "compile": "off",
+                    "threads": 1,
+                    "progress": "off",
+                    "checkpoint_every": 5,
+                    "log_every": 50,
+                },
+                "eval": {"max_sequences": 4, "batch_size": 4, "every": 0},
+                "logging": {"tensorboard": False},
+            }
+        )
+    )
     env = {**os.environ, "REPLAYLAB_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO / "src")}
     run = here / "runs" / "mine"
     recorded = _interrupted_run(here, env, run)
@@ -107,6 +140,7 @@ def _file_size_limit(limit: int):
     def apply() -> None:  # in the child: a write past `limit` bytes fails with EFBIG instead of killing it
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 

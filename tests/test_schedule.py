@@ -42,14 +42,17 @@ def test_rounding_is_deterministic_and_realized_values_recorded():
     assert p.stage2_steps == 2 and p.w2 <= 1
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(gamma=0.5, rho=0.75, alpha=1.0), "delta = 2 > 1"),
-    (dict(gamma=0.5, rho=0.0, alpha=0.0), "w1 = 0.5"),  # feasible: check it does not raise below
-    (dict(gamma=0.9, rho=0.9, alpha=0.1), "w1"),
-    (dict(gamma=1.5, rho=0.0, alpha=1.0), "gamma=1.5"),
-    (dict(gamma=0.1, rho=0.5), "exactly two"),
-    (dict(gamma=0.1, rho=1.2, alpha=0.5), "rho=1.2"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(gamma=0.5, rho=0.75, alpha=1.0), "delta = 2 > 1"),
+        (dict(gamma=0.5, rho=0.0, alpha=0.0), "w1 = 0.5"),  # feasible: check it does not raise below
+        (dict(gamma=0.9, rho=0.9, alpha=0.1), "w1"),
+        (dict(gamma=1.5, rho=0.0, alpha=1.0), "gamma=1.5"),
+        (dict(gamma=0.1, rho=0.5), "exactly two"),
+        (dict(gamma=0.1, rho=1.2, alpha=0.5), "rho=1.2"),
+    ],
+)
 def test_infeasible_points_name_the_problem_and_the_feasible_range(kwargs, words):
     if words == "w1 = 0.5":
         solve_two_stage(**kwargs)
@@ -122,28 +125,43 @@ def test_builder_errors_are_actionable():
         reference({**BASE, "train": {"total_steps": 10, "batch_size": 2}})
 
 
-@pytest.mark.parametrize("build, words", [
-    # an overflowing budget: budget_multiple x fraction x steps x batch is inf (it reached math.floor before)
-    (lambda: reference(BASE, budget_multiple=1.7976931348623157e308), "budget_multiple=1.79769e+308"),
-    (lambda: reference(BASE, budget_multiple=1e300, epochs=1e-300), "beyond a 64-bit count"),
-    (lambda: reference(BASE, budget_multiple=float("nan")), "budget_multiple=nan"),
-    # realized rho = 1: no target sequence drawn (it divided by 1 - rho = 0 before)
-    (lambda: finetune(BASE, rho=0.5, epochs=1e-300), "epochs=1e-300 over a budget of 1024"),
-    (lambda: midtrain(BASE, epochs=float("nan")), "epochs=nan"),
-    (lambda: finetune(BASE, multiplier=float("nan")), "multiplier=nan"),
-    # one target sequence in a stage of 2**60 sequences: a share below float resolution
-    (lambda: finetune({**BASE, "train": {"total_steps": 1024, "batch_size": 2**60}}, rho=0.5, epochs=1,
-                      target_fraction=2**-70), "realized rho = 1"),
-    # the base's run shape is read as the run config reads it (int() took "abc" and nan before)
-    (lambda: reference({**BASE, "train": {"total_steps": "abc", "batch_size": 8}}),
-     "train.total_steps: expected a whole"),
-    (lambda: finetune({**BASE, "train": {"total_steps": float("nan")}}, rho=0.5), "train.total_steps: nan"),
-    (lambda: midtrain({**BASE, "train": {"total_steps": 1024, "batch_size": 2.5}}),
-     "train.batch_size: expected a whole"),
-    (lambda: reference({**BASE, "train": {"total_steps": 0}}), "train.total_steps must be >= 1, got 0"),
-    (lambda: finetune({**BASE, "train": {"total_steps": 2**62, "batch_size": 1}}, rho=0.5, target_fraction=0.5,
-                      epochs=1), "above the 1,000,000 steps"),
-])
+@pytest.mark.parametrize(
+    "build, words",
+    [
+        # an overflowing budget: budget_multiple x fraction x steps x batch is inf (it reached math.floor before)
+        (lambda: reference(BASE, budget_multiple=1.7976931348623157e308), "budget_multiple=1.79769e+308"),
+        (lambda: reference(BASE, budget_multiple=1e300, epochs=1e-300), "beyond a 64-bit count"),
+        (lambda: reference(BASE, budget_multiple=float("nan")), "budget_multiple=nan"),
+        # realized rho = 1: no target sequence drawn (it divided by 1 - rho = 0 before)
+        (lambda: finetune(BASE, rho=0.5, epochs=1e-300), "epochs=1e-300 over a budget of 1024"),
+        (lambda: midtrain(BASE, epochs=float("nan")), "epochs=nan"),
+        (lambda: finetune(BASE, multiplier=float("nan")), "multiplier=nan"),
+        # one target sequence in a stage of 2**60 sequences: a share below float resolution
+        (
+            lambda: finetune(
+                {**BASE, "train": {"total_steps": 1024, "batch_size": 2**60}}, rho=0.5, epochs=1, target_fraction=2**-70
+            ),
+            "realized rho = 1",
+        ),
+        # the base's run shape is read as the run config reads it (int() took "abc" and nan before)
+        (
+            lambda: reference({**BASE, "train": {"total_steps": "abc", "batch_size": 8}}),
+            "train.total_steps: expected a whole",
+        ),
+        (lambda: finetune({**BASE, "train": {"total_steps": float("nan")}}, rho=0.5), "train.total_steps: nan"),
+        (
+            lambda: midtrain({**BASE, "train": {"total_steps": 1024, "batch_size": 2.5}}),
+            "train.batch_size: expected a whole",
+        ),
+        (lambda: reference({**BASE, "train": {"total_steps": 0}}), "train.total_steps must be >= 1, got 0"),
+        (
+            lambda: finetune(
+                {**BASE, "train": {"total_steps": 2**62, "batch_size": 1}}, rho=0.5, target_fraction=0.5, epochs=1
+            ),
+            "above the 1,000,000 steps",
+        ),
+    ],
+)
 def test_builders_refuse_extreme_arguments_with_a_config_error(build, words):
     with pytest.raises(ConfigError) as e:
         build()

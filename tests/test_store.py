@@ -18,8 +18,15 @@ def _file_hashes(store: TokenStore) -> dict[str, str]:
 
 def test_store_layout_and_meta(code_store, tiny_tokenizer):
     names = {p.name for p in code_store.path.iterdir()}
-    assert names == {"train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "meta.json", "tokenizer.json",
-                     ".replaylab.json"}  # the marker: a store of replaylab's (replaylab.outputs)
+    assert names == {
+        "train.bin",
+        "val.bin",
+        "train_docs.npy",
+        "val_docs.npy",
+        "meta.json",
+        "tokenizer.json",
+        ".replaylab.json",
+    }  # the marker: a store of replaylab's (replaylab.outputs)
     m = code_store.meta
     tok = load_tokenizer(tiny_tokenizer)
     assert m["tokenizer_hash"] == tok.hash == code_store.tokenizer().hash and m["dtype"] == "uint16"
@@ -40,8 +47,8 @@ def test_documents_are_joined_by_eos(code_store, tiny_tokenizer):
     ends = offsets[1:] - 1
     assert np.all(tokens[ends] == tok.eos_id)
     assert np.count_nonzero(tokens == tok.eos_id) == len(ends)  # EOS appears nowhere else
-    first = tok.decode(tokens[offsets[0]:offsets[1] - 1])
-    assert first.startswith(('"""', "#", "'''", "import", "from", "r\"\"\""))
+    first = tok.decode(tokens[offsets[0] : offsets[1] - 1])
+    assert first.startswith(('"""', "#", "'''", "import", "from", 'r"""'))
 
 
 def test_packing_and_gather(code_store):
@@ -53,7 +60,7 @@ def test_packing_and_gather(code_store):
     assert seqs.dtype == np.int64 and seqs.shape == (3, L + 1)
     flat = code_store.tokens("train")
     for row, i in zip(seqs, idx):
-        assert np.array_equal(row, flat[i * L:i * L + L + 1])
+        assert np.array_equal(row, flat[i * L : i * L + L + 1])
     # Consecutive sequences overlap by exactly one token (the shifted target).
     two = code_store.sequences("train", L, np.array([3, 4]))
     assert two[0, -1] == two[1, 0]
@@ -74,9 +81,12 @@ def test_nested_budgets(code_store):
 
 def test_split_is_disjoint_by_document(code_store, code_corpus):
     texts = [json.loads(line)["text"] for line in open(code_corpus)]
-    hashes = lambda split: {  # noqa: E731
-        bytes(code_store.tokens(split)[a:b].tobytes())
-        for a, b in zip(code_store.doc_offsets(split)[:-1], code_store.doc_offsets(split)[1:])}
+    hashes = (
+        lambda split: {  # noqa: E731
+            bytes(code_store.tokens(split)[a:b].tobytes())
+            for a, b in zip(code_store.doc_offsets(split)[:-1], code_store.doc_offsets(split)[1:])
+        }
+    )
     train, val = hashes("train"), hashes("val")
     assert val and train and not (train & val)
     assert code_store.num_documents("train") + code_store.num_documents("val") == len(texts)
@@ -144,8 +154,9 @@ def test_single_document_needs_val_docs_zero(isolated_home, tmp_path, tiny_token
     f.write_text("one document " * 200)
     with pytest.raises(DataError, match="single document.*--val-docs 0"):
         get_store(str(f), tokenizer=tiny_tokenizer)
-    assert not (isolated_home / "stores").exists() or not [p for p in (isolated_home / "stores").iterdir()
-                                                          if not p.name.endswith(".lock")]
+    assert not (isolated_home / "stores").exists() or not [
+        p for p in (isolated_home / "stores").iterdir() if not p.name.endswith(".lock")
+    ]
     s = get_store(str(f), tokenizer=tiny_tokenizer, options={"val_docs": 0})
     assert s.num_documents("train") == 1
 
@@ -222,6 +233,7 @@ def test_other_sources_keep_their_names(isolated_home, tmp_path, prose_corpus, t
     own = get_store(_write_part(tmp_path / "wiki.jsonl", lines[:10]), tokenizer=tiny_tokenizer, options={"val_docs": 2})
     assert own.name.rsplit("-", 2)[0] == "wiki" and own.meta["source_name"] == "wiki"
     # The source-name lookup matches `wiki-<tok>-<key>` exactly, never the store of wiki/train.jsonl.
-    get_store(_write_part(tmp_path / "wiki" / "train.jsonl", lines[10:20]), tokenizer=tiny_tokenizer,
-              options={"val_docs": 2})
+    get_store(
+        _write_part(tmp_path / "wiki" / "train.jsonl", lines[10:20]), tokenizer=tiny_tokenizer, options={"val_docs": 2}
+    )
     assert open_store("wiki").path == own.path

@@ -25,15 +25,27 @@ def experiment(prose_store, code_store, tokenizer, strategies, steps=16, **train
         "name": "t",
         "base": {
             "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
-            "data": {"tokenizer": tokenizer, "seq_len": 32,
-                     "domains": {"generic": {"source": str(prose_store.path)},
-                                 "code": {"source": str(code_store.path)}}},
-            "train": {"total_steps": steps, "batch_size": 4, "precision": "fp32", "compile": "off",
-                      "log_every": 4, "progress": "off", **train},
+            "data": {
+                "tokenizer": tokenizer,
+                "seq_len": 32,
+                "domains": {"generic": {"source": str(prose_store.path)}, "code": {"source": str(code_store.path)}},
+            },
+            "train": {
+                "total_steps": steps,
+                "batch_size": 4,
+                "precision": "fp32",
+                "compile": "off",
+                "log_every": 4,
+                "progress": "off",
+                **train,
+            },
             "eval": {"max_sequences": 8, "batch_size": 8},
             "logging": {"tensorboard": False},
         },
-        "target": "code", "target_fraction": "1/8", "seeds": [0], "prefix_granularity": 2,
+        "target": "code",
+        "target_fraction": "1/8",
+        "seeds": [0],
+        "prefix_granularity": 2,
         "strategies": strategies,
     }
 
@@ -44,15 +56,18 @@ def write_exp(tmp_path, prose_store, code_store, tiny_tokenizer, isolated_home):
         path = tmp_path / "exp.yaml"
         path.write_text(yaml.safe_dump(experiment(prose_store, code_store, tiny_tokenizer, strategies, **kw)))
         return path
+
     return write
 
 
 def test_plan_counts_runs_steps_and_prefix_savings(write_exp):
-    path = write_exp([
-        {"strategy": "reference", "grid": {"budget_multiple": [1, 2]}, "args": {"epochs": 2}},
-        {"strategy": "finetune", "grid": {"multiplier": [1, 2]}, "lrs": [1e-3, 3e-3], "args": {"epochs": 2}},
-        {"strategy": "midtrain", "grid": {"rho": [0, 0.5, 0.75]}, "args": {"alpha": 1, "epochs": 2}},
-    ])
+    path = write_exp(
+        [
+            {"strategy": "reference", "grid": {"budget_multiple": [1, 2]}, "args": {"epochs": 2}},
+            {"strategy": "finetune", "grid": {"multiplier": [1, 2]}, "lrs": [1e-3, 3e-3], "args": {"epochs": 2}},
+            {"strategy": "midtrain", "grid": {"rho": [0, 0.5, 0.75]}, "args": {"alpha": 1, "epochs": 2}},
+        ]
+    )
     table, doc = plan_experiment(path)
     assert len(doc["runs"]) == 2 + 4 + 3
     total = table.iloc[-1]
@@ -67,10 +82,12 @@ def test_plan_counts_runs_steps_and_prefix_savings(write_exp):
 
 
 def test_sweep_skips_done_records_failures_and_retries(write_exp, tmp_path):
-    path = write_exp([
-        {"strategy": "reference", "args": {"epochs": 2}},
-        {"strategy": "finetune", "grid": {"multiplier": [2]}, "args": {"epochs": 2}},
-    ])
+    path = write_exp(
+        [
+            {"strategy": "reference", "args": {"epochs": 2}},
+            {"strategy": "finetune", "grid": {"multiplier": [2]}, "args": {"epochs": 2}},
+        ]
+    )
     out = tmp_path / "sweep"
     doc = prepare_sweep(path, out)
     store = RunStore(out)
@@ -87,7 +104,9 @@ def test_sweep_skips_done_records_failures_and_retries(write_exp, tmp_path):
     worker_loop(out, threads=1)  # everything done or failed: nothing runs again
     assert len(store.events()) == n_events
     # --retry: the failure predates this invocation, so the run trains again (once)
-    doc["runs"][1]["config"]["data"]["domains"]["generic"]["source"] = ref["config"]["data"]["domains"]["generic"]["source"]
+    doc["runs"][1]["config"]["data"]["domains"]["generic"]["source"] = ref["config"]["data"]["domains"]["generic"][
+        "source"
+    ]
     (out / "sweep.json").write_text(json.dumps(doc))
     worker_loop(out, threads=1, retry_before=time.time())
     assert store.status(ft["run_id"]) == "done"
@@ -100,10 +119,11 @@ def test_branched_runs_equal_the_same_runs_alone(write_exp, tmp_path):
     # generic-only WSD stable phase is shared up to steps 14 / 12 / 8. The fine-tuning LR grid shares
     # its pre-training (the fine-tuning stage, with its optimizer reset, starts at the branch step), and
     # so does fine-tuning on a second target (its budget only matters from its first draw on).
-    strategies = [{"strategy": "midtrain", "grid": {"rho": [0.0, 0.5, 0.75]}, "args": {"alpha": 1, "epochs": 1}},
-                  {"strategy": "finetune", "grid": {"multiplier": [2]}, "lrs": [1e-3, 3e-3], "args": {"epochs": 1}},
-                  {"strategy": "finetune", "grid": {"multiplier": [2]}, "args": {"epochs": 1, "target": "code2",
-                                                                              "lr": 1e-3}}]
+    strategies = [
+        {"strategy": "midtrain", "grid": {"rho": [0.0, 0.5, 0.75]}, "args": {"alpha": 1, "epochs": 1}},
+        {"strategy": "finetune", "grid": {"multiplier": [2]}, "lrs": [1e-3, 3e-3], "args": {"epochs": 1}},
+        {"strategy": "finetune", "grid": {"multiplier": [2]}, "args": {"epochs": 1, "target": "code2", "lr": 1e-3}},
+    ]
     path = write_exp(strategies)
     raw = yaml.safe_load(path.read_text())
     domains = raw["base"]["data"]["domains"]
@@ -131,8 +151,11 @@ def test_branched_runs_equal_the_same_runs_alone(write_exp, tmp_path):
     doc2 = prepare_sweep(path, alone_dir)
     assert all(e["branch"] is None for e in doc2["runs"])
     alone = RunStore(alone_dir)
-    train_losses = lambda d: [r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())  # noqa: E731
-                              if r["type"] == "train"]
+    train_losses = lambda d: [
+        r["loss"]
+        for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+        if r["type"] == "train"
+    ]
     for child in children:
         entry = next(e for e in doc2["runs"] if e["run_id"] == child["run_id"])
         assert execute_run(alone, entry) == "done"
@@ -180,8 +203,12 @@ def test_ray_backend_two_run_sweep(write_exp, tmp_path):
     ray = pytest.importorskip("ray")
     path = write_exp([{"strategy": "finetune", "grid": {"multiplier": [1, 2]}, "args": {"epochs": 2}}])
     out = tmp_path / "ray"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"REPLAYLAB_HOME": os.environ["REPLAYLAB_HOME"]}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"REPLAYLAB_HOME": os.environ["REPLAYLAB_HOME"]}},
+    )
     try:
         counts = run_sweep(path, out, backend="ray", threads=1)
     finally:

@@ -108,13 +108,15 @@ def test_paper_configs_plan_cleanly():
 
 
 def test_results_select_the_best_lr_per_cell_on_the_select_half(tmp_path):
-    from replaylab.schedule import finetune
     from replaylab.config import to_dict
     from replaylab.paths import atomic_write_text
+    from replaylab.schedule import finetune
     from replaylab.sweep.results import load_results
 
-    base = {"data": {"domains": {"generic": {"source": "generic"}, "code": {"source": "code"}}},
-            "train": {"total_steps": 64, "batch_size": 4}}
+    base = {
+        "data": {"domains": {"generic": {"source": "generic"}, "code": {"source": "code"}}},
+        "train": {"total_steps": 64, "batch_size": 4},
+    }
     cfgs = [finetune(base, multiplier=2, lr=lr, target_fraction=1 / 16, epochs=2) for lr in (1e-4, 3e-4, 1e-3)]
     store = RunStore(tmp_path)
     entries = [{"run_id": f"r{i}", "coords": {}, "config": to_dict(c), "branch": None} for i, c in enumerate(cfgs)]
@@ -122,8 +124,10 @@ def test_results_select_the_best_lr_per_cell_on_the_select_half(tmp_path):
     # val (select half) prefers r1; test (report half) would prefer r2: selection must use val
     for i, (val, test) in enumerate([(3.0, 3.0), (2.0, 2.9), (2.5, 1.0)]):
         final = {"code": {"val_loss": val, "test_loss": test}, "generic": {"val_loss": 4.0, "test_loss": 4.0}}
-        atomic_write_text(store.run_dir(f"r{i}") / "manifest.json", json.dumps(
-            {"status": "done", "meta": cfgs[i].meta, "final": final, "steps_done": 64}))
+        atomic_write_text(
+            store.run_dir(f"r{i}") / "manifest.json",
+            json.dumps({"status": "done", "meta": cfgs[i].meta, "final": final, "steps_done": 64}),
+        )
     df = load_results(tmp_path)
     assert list(df.selected) == [False, True, False]
     assert df.lr_group.nunique() == 1 and list(df.strategy.unique()) == ["finetune"]

@@ -10,14 +10,13 @@ import sys
 import pytest
 import torch
 import yaml
+from run_configs import tiny_raw
 from safetensors.torch import load_file
 
 from replaylab.config import from_dict
 from replaylab.errors import ConfigError, ReplaylabError
 from replaylab.runconfig import RunConfig
 from replaylab.train import run_training
-from run_configs import tiny_raw
-
 
 
 @pytest.fixture
@@ -39,8 +38,20 @@ def test_run_folder_contents(raw, tmp_path, tiny_tokenizer):
     assert manifest["status"] == "done" and manifest["steps_done"] == 12 and manifest["error"] is None
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == json.loads(json.dumps(manifest))
-    for key in ("config_hash", "name", "seed", "store_identities", "tokenizer_hash", "versions", "git_commit",
-                "host", "started", "finished", "meta", "final"):
+    for key in (
+        "config_hash",
+        "name",
+        "seed",
+        "store_identities",
+        "tokenizer_hash",
+        "versions",
+        "git_commit",
+        "host",
+        "started",
+        "finished",
+        "meta",
+        "final",
+    ):
         assert key in on_disk, key
     assert set(on_disk["store_identities"]) == {"generic", "code"}
     assert on_disk["versions"]["torch"] == torch.__version__.split("+")[0] or on_disk["versions"]["torch"]
@@ -51,6 +62,7 @@ def test_run_folder_contents(raw, tmp_path, tiny_tokenizer):
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
     from replaylab.data.tokenizer import get_tokenizer
+
     assert saved["model"]["vocab_size"] == get_tokenizer(tiny_tokenizer).vocab_size
     assert saved["model"]["max_seq_len"] == 32
 
@@ -79,8 +91,9 @@ def test_same_config_same_result_and_optimizer_reset(raw, tmp_path):
     a = run_training(from_dict(RunConfig, raw), tmp_path / "a")
     b = run_training(from_dict(RunConfig, raw), tmp_path / "b")
     assert a["final"] == b["final"]  # bit for bit
-    assert records(tmp_path / "a", "train") != [] and [r["loss"] for r in records(tmp_path / "a", "train")] == \
-        [r["loss"] for r in records(tmp_path / "b", "train")]
+    assert records(tmp_path / "a", "train") != [] and [r["loss"] for r in records(tmp_path / "a", "train")] == [
+        r["loss"] for r in records(tmp_path / "b", "train")
+    ]
 
     # Reset: the optimizer's step count restarts at the fine-tuning stage; carry keeps counting.
     def adam_steps(run):
@@ -100,8 +113,8 @@ def test_same_config_same_result_and_optimizer_reset(raw, tmp_path):
     t = load_file(tmp_path / "one/checkpoints/step_0000009/optim.safetensors")
     m, v = t["0.exp_avg"], t["0.exp_avg_sq"]
     nz = v > 0
-    ratio = (m[nz] ** 2 / v[nz])
-    assert torch.allclose(ratio, torch.full_like(ratio, 0.1 ** 2 / 0.05), rtol=1e-4)
+    ratio = m[nz] ** 2 / v[nz]
+    assert torch.allclose(ratio, torch.full_like(ratio, 0.1**2 / 0.05), rtol=1e-4)
 
 
 def test_diverged_run_is_recorded(raw, tmp_path):
@@ -135,8 +148,23 @@ def test_cli_end_to_end_with_overrides(raw, tmp_path, isolated_home):
     cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {**os.environ, "REPLAYLAB_HOME": str(isolated_home)}
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "replaylab.cli", "train", str(cfg), "--out", str(out),
-                        "stages.1.lr.peak=5e-4", "seed=7"], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "replaylab.cli",
+            "train",
+            str(cfg),
+            "--out",
+            str(out),
+            "stages.1.lr.peak=5e-4",
+            "seed=7",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "done, 12 steps" in r.stdout
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -168,8 +196,15 @@ def test_cli_errors_exit_2(raw, tmp_path, capsys):
     assert code == 2 and "does not exist" in err
     code, err = cli("--resume", str(tmp_path))
     assert code == 2 and "not a run folder" in err
-    code, err = cli(str(cfg), "--out", str(tmp_path / "y"), "stages.0.lr.peak=1e6", "stages.0.lr.schedule=constant",
-                    "stages.0.lr.warmup=0", "optim.grad_clip=0")
+    code, err = cli(
+        str(cfg),
+        "--out",
+        str(tmp_path / "y"),
+        "stages.0.lr.peak=1e6",
+        "stages.0.lr.schedule=constant",
+        "stages.0.lr.warmup=0",
+        "optim.grad_clip=0",
+    )
     assert code == 1 and "diverged" in err
     assert json.loads((tmp_path / "y/manifest.json").read_text())["status"] == "diverged"
 
@@ -180,8 +215,15 @@ def test_stage_init_from_checkpoint_and_hf(raw, tmp_path, tiny_tokenizer):
 
     first = run_training(from_dict(RunConfig, raw), tmp_path / "first")
     frozen = json.loads(json.dumps(raw))
-    frozen["stages"] = [{"name": "hold", "steps": 1, "mixture": {"generic": 1.0}, "init": f"checkpoint:{tmp_path / 'first'}",
-                         "lr": {"schedule": "constant", "peak": 0.0, "warmup": 0.0}}]
+    frozen["stages"] = [
+        {
+            "name": "hold",
+            "steps": 1,
+            "mixture": {"generic": 1.0},
+            "init": f"checkpoint:{tmp_path / 'first'}",
+            "lr": {"schedule": "constant", "peak": 0.0, "warmup": 0.0},
+        }
+    ]
     frozen["train"]["total_steps"] = 1
     frozen["data"]["domains"]["code"].pop("epochs")
     held = run_training(from_dict(RunConfig, frozen), tmp_path / "held")
@@ -207,9 +249,20 @@ def test_stage_init_from_checkpoint_and_hf(raw, tmp_path, tiny_tokenizer):
 # Another CPU's kernels may round the last bits differently, hence the tolerance: what this pins is the
 # arithmetic (batches, LR schedule, loss, optimizer reset), which any real change moves far more.
 PINNED_FINAL = {"generic": 6.19519567489624, "code": 6.145096778869629}
-PINNED_TRAIN = [6.219804525375366, 6.234743118286133, 6.210691452026367, 6.1982741355896, 6.15435004234314,
-                6.217055320739746, 6.107212543487549, 6.122143983840942, 6.1202404499053955, 6.134339332580566,
-                6.016338586807251, 6.113072395324707]
+PINNED_TRAIN = [
+    6.219804525375366,
+    6.234743118286133,
+    6.210691452026367,
+    6.1982741355896,
+    6.15435004234314,
+    6.217055320739746,
+    6.107212543487549,
+    6.122143983840942,
+    6.1202404499053955,
+    6.134339332580566,
+    6.016338586807251,
+    6.113072395324707,
+]
 
 
 def test_engine_numbers_are_pinned(raw, tmp_path):

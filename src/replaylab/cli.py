@@ -17,7 +17,17 @@ from replaylab.errors import ReplaylabError
 
 # Order shown in `replaylab --help`: the path of an experiment, data -> train -> sweep -> analysis.
 COMMANDS = [
-    "demo", "data", "tokenizer", "train", "export", "plan", "sweep", "results", "analyze", "report", "finetune",
+    "demo",
+    "data",
+    "tokenizer",
+    "train",
+    "export",
+    "plan",
+    "sweep",
+    "results",
+    "analyze",
+    "report",
+    "finetune",
 ]
 
 
@@ -65,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         where = f" {e.filename!r}" if e.filename else ""
-        print(f"replaylab {args.command}: error: cannot use{where}: {e.strerror or e}; check the path and its "
-              "permissions", file=sys.stderr)
+        print(
+            f"replaylab {args.command}: error: cannot use{where}: {e.strerror or e}; check the path and its "
+            "permissions",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         _exiting_on_interrupt()

@@ -99,15 +99,19 @@ def _plain_size(value: Any, what: str, key: str, sizes: dict[int, int], open_: s
     elif isinstance(value, list):
         children = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
     else:
-        raise ConfigError(f"{where}: {value!r} ({type(value).__name__}) is not plain YAML data; write a number, "
-                          "string, list or mapping")
+        raise ConfigError(
+            f"{where}: {value!r} ({type(value).__name__}) is not plain YAML data; write a number, "
+            "string, list or mapping"
+        )
     open_.add(id(value))
     total = 1
     for child_key, child in children:
         total += _plain_size(child, what, child_key, sizes, open_)
         if total > MAX_CONFIG_VALUES:
-            raise ConfigError(f"{what} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeat what "
-                              "they refer to); a config is far smaller: write it without nested aliases")
+            raise ConfigError(
+                f"{what} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeat what "
+                "they refer to); a config is far smaller: write it without nested aliases"
+            )
     open_.discard(id(value))
     sizes[id(value)] = total
     return total
@@ -130,8 +134,9 @@ def parse_number(value: Any, where: str) -> float:
         raise ConfigError(f"{where}: {value!r} divides by zero; give a nonzero denominator, e.g. 1/256")
     number = parts[0] / parts[1] if len(parts) == 2 else parts[0]  # 1e308/1e-308 overflows to inf
     if not all(math.isfinite(x) for x in (*parts, number)):
-        raise ConfigError(f"{where}: {value!r} is not a finite number; nan and inf are not allowed, give a value "
-                          "such as 3e-4")
+        raise ConfigError(
+            f"{where}: {value!r} is not a finite number; nan and inf are not allowed, give a value such as 3e-4"
+        )
     return number
 
 
@@ -144,13 +149,14 @@ def _choice(value: Any, choices: tuple, where: str) -> Any:
     if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans; our choices are words
         value = "on" if value else "off"
     if value not in choices:
-        raise ConfigError(f"{where} {value!r} is unknown; {closest(value, choices)}choose one of "
-                          f"{', '.join(map(str, choices))}")
+        raise ConfigError(
+            f"{where} {value!r} is unknown; {closest(value, choices)}choose one of {', '.join(map(str, choices))}"
+        )
     return value
 
 
 def closest(word: Any, known: Any) -> str:
-    """"did you mean X? " for the known name closest to a mistyped `word` (difflib), or "" when none is close."""
+    """ "did you mean X? " for the known name closest to a mistyped `word` (difflib), or "" when none is close."""
     names = [str(k) for k in known]
     match = difflib.get_close_matches(str(word), names, n=1, cutoff=0.7) if isinstance(word, str) else []
     return f"did you mean {match[0]}? " if match else ""
@@ -160,8 +166,11 @@ def closest(word: Any, known: Any) -> str:
 def _literal_fields(cls: type) -> tuple[tuple[str, tuple], ...]:
     """(field name, choices) of every field of dataclass `cls` typed as a Literal."""
     hints = typing.get_type_hints(cls)
-    return tuple((f.name, typing.get_args(hints[f.name])) for f in dataclasses.fields(cls)
-                 if typing.get_origin(hints[f.name]) is typing.Literal)
+    return tuple(
+        (f.name, typing.get_args(hints[f.name]))
+        for f in dataclasses.fields(cls)
+        if typing.get_origin(hints[f.name]) is typing.Literal
+    )
 
 
 def check_choices(obj: Any, prefix: str = "") -> None:
@@ -229,7 +238,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         kt, vt = args if args else (Any, Any)
-        return {_convert(k, kt, f"{where}") : _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
+        return {_convert(k, kt, f"{where}"): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -267,13 +276,16 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown config field {prefix}{unknown[0]!s}; {closest(unknown[0], fields)}known fields "
-                          f"here: {', '.join(sorted(fields))}")
+        raise ConfigError(
+            f"unknown config field {prefix}{unknown[0]!s}; {closest(unknown[0], fields)}known fields "
+            f"here: {', '.join(sorted(fields))}"
+        )
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _convert(value, hints[name], f"{where}.{name}" if where else name)
     missing = [
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
@@ -306,8 +318,11 @@ def to_dict(obj: Any, *, for_hash: bool = False) -> Any:
     """A dataclass (nested) as plain dicts/lists, ready for YAML or JSON. for_hash: as hashed, i.e. without
     the `added_field`s that hold their default."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name), for_hash=for_hash) for f in dataclasses.fields(obj)
-                if not for_hash or _hashed(f, getattr(obj, f.name))}
+        return {
+            f.name: to_dict(getattr(obj, f.name), for_hash=for_hash)
+            for f in dataclasses.fields(obj)
+            if not for_hash or _hashed(f, getattr(obj, f.name))
+        }
     if isinstance(obj, dict):
         return {k: to_dict(v, for_hash=for_hash) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -362,10 +377,20 @@ def add_override_arguments(p: argparse.ArgumentParser, example: str = "optim.lr=
     `--set KEY=VALUE` (repeatable), mixed freely. After parsing, `args.overrides` holds them all in
     command-line order (a key given twice: the last one wins), ready for `apply_overrides`. Call it
     after the command's other positional arguments."""
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help=f"dotted config overrides, applied in order, e.g. {example} (same as --set KEY=VALUE)")
-    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a dotted config override (repeatable), same as a bare KEY=VALUE")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help=f"dotted config overrides, applied in order, e.g. {example} (same as --set KEY=VALUE)",
+    )
+    p.add_argument(
+        "--set",
+        dest="set_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dotted config override (repeatable), same as a bare KEY=VALUE",
+    )
     # argparse stops filling positionals at the first option, so `CONFIG --out DIR KEY=VALUE` would leave
     # KEY=VALUE unrecognized: collect such leftovers into the overrides too.
     parse_known = p.parse_known_args
@@ -427,11 +452,13 @@ def load_yaml(path: str | Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         line = e.object[: e.start].count(b"\n") + 1
-        raise ConfigError(f"config file {name!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at line {line}); "
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            f"config file {name!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at line {line}); save it as UTF-8"
+        ) from None
     except OSError as e:
-        raise ConfigError(f"config file {name!r} cannot be read ({e.strerror or e}); check the path and its "
-                          "permissions") from None
+        raise ConfigError(
+            f"config file {name!r} cannot be read ({e.strerror or e}); check the path and its permissions"
+        ) from None
     try:
         data = yaml.load(text, Loader=ConfigLoader)
     except _DuplicateKey as e:

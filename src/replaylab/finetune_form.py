@@ -27,18 +27,42 @@ from replaylab.runconfig import DomainConfig, RunConfig
 
 # Old key -> RunConfig path. The nested sections map key by key (`optim.lr` -> `finetune.lr.peak`).
 _KEYS = {
-    "name": "name", "seed": "seed", "model": "model.source", "trust_remote_code": "model.trust_remote_code",
-    "replay_fraction": "finetune.replay_fraction", "target_epochs": "finetune.target_epochs",
-    "max_steps": "finetune.max_steps", "seq_len": "data.seq_len", "batch_size": "train.batch_size",
-    "micro_batch_size": "train.micro_batch_size", "lora": "model.lora", "precision": "train.precision",
-    "gradient_checkpointing": "model.gradient_checkpointing", "device": "train.device", "compile": "model.compile",
-    "deterministic": "train.deterministic", "parallel": "model.parallel", "threads": "train.threads",
-    "checkpoint_every": "train.checkpoint_every", "keep_checkpoints": "train.keep_checkpoints",
-    "log_every": "train.log_every", "progress": "train.progress", "save_final": "model.save_final",
-    "logging": "logging", "meta": "meta", "target": "data.domains.target", "replay": "data.domains.replay",
-    "optim.lr": "finetune.lr.peak", "optim.schedule": "finetune.lr.schedule", "optim.warmup": "finetune.lr.warmup",
-    "optim.final_lr": "finetune.lr.final", "optim.betas": "optim.betas", "optim.eps": "optim.eps",
-    "optim.weight_decay": "optim.weight_decay", "optim.grad_clip": "optim.grad_clip", "eval": "eval",
+    "name": "name",
+    "seed": "seed",
+    "model": "model.source",
+    "trust_remote_code": "model.trust_remote_code",
+    "replay_fraction": "finetune.replay_fraction",
+    "target_epochs": "finetune.target_epochs",
+    "max_steps": "finetune.max_steps",
+    "seq_len": "data.seq_len",
+    "batch_size": "train.batch_size",
+    "micro_batch_size": "train.micro_batch_size",
+    "lora": "model.lora",
+    "precision": "train.precision",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "device": "train.device",
+    "compile": "model.compile",
+    "deterministic": "train.deterministic",
+    "parallel": "model.parallel",
+    "threads": "train.threads",
+    "checkpoint_every": "train.checkpoint_every",
+    "keep_checkpoints": "train.keep_checkpoints",
+    "log_every": "train.log_every",
+    "progress": "train.progress",
+    "save_final": "model.save_final",
+    "logging": "logging",
+    "meta": "meta",
+    "target": "data.domains.target",
+    "replay": "data.domains.replay",
+    "optim.lr": "finetune.lr.peak",
+    "optim.schedule": "finetune.lr.schedule",
+    "optim.warmup": "finetune.lr.warmup",
+    "optim.final_lr": "finetune.lr.final",
+    "optim.betas": "optim.betas",
+    "optim.eps": "optim.eps",
+    "optim.weight_decay": "optim.weight_decay",
+    "optim.grad_clip": "optim.grad_clip",
+    "eval": "eval",
 }
 _SECTIONS = {"optim": ("lr", "schedule", "warmup", "final_lr", "betas", "eps", "weight_decay", "grad_clip")}
 _RUN_KEYS = ("data", "stages", "finetune", "train")  # only the RunConfig form has these
@@ -72,16 +96,19 @@ def to_run_form(raw: dict, where: str = "") -> dict:
     out: dict[str, Any] = {}
     for key, value in copy.deepcopy(raw).items():
         if key not in known:
-            raise ConfigError(f"unknown config field {where + '.' if where else ''}{key}; known fields here: "
-                              f"{', '.join(known)}")
+            raise ConfigError(
+                f"unknown config field {where + '.' if where else ''}{key}; known fields here: {', '.join(known)}"
+            )
         if key in _SECTIONS and not isinstance(value, dict):
-            raise ConfigError(f"config field {key} is {value!r}, not a section; write it as a mapping, e.g. "
-                              f"{key}: {{lr: 3e-4}}")
+            raise ConfigError(
+                f"config field {key} is {value!r}, not a section; write it as a mapping, e.g. {key}: {{lr: 3e-4}}"
+            )
         if key in _SECTIONS:
             for sub, v in value.items():
                 if sub not in _SECTIONS[key]:
-                    raise ConfigError(f"unknown config field {key}.{sub}; known fields here: "
-                                      f"{', '.join(sorted(_SECTIONS[key]))}")
+                    raise ConfigError(
+                        f"unknown config field {key}.{sub}; known fields here: {', '.join(sorted(_SECTIONS[key]))}"
+                    )
                 _put(out, _KEYS[f"{key}.{sub}"], v)
         elif key in ("target", "replay") and isinstance(value, dict) and value.get("epochs") is not None:
             raise ConfigError(f"unknown config field {key}.epochs; known fields here: budget, options, source")
@@ -102,11 +129,14 @@ def read_finetune(raw: dict, where: str = "") -> RunConfig:
     """The RunConfig of a fine-tuning-form mapping (defaults: name finetune, model smollm2-135m, target basque,
     replay generic (evaluated; trained on only when replay_fraction > 0); model_kinds.KIND_DEFAULTS has the rest).
     Unknown keys and bad values are ConfigErrors, worded in this form's keys."""
-    out = merge({"name": "finetune", "model": {"kind": HF}, "finetune": {}, "data": {"domains": {}}},
-                to_run_form(raw, where))
+    out = merge(
+        {"name": "finetune", "model": {"kind": HF}, "finetune": {}, "data": {"domains": {}}}, to_run_form(raw, where)
+    )
     given = out["data"]["domains"]
-    out["data"]["domains"] = {"target": given.get("target", {"source": "basque"}),
-                              "replay": given.get("replay", {"source": "generic"})}
+    out["data"]["domains"] = {
+        "target": given.get("target", {"source": "basque"}),
+        "replay": given.get("replay", {"source": "generic"}),
+    }
     if out["data"]["domains"]["replay"] is None:  # `replay: null`: no replay pool
         del out["data"]["domains"]["replay"]
     try:
@@ -130,14 +160,24 @@ def section_types() -> dict[str, Any]:
     axis such as `lora.r`)."""
     from replaylab.runconfig import EvalConfig, LoggingConfig
 
-    sections = {"target": DomainConfig, "replay": DomainConfig, "lora": LoraConfig, "eval": EvalConfig,
-                "logging": LoggingConfig, "meta": dict[str, Any], "optim": frozenset(_SECTIONS["optim"])}
+    sections = {
+        "target": DomainConfig,
+        "replay": DomainConfig,
+        "lora": LoraConfig,
+        "eval": EvalConfig,
+        "logging": LoggingConfig,
+        "meta": dict[str, Any],
+        "optim": frozenset(_SECTIONS["optim"]),
+    }
     return {k: sections.get(k, str) for k in sorted({k.split(".")[0] for k in _KEYS})}
 
 
 # Axes with a dedicated key: listing them in grid/zip would silently fight with lrs/seeds.
-_RESERVED = {"optim.lr": "list learning rates under lrs:", "seed": "list seeds under seeds:",
-             "meta": "meta is filled by the sweep; sweep a config field instead"}
+_RESERVED = {
+    "optim.lr": "list learning rates under lrs:",
+    "seed": "list seeds under seeds:",
+    "meta": "meta is filled by the sweep; sweep a config field instead",
+}
 
 
 def check_axis(key: str, where: str = "grid") -> None:
@@ -155,14 +195,22 @@ def check_axis(key: str, where: str = "grid") -> None:
             fields = {f.name for f in dataclasses.fields(node)} - {"epochs"}  # a pool's epochs are planned
         if part not in fields:
             owner = ".".join(parts[:i]) or "the fine-tuning config"
-            raise ConfigError(f"{where} axis {key!r} is not a config field ({owner} has: {', '.join(sorted(fields))}); "
-                              "fix the key")
-        tp = node[part] if isinstance(node, dict) else float if isinstance(node, frozenset) else \
-            _unwrap(typing.get_type_hints(node)[part])
+            raise ConfigError(
+                f"{where} axis {key!r} is not a config field ({owner} has: {', '.join(sorted(fields))}); fix the key"
+            )
+        tp = (
+            node[part]
+            if isinstance(node, dict)
+            else float
+            if isinstance(node, frozenset)
+            else _unwrap(typing.get_type_hints(node)[part])
+        )
         if typing.get_origin(tp) is dict:
             return  # a free-form mapping (e.g. target.options.glob): any sub-key is fine
         if i < len(parts) - 1 and not (dataclasses.is_dataclass(tp) or isinstance(tp, frozenset)):
-            raise ConfigError(f"{where} axis {key!r}: {'.'.join(parts[:i + 1])} is a value, not a section; fix the key")
+            raise ConfigError(
+                f"{where} axis {key!r}: {'.'.join(parts[: i + 1])} is a value, not a section; fix the key"
+            )
         node = tp
 
 

@@ -49,31 +49,69 @@ def finetune_view(config: Any) -> dict:
     existing run folders, sweeps, LR groups and cells stay. Settings that form could not express are added
     under `extra` only when they differ from their defaults (a run that sets them never had an old id)."""
     m, d, p, o, t, e = config.model, config.data, config.finetune, config.optim, config.train, config.eval
-    pool = lambda dom: None if dom is None else {"source": dom.source, "budget": dom.budget,  # noqa: E731
-                                                  "options": to_dict(dom.options)}
+
+    def pool(dom: Any) -> dict[str, Any] | None:
+        return None if dom is None else {"source": dom.source, "budget": dom.budget, "options": to_dict(dom.options)}
+
     view = {
-        "name": config.name, "seed": config.seed, "model": m.source, "trust_remote_code": m.trust_remote_code,
-        "target": pool(d.domains["target"]), "replay": pool(d.domains.get("replay")),
-        "replay_fraction": p.replay_fraction, "target_epochs": p.target_epochs, "seq_len": d.seq_len,
-        "batch_size": t.batch_size, "micro_batch_size": t.micro_batch_size, "max_steps": p.max_steps,
+        "name": config.name,
+        "seed": config.seed,
+        "model": m.source,
+        "trust_remote_code": m.trust_remote_code,
+        "target": pool(d.domains["target"]),
+        "replay": pool(d.domains.get("replay")),
+        "replay_fraction": p.replay_fraction,
+        "target_epochs": p.target_epochs,
+        "seq_len": d.seq_len,
+        "batch_size": t.batch_size,
+        "micro_batch_size": t.micro_batch_size,
+        "max_steps": p.max_steps,
         "lora": to_dict(m.lora),
-        "optim": {"lr": p.lr.peak, "schedule": p.lr.schedule, "warmup": p.lr.warmup, "final_lr": p.lr.final,
-                  "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay, "grad_clip": o.grad_clip},
-        "eval": {"every": e.every, "max_sequences": e.max_sequences, "batch_size": e.batch_size,
-                 "initial": e.initial, "mc_tasks": list(e.mc_tasks), "mc_max_items": e.mc_max_items,
-                 "lm_eval_tasks": list(e.lm_eval_tasks), "lm_eval_include": e.lm_eval_include},
-        "precision": t.precision, "gradient_checkpointing": m.gradient_checkpointing, "device": t.device,
-        "compile": m.compile, "deterministic": t.deterministic, "parallel": m.parallel, "threads": t.threads,
-        "checkpoint_every": t.checkpoint_every, "keep_checkpoints": t.keep_checkpoints, "log_every": t.log_every,
-        "progress": t.progress, "save_final": m.save_final, "logging": to_dict(config.logging),
+        "optim": {
+            "lr": p.lr.peak,
+            "schedule": p.lr.schedule,
+            "warmup": p.lr.warmup,
+            "final_lr": p.lr.final,
+            "betas": list(o.betas),
+            "eps": o.eps,
+            "weight_decay": o.weight_decay,
+            "grad_clip": o.grad_clip,
+        },
+        "eval": {
+            "every": e.every,
+            "max_sequences": e.max_sequences,
+            "batch_size": e.batch_size,
+            "initial": e.initial,
+            "mc_tasks": list(e.mc_tasks),
+            "mc_max_items": e.mc_max_items,
+            "lm_eval_tasks": list(e.lm_eval_tasks),
+            "lm_eval_include": e.lm_eval_include,
+        },
+        "precision": t.precision,
+        "gradient_checkpointing": m.gradient_checkpointing,
+        "device": t.device,
+        "compile": m.compile,
+        "deterministic": t.deterministic,
+        "parallel": m.parallel,
+        "threads": t.threads,
+        "checkpoint_every": t.checkpoint_every,
+        "keep_checkpoints": t.keep_checkpoints,
+        "log_every": t.log_every,
+        "progress": t.progress,
+        "save_final": m.save_final,
+        "logging": to_dict(config.logging),
         "meta": to_dict(config.meta),
     }
     if view["compile"] == "auto":  # added to that form later: left out at their defaults (config.added_field)
         del view["compile"]
     if view["deterministic"] is True:
         del view["deterministic"]
-    extra = {f"{section}.{name}": value for section, obj, names in _FINETUNE_EXTRA
-             for name in names if (value := getattr(getattr(config, obj), name)) != _default(obj, name)}
+    extra = {
+        f"{section}.{name}": value
+        for section, obj, names in _FINETUNE_EXTRA
+        for name in names
+        if (value := getattr(getattr(config, obj), name)) != _default(obj, name)
+    }
     for name, dom in d.domains.items():
         if dom.epochs is not None:
             extra[f"data.domains.{name}.epochs"] = dom.epochs
@@ -85,10 +123,12 @@ def finetune_view(config: Any) -> dict:
 
 
 # RunConfig settings a fine-tuning config of the old form could not hold: (section, attribute, fields).
-_FINETUNE_EXTRA = (("optim", "optim", ("decay_norms", "decay_embeddings", "implementation")),
-                   ("train", "train", ("mixture_block", "compile", "checkpoint_steps")),
-                   ("data", "data", ("tokenizer", "budget_seed", "val_sequences")),
-                   ("eval", "eval", ("domains",)))
+_FINETUNE_EXTRA = (
+    ("optim", "optim", ("decay_norms", "decay_embeddings", "implementation")),
+    ("train", "train", ("mixture_block", "compile", "checkpoint_steps")),
+    ("data", "data", ("tokenizer", "budget_seed", "val_sequences")),
+    ("eval", "eval", ("domains",)),
+)
 
 
 def _default(section: str, name: str) -> Any:
@@ -96,8 +136,12 @@ def _default(section: str, name: str) -> Any:
 
     if section == "finetune":
         return getattr(runconfig.FinetunePlanConfig().lr, name)
-    cls = {"optim": runconfig.OptimConfig, "train": runconfig.TrainConfig, "data": runconfig.DataConfig,
-           "eval": runconfig.EvalConfig}[section]
+    cls = {
+        "optim": runconfig.OptimConfig,
+        "train": runconfig.TrainConfig,
+        "data": runconfig.DataConfig,
+        "eval": runconfig.EvalConfig,
+    }[section]
     return getattr(cls(), name)
 
 
@@ -214,11 +258,14 @@ def lr_group(raw: Any) -> str:
     return config_hash(cell, 12)
 
 
-def mixture_id(*, store_identities: dict[str, Any], plan: dict[str, Any], seed: int, seq_len: int,
-               batch_size: int) -> str:
+def mixture_id(
+    *, store_identities: dict[str, Any], plan: dict[str, Any], seed: int, seq_len: int, batch_size: int
+) -> str:
     """A `replaylab.ReplayMixture`'s identity: its stores' identities, its plan (hf.packing.MixPlan as a
     mapping), seed, seq_len and batch_size. The mixture's saved position carries it, so a state saved by
     another mixture is refused. (Its own rule, sorted keys, as first recorded: saved states keep loading.)"""
-    blob = json.dumps({"stores": store_identities, "plan": plan, "seed": seed, "seq_len": seq_len,
-                       "batch_size": batch_size}, sort_keys=True)
+    blob = json.dumps(
+        {"stores": store_identities, "plan": plan, "seed": seed, "seq_len": seq_len, "batch_size": batch_size},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -33,8 +33,11 @@ _LAYER_DIRECT = {  # ours -> HF, inside one layer
     "mlp_norm.weight": "post_attention_layernorm.weight",
     "mlp.w_down.weight": "mlp.down_proj.weight",
 }
-_TOP_DIRECT = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-               "lm_head.weight": "lm_head.weight"}
+_TOP_DIRECT = {
+    "tok_emb.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
 
 
 class HFConvertError(ReplaylabError):
@@ -71,6 +74,7 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
 
 def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """HF Llama names -> ours (fusing q/k/v and gate/up). Errors name any missing tensor."""
+
     def take(key: str) -> torch.Tensor:
         if key not in hf:
             raise HFConvertError(f"Hugging Face checkpoint lacks tensor {key!r}; is it a complete LlamaForCausalLM?")
@@ -84,9 +88,11 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
         for ours, theirs in _LAYER_DIRECT.items():
             out[f"layers.{i}.{ours}"] = take(pre + theirs)
         out[f"layers.{i}.attn.wqkv.weight"] = torch.cat(
-            [take(pre + f"self_attn.{p}_proj.weight") for p in ("q", "k", "v")])
+            [take(pre + f"self_attn.{p}_proj.weight") for p in ("q", "k", "v")]
+        )
         out[f"layers.{i}.mlp.w_gate_up.weight"] = torch.cat(
-            [take(pre + "mlp.gate_proj.weight"), take(pre + "mlp.up_proj.weight")])
+            [take(pre + "mlp.gate_proj.weight"), take(pre + "mlp.up_proj.weight")]
+        )
     return out
 
 
@@ -95,13 +101,25 @@ def hf_config(cfg: ModelConfig, *, eos_token_id: int | None = None):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads or cfg.n_heads, head_dim=cfg.d_model // cfg.n_heads,
-        max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-        tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, hidden_act="silu",
-        attention_bias=False, mlp_bias=False, bos_token_id=None, eos_token_id=eos_token_id,
-        pad_token_id=None, architectures=["LlamaForCausalLM"],
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads or cfg.n_heads,
+        head_dim=cfg.d_model // cfg.n_heads,
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_embeddings,
+        initializer_range=cfg.init_std,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=None,
+        eos_token_id=eos_token_id,
+        pad_token_id=None,
+        architectures=["LlamaForCausalLM"],
     )
 
 
@@ -115,19 +133,28 @@ def _eos_token(tokenizer_file: Path, eos_id: int | None) -> str | None:
     return Tokenizer.from_file(str(tokenizer_file)).id_to_token(eos_id)
 
 
-def export_hf(model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor], cfg: ModelConfig,
-              tokenizer_dir: str | Path | None, out_dir: str | Path, *, eos_id: int | None = None,
-              identity: str | None = None, overwrite: bool = False) -> Path:
+def export_hf(
+    model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    tokenizer_dir: str | Path | None,
+    out_dir: str | Path,
+    *,
+    eos_id: int | None = None,
+    identity: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write `out_dir` as a Hugging Face Llama checkpoint (safetensors, fp32 as trained), plus the
     tokenizer as a PreTrainedTokenizerFast when `tokenizer_dir` (a folder with tokenizer.json) is
     given. Built in a temp folder and renamed into place: never half-written. `eos_id` defaults to
     the tokenizer's EOS as `replaylab.data.tokenizer` finds it. `out_dir` is new, or an export of replaylab's
     of the same `identity` (e.g. run + step), or of another one with `overwrite` (replaylab.outputs)."""
-    from replaylab.outputs import build_output
-
     from safetensors.torch import save_file
 
-    state = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, torch.nn.Module) else model_or_state_dict
+    from replaylab.outputs import build_output
+
+    state = (
+        model_or_state_dict.state_dict() if isinstance(model_or_state_dict, torch.nn.Module) else model_or_state_dict
+    )
     hf_state = to_hf_state_dict(state, cfg)
     tok_file = None
     if tokenizer_dir is not None:
@@ -140,15 +167,17 @@ def export_hf(model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor], cf
         from tokenizers import Tokenizer
 
         eos_id = Tokenizer.from_file(str(tok_file)).token_to_id(eos_token)
-    with build_output(out_dir, "export", identity, overwrite=overwrite, option="--hf",
-                      describe="of another checkpoint") as tmp:
+    with build_output(
+        out_dir, "export", identity, overwrite=overwrite, option="--hf", describe="of another checkpoint"
+    ) as tmp:
         hf_config(cfg, eos_token_id=eos_id).save_pretrained(tmp)
         save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tok_file is not None:
             from transformers import PreTrainedTokenizerFast
 
-            tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file), eos_token=eos_token,
-                                          model_max_length=cfg.max_seq_len)
+            tok = PreTrainedTokenizerFast(
+                tokenizer_file=str(tok_file), eos_token=eos_token, model_max_length=cfg.max_seq_len
+            )
             tok.save_pretrained(tmp)
     return Path(out_dir)
 
@@ -158,15 +187,19 @@ def _resolve_folder(path: str) -> Path:
     if folder.is_dir():
         return folder
     if os.path.exists(folder) or path.count("/") != 1 or path.startswith((".", "/", "~")):
-        raise HFConvertError(f"Hugging Face checkpoint {path!r} is not a folder; give a folder holding config.json "
-                             "and model.safetensors (e.g. one written by `replaylab export`)")
+        raise HFConvertError(
+            f"Hugging Face checkpoint {path!r} is not a folder; give a folder holding config.json "
+            "and model.safetensors (e.g. one written by `replaylab export`)"
+        )
     try:  # org/name: a hub id, fetched into the HF cache (needs network or a warm cache)
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model"]))
     except Exception as e:
-        raise HFConvertError(f"Hugging Face checkpoint {path!r} is neither a local folder nor downloadable "
-                             f"({type(e).__name__}); download it first and give its folder") from None
+        raise HFConvertError(
+            f"Hugging Face checkpoint {path!r} is neither a local folder nor downloadable "
+            f"({type(e).__name__}); download it first and give its folder"
+        ) from None
 
 
 def _read_hf_config(folder: Path) -> dict[str, Any]:
@@ -176,8 +209,10 @@ def _read_hf_config(folder: Path) -> dict[str, Any]:
     raw = json.loads(cfg_file.read_text())
     archs = raw.get("architectures") or []
     if raw.get("model_type") != "llama" or (archs and "LlamaForCausalLM" not in archs):
-        raise HFConvertError(f"{str(folder)!r} is a {raw.get('model_type')!r} model ({', '.join(archs) or 'no architectures'}); "
-                             "only Llama checkpoints (model_type 'llama', LlamaForCausalLM) can initialise replaylab's model")
+        raise HFConvertError(
+            f"{str(folder)!r} is a {raw.get('model_type')!r} model ({', '.join(archs) or 'no architectures'}); "
+            "only Llama checkpoints (model_type 'llama', LlamaForCausalLM) can initialise replaylab's model"
+        )
     return raw
 
 
@@ -189,15 +224,27 @@ def _model_fields(raw: dict[str, Any]) -> dict[str, Any]:
     theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
     d, nh = raw["hidden_size"], raw["num_attention_heads"]
     if raw.get("head_dim") not in (None, d // nh):
-        raise HFConvertError(f"head_dim {raw['head_dim']} != hidden_size / num_attention_heads ({d // nh}); not supported")
+        raise HFConvertError(
+            f"head_dim {raw['head_dim']} != hidden_size / num_attention_heads ({d // nh}); not supported"
+        )
     if raw.get("attention_bias") or raw.get("mlp_bias") or raw.get("hidden_act", "silu") != "silu":
-        raise HFConvertError("this Llama has attention/MLP biases or a non-SiLU activation; replaylab's model has neither")
+        raise HFConvertError(
+            "this Llama has attention/MLP biases or a non-SiLU activation; replaylab's model has neither"
+        )
     nkv = raw.get("num_key_value_heads") or nh
-    return dict(d_model=d, n_layers=raw["num_hidden_layers"], n_heads=nh, n_kv_heads=None if nkv == nh else nkv,
-                d_ff=raw["intermediate_size"], vocab_size=raw["vocab_size"],
-                max_seq_len=raw.get("max_position_embeddings"), rope_theta=float(theta),
-                norm_eps=float(raw.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
-                init_std=float(raw.get("initializer_range", 0.02)))
+    return dict(
+        d_model=d,
+        n_layers=raw["num_hidden_layers"],
+        n_heads=nh,
+        n_kv_heads=None if nkv == nh else nkv,
+        d_ff=raw["intermediate_size"],
+        vocab_size=raw["vocab_size"],
+        max_seq_len=raw.get("max_position_embeddings"),
+        rope_theta=float(theta),
+        norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        init_std=float(raw.get("initializer_range", 0.02)),
+    )
 
 
 def _read_hf_tensors(folder: Path) -> dict[str, torch.Tensor]:

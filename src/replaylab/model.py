@@ -31,9 +31,13 @@ from replaylab.runconfig import ModelConfig
 
 def _check_resolved(cfg: ModelConfig) -> tuple[int, int]:
     if not isinstance(cfg.vocab_size, int) or cfg.vocab_size < 1:
-        raise ConfigError(f"model.vocab_size must be resolved to a positive int before building the model, got {cfg.vocab_size!r}")
+        raise ConfigError(
+            f"model.vocab_size must be resolved to a positive int before building the model, got {cfg.vocab_size!r}"
+        )
     if not isinstance(cfg.max_seq_len, int) or cfg.max_seq_len < 1:
-        raise ConfigError(f"model.max_seq_len must be resolved to a positive int before building the model, got {cfg.max_seq_len!r}")
+        raise ConfigError(
+            f"model.max_seq_len must be resolved to a positive int before building the model, got {cfg.max_seq_len!r}"
+        )
     cfg.validate()
     return cfg.vocab_size, cfg.max_seq_len
 
@@ -153,7 +157,9 @@ class Transformer(nn.Module):
         fused linear cross-entropy kernel takes these and `output_weight()` instead of the logits)."""
         B, T = idx.shape
         if T > self.rope_cos.shape[0]:
-            raise ConfigError(f"sequence length {T} exceeds model.max_seq_len {self.rope_cos.shape[0]}; raise model.max_seq_len")
+            raise ConfigError(
+                f"sequence length {T} exceeds model.max_seq_len {self.rope_cos.shape[0]}; raise model.max_seq_len"
+            )
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hd)
         x = self.tok_emb(idx)  # (B, T, d_model)
         for layer in self.layers:

@@ -21,9 +21,11 @@ TRANSFORMER, HF = "transformer", "hf"
 
 # Section defaults of an `hf` run where they differ from ours (a config's own values always win).
 KIND_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    HF: {"train": {"batch_size": 8},
-         "eval": {"max_sequences": 32, "batch_size": 8, "initial": True},
-         "logging": {"tensorboard": False}},
+    HF: {
+        "train": {"batch_size": 8},
+        "eval": {"max_sequences": 32, "batch_size": 8, "initial": True},
+        "logging": {"tensorboard": False},
+    },
 }
 
 
@@ -92,12 +94,15 @@ class HFModelConfig:
 def validate_hf_run(config: Any) -> None:
     """A Hugging Face run: as planned (a `finetune` plan, no stages yet) or as laid out for the Trainer."""
     if model_kind(config.model) != HF:
-        raise ConfigError("finetune (the replay fine-tuning plan) needs a Hugging Face model; set model.kind: hf "
-                          "and model.source")
+        raise ConfigError(
+            "finetune (the replay fine-tuning plan) needs a Hugging Face model; set model.kind: hf and model.source"
+        )
     ev, plan, domains = config.eval, config.finetune, config.data.domains
     if ev.lm_eval_include is not None and not ev.lm_eval_tasks:
-        raise ConfigError(f"eval.lm_eval_include is {ev.lm_eval_include!r} but eval.lm_eval_tasks is empty; "
-                          "name the tasks to run from it in eval.lm_eval_tasks")
+        raise ConfigError(
+            f"eval.lm_eval_include is {ev.lm_eval_include!r} but eval.lm_eval_tasks is empty; "
+            "name the tasks to run from it in eval.lm_eval_tasks"
+        )
     # eval's and train's own numbers are checked by EvalConfig.validate and TrainConfig.validate
     if plan is None:  # laid out (hf.packing.sampler_config): the engine's rules
         if not config.stages or config.train.total_steps is None:
@@ -107,11 +112,14 @@ def validate_hf_run(config: Any) -> None:
         raise ConfigError("stages and train.total_steps are planned from finetune at launch; leave them out")
     extra = [d for d in domains if d not in ("target", "replay")]
     if "target" not in domains or extra:
-        raise ConfigError(f"a finetune plan mixes domains target and replay, got {', '.join(domains) or 'none'}; "
-                          "name them data.domains.target and data.domains.replay")
+        raise ConfigError(
+            f"a finetune plan mixes domains target and replay, got {', '.join(domains) or 'none'}; "
+            "name them data.domains.target and data.domains.replay"
+        )
     if domains["target"].epochs is not None:
         raise ConfigError("data.domains.target.epochs is planned (finetune.target_epochs); leave it out")
     if plan.replay_fraction > 0 and "replay" not in domains:
-        raise ConfigError(f"replay_fraction is {plan.replay_fraction} but no replay pool is set; give one "
-                          "(data.domains.replay: {source: ...})")
-
+        raise ConfigError(
+            f"replay_fraction is {plan.replay_fraction} but no replay pool is set; give one "
+            "(data.domains.replay: {source: ...})"
+        )

@@ -48,19 +48,43 @@ _WRITES: dict[str, set[str]] = {
     "store": {"meta.json", "tokenizer.json", "train.bin", "val.bin", "train_docs.npy", "val_docs.npy"},
     "tokenizer": {"tokenizer.json", "tokenizer_config.json"},
     # A sweep's run folder starts as the lease's lock file, before config.yaml.
-    "run": {"config.yaml", "manifest.json", "metrics.jsonl", "tb", "checkpoints", "lease.json", "lease.lock",
-            "attempt_*", "model", "adapter", "wandb"},
+    "run": {
+        "config.yaml",
+        "manifest.json",
+        "metrics.jsonl",
+        "tb",
+        "checkpoints",
+        "lease.json",
+        "lease.lock",
+        "attempt_*",
+        "model",
+        "adapter",
+        "wandb",
+    },
     "sweep": {"sweep.json", "experiment.yaml", "events.jsonl", "runs", "report"},
     "report": {"report.html", "report.md", "analysis.json", "summary.csv", "figures"},
     # transformers' save_pretrained of a config, safetensors weights and a fast tokenizer
-    "export": {"config.json", "generation_config.json", "model.safetensors", "model-*", "model.safetensors.index.json",
-               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-               "chat_template.jinja"},
+    "export": {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model-*",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.jinja",
+    },
 }
 # What a folder without a marker must hold, besides nothing but the above, to be taken for one of that kind.
-_REQUIRED: dict[str, set[str]] = {"store": {"meta.json"}, "tokenizer": {"tokenizer.json"},
-                                  "run": {"config.yaml", "lease.lock"}, "sweep": {"sweep.json"},
-                                  "report": {"report.html"}}
+_REQUIRED: dict[str, set[str]] = {
+    "store": {"meta.json"},
+    "tokenizer": {"tokenizer.json"},
+    "run": {"config.yaml", "lease.lock"},
+    "sweep": {"sweep.json"},
+    "report": {"report.html"},
+}
 # Where a kind holds artifacts of its own, the only places one replaylab folder may be inside another:
 # (path under the folder, `*` = any name) -> the kind found there.
 _INNER: dict[str, dict[tuple[str, ...], str]] = {"sweep": {("runs", "*"): "run", ("report",): "report"}}
@@ -80,8 +104,10 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 def check_name(name: str, option: str = "--name") -> str:
     """A name is a name, not a path: letters, digits and . _ + - (starting with a letter or digit)."""
     if not _NAME.fullmatch(name or "") or name in (".", ".."):
-        raise OutputError(f"{option} {name!r} is not a valid name: use letters, digits and . _ + - (starting with a "
-                          "letter or digit, at most 128 characters; no '/' and not '.' or '..')")
+        raise OutputError(
+            f"{option} {name!r} is not a valid name: use letters, digits and . _ + - (starting with a "
+            "letter or digit, at most 128 characters; no '/' and not '.' or '..')"
+        )
     return name
 
 
@@ -97,8 +123,12 @@ def read_marker(folder: Path) -> dict | None:
 def write_marker(folder: Path, kind: Kind, identity: str | None = None) -> None:
     from replaylab import __version__
 
-    record = {"kind": kind, "identity": identity, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "version": __version__}
+    record = {
+        "kind": kind,
+        "identity": identity,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "version": __version__,
+    }
     atomic_write_text(Path(folder) / MARKER, json.dumps(record, sort_keys=True) + "\n")
 
 
@@ -164,8 +194,10 @@ def check_contents(path: Path, kind: Kind, *, option: str = "--out", action: str
     extra = foreign_entries(path, kind)
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-        raise OutputError(f"{option} {str(path)!r} also holds what replaylab did not write there ({shown}); "
-                          f"{action} this {kind} would delete it: move it out first, or choose another path")
+        raise OutputError(
+            f"{option} {str(path)!r} also holds what replaylab did not write there ({shown}); "
+            f"{action} this {kind} would delete it: move it out first, or choose another path"
+        )
 
 
 # ------------------------------------------------------------------------------------------- the check
@@ -178,11 +210,15 @@ def _nested_in(path: Path, kind: str, option: str) -> None:
         if marker is None:
             continue
         rel = real.relative_to(outer).parts
-        if any(inner == kind and len(where) == len(rel) and all(w in ("*", r) for w, r in zip(where, rel))
-               for where, inner in _INNER.get(marker["kind"], {}).items()):
+        if any(
+            inner == kind and len(where) == len(rel) and all(w in ("*", r) for w, r in zip(where, rel))
+            for where, inner in _INNER.get(marker["kind"], {}).items()
+        ):
             continue
-        raise OutputError(f"{option} {str(path)!r} is inside the replaylab {marker['kind']} folder {str(outer)!r}; "
-                          "choose a path outside it (one replaylab folder is never made inside another)")
+        raise OutputError(
+            f"{option} {str(path)!r} is inside the replaylab {marker['kind']} folder {str(outer)!r}; "
+            "choose a path outside it (one replaylab folder is never made inside another)"
+        )
 
 
 def _own_file(path: Path, option: str) -> None:
@@ -198,8 +234,9 @@ def _own_file(path: Path, option: str) -> None:
             continue
         rel = real.relative_to(outer).parts
         if kind in _WRITES and _allowed(rel[0], _WRITES[kind]):
-            raise OutputError(f"{shown} is replaylab's own: {rel[0]!r} of the {kind} folder {str(outer)!r}; "
-                              "choose a file outside it")
+            raise OutputError(
+                f"{shown} is replaylab's own: {rel[0]!r} of the {kind} folder {str(outer)!r}; choose a file outside it"
+            )
 
 
 def _check_parents(path: Path, option: str) -> None:
@@ -208,15 +245,26 @@ def _check_parents(path: Path, option: str) -> None:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise OutputError(f"{option} {str(path)!r}: {str(parent)!r} is a file, so nothing can be created under it; "
-                          "choose a path under a folder")
+        raise OutputError(
+            f"{option} {str(path)!r}: {str(parent)!r} is a file, so nothing can be created under it; "
+            "choose a path under a folder"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{option} {str(path)!r}: cannot write in {str(parent)!r} (permission denied); "
-                          "choose a path in a folder you can write to")
+        raise OutputError(
+            f"{option} {str(path)!r}: cannot write in {str(parent)!r} (permission denied); "
+            "choose a path in a folder you can write to"
+        )
 
 
-def claim_output(path: str | Path, kind: Kind, identity: str | None = None, *, overwrite: bool = False,
-                 option: str = "--out", describe: str = "") -> Literal["new", "same", "replace"]:
+def claim_output(
+    path: str | Path,
+    kind: Kind,
+    identity: str | None = None,
+    *,
+    overwrite: bool = False,
+    option: str = "--out",
+    describe: str = "",
+) -> Literal["new", "same", "replace"]:
     """May a `kind` folder with `identity` be written at `path`? Raises OutputError with the fix if not.
 
     Returns "new" (nothing there, or an empty folder), "same" (ours: same kind, same or no identity: continue
@@ -238,8 +286,10 @@ def claim_output(path: str | Path, kind: Kind, identity: str | None = None, *, o
         return "new"
     found = marker["kind"] if marker is not None else _legacy_kind(path, entries)
     if found is None:
-        raise OutputError(f"{option} {str(path)!r} already exists and holds files that replaylab did not create; "
-                          f"choose a new path (replaylab never writes into or replaces a folder it did not make)")
+        raise OutputError(
+            f"{option} {str(path)!r} already exists and holds files that replaylab did not create; "
+            f"choose a new path (replaylab never writes into or replaces a folder it did not make)"
+        )
     if found != kind:
         raise OutputError(f"{option} {str(path)!r} is a replaylab {found} folder, not a {kind}; choose another path")
     theirs = marker.get("identity") if marker is not None else None
@@ -251,8 +301,9 @@ def claim_output(path: str | Path, kind: Kind, identity: str | None = None, *, o
         check_contents(path, kind, option=option)
         return "replace"
     what = f" ({describe})" if describe else ""
-    raise OutputError(f"{option} {str(path)!r} holds another {kind}{what}; choose another path, or pass --overwrite "
-                      f"to replace it")
+    raise OutputError(
+        f"{option} {str(path)!r} holds another {kind}{what}; choose another path, or pass --overwrite to replace it"
+    )
 
 
 def check_output_file(path: str | Path, *, overwrite: bool = False, option: str = "--out") -> Path:
@@ -262,7 +313,9 @@ def check_output_file(path: str | Path, *, overwrite: bool = False, option: str 
         raise OutputError(f"{option} {str(path)!r} is a folder; give a file path")
     _own_file(path, option)
     if path.exists() and not overwrite:
-        raise OutputError(f"{option} {str(path)!r} already exists; choose a new file, or pass --overwrite to replace it")
+        raise OutputError(
+            f"{option} {str(path)!r} already exists; choose a new file, or pass --overwrite to replace it"
+        )
     _check_parents(path, option)
     return path
 
@@ -282,8 +335,15 @@ def remove_ours(path: Path, kind: Kind, *, option: str = "--out") -> None:
 
 
 @contextmanager
-def build_output(path: str | Path, kind: Kind, identity: str | None = None, *, overwrite: bool = False,
-                 option: str = "--out", describe: str = "") -> Iterator[Path]:
+def build_output(
+    path: str | Path,
+    kind: Kind,
+    identity: str | None = None,
+    *,
+    overwrite: bool = False,
+    option: str = "--out",
+    describe: str = "",
+) -> Iterator[Path]:
     """Check `path` (claim_output), build the folder under a temporary name beside it, mark it, and rename it
     into place on success (replacing our own earlier folder). On error nothing at `path` changes."""
     claim_output(path, kind, identity, overwrite=overwrite, option=option, describe=describe)
@@ -297,8 +357,9 @@ _HELD: dict[str, int] = {}  # lock files this process holds: taking one again is
 
 
 @contextmanager
-def folder_lock(folder: str | Path, what: str, *, wait: bool = False, shared: bool = False,
-                name: str = LOCK) -> Iterator[None]:
+def folder_lock(
+    folder: str | Path, what: str, *, wait: bool = False, shared: bool = False, name: str = LOCK
+) -> Iterator[None]:
     """Hold `folder`'s lock while writing it. Another holder: wait (`wait=True`) or a one-line OutputError naming
     its process. The lock is an flock, released by the OS when the holder dies: never stale. Reentrant within
     a process (a second flock on a new descriptor of the same file would conflict with the first). `shared`:
@@ -313,10 +374,16 @@ def folder_lock(folder: str | Path, what: str, *, wait: bool = False, shared: bo
         finally:
             _HELD[key] -= 1
         return
-    if folder.is_dir() and read_marker(folder) is None and [e for e in os.listdir(folder) if not _ours(e)] \
-            and kind_of(folder) is None:
-        raise OutputError(f"{str(folder)!r} already exists and holds files that replaylab did not create; choose a "
-                          "new path (replaylab never writes into or replaces a folder it did not make)")
+    if (
+        folder.is_dir()
+        and read_marker(folder) is None
+        and [e for e in os.listdir(folder) if not _ours(e)]
+        and kind_of(folder) is None
+    ):
+        raise OutputError(
+            f"{str(folder)!r} already exists and holds files that replaylab did not create; choose a "
+            "new path (replaylab never writes into or replaces a folder it did not make)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -326,10 +393,12 @@ def folder_lock(folder: str | Path, what: str, *, wait: bool = False, shared: bo
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
-            raise OutputError(f"{what} {str(folder)!r} is being written by {holder}; wait for it to finish or stop "
-                              "that process first") from None
-        record = (f"process {os.getpid()} on {socket.gethostname()} (since "
-                  f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n").encode()
+            raise OutputError(
+                f"{what} {str(folder)!r} is being written by {holder}; wait for it to finish or stop that process first"
+            ) from None
+        record = (
+            f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+        ).encode()
         os.ftruncate(fd, 0)  # shared holders: the latest one's name, a fair answer to "who uses it"
         os.pwrite(fd, record, 0)
         _HELD[key] = 1

@@ -75,11 +75,26 @@ class ReplayMixture(torch.utils.data.IterableDataset):
     is the position after the last example the latest iteration yielded in this process (use `load_state_dict(
     {"step": s})` when a DataLoader worker iterates a copy). For HF Trainer see `trainer_callback`."""
 
-    def __init__(self, target: Any, replay: Any = None, *, replay_fraction: float, seq_len: int, batch_size: int,
-                 budget: int | None = None, epochs: float = 1.0, max_steps: int | None = None, seed: int = 0,
-                 tokenizer: Any = None, text_field: str = "text", options: dict | None = None,
-                 replay_options: dict | None = None, rows: Literal["rank", "global"] = "rank",
-                 rank: int | None = None, world_size: int | None = None):
+    def __init__(
+        self,
+        target: Any,
+        replay: Any = None,
+        *,
+        replay_fraction: float,
+        seq_len: int,
+        batch_size: int,
+        budget: int | None = None,
+        epochs: float = 1.0,
+        max_steps: int | None = None,
+        seed: int = 0,
+        tokenizer: Any = None,
+        text_field: str = "text",
+        options: dict | None = None,
+        replay_options: dict | None = None,
+        rows: Literal["rank", "global"] = "rank",
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         super().__init__()
         rho = _fraction(replay_fraction)
         _integer("seq_len", seq_len, 8)
@@ -90,25 +105,32 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 < epochs < math.inf:
             raise ConfigError(f"epochs is {epochs!r}; give the passes over the target budget as a number > 0, e.g. 2")
         if rho > 0 and replay is None:
-            raise ConfigError(f"replay_fraction is {rho:g} but replay is None; pass the replay data as the second "
-                              "argument, or set replay_fraction=0")
+            raise ConfigError(
+                f"replay_fraction is {rho:g} but replay is None; pass the replay data as the second "
+                "argument, or set replay_fraction=0"
+            )
         if target is None:
             raise ConfigError("target is None; pass the target data: a token store, a source, texts or a dataset")
         if rows not in ("rank", "global"):
-            raise ConfigError(f"rows is {rows!r}; choose 'rank' (this process's rows of each global batch) or "
-                              "'global' (every row: for HF Trainer, TRL and Accelerate's prepare)")
+            raise ConfigError(
+                f"rows is {rows!r}; choose 'rank' (this process's rows of each global batch) or "
+                "'global' (every row: for HF Trainer, TRL and Accelerate's prepare)"
+            )
         if (rank is None) != (world_size is None):
-            raise ConfigError(f"rank={rank!r} and world_size={world_size!r}: give both or neither "
-                              "(neither = from torch.distributed)")
+            raise ConfigError(
+                f"rank={rank!r} and world_size={world_size!r}: give both or neither (neither = from torch.distributed)"
+            )
         if world_size is not None:
             if rows == "global":
-                raise ConfigError("rank and world_size are set but rows='global' yields every row; drop them or use "
-                                  "rows='rank'")
+                raise ConfigError(
+                    "rank and world_size are set but rows='global' yields every row; drop them or use rows='rank'"
+                )
             _integer("world_size", world_size, 1)
             _integer("rank", rank, 0)
             if rank >= world_size:
-                raise ConfigError(f"rank {rank} is out of range for world_size {world_size}; "
-                                  f"ranks are 0..{world_size - 1}")
+                raise ConfigError(
+                    f"rank {rank} is out of range for world_size {world_size}; ranks are 0..{world_size - 1}"
+                )
             _check_split(batch_size, world_size)
 
         tok = _tokenizer(tokenizer)
@@ -116,36 +138,54 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         if replay is not None:
             stores[REPLAY] = _store(replay, "replay", tok, replay_options, text_field)
             if stores[REPLAY].tokenizer_hash != stores[TARGET].tokenizer_hash:
-                raise DataError(f"the target store ({stores[TARGET].path}) and the replay store "
-                                f"({stores[REPLAY].path}) were built with different tokenizers; build both with the "
-                                "model's tokenizer")
+                raise DataError(
+                    f"the target store ({stores[TARGET].path}) and the replay store "
+                    f"({stores[REPLAY].path}) were built with different tokenizers; build both with the "
+                    "model's tokenizer"
+                )
         available = stores[TARGET].num_sequences("train", seq_len)
         if budget is not None and budget > available:
-            raise DataError(f"budget {budget} sequences exceeds the {available} train sequences of {seq_len} tokens in "
-                            f"the target store {stores[TARGET].path}; give budget <= {available} or a shorter seq_len")
+            raise DataError(
+                f"budget {budget} sequences exceeds the {available} train sequences of {seq_len} tokens in "
+                f"the target store {stores[TARGET].path}; give budget <= {available} or a shorter seq_len"
+            )
 
         # The run this stream is, as `replaylab finetune` plans it (a RunConfig of the fine-tuning plan; no model
         # is loaded: the stores are tokenized already).
         domains = {name: {"source": str(store.path)} for name, store in stores.items()}
         domains[TARGET]["budget"] = budget
-        cfg = from_dict(RunConfig, {
-            "name": "replay_mixture", "seed": seed, "model": {"kind": "hf"}, "data": {"seq_len": seq_len,
-            "domains": domains}, "train": {"batch_size": batch_size, "progress": "off"},
-            "finetune": {"replay_fraction": rho, "target_epochs": float(epochs), "max_steps": max_steps}})
+        cfg = from_dict(
+            RunConfig,
+            {
+                "name": "replay_mixture",
+                "seed": seed,
+                "model": {"kind": "hf"},
+                "data": {"seq_len": seq_len, "domains": domains},
+                "train": {"batch_size": batch_size, "progress": "off"},
+                "finetune": {"replay_fraction": rho, "target_epochs": float(epochs), "max_steps": max_steps},
+            },
+        )
         self.stores = stores
         self.plan, self.run_config, self.sampler = replay_sampler(cfg, stores, str(stores[TARGET].path))
         self.replay_fraction, self.seq_len, self.batch_size, self.seed = rho, seq_len, batch_size, seed
         self.num_steps = self.plan.total_steps
         self.rows, self._rank, self._world = rows, rank, world_size
-        self.fingerprint = mixture_id(store_identities={k: s.identity for k, s in stores.items()},
-                                      plan=asdict(self.plan), seed=seed, seq_len=seq_len, batch_size=batch_size)
+        self.fingerprint = mixture_id(
+            store_identities={k: s.identity for k, s in stores.items()},
+            plan=asdict(self.plan),
+            seed=seed,
+            seq_len=seq_len,
+            batch_size=batch_size,
+        )
         self._resume = (0, 0)  # (step, row) where every iteration starts
         self._position = (0, 0)  # (step, row) of the next example of the latest iteration
 
     def __repr__(self) -> str:
-        return (f"ReplayMixture(replay_fraction={self.replay_fraction:g}, budget={self.plan.budget}, "
-                f"epochs={self.plan.target_epochs:g}, seq_len={self.seq_len}, batch_size={self.batch_size}, "
-                f"num_steps={self.num_steps}, rows={self.rows!r})")
+        return (
+            f"ReplayMixture(replay_fraction={self.replay_fraction:g}, budget={self.plan.budget}, "
+            f"epochs={self.plan.target_epochs:g}, seq_len={self.seq_len}, batch_size={self.batch_size}, "
+            f"num_steps={self.num_steps}, rows={self.rows!r})"
+        )
 
     # ---- what the run holds --------------------------------------------------------------------------
     def realized_shares(self) -> dict[str, float]:
@@ -170,12 +210,15 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         rank, world = self._rank, self._world
         if world is None:
             dist = torch.distributed
-            rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
-                else (0, 1)
+            rank, world = (
+                (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+            )
             if world > 1 and _accelerate_processes() > 1:
-                raise ConfigError("rows='rank' under Accelerate (HF Trainer, TRL, accelerator.prepare) would split "
-                                  "each global batch twice; use rows='global', or pass rank= and world_size= if your "
-                                  "own loop feeds each process its rows")
+                raise ConfigError(
+                    "rows='rank' under Accelerate (HF Trainer, TRL, accelerator.prepare) would split "
+                    "each global batch twice; use rows='global', or pass rank= and world_size= if your "
+                    "own loop feeds each process its rows"
+                )
             _check_split(self.batch_size, world)
         per = self.batch_size // world
         return rank * per, (rank + 1) * per
@@ -188,16 +231,20 @@ class ReplayMixture(torch.utils.data.IterableDataset):
     def __iter__(self):
         worker = torch.utils.data.get_worker_info()
         if worker is not None and worker.num_workers > 1:
-            raise ConfigError(f"ReplayMixture is one ordered stream; a DataLoader with num_workers="
-                              f"{worker.num_workers} would interleave copies of it. Use num_workers=0 or 1 (reading "
-                              "packed sequences is cheap)")
+            raise ConfigError(
+                f"ReplayMixture is one ordered stream; a DataLoader with num_workers="
+                f"{worker.num_workers} would interleave copies of it. Use num_workers=0 or 1 (reading "
+                "packed sequences is cheap)"
+            )
         lo, hi = self.rank_rows()
         per = hi - lo
         step, row = self._resume
         if row >= per:
-            raise ConfigError(f"the resume point is row {row} of step {step}, but this process yields {per} rows "
-                              "per step; resume by step (load_state_dict({'step': s})) when the number of processes "
-                              "changed")
+            raise ConfigError(
+                f"the resume point is row {row} of step {step}, but this process yields {per} rows "
+                "per step; resume by step (load_state_dict({'step': s})) when the number of processes "
+                "changed"
+            )
         self._position = (step, row)
         for s in range(step, self.num_steps):
             tokens = torch.from_numpy(self.sampler.batch(s, rows=(lo + row, hi))[0])  # (rows, seq_len + 1)
@@ -220,9 +267,11 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         if not isinstance(state, dict) or "step" not in state:
             raise ConfigError(f"load_state_dict takes {{'step': s}} or a state_dict(), got {state!r}")
         if state.get("mixture", self.fingerprint) != self.fingerprint:
-            raise ConfigError(f"this state belongs to another mixture ({state['mixture']}, this one is "
-                              f"{self.fingerprint}): the data, fraction, budget, epochs, seq_len, batch_size and seed "
-                              "must match")
+            raise ConfigError(
+                f"this state belongs to another mixture ({state['mixture']}, this one is "
+                f"{self.fingerprint}): the data, fraction, budget, epochs, seq_len, batch_size and seed "
+                "must match"
+            )
         step, row = state["step"], state.get("row", 0)
         _integer("state step", step, 0)
         _integer("state row", row, 0)
@@ -261,17 +310,23 @@ class ReplayMixture(torch.utils.data.IterableDataset):
     def _check_trainer(self, args, state) -> None:
         b, g, w = args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size
         if b * g * w != self.batch_size:
-            raise ConfigError(f"the Trainer's global batch is per_device_train_batch_size {b} x "
-                              f"gradient_accumulation_steps {g} x world_size {w} = {b * g * w} sequences, but the "
-                              f"ReplayMixture's batch_size is {self.batch_size}; make them equal so each optimizer "
-                              "step is one mixture batch")
+            raise ConfigError(
+                f"the Trainer's global batch is per_device_train_batch_size {b} x "
+                f"gradient_accumulation_steps {g} x world_size {w} = {b * g * w} sequences, but the "
+                f"ReplayMixture's batch_size is {self.batch_size}; make them equal so each optimizer "
+                "step is one mixture batch"
+            )
         if self.rows == "rank" and w > 1:
-            raise ConfigError("HF Trainer splits each global batch over its processes itself; create the "
-                              "ReplayMixture with rows='global'")
+            raise ConfigError(
+                "HF Trainer splits each global batch over its processes itself; create the "
+                "ReplayMixture with rows='global'"
+            )
         if state.max_steps > self.num_steps:
-            raise ConfigError(f"the Trainer plans {state.max_steps} steps but the mixture holds {self.num_steps}; "
-                              "leave max_steps=-1 and num_train_epochs=1 (the passes over the target are the "
-                              "mixture's epochs)")
+            raise ConfigError(
+                f"the Trainer plans {state.max_steps} steps but the mixture holds {self.num_steps}; "
+                "leave max_steps=-1 and num_train_epochs=1 (the passes over the target are the "
+                "mixture's epochs)"
+            )
 
 
 # ---- inputs -----------------------------------------------------------------------------------------
@@ -291,8 +346,10 @@ def _fraction(value: Any) -> float:
 
 def _check_split(batch_size: int, world_size: int) -> None:
     if batch_size % world_size:
-        raise ConfigError(f"batch_size {batch_size} does not split over {world_size} processes; make the global batch "
-                          f"a multiple of {world_size}")
+        raise ConfigError(
+            f"batch_size {batch_size} does not split over {world_size} processes; make the global batch "
+            f"a multiple of {world_size}"
+        )
 
 
 def _accelerate_processes() -> int:
@@ -313,8 +370,10 @@ def _tokenizer(spec: Any):
         return get_tokenizer(str(spec))
     backend = getattr(spec, "backend_tokenizer", None)
     if backend is None:
-        raise ConfigError(f"tokenizer is a {type(spec).__name__}; give a tokenizer.json path or folder (e.g. the "
-                          "model's folder), 'default', or a fast Hugging Face tokenizer")
+        raise ConfigError(
+            f"tokenizer is a {type(spec).__name__}; give a tokenizer.json path or folder (e.g. the "
+            "model's folder), 'default', or a fast Hugging Face tokenizer"
+        )
     raw = backend.to_str()
     folder = paths.home() / "tokenizers" / "objects" / hashlib.sha256(raw.encode()).hexdigest()[:16]
     if not (folder / "tokenizer.json").exists():
@@ -345,15 +404,20 @@ def _store(data: Any, role: str, tok, options: dict | None, text_field: str):
         store = get_store(str(data), tok, {"text_field": text_field, **opts} if text_field != "text" else opts)
     elif _is_records(data):
         if tok is None:
-            raise ConfigError(f"{role} is a {type(data).__name__} of texts; pass tokenizer= (e.g. the model's folder) "
-                              "to tokenize it")
+            raise ConfigError(
+                f"{role} is a {type(data).__name__} of texts; pass tokenizer= (e.g. the model's folder) to tokenize it"
+            )
         store = get_store(str(_texts_file(data, role, text_field)), tok, opts)
     else:
-        raise ConfigError(f"{role} is a {type(data).__name__}; give a token store (or its folder or name), a source "
-                          "with tokenizer=, a list of texts or a Hugging Face dataset")
+        raise ConfigError(
+            f"{role} is a {type(data).__name__}; give a token store (or its folder or name), a source "
+            "with tokenizer=, a list of texts or a Hugging Face dataset"
+        )
     if tok is not None and store.tokenizer_hash != tok.hash:
-        raise DataError(f"{role} store {store.path} was built with another tokenizer than the one given; pass the "
-                        "source instead of the store, or the store's own tokenizer")
+        raise DataError(
+            f"{role} store {store.path} was built with another tokenizer than the one given; pass the "
+            "source instead of the store, or the store's own tokenizer"
+        )
     return store
 
 
@@ -368,12 +432,16 @@ def _texts_file(records: Any, role: str, text_field: str) -> Path:
             for i, record in enumerate(records):
                 if isinstance(record, dict):
                     if text_field not in record:
-                        raise DataError(f"{role} record {i} has no field {text_field!r} (fields: "
-                                        f"{', '.join(map(str, record)) or 'none'}); set text_field=")
+                        raise DataError(
+                            f"{role} record {i} has no field {text_field!r} (fields: "
+                            f"{', '.join(map(str, record)) or 'none'}); set text_field="
+                        )
                     record = record[text_field]
                 if not isinstance(record, str):
-                    raise DataError(f"{role} item {i} is a {type(record).__name__}, not a text; give texts or records "
-                                    f"with a {text_field!r} field")
+                    raise DataError(
+                        f"{role} item {i} is a {type(record).__name__}, not a text; give texts or records "
+                        f"with a {text_field!r} field"
+                    )
                 line = json.dumps({"text": record}) + "\n"
                 f.write(line)
                 digest.update(line.encode())

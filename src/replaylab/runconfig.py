@@ -67,8 +67,10 @@ class ModelConfig:
         if preset is None:
             return data
         if not isinstance(preset, str) or preset not in MODEL_PRESETS:
-            raise ConfigError(f"model.preset {preset!r} is unknown; {closest(preset, MODEL_PRESETS)}choose one of "
-                              f"{', '.join(MODEL_PRESETS)}")
+            raise ConfigError(
+                f"model.preset {preset!r} is unknown; {closest(preset, MODEL_PRESETS)}choose one of "
+                f"{', '.join(MODEL_PRESETS)}"
+            )
         return {**MODEL_PRESETS[preset], **data}
 
     def validate(self) -> None:
@@ -119,7 +121,9 @@ class DomainConfig:
 
 @dataclass
 class DataConfig:
-    tokenizer: str = "default"  # "default" (BPE trained on the built-in recipes), a tokenizer.json / folder, or a hub id
+    tokenizer: str = (
+        "default"  # "default" (BPE trained on the built-in recipes), a tokenizer.json / folder, or a hub id
+    )
     seq_len: int = 256
     domains: dict[str, DomainConfig] = field(default_factory=dict)
     budget_seed: int = 0  # which sequences form a budget; fixed across run seeds so budgets are nested and shared
@@ -133,8 +137,10 @@ class DataConfig:
         if self.budget_seed < 0:  # a numpy seed: non-negative
             raise ConfigError(f"data.budget_seed must be >= 0, got {self.budget_seed}")
         if self.val_sequences is not None and self.val_sequences < 2:
-            raise ConfigError(f"data.val_sequences must be >= 2 (it is split in select and report halves), got "
-                              f"{self.val_sequences}; or leave it unset (null) to use eval.max_sequences")
+            raise ConfigError(
+                f"data.val_sequences must be >= 2 (it is split in select and report halves), got "
+                f"{self.val_sequences}; or leave it unset (null) to use eval.max_sequences"
+            )
 
 
 @dataclass
@@ -204,10 +210,14 @@ class StageConfig:
             raise ConfigError(f"stage {self.name!r}: mixture is empty; give {{domain: weight}}")
         for dom, w in self.mixture.items():
             if not 0 <= w <= 1:
-                raise ConfigError(f"stage {self.name!r}: mixture weight of {dom!r} is {w}; weights are token shares in [0, 1]")
+                raise ConfigError(
+                    f"stage {self.name!r}: mixture weight of {dom!r} is {w}; weights are token shares in [0, 1]"
+                )
         total = sum(self.mixture.values())
         if not math.isclose(total, 1.0, abs_tol=1e-6):
-            raise ConfigError(f"stage {self.name!r}: mixture weights sum to {total:.6g}; they are token shares and must sum to 1")
+            raise ConfigError(
+                f"stage {self.name!r}: mixture weights sum to {total:.6g}; they are token shares and must sum to 1"
+            )
         check_choices(self, f"stage {self.name!r}: ")
         if not (self.init == "scratch" or self.init.startswith(("checkpoint:", "hf:"))):
             raise ConfigError(f"stage {self.name!r}: init {self.init!r} must be scratch, checkpoint:PATH or hf:PATH")
@@ -260,15 +270,18 @@ class FinetunePlanConfig:
 
     def validate(self) -> None:
         if not 0 <= self.replay_fraction < 1:
-            raise ConfigError(f"finetune.replay_fraction must lie in [0, 1), got {self.replay_fraction}; it is the "
-                              "replay share of the tokens")
+            raise ConfigError(
+                f"finetune.replay_fraction must lie in [0, 1), got {self.replay_fraction}; it is the "
+                "replay share of the tokens"
+            )
         if self.target_epochs <= 0:
             raise ConfigError(f"finetune.target_epochs must be > 0, got {self.target_epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"finetune.max_steps must be >= 1, got {self.max_steps}")
         if self.lr.schedule not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"finetune.lr.schedule {self.lr.schedule!r} is unknown; choose one of cosine, linear, "
-                              "constant")
+            raise ConfigError(
+                f"finetune.lr.schedule {self.lr.schedule!r} is unknown; choose one of cosine, linear, constant"
+            )
 
 
 @dataclass
@@ -297,13 +310,17 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.total_steps is not None and self.total_steps > MAX_STEPS:
-            raise ConfigError(f"train.total_steps is {self.total_steps:,}, above the {MAX_STEPS:,} steps replaylab plans "
-                              "a run for; give a shorter run")
+            raise ConfigError(
+                f"train.total_steps is {self.total_steps:,}, above the {MAX_STEPS:,} steps replaylab plans "
+                "a run for; give a shorter run"
+            )
         for name in ("micro_batch_size", "mixture_block", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}; or leave it unset (null)")
         if self.checkpoint_every < 0:
-            raise ConfigError(f"train.checkpoint_every must be >= 0 (0 = at stage ends only), got {self.checkpoint_every}")
+            raise ConfigError(
+                f"train.checkpoint_every must be >= 0 (0 = at stage ends only), got {self.checkpoint_every}"
+            )
         mb = self.micro_batch_size or self.batch_size
         if self.batch_size % mb:
             raise ConfigError(
@@ -336,8 +353,9 @@ class EvalConfig:
         if self.every < 0:
             raise ConfigError(f"eval.every must be >= 0 (0 = at stage ends only), got {self.every}")
         if self.max_sequences < 2:
-            raise ConfigError(f"eval.max_sequences must be >= 2 (it is split in select and report halves), got "
-                              f"{self.max_sequences}")
+            raise ConfigError(
+                f"eval.max_sequences must be >= 2 (it is split in select and report halves), got {self.max_sequences}"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
@@ -398,7 +416,9 @@ class RunConfig:
                 raise ConfigError(f"stage {s.name!r}: only the first stage may set init")
         lengths = self.stage_steps()
         if min(lengths) < 1:
-            raise ConfigError(f"stage lengths {lengths}: every stage needs at least one step; change the fractions or steps")
+            raise ConfigError(
+                f"stage lengths {lengths}: every stage needs at least one step; change the fractions or steps"
+            )
         if sum(lengths) != self.train.total_steps:
             raise ConfigError(
                 f"stage lengths {lengths} sum to {sum(lengths)} steps, but train.total_steps is "
@@ -416,4 +436,3 @@ class RunConfig:
         if frac_idx:
             out[frac_idx[-1]] += total - sum(out)
         return out
-

@@ -38,12 +38,14 @@ from replaylab.errors import ConfigError, one_line
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """"auto" = CUDA when available, else CPU; "cuda[:N]" errors clearly when there is no GPU."""
+    """ "auto" = CUDA when available, else CPU; "cuda[:N]" errors clearly when there is no GPU."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device {spec!r} but no CUDA GPU is visible to torch; use train.device=cpu (or auto)")
+            raise ConfigError(
+                f"train.device {spec!r} but no CUDA GPU is visible to torch; use train.device=cpu (or auto)"
+            )
         # fp32 matmuls outside autocast (e.g. the fp32 logits' consumers) may use TF32 on Ampere+.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -84,13 +86,16 @@ def resolve_precision(spec: str, device: torch.device | str) -> torch.dtype | No
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16
         if spec == "bf16":
-            raise ConfigError("train.precision bf16 but this GPU has no bf16 support; use train.precision=fp32 (or auto)")
+            raise ConfigError(
+                "train.precision bf16 but this GPU has no bf16 support; use train.precision=fp32 (or auto)"
+            )
         return None
     if cpu_has_native_bf16():
         return torch.bfloat16
     if spec == "bf16":
-        warnings.warn("train.precision=bf16 on a CPU without avx512_bf16/AMX: bf16 is emulated and slower than fp32",
-                      stacklevel=2)
+        warnings.warn(
+            "train.precision=bf16 on a CPU without avx512_bf16/AMX: bf16 is emulated and slower than fp32", stacklevel=2
+        )
         return torch.bfloat16
     return None
 
@@ -108,8 +113,11 @@ def deterministic_run(device: torch.device | str, deterministic: bool = True):
     always): deterministic algorithms (cuBLAS workspace, no cuDNN autotuning; a warning where an op has no
     deterministic version) and attention's math kernel on CUDA (`deterministic_attention`). The previous
     settings are restored on exit."""
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.benchmark)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -153,8 +161,13 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def maybe_compile(model: nn.Module, spec: str = "auto", *, example: torch.Tensor | None = None,
-                  autocast_dtype: torch.dtype | None = None) -> nn.Module:
+def maybe_compile(
+    model: nn.Module,
+    spec: str = "auto",
+    *,
+    example: torch.Tensor | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> nn.Module:
     """torch.compile(model) for spec "on"/"auto"; the model itself for "off" or when compile fails on "auto".
 
     compile is lazy: it only fails on the first call. Give `example` (an input batch, on the model's
@@ -175,11 +188,14 @@ def maybe_compile(model: nn.Module, spec: str = "auto", *, example: torch.Tensor
         def step() -> torch.Tensor:
             with autocast(device, autocast_dtype):
                 return compiled(example).float().mean()
+
         reason = compile_trial(model, step)
         if reason is None:
             return compiled
     if spec == "on":
-        raise ConfigError(f"train.compile=on but torch.compile does not work here ({reason}); use train.compile=auto or off")
+        raise ConfigError(
+            f"train.compile=on but torch.compile does not work here ({reason}); use train.compile=auto or off"
+        )
     warnings.warn(f"torch.compile unavailable, running eager: {reason}", stacklevel=2)
     return model
 

@@ -41,15 +41,19 @@ def _raw(base: RunConfig | dict) -> dict:
 def _domains(raw: dict, target: str | None, generic: str) -> tuple[str, str]:
     domains = raw["data"]["domains"]
     if generic not in domains:
-        raise ConfigError(f"generic domain {generic!r} is not in data.domains ({', '.join(domains) or 'none'}); "
-                          "add it or pass generic=NAME")
+        raise ConfigError(
+            f"generic domain {generic!r} is not in data.domains ({', '.join(domains) or 'none'}); "
+            "add it or pass generic=NAME"
+        )
     if target is None:
         others = [d for d in domains if d != generic]
         if len(others) != 1:
             raise ConfigError(f"cannot tell the target domain among {others}; pass target=NAME")
         target = others[0]
     if target not in domains:
-        raise ConfigError(f"target domain {target!r} is not in data.domains ({', '.join(domains)}); add it or fix target")
+        raise ConfigError(
+            f"target domain {target!r} is not in data.domains ({', '.join(domains)}); add it or fix target"
+        )
     if target == generic:
         raise ConfigError(f"target and generic are both {target!r}; they must be two different domains")
     return target, generic
@@ -60,8 +64,10 @@ def _run_shape(raw: dict) -> tuple[int, int]:
     ("abc", nan, 2.5 or 0 is a ConfigError naming the field)."""
     train = from_dict(TrainConfig, raw["train"], "train")
     if train.total_steps > 2**53:  # the solver places stage boundaries as float fractions of the run
-        raise ConfigError(f"train.total_steps={train.total_steps} is beyond 2**53, where a fraction of the run no "
-                          "longer resolves single steps; give a realistic number of steps")
+        raise ConfigError(
+            f"train.total_steps={train.total_steps} is beyond 2**53, where a fraction of the run no "
+            "longer resolves single steps; give a realistic number of steps"
+        )
     return train.total_steps, train.batch_size
 
 
@@ -113,8 +119,9 @@ def _mix(weights: dict[str, float]) -> dict[str, float]:
     return {d: w for d, w in weights.items() if w > 0}
 
 
-def _finish(raw: dict, stages: list[dict], *, target: str, budget: int, epochs: float, name: str,
-            seed: int | None, meta: dict) -> RunConfig:
+def _finish(
+    raw: dict, stages: list[dict], *, target: str, budget: int, epochs: float, name: str, seed: int | None, meta: dict
+) -> RunConfig:
     raw["data"]["domains"][target] = {**raw["data"]["domains"][target], "budget": budget, "epochs": epochs}
     raw["stages"] = stages
     raw["name"] = name
@@ -130,29 +137,76 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
-def reference(base: RunConfig | dict, *, target: str | None = None, generic: str = "generic",
-              budget_multiple: float = 1.0, target_fraction: float = PAPER_TARGET_FRACTION,
-              epochs: float = 32, lr: float = 3e-3, warmup: float = 0.01, schedule: str = "cosine",
-              init: str = "scratch", seed: int | None = None) -> RunConfig:
+def reference(
+    base: RunConfig | dict,
+    *,
+    target: str | None = None,
+    generic: str = "generic",
+    budget_multiple: float = 1.0,
+    target_fraction: float = PAPER_TARGET_FRACTION,
+    epochs: float = 32,
+    lr: float = 3e-3,
+    warmup: float = 0.01,
+    schedule: str = "cosine",
+    init: str = "scratch",
+    seed: int | None = None,
+) -> RunConfig:
     """One stage, the target mixed uniformly through all of training (the scaling-law reference points)."""
     raw = _raw(base)
     target, generic = _domains(raw, target, generic)
     total, batch = _run_shape(raw)
     budget = target_budget(total, batch, target_fraction, budget_multiple)
     gamma = _gamma(budget, epochs, total, batch)
-    stages = [{"name": "main", "steps": total, "mixture": _mix({target: gamma, generic: 1 - gamma}),
-               "lr": _lr(schedule, lr, warmup), "init": init}]
-    meta = {"strategy": "reference", "target_domain": target, "generic_domain": generic, "rho": None,
-            "alpha": None, "delta": None, "gamma": gamma, "budget": budget, "budget_multiple": budget_multiple,
-            "target_epochs": epochs, "lr": lr}
-    return _finish(raw, stages, target=target, budget=budget, epochs=epochs, seed=seed, meta=meta,
-                   name=f"reference-{target}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}")
+    stages = [
+        {
+            "name": "main",
+            "steps": total,
+            "mixture": _mix({target: gamma, generic: 1 - gamma}),
+            "lr": _lr(schedule, lr, warmup),
+            "init": init,
+        }
+    ]
+    meta = {
+        "strategy": "reference",
+        "target_domain": target,
+        "generic_domain": generic,
+        "rho": None,
+        "alpha": None,
+        "delta": None,
+        "gamma": gamma,
+        "budget": budget,
+        "budget_multiple": budget_multiple,
+        "target_epochs": epochs,
+        "lr": lr,
+    }
+    return _finish(
+        raw,
+        stages,
+        target=target,
+        budget=budget,
+        epochs=epochs,
+        seed=seed,
+        meta=meta,
+        name=f"reference-{target}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}",
+    )
 
 
-def finetune(base: RunConfig | dict, *, target: str | None = None, generic: str = "generic",
-             rho: float | None = None, multiplier: float | None = None, budget_multiple: float = 1.0,
-             target_fraction: float = PAPER_TARGET_FRACTION, epochs: float = 64, pretrain_lr: float = 1e-3,
-             lr: float = 3e-4, warmup: float = 0.01, init: str = "scratch", seed: int | None = None) -> RunConfig:
+def finetune(
+    base: RunConfig | dict,
+    *,
+    target: str | None = None,
+    generic: str = "generic",
+    rho: float | None = None,
+    multiplier: float | None = None,
+    budget_multiple: float = 1.0,
+    target_fraction: float = PAPER_TARGET_FRACTION,
+    epochs: float = 64,
+    pretrain_lr: float = 1e-3,
+    lr: float = 3e-4,
+    warmup: float = 0.01,
+    init: str = "scratch",
+    seed: int | None = None,
+) -> RunConfig:
     """Generic-only pre-training, then a fresh optimizer and a new cosine over the fine-tuning stage.
 
     Replay fraction rho (or the stretch multiplier m, rho = 1 - 1/m) fills fine-tuning with generic data
@@ -175,23 +229,64 @@ def finetune(base: RunConfig | dict, *, target: str | None = None, generic: str 
             "budget_multiple or a smaller train.batch_size"
         )
     stages = [
-        {"name": "pretrain", "steps": point.stage1_steps, "mixture": {generic: 1.0},
-         "lr": _lr("cosine", pretrain_lr, warmup), "init": init},
-        {"name": "finetune", "steps": point.stage2_steps, "mixture": _mix({target: point.w2, generic: 1 - point.w2}),
-         "lr": _lr("cosine", lr, warmup), "optimizer": "reset"},
+        {
+            "name": "pretrain",
+            "steps": point.stage1_steps,
+            "mixture": {generic: 1.0},
+            "lr": _lr("cosine", pretrain_lr, warmup),
+            "init": init,
+        },
+        {
+            "name": "finetune",
+            "steps": point.stage2_steps,
+            "mixture": _mix({target: point.w2, generic: 1 - point.w2}),
+            "lr": _lr("cosine", lr, warmup),
+            "optimizer": "reset",
+        },
     ]
-    meta = {"strategy": "finetune", "target_domain": target, "generic_domain": generic, "rho": point.rho,
-            "alpha": point.alpha, "delta": point.delta, "gamma": gamma, "budget": budget,
-            "budget_multiple": budget_multiple, "target_epochs": epochs, "lr": lr,
-            "multiplier": 1 / (1 - point.rho), "pretrain_lr": pretrain_lr}
-    return _finish(raw, stages, target=target, budget=budget, epochs=epochs, seed=seed, meta=meta,
-                   name=f"finetune-{target}-rho{_fmt(rho)}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}")
+    meta = {
+        "strategy": "finetune",
+        "target_domain": target,
+        "generic_domain": generic,
+        "rho": point.rho,
+        "alpha": point.alpha,
+        "delta": point.delta,
+        "gamma": gamma,
+        "budget": budget,
+        "budget_multiple": budget_multiple,
+        "target_epochs": epochs,
+        "lr": lr,
+        "multiplier": 1 / (1 - point.rho),
+        "pretrain_lr": pretrain_lr,
+    }
+    return _finish(
+        raw,
+        stages,
+        target=target,
+        budget=budget,
+        epochs=epochs,
+        seed=seed,
+        meta=meta,
+        name=f"finetune-{target}-rho{_fmt(rho)}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}",
+    )
 
 
-def midtrain(base: RunConfig | dict, *, target: str | None = None, generic: str = "generic",
-             rho: float = 0.0, alpha: float = 1.0, budget_multiple: float = 1.0,
-             target_fraction: float = PAPER_TARGET_FRACTION, epochs: float = 32, lr: float = 3e-3,
-             warmup: float = 0.01, decay: float = 0.1, init: str = "scratch", seed: int | None = None) -> RunConfig:
+def midtrain(
+    base: RunConfig | dict,
+    *,
+    target: str | None = None,
+    generic: str = "generic",
+    rho: float = 0.0,
+    alpha: float = 1.0,
+    budget_multiple: float = 1.0,
+    target_fraction: float = PAPER_TARGET_FRACTION,
+    epochs: float = 32,
+    lr: float = 3e-3,
+    warmup: float = 0.01,
+    decay: float = 0.1,
+    init: str = "scratch",
+    seed: int | None = None,
+) -> RunConfig:
     """One WSD run (no optimizer reset) over two mixtures: alpha of the target tokens in a final stage with
     replay fraction rho, the rest spread through stage 1."""
     raw = _raw(base)
@@ -201,16 +296,44 @@ def midtrain(base: RunConfig | dict, *, target: str | None = None, generic: str 
     gamma = _gamma(budget, epochs, total, batch)
     point = solve_two_stage(gamma, rho=rho, alpha=alpha, total_steps=total)
     stages = [
-        {"name": "stage1", "steps": point.stage1_steps, "mixture": _mix({target: point.w1, generic: 1 - point.w1}),
-         "lr": _lr("wsd", lr, warmup, decay=decay), "init": init},
-        {"name": "stage2", "steps": point.stage2_steps, "mixture": _mix({target: point.w2, generic: 1 - point.w2}),
-         "lr": {"schedule": "continue", "peak": lr}, "optimizer": "carry"},
+        {
+            "name": "stage1",
+            "steps": point.stage1_steps,
+            "mixture": _mix({target: point.w1, generic: 1 - point.w1}),
+            "lr": _lr("wsd", lr, warmup, decay=decay),
+            "init": init,
+        },
+        {
+            "name": "stage2",
+            "steps": point.stage2_steps,
+            "mixture": _mix({target: point.w2, generic: 1 - point.w2}),
+            "lr": {"schedule": "continue", "peak": lr},
+            "optimizer": "carry",
+        },
     ]
-    meta = {"strategy": "midtrain", "target_domain": target, "generic_domain": generic, "rho": point.rho,
-            "alpha": point.alpha, "delta": point.delta, "gamma": gamma, "budget": budget,
-            "budget_multiple": budget_multiple, "target_epochs": epochs, "lr": lr}
-    return _finish(raw, stages, target=target, budget=budget, epochs=epochs, seed=seed, meta=meta,
-                   name=f"midtrain-{target}-rho{_fmt(rho)}-a{_fmt(alpha)}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}")
+    meta = {
+        "strategy": "midtrain",
+        "target_domain": target,
+        "generic_domain": generic,
+        "rho": point.rho,
+        "alpha": point.alpha,
+        "delta": point.delta,
+        "gamma": gamma,
+        "budget": budget,
+        "budget_multiple": budget_multiple,
+        "target_epochs": epochs,
+        "lr": lr,
+    }
+    return _finish(
+        raw,
+        stages,
+        target=target,
+        budget=budget,
+        epochs=epochs,
+        seed=seed,
+        meta=meta,
+        name=f"midtrain-{target}-rho{_fmt(rho)}-a{_fmt(alpha)}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -241,14 +364,17 @@ class MixPlan:
         return self.target_draws / self.budget
 
 
-def plan_mix(*, budget: int, target_epochs: float, replay_fraction: float, batch_size: int,
-             max_steps: int | None = None) -> MixPlan:
+def plan_mix(
+    *, budget: int, target_epochs: float, replay_fraction: float, batch_size: int, max_steps: int | None = None
+) -> MixPlan:
     if budget < 1:
         raise ConfigError(f"the target budget is {budget} sequences; it needs at least 1")
     wanted = target_epochs * budget
     if not wanted < 2**63:  # inf and nan too: the sampler counts sequences in int64
-        raise ConfigError(f"target_epochs={target_epochs:g} over {budget} target sequences draws {wanted:.6g} "
-                          "sequences, beyond a 64-bit count; give a realistic target_epochs (passes over the budget)")
+        raise ConfigError(
+            f"target_epochs={target_epochs:g} over {budget} target sequences draws {wanted:.6g} "
+            "sequences, beyond a 64-bit count; give a realistic target_epochs (passes over the budget)"
+        )
     draws = max(1, round(wanted))
     target_steps = math.ceil(draws / batch_size)
     if replay_fraction == 0:
@@ -260,15 +386,26 @@ def plan_mix(*, budget: int, target_epochs: float, replay_fraction: float, batch
         weight = draws / (planned * batch_size)
     total = planned if max_steps is None else min(planned, max_steps)
     if total > MAX_STEPS:  # a replay fraction near 1 stretches the run without bound (only `total` steps are built)
-        raise ConfigError(f"the run would take {total:,} steps ({target_steps:,} target steps stretched by 1 / (1 - "
-                          f"replay_fraction={replay_fraction:g}), target_epochs={target_epochs:g}), above the "
-                          f"{MAX_STEPS:,} steps replaylab plans a run for; lower target_epochs or replay_fraction, or "
-                          f"set max_steps (at most {MAX_STEPS:,})")
+        raise ConfigError(
+            f"the run would take {total:,} steps ({target_steps:,} target steps stretched by 1 / (1 - "
+            f"replay_fraction={replay_fraction:g}), target_epochs={target_epochs:g}), above the "
+            f"{MAX_STEPS:,} steps replaylab plans a run for; lower target_epochs or replay_fraction, or "
+            f"set max_steps (at most {MAX_STEPS:,})"
+        )
     if total * batch_size >= 2**63:  # sequences are counted in int64
-        raise ConfigError(f"the run would take {total} steps of {batch_size} sequences, beyond a 64-bit count; give a "
-                          "realistic batch_size")
-    return MixPlan(budget=budget, target_draws=draws, target_steps=target_steps, planned_steps=planned,
-                   total_steps=total, target_weight=weight, replay_fraction=replay_fraction)
+        raise ConfigError(
+            f"the run would take {total} steps of {batch_size} sequences, beyond a 64-bit count; give a "
+            "realistic batch_size"
+        )
+    return MixPlan(
+        budget=budget,
+        target_draws=draws,
+        target_steps=target_steps,
+        planned_steps=planned,
+        total_steps=total,
+        target_weight=weight,
+        replay_fraction=replay_fraction,
+    )
 
 
 def finetune_stage(cfg: RunConfig, plan: MixPlan, tokenizer: str, micro_batch_size: int | None = None) -> RunConfig:
@@ -278,9 +415,15 @@ def finetune_stage(cfg: RunConfig, plan: MixPlan, tokenizer: str, micro_batch_si
     trained on (R = 0) is still a domain: it is evaluated (forgetting)."""
     target = cfg.data.domains[TARGET]
     replay = cfg.data.domains.get(REPLAY)
-    domains = {TARGET: replace(target, budget=plan.budget,
-                               # a capped run stops early: the epoch check would (rightly) fail
-                               epochs=None if plan.capped else plan.target_epochs, options=dict(target.options))}
+    domains = {
+        TARGET: replace(
+            target,
+            budget=plan.budget,
+            # a capped run stops early: the epoch check would (rightly) fail
+            epochs=None if plan.capped else plan.target_epochs,
+            options=dict(target.options),
+        )
+    }
     mixture = {TARGET: 1.0}
     if plan.target_weight < 1:
         assert replay is not None
@@ -288,11 +431,16 @@ def finetune_stage(cfg: RunConfig, plan: MixPlan, tokenizer: str, micro_batch_si
         mixture = {TARGET: plan.target_weight, REPLAY: 1.0 - plan.target_weight}
     elif replay is not None:  # evaluated (forgetting), never trained on
         domains[REPLAY] = replace(replay, budget=None, options=dict(replay.options))
-    train = replace(cfg.train, total_steps=plan.total_steps,
-                    micro_batch_size=micro_batch_size or cfg.train.micro_batch_size)
-    return replace(cfg, finetune=None, data=replace(cfg.data, tokenizer=tokenizer, domains=domains), train=train,
-                   stages=[StageConfig(name="finetune", steps=plan.total_steps, mixture=mixture,
-                                       lr=replace(cfg.finetune.lr))])
+    train = replace(
+        cfg.train, total_steps=plan.total_steps, micro_batch_size=micro_batch_size or cfg.train.micro_batch_size
+    )
+    return replace(
+        cfg,
+        finetune=None,
+        data=replace(cfg.data, tokenizer=tokenizer, domains=domains),
+        train=train,
+        stages=[StageConfig(name="finetune", steps=plan.total_steps, mixture=mixture, lr=replace(cfg.finetune.lr))],
+    )
 
 
 def _set(raw: dict, key: str, value: Any) -> None:
@@ -305,14 +453,15 @@ def _set(raw: dict, key: str, value: Any) -> None:
     node[last] = value
 
 
-def finetune_hf(base: RunConfig | dict, *, seed: int | None = None, lr: float | None = None,
-                **fields: Any) -> RunConfig:
+def finetune_hf(
+    base: RunConfig | dict, *, seed: int | None = None, lr: float | None = None, **fields: Any
+) -> RunConfig:
     """Replay fine-tuning of a pretrained Hugging Face model with fixed target exposure (`plan_mix`). `base`: the
     fine-tuning form (`replaylab finetune --config`; a RunConfig is read back into it); `fields`: dotted keys of
     that form set on it (replay_fraction, target.budget, lora.r, ...); lr: its peak (optim.lr). meta: the
     strategy, domains, rho, lr and lr_group (`fingerprint.lr_group`: this config with its LR blanked)."""
-    from replaylab.fingerprint import finetune_view
     from replaylab.finetune_form import read_finetune
+    from replaylab.fingerprint import finetune_view
 
     raw = copy.deepcopy(finetune_view(base) if isinstance(base, RunConfig) else base)
     base_meta = raw.pop("meta", None) or {}
@@ -323,8 +472,15 @@ def finetune_hf(base: RunConfig | dict, *, seed: int | None = None, lr: float | 
     if seed is not None:
         raw["seed"] = seed
     cfg = read_finetune(raw)
-    cfg.meta = {**base_meta, "strategy": "finetune_hf", "target_domain": TARGET, "generic_domain": REPLAY,
-                "rho": cfg.finetune.replay_fraction, "lr": cfg.finetune.lr.peak, "lr_group": lr_group(cfg)}
+    cfg.meta = {
+        **base_meta,
+        "strategy": "finetune_hf",
+        "target_domain": TARGET,
+        "generic_domain": REPLAY,
+        "rho": cfg.finetune.replay_fraction,
+        "lr": cfg.finetune.lr.peak,
+        "lr_group": lr_group(cfg),
+    }
     return cfg
 
 
@@ -345,8 +501,22 @@ def _resolved_axes(cfg: RunConfig, cell: dict[str, Any]) -> dict[str, Any]:
 finetune_hf.axis_values = _resolved_axes  # the sweep records these as the run's coordinates
 
 
-STRATEGIES: dict[str, Callable[..., RunConfig]] = {"reference": reference, "finetune": finetune, "midtrain": midtrain,
-                                                   "finetune_hf": finetune_hf}
+STRATEGIES: dict[str, Callable[..., RunConfig]] = {
+    "reference": reference,
+    "finetune": finetune,
+    "midtrain": midtrain,
+    "finetune_hf": finetune_hf,
+}
 
-__all__ = ["TwoStage", "solve_two_stage", "replay_fraction", "reference", "finetune", "midtrain", "finetune_hf",
-           "plan_mix", "MixPlan", "STRATEGIES"]
+__all__ = [
+    "TwoStage",
+    "solve_two_stage",
+    "replay_fraction",
+    "reference",
+    "finetune",
+    "midtrain",
+    "finetune_hf",
+    "plan_mix",
+    "MixPlan",
+    "STRATEGIES",
+]

@@ -88,7 +88,7 @@ def _feasible_range(gamma: float, given: dict[str, float], free: str) -> str:
         if _problem(gamma, rho, alpha, delta) is None:
             lo = v if lo is None else lo
             hi = v
-    (name, value), = given.items()
+    ((name, value),) = given.items()
     if lo is None:
         return f"no {free} is feasible with gamma={gamma:.6g} and {name}={value:.6g}"
     return f"with gamma={gamma:.6g} and {name}={value:.6g}, feasible {free} lies in [{lo:.4g}, {hi:.4g}]"
@@ -121,7 +121,8 @@ def solve_two_stage(
         )
     if not 0 < gamma <= 1:
         raise ConfigError(
-            f"gamma={gamma:.6g} (target fraction x epochs) must lie in (0, 1]; use fewer epochs or a smaller target budget"
+            f"gamma={gamma:.6g} (target fraction x epochs) must lie in (0, 1]; "
+            "use fewer epochs or a smaller target budget"
         )
     for name, value in given.items():
         _check_fraction(name, value)

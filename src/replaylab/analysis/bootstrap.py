@@ -83,8 +83,15 @@ class ReferenceBootstrap:
     per comparison (`multiplier_ci`), each from its own stream, so the intervals do not depend on
     which other comparisons were asked for."""
 
-    def __init__(self, reference: Mapping[float, Sequence[float]], *, form: str = "paper",
-                 n_boot: int = DEFAULT_BOOT, seed: int = 0, x_unit: float = 1.0):
+    def __init__(
+        self,
+        reference: Mapping[float, Sequence[float]],
+        *,
+        form: str = "paper",
+        n_boot: int = DEFAULT_BOOT,
+        seed: int = 0,
+        x_unit: float = 1.0,
+    ):
         if n_boot < 10:
             raise AnalysisError(f"n_boot={n_boot} is too few resamples for an interval; use at least 100")
         self.form, self.n_boot, self.seed = form, n_boot, seed
@@ -92,8 +99,10 @@ class ReferenceBootstrap:
         ref = [_clean(reference[b], f"reference budget {b:g}") for b in sorted(reference)]
         point = fit_reference_law(budgets, [c.mean() for c in ref], form=form, x_unit=x_unit)  # checks the points once
         if point.refusal is not None:
-            raise AnalysisError(f"the {form} law of the mean reference losses is not inverted, so it has no "
-                                f"multiplier to put an interval on: {point.refusal}")
+            raise AnalysisError(
+                f"the {form} law of the mean reference losses is not inverted, so it has no "
+                f"multiplier to put an interval on: {point.refusal}"
+            )
         x = np.asarray(budgets)
         rng = np.random.default_rng([seed, 0])
         if all(c.size == 1 for c in ref):  # one seed per budget: the law has no resampling noise
@@ -108,8 +117,9 @@ class ReferenceBootstrap:
             except AnalysisError:
                 self.laws.append(None)  # a resample the fit cannot handle: dropped, and counted
 
-    def multiplier_ci(self, method: Sequence[float], baseline: Sequence[float], *, level: float = DEFAULT_LEVEL,
-                      stream: int = 1) -> BootstrapCI:
+    def multiplier_ci(
+        self, method: Sequence[float], baseline: Sequence[float], *, level: float = DEFAULT_LEVEL, stream: int = 1
+    ) -> BootstrapCI:
         if not 0 < level < 1:
             raise AnalysisError(f"confidence level must be in (0, 1), got {level}; e.g. 0.95")
         m, b = _clean(method, "method"), _clean(baseline, "baseline")
@@ -117,14 +127,19 @@ class ReferenceBootstrap:
         m_means = m[rng.integers(0, m.size, (self.n_boot, m.size))].mean(axis=1)
         b_means = b[rng.integers(0, b.size, (self.n_boot, b.size))].mean(axis=1)
         usable = [law is not None and law.refusal is None for law in self.laws]
-        out = np.array([_multiplier(law, float(lm), float(lb)) if ok else math.nan
-                        for law, ok, lm, lb in zip(self.laws, usable, m_means, b_means)])
+        out = np.array(
+            [
+                _multiplier(law, float(lm), float(lb)) if ok else math.nan
+                for law, ok, lm, lb in zip(self.laws, usable, m_means, b_means)
+            ]
+        )
         n_not_inv = int(sum(1 for v, ok in zip(out, usable) if ok and not (v > 0 and math.isfinite(v))))
         n_flat = int(sum(1 for law, ok in zip(self.laws, usable) if law is not None and not ok))
         if n_flat > (1 - level) * self.n_boot:
             raise AnalysisError(
                 f"the reference law does not fall in {n_flat} of {self.n_boot} resamples of its seeds, so its "
-                f"fall is not established at the {level:.0%} level; run more seeds or reference budgets")
+                f"fall is not established at the {level:.0%} level; run more seeds or reference budgets"
+            )
         valid = out[~np.isnan(out)]
         if valid.size == 0:
             raise AnalysisError("no bootstrap resample gave a usable multiplier; the law does not fit these seeds")
@@ -136,10 +151,17 @@ class ReferenceBootstrap:
             raise AnalysisError(
                 f"the bootstrap interval [{_fmt(low)}, {_fmt(high)}] lies wholly on the other side of 1 from the "
                 f"mean losses (method {lm:.6g}, baseline {lb:.6g}): the seeds are too skewed for a percentile "
-                f"interval; run more seeds")
-        return BootstrapCI(low=low, high=high, level=level, n_boot=self.n_boot,
-                           n_dropped=int(self.n_boot - valid.size), n_not_invertible=n_not_inv,
-                           n_not_decreasing=n_flat)
+                f"interval; run more seeds"
+            )
+        return BootstrapCI(
+            low=low,
+            high=high,
+            level=level,
+            n_boot=self.n_boot,
+            n_dropped=int(self.n_boot - valid.size),
+            n_not_invertible=n_not_inv,
+            n_not_decreasing=n_flat,
+        )
 
 
 def bootstrap_multiplier(
@@ -157,4 +179,6 @@ def bootstrap_multiplier(
     `baseline` are lists of seeds' losses. Deterministic for a given `seed`."""
     if not 0 < level < 1:
         raise AnalysisError(f"confidence level must be in (0, 1), got {level}; e.g. 0.95")
-    return ReferenceBootstrap(reference, form=form, n_boot=n_boot, seed=seed).multiplier_ci(method, baseline, level=level)
+    return ReferenceBootstrap(reference, form=form, n_boot=n_boot, seed=seed).multiplier_ci(
+        method, baseline, level=level
+    )

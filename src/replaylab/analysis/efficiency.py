@@ -85,9 +85,17 @@ def data_efficiency(law: ReferenceLaw, loss: float, baseline_loss: float) -> Dat
     """Effective data of a method's loss and of a baseline's loss, and their ratio (the multiplier)."""
     flag, flag_note = law_flag(law)
     if flag == LAW_NOT_INVERTED:  # one note for the law, not one per loss
-        return DataEfficiency(loss=float(loss), baseline_loss=float(baseline_loss), effective_data=None,
-                              baseline_effective_data=None, multiplier=None, invertible=False, extrapolated=False,
-                              note=flag_note, law_flag=flag)
+        return DataEfficiency(
+            loss=float(loss),
+            baseline_loss=float(baseline_loss),
+            effective_data=None,
+            baseline_effective_data=None,
+            multiplier=None,
+            invertible=False,
+            extrapolated=False,
+            note=flag_note,
+            law_flag=flag,
+        )
     eff, note_m = _read(law, loss, "method")
     base, note_b = _read(law, baseline_loss, "baseline")
     notes = [n for n in (flag_note, note_m, note_b) if n]
@@ -100,13 +108,21 @@ def data_efficiency(law: ReferenceLaw, loss: float, baseline_loss: float) -> Dat
         multiplier = eff / base
         # A falling law keeps the order of losses; only rounding on a nearly flat stretch can break it.
         if not (math.isfinite(multiplier) and multiplier > 0 and points_the_way_of(multiplier, loss, baseline_loss)):
-            notes.append(f"the law is too flat between losses {loss:.6g} and {baseline_loss:.6g} to order their "
-                         f"effective data ({eff:.6g} vs {base:.6g}); no multiplier")
+            notes.append(
+                f"the law is too flat between losses {loss:.6g} and {baseline_loss:.6g} to order their "
+                f"effective data ({eff:.6g} vs {base:.6g}); no multiplier"
+            )
             multiplier = None
     return DataEfficiency(
-        loss=float(loss), baseline_loss=float(baseline_loss), effective_data=eff, baseline_effective_data=base,
-        multiplier=multiplier, invertible=multiplier is not None, extrapolated=bool(outside),
-        note="; ".join(notes), law_flag=flag,
+        loss=float(loss),
+        baseline_loss=float(baseline_loss),
+        effective_data=eff,
+        baseline_effective_data=base,
+        multiplier=multiplier,
+        invertible=multiplier is not None,
+        extrapolated=bool(outside),
+        note="; ".join(notes),
+        law_flag=flag,
     )
 
 
@@ -163,19 +179,31 @@ class Analysis:
         for dom in self.domains.values():
             for c in dom.comparisons:
                 e = c.efficiency
-                rows.append({
-                    "domain": dom.domain, "comparison": c.title, "budget": c.candidate.get("budget"),
-                    "baseline": c.baseline["label"], "baseline_lr": c.baseline["lr"],
-                    "baseline_loss": c.baseline["test_loss"], "candidate": c.candidate["label"],
-                    "rho": c.candidate.get("rho"), "alpha": c.candidate.get("alpha"), "candidate_lr": c.candidate["lr"],
-                    "candidate_loss": c.candidate["test_loss"], "seeds": min(c.baseline["n_seeds"], c.candidate["n_seeds"]),
-                    "baseline_eff_data": e.baseline_effective_data if e else None,
-                    "candidate_eff_data": e.effective_data if e else None,
-                    "multiplier": e.multiplier if e else None,
-                    "ci_low": c.ci.low if c.ci else None, "ci_high": c.ci.high if c.ci else None,
-                    "law_flag": e.law_flag if e else "no reference law",
-                    "flags": "; ".join(x for x in ((e.note if e else "no reference law"), c.ci_note, c.selection) if x),
-                })
+                rows.append(
+                    {
+                        "domain": dom.domain,
+                        "comparison": c.title,
+                        "budget": c.candidate.get("budget"),
+                        "baseline": c.baseline["label"],
+                        "baseline_lr": c.baseline["lr"],
+                        "baseline_loss": c.baseline["test_loss"],
+                        "candidate": c.candidate["label"],
+                        "rho": c.candidate.get("rho"),
+                        "alpha": c.candidate.get("alpha"),
+                        "candidate_lr": c.candidate["lr"],
+                        "candidate_loss": c.candidate["test_loss"],
+                        "seeds": min(c.baseline["n_seeds"], c.candidate["n_seeds"]),
+                        "baseline_eff_data": e.baseline_effective_data if e else None,
+                        "candidate_eff_data": e.effective_data if e else None,
+                        "multiplier": e.multiplier if e else None,
+                        "ci_low": c.ci.low if c.ci else None,
+                        "ci_high": c.ci.high if c.ci else None,
+                        "law_flag": e.law_flag if e else "no reference law",
+                        "flags": "; ".join(
+                            x for x in ((e.note if e else "no reference law"), c.ci_note, c.selection) if x
+                        ),
+                    }
+                )
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
@@ -183,11 +211,22 @@ class Analysis:
         for name, dom in self.domains.items():
             out["domains"][name] = {
                 "law": dom.law.diagnostics.__dict__ if dom.law is not None and dom.law.diagnostics else None,
-                "reference": _records(dom.reference), "cells": _records(dom.cells), "notes": dom.notes,
-                "comparisons": [{"kind": c.kind, "title": c.title, "baseline": c.baseline["label"],
-                                 "candidate": c.candidate["label"], "selection": c.selection, "ci_note": c.ci_note,
-                                 "efficiency": c.efficiency.to_dict() if c.efficiency else None,
-                                 "ci": c.ci.to_dict() if c.ci else None} for c in dom.comparisons],
+                "reference": _records(dom.reference),
+                "cells": _records(dom.cells),
+                "notes": dom.notes,
+                "comparisons": [
+                    {
+                        "kind": c.kind,
+                        "title": c.title,
+                        "baseline": c.baseline["label"],
+                        "candidate": c.candidate["label"],
+                        "selection": c.selection,
+                        "ci_note": c.ci_note,
+                        "efficiency": c.efficiency.to_dict() if c.efficiency else None,
+                        "ci": c.ci.to_dict() if c.ci else None,
+                    }
+                    for c in dom.comparisons
+                ],
             }
         out["summary"] = _records(self.summary_frame())
         return out
@@ -211,7 +250,8 @@ def _token_fraction_unit(ref: pd.DataFrame) -> float:
     if not {"gamma", "target_epochs", "budget"} <= set(ref.columns) or ref.empty:
         return 1.0
     unit = pd.to_numeric(ref["gamma"], errors="coerce") / (
-        pd.to_numeric(ref["target_epochs"], errors="coerce") * pd.to_numeric(ref["budget"], errors="coerce"))
+        pd.to_numeric(ref["target_epochs"], errors="coerce") * pd.to_numeric(ref["budget"], errors="coerce")
+    )
     unit = unit[np.isfinite(unit) & (unit > 0)]
     return float(unit.median()) if len(unit) else 1.0
 
@@ -251,7 +291,9 @@ def analyze_runs(table, *, form: str = "paper", n_boot: int = 1000, level: float
         for gkey, g in others.groupby(group_keys, dropna=False, sort=True):
             base_rows = g[[_is_baseline(r) for _, r in g.iterrows()]]
             if base_rows.empty:
-                dnotes.append(f"{gkey[0]} budget={gkey[1]}: no baseline cell (rho=0, alpha=1); multipliers not computed")
+                dnotes.append(
+                    f"{gkey[0]} budget={gkey[1]}: no baseline cell (rho=0, alpha=1); multipliers not computed"
+                )
                 continue
             base = base_rows.iloc[0]
             for idx, row in g.iterrows():
@@ -259,7 +301,9 @@ def analyze_runs(table, *, form: str = "paper", n_boot: int = 1000, level: float
                     continue
                 eff = data_efficiency(law, row["test_loss"], base["test_loss"])
                 if idx == base.name:
-                    others.at[idx, "effective_data"] = eff.baseline_effective_data if eff.baseline_effective_data else np.nan
+                    others.at[idx, "effective_data"] = (
+                        eff.baseline_effective_data if eff.baseline_effective_data else np.nan
+                    )
                 else:
                     others.at[idx, "effective_data"] = eff.effective_data if eff.effective_data else np.nan
                 others.at[idx, "multiplier"] = eff.multiplier if eff.multiplier is not None else np.nan
@@ -267,11 +311,17 @@ def analyze_runs(table, *, form: str = "paper", n_boot: int = 1000, level: float
                 # A law that is not inverted gives no number, so no interval around one either.
                 if row["n_seeds"] >= 2 and base["n_seeds"] >= 2 and idx != base.name and law.refusal is None:
                     if boot is None:
-                        boot = ReferenceBootstrap({b: v for b, v in zip(ref["budget"], ref["test_losses"])},
-                                                  form=form, n_boot=n_boot, seed=seed, x_unit=x_unit)
+                        boot = ReferenceBootstrap(
+                            {b: v for b, v in zip(ref["budget"], ref["test_losses"])},
+                            form=form,
+                            n_boot=n_boot,
+                            seed=seed,
+                            x_unit=x_unit,
+                        )
                     try:
-                        ci = boot.multiplier_ci(row["test_losses"], base["test_losses"], level=level,
-                                                stream=1 + int(idx))
+                        ci = boot.multiplier_ci(
+                            row["test_losses"], base["test_losses"], level=level, stream=1 + int(idx)
+                        )
                     except AnalysisError as e:  # e.g. every resample below the law's floor: say so, go on
                         ci_notes[idx] = f"no confidence interval: {e}"
                         dnotes.append(f"{row['label']}: {ci_notes[idx]}")
@@ -286,8 +336,15 @@ def analyze_runs(table, *, form: str = "paper", n_boot: int = 1000, level: float
     return Analysis(form=form, level=level, n_boot=n_boot, domains=domains, notes=notes, runs=runs)
 
 
-def _headline(domain: str, strategy: str, g: pd.DataFrame, base: pd.Series, law: ReferenceLaw | None,
-              cis: dict[int, BootstrapCI], ci_notes: dict[int, str]) -> list[Comparison]:
+def _headline(
+    domain: str,
+    strategy: str,
+    g: pd.DataFrame,
+    base: pd.Series,
+    law: ReferenceLaw | None,
+    cis: dict[int, BootstrapCI],
+    ci_notes: dict[int, str],
+) -> list[Comparison]:
     """The paper's headline comparisons within one (strategy, budget, epochs) group; the best rho / alpha
     is chosen on the select half, its multiplier read on the report half."""
     from replaylab.analysis.tables import pick_best
@@ -305,7 +362,16 @@ def _headline(domain: str, strategy: str, g: pd.DataFrame, base: pd.Series, law:
     out = []
     for kind, cand, how in picks:
         eff = data_efficiency(law, cand["test_loss"], base["test_loss"]) if law is not None else None
-        out.append(Comparison(domain=domain, kind=kind, baseline=base.to_dict(), candidate=cand.to_dict(),
-                              efficiency=eff, ci=cis.get(cand.name), selection=how,
-                              ci_note=ci_notes.get(cand.name, "")))
+        out.append(
+            Comparison(
+                domain=domain,
+                kind=kind,
+                baseline=base.to_dict(),
+                candidate=cand.to_dict(),
+                efficiency=eff,
+                ci=cis.get(cand.name),
+                selection=how,
+                ci_note=ci_notes.get(cand.name, ""),
+            )
+        )
     return out

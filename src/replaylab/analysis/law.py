@@ -111,8 +111,10 @@ class ReferenceLaw:
         span = f"budgets {x.min():g}..{x.max():g}"
         fix = "check the reference runs: loss should fall with more target data"
         if not -slope * float(lx.max() - lx.min()) > tol:
-            return (f"the reference losses do not fall over the measured {span} (trend {slope * math.log(2):+.4g} "
-                    f"per doubling of the budget); {fix}")
+            return (
+                f"the reference losses do not fall over the measured {span} (trend {slope * math.log(2):+.4g} "
+                f"per doubling of the budget); {fix}"
+            )
         if self.form == "loglinear":
             falls = self.params["b"] > 0
         else:
@@ -120,8 +122,10 @@ class ReferenceLaw:
         hi, lo = self.predict(x.min()), self.predict(x.max())
         if not (falls and hi - lo > tol):
             params = ", ".join(f"{k}={v:.4g}" for k, v in self.params.items())
-            return (f"the fitted {self.form} law ({params}) does not fall over the measured {span} "
-                    f"({hi:.6g} to {lo:.6g}); {fix}, or try another form")
+            return (
+                f"the fitted {self.form} law ({params}) does not fall over the measured {span} "
+                f"({hi:.6g} to {lo:.6g}); {fix}, or try another form"
+            )
         return None
 
     def _reading(self, loss: np.ndarray) -> np.ndarray:
@@ -189,7 +193,9 @@ def _check_inputs(budgets: Any, losses: Any) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(budgets, dtype=float).ravel()
     y = np.asarray(losses, dtype=float).ravel()
     if x.size != y.size:
-        raise AnalysisError(f"budgets ({x.size} values) and losses ({y.size} values) differ in length; give one loss per budget")
+        raise AnalysisError(
+            f"budgets ({x.size} values) and losses ({y.size} values) differ in length; give one loss per budget"
+        )
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise AnalysisError("budgets and losses must be finite numbers; drop failed or diverged reference runs first")
     if (x <= 0).any():
@@ -230,8 +236,10 @@ def _fit_robust(x: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], dict[st
     # always decreases toward a floor below every observed loss. A log-space loss weighs each point by
     # its relative error, which keeps the largest losses (smallest budgets) from dominating.
     if y.min() <= 0:  # log-space residuals and a floor 0 <= C < min loss need positive losses
-        raise AnalysisError(f"loss {y.min():g} is not positive; the robust form fits log losses (cross-entropy is "
-                            "> 0): check the table, or use form='paper' or 'loglinear'")
+        raise AnalysisError(
+            f"loss {y.min():g} is not positive; the robust form fits log losses (cross-entropy is "
+            "> 0): check the table, or use form='paper' or 'loglinear'"
+        )
     c_hi = float(y.min()) * (1 - 1e-6)
     lx, ly = np.log(x), np.log(y)
 
@@ -255,16 +263,24 @@ def _fit_robust(x: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], dict[st
     best = None
     for _, p0 in starts[:2]:
         p0[2] = min(p0[2], c_hi * (1 - 1e-9))
-        r = least_squares(resid, x0=p0, jac=jac, bounds=([-50.0, 1e-6, 0.0], [50.0, 10.0, c_hi]), method="trf",
-                          x_scale="jac", max_nfev=500)
+        r = least_squares(
+            resid,
+            x0=p0,
+            jac=jac,
+            bounds=([-50.0, 1e-6, 0.0], [50.0, 10.0, c_hi]),
+            method="trf",
+            x_scale="jac",
+            max_nfev=500,
+        )
         if best is None or r.cost < best.cost - 1e-15:
             best = r
     assert best is not None
     return {"A": float(math.exp(best.x[0])), "B": float(best.x[1]), "C": float(best.x[2])}, {}
 
 
-def _diagnose(form: str, params: dict[str, float], stderr: dict[str, float], x: np.ndarray, y: np.ndarray,
-              law: ReferenceLaw) -> LawDiagnostics:
+def _diagnose(
+    form: str, params: dict[str, float], stderr: dict[str, float], x: np.ndarray, y: np.ndarray, law: ReferenceLaw
+) -> LawDiagnostics:
     pred = np.asarray(law.predict(x), dtype=float)
     res = y - pred
     ss_tot = float(((y - y.mean()) ** 2).sum())
@@ -293,9 +309,16 @@ def _diagnose(form: str, params: dict[str, float], stderr: dict[str, float], x: 
         reasons.insert(0, f"not inverted: {law.refusal}")
     lo, hi = sorted((float(pred[0]), float(pred[-1])))
     return LawDiagnostics(
-        form=form, params=dict(params), residuals=[float(r) for r in res], r2=r2,
-        rmse=float(np.sqrt((res**2).mean())), degenerate=bool(reasons), reasons=reasons,
-        budget_range=(float(x.min()), float(x.max())), loss_range=(lo, hi), n_points=int(x.size),
+        form=form,
+        params=dict(params),
+        residuals=[float(r) for r in res],
+        r2=r2,
+        rmse=float(np.sqrt((res**2).mean())),
+        degenerate=bool(reasons),
+        reasons=reasons,
+        budget_range=(float(x.min()), float(x.max())),
+        loss_range=(lo, hi),
+        n_points=int(x.size),
         stderr=dict(stderr),
     )
 

@@ -58,7 +58,9 @@ def law_figure(dom: DomainResult) -> Figure:
     ref = dom.reference
     for _, row in ref.iterrows():
         ax.scatter([row["budget"]] * len(row["test_losses"]), row["test_losses"], s=12, color="#999999", zorder=2)
-    ax.scatter(ref["budget"], ref["test_loss"], s=36, color=COLORS["reference"], zorder=3, label="reference runs (mean)")
+    ax.scatter(
+        ref["budget"], ref["test_loss"], s=36, color=COLORS["reference"], zorder=3, label="reference runs (mean)"
+    )
     law = dom.law
     if law is None:
         ax.set_title(f"{dom.domain}: no reference law ({'; '.join(dom.notes)[:80]})", fontsize=9)
@@ -70,8 +72,10 @@ def law_figure(dom: DomainResult) -> Figure:
         e = c.efficiency
         if e is None:
             continue
-        for loss, eff, name in ((e.baseline_loss, e.baseline_effective_data, c.baseline["label"]),
-                                (e.loss, e.effective_data, c.candidate["label"])):
+        for loss, eff, name in (
+            (e.baseline_loss, e.baseline_effective_data, c.baseline["label"]),
+            (e.loss, e.effective_data, c.candidate["label"]),
+        ):
             if eff is not None:
                 xs.append(eff)
             if all(abs(loss - r[0]) > 1e-12 for r in readings):
@@ -138,8 +142,14 @@ def replay_figure(analysis: Analysis) -> Figure:
             ax.errorbar(g["rho"], g["test_loss"], yerr=err, marker="o", color=color, capsize=3, label=tag)
             base = g[g["rho"] == 0.0]
             if not base.empty:
-                ax.axhline(float(base["test_loss"].iloc[0]), color=color, ls="--", lw=1, alpha=0.7,
-                           label=f"{strategy}: no replay")
+                ax.axhline(
+                    float(base["test_loss"].iloc[0]),
+                    color=color,
+                    ls="--",
+                    lw=1,
+                    alpha=0.7,
+                    label=f"{strategy}: no replay",
+                )
         ax.set_title(dom.domain, fontsize=10)
         ax.set_xlabel("replay fraction rho (generic share of stage 2)")
         ax.set_ylabel("final target loss (report half)")
@@ -175,8 +185,9 @@ def heatmap_figure(analysis: Analysis) -> Figure | None:
                     continue
                 m = mult.to_numpy(float)[i, j]
                 text = f"{vals[i, j]:.3f}" + ("" if np.isnan(m) else f"\n{m:.2f}x")
-                ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                        color="white" if vals[i, j] > mid else "black")
+                ax.text(
+                    j, i, text, ha="center", va="center", fontsize=7, color="white" if vals[i, j] > mid else "black"
+                )
         ax.set_xticks(range(len(loss.columns)), [f"{a:g}" for a in loss.columns])
         ax.set_yticks(range(len(loss.index)), [f"{r:g}" for r in loss.index])
         ax.set_xlabel("alpha (share of target data in stage 2)")
@@ -214,26 +225,37 @@ def loss_curve_figure(run_dir: str | Path, title: str | None = None) -> Figure:
     """Training loss and held-out eval losses of one run over steps, stage boundaries as vertical lines."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if path.exists() else []
+    records = (
+        [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
     fig = _figure(6.4, 3.8)
     ax = fig.add_subplot()
     train = [(r["step"], r["loss"]) for r in records if r.get("type") == "train" and r.get("loss") is not None]
     if train:
-        s, l = zip(*train)
-        ax.plot(s, l, color="#bbbbbb", lw=1, label="train loss (mixture)")
+        steps, losses = zip(*train)
+        ax.plot(steps, losses, color="#bbbbbb", lw=1, label="train loss (mixture)")
     evals: dict[str, list[tuple[int, float]]] = {}
     for r in records:
         if r.get("type") == "eval" and r.get("test_loss") is not None:
             evals.setdefault(str(r.get("domain")), []).append((r["step"], r["test_loss"]))
     for i, (dom, pts) in enumerate(sorted(evals.items())):
-        s, l = zip(*sorted(pts))
-        ax.plot(s, l, marker="o", ms=3, color=READING_COLORS[i % len(READING_COLORS)], label=f"{dom} held-out loss")
+        steps, losses = zip(*sorted(pts))
+        ax.plot(
+            steps, losses, marker="o", ms=3, color=READING_COLORS[i % len(READING_COLORS)], label=f"{dom} held-out loss"
+        )
     for step, name in _stage_bounds(run_dir, records):
         if step > 0:
             ax.axvline(step, color="black", ls="--", lw=0.8)
-        ax.annotate(name, xy=(step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -10),
-                    textcoords="offset points", fontsize=7)
+        ax.annotate(
+            name,
+            xy=(step, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -10),
+            textcoords="offset points",
+            fontsize=7,
+        )
     ax.set_xlim(left=0)  # stage 1 starts at step 0 even when the first log line comes later
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")

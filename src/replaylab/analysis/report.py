@@ -20,8 +20,10 @@ import pandas as pd
 from replaylab.analysis.efficiency import Analysis
 from replaylab.outputs import build_output
 
-SELECTION_NOTE = ("LR, best rho and best alpha are chosen on the select half of each domain's held-out data "
-                  "(target_val_loss); losses and multipliers are reported on the other half (target_test_loss).")
+SELECTION_NOTE = (
+    "LR, best rho and best alpha are chosen on the select half of each domain's held-out data "
+    "(target_val_loss); losses and multipliers are reported on the other half (target_test_loss)."
+)
 
 
 def _num(v, fmt: str = ".4g") -> str:
@@ -44,15 +46,23 @@ def summary_rows(analysis: Analysis) -> list[dict[str, str]]:
             flags = [x for x in ((e.note if e else "no reference law"), c.ci_note) if x]
             if c.selection != "chosen on the select half":
                 flags.append(c.selection)
-            rows.append({
-                "domain": dom.domain, "comparison": c.title, "budget": _num(c.candidate.get("budget")),
-                "baseline": _short(c.baseline), "baseline loss": _num(c.baseline["test_loss"]),
-                "candidate": _short(c.candidate), "candidate loss": _num(c.candidate["test_loss"]),
-                "seeds": str(min(c.baseline["n_seeds"], c.candidate["n_seeds"])),
-                "x_eff baseline": _num(e.baseline_effective_data if e else None),
-                "x_eff candidate": _num(e.effective_data if e else None),
-                "multiplier": mult, pct: ci, "notes": "; ".join(flags),
-            })
+            rows.append(
+                {
+                    "domain": dom.domain,
+                    "comparison": c.title,
+                    "budget": _num(c.candidate.get("budget")),
+                    "baseline": _short(c.baseline),
+                    "baseline loss": _num(c.baseline["test_loss"]),
+                    "candidate": _short(c.candidate),
+                    "candidate loss": _num(c.candidate["test_loss"]),
+                    "seeds": str(min(c.baseline["n_seeds"], c.candidate["n_seeds"])),
+                    "x_eff baseline": _num(e.baseline_effective_data if e else None),
+                    "x_eff candidate": _num(e.effective_data if e else None),
+                    "multiplier": mult,
+                    pct: ci,
+                    "notes": "; ".join(flags),
+                }
+            )
     return rows
 
 
@@ -65,17 +75,38 @@ def cell_rows(analysis: Analysis, domain: str) -> list[dict[str, str]]:
     dom = analysis.domains[domain]
     rows = []
     for _, r in dom.reference.iterrows():
-        rows.append({"cell": r["label"], "lr": _num(r["lr"], ".3g"), "seeds": str(r["n_seeds"]),
-                     "select loss": _num(r["val_loss"]), "report loss": _num(r["test_loss"]),
-                     "std": _num(r["test_std"], ".3f"), "generic loss": _num(r["generic_test_loss"]),
-                     "x_eff": "-", "multiplier": "-", "CI": "-", "notes": ""})
+        rows.append(
+            {
+                "cell": r["label"],
+                "lr": _num(r["lr"], ".3g"),
+                "seeds": str(r["n_seeds"]),
+                "select loss": _num(r["val_loss"]),
+                "report loss": _num(r["test_loss"]),
+                "std": _num(r["test_std"], ".3f"),
+                "generic loss": _num(r["generic_test_loss"]),
+                "x_eff": "-",
+                "multiplier": "-",
+                "CI": "-",
+                "notes": "",
+            }
+        )
     for _, r in dom.cells.iterrows():
         ci = "-" if math.isnan(r["ci_low"]) else f"[{_num(r['ci_low'], '.2f')}, {_num(r['ci_high'], '.2f')}]"
-        rows.append({"cell": r["label"], "lr": _num(r["lr"], ".3g"), "seeds": str(r["n_seeds"]),
-                     "select loss": _num(r["val_loss"]), "report loss": _num(r["test_loss"]),
-                     "std": _num(r["test_std"], ".3f"), "generic loss": _num(r["generic_test_loss"]),
-                     "x_eff": _num(r["effective_data"]), "multiplier": _num(r["multiplier"], ".3f"), "CI": ci,
-                     "notes": str(r["flags"] or "")})
+        rows.append(
+            {
+                "cell": r["label"],
+                "lr": _num(r["lr"], ".3g"),
+                "seeds": str(r["n_seeds"]),
+                "select loss": _num(r["val_loss"]),
+                "report loss": _num(r["test_loss"]),
+                "std": _num(r["test_std"], ".3f"),
+                "generic loss": _num(r["generic_test_loss"]),
+                "x_eff": _num(r["effective_data"]),
+                "multiplier": _num(r["multiplier"], ".3f"),
+                "CI": ci,
+                "notes": str(r["flags"] or ""),
+            }
+        )
     return rows
 
 
@@ -112,8 +143,12 @@ def _figures(analysis: Analysis, fig_dir: Path, sweep_dir: Path | None, max_curv
     heat = plots.heatmap_figure(analysis)
     if heat is not None:
         plots.save_figure(heat, fig_dir / "midtrain_heatmap")
-        out.append(("Mid-training target loss over rho x alpha, with multipliers over rho=0, alpha=1 (Fig. 7)",
-                    "midtrain_heatmap"))
+        out.append(
+            (
+                "Mid-training target loss over rho x alpha, with multipliers over rho=0, alpha=1 (Fig. 7)",
+                "midtrain_heatmap",
+            )
+        )
     if sweep_dir is not None and analysis.runs is not None and max_curves > 0:
         # Loss curves of the runs behind the headline numbers: each comparison's baseline and candidate (first seed).
         wanted: list[tuple[str, str]] = []
@@ -145,8 +180,16 @@ def _label(run: pd.Series) -> str:
     return _cell_label(run)
 
 
-def write_report(analysis: Analysis, out_dir: str | Path, *, source: str = "", sweep_dir: str | Path | None = None,
-                 max_curves: int = 6, identity: str | None = None, overwrite: bool = False) -> Path:
+def write_report(
+    analysis: Analysis,
+    out_dir: str | Path,
+    *,
+    source: str = "",
+    sweep_dir: str | Path | None = None,
+    max_curves: int = 6,
+    identity: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write report.html (self-contained), report.md, analysis.json, summary.csv and figures/ into
     `out_dir`, replaced as a whole when it is a report of the same runs (`identity`: by default the sweep
     folder's absolute path), or of other runs with `overwrite` (replaylab.outputs). Returns report.html."""
@@ -159,22 +202,34 @@ def write_report(analysis: Analysis, out_dir: str | Path, *, source: str = "", s
         fig_dir.mkdir()
         figs = _figures(analysis, fig_dir, sweep, max_curves)
         summary = summary_rows(analysis)
-        md = ["# replaylab data-efficiency report\n", f"Source: `{source}`\n" if source else "",
-              f"Law form: **{analysis.form}**; bootstrap: {analysis.n_boot} resamples of seeds, "
-              f"{analysis.level:.0%} percentile intervals.\n", f"_{SELECTION_NOTE}_\n",
-              "## Headline multipliers\n", _md_table(summary)]
-        page = ["<h1>replaylab data-efficiency report</h1>",
-                f"<p>Source: <code>{html.escape(source)}</code></p>" if source else "",
-                f"<p>Law form: <b>{analysis.form}</b>; bootstrap: {analysis.n_boot} resamples of seeds, "
-                f"{analysis.level:.0%} percentile intervals.</p>", f"<p><em>{html.escape(SELECTION_NOTE)}</em></p>",
-                "<h2>Headline multipliers</h2>", _html_table(summary)]
+        md = [
+            "# replaylab data-efficiency report\n",
+            f"Source: `{source}`\n" if source else "",
+            f"Law form: **{analysis.form}**; bootstrap: {analysis.n_boot} resamples of seeds, "
+            f"{analysis.level:.0%} percentile intervals.\n",
+            f"_{SELECTION_NOTE}_\n",
+            "## Headline multipliers\n",
+            _md_table(summary),
+        ]
+        page = [
+            "<h1>replaylab data-efficiency report</h1>",
+            f"<p>Source: <code>{html.escape(source)}</code></p>" if source else "",
+            f"<p>Law form: <b>{analysis.form}</b>; bootstrap: {analysis.n_boot} resamples of seeds, "
+            f"{analysis.level:.0%} percentile intervals.</p>",
+            f"<p><em>{html.escape(SELECTION_NOTE)}</em></p>",
+            "<h2>Headline multipliers</h2>",
+            _html_table(summary),
+        ]
         for note in analysis.notes:
             md.append(f"- {note}\n")
             page.append(f"<p class=note>{html.escape(note)}</p>")
         for name, dom in analysis.domains.items():
             law = dom.law.diagnostics.summary() if dom.law is not None and dom.law.diagnostics else "no reference law"
             md += [f"## Domain `{name}`\n", f"Reference law: `{law}`\n"]
-            page += [f"<h2>Domain <code>{html.escape(name)}</code></h2>", f"<p>Reference law: <code>{html.escape(law)}</code></p>"]
+            page += [
+                f"<h2>Domain <code>{html.escape(name)}</code></h2>",
+                f"<p>Reference law: <code>{html.escape(law)}</code></p>",
+            ]
             for note in dom.notes:
                 md.append(f"- **note:** {note}\n")
                 page.append(f"<p class=note><b>note:</b> {html.escape(note)}</p>")
@@ -186,16 +241,24 @@ def write_report(analysis: Analysis, out_dir: str | Path, *, source: str = "", s
         for caption, stem in figs:
             md.append(f"### {caption}\n\n![{caption}](figures/{stem}.png)\n")
             data = base64.b64encode((fig_dir / f"{stem}.png").read_bytes()).decode("ascii")
-            page.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(caption)}\">"
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-                 "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}"
-                 "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f3f3f3}"
-                 "img{max-width:100%}.note{color:#8a4b00}figure{margin:1.5em 0}")
-        doc = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>replaylab report</title>"
-               f"<style>{style}</style></head><body>{''.join(page)}</body></html>\n")
+            page.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+        style = (
+            "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f3f3f3}"
+            "img{max-width:100%}.note{color:#8a4b00}figure{margin:1.5em 0}"
+        )
+        doc = (
+            f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>replaylab report</title>'
+            f"<style>{style}</style></head><body>{''.join(page)}</body></html>\n"
+        )
         (tmp / "report.html").write_text(doc, encoding="utf-8")
         (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
-        (tmp / "analysis.json").write_text(json.dumps(analysis.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")
+        (tmp / "analysis.json").write_text(
+            json.dumps(analysis.to_dict(), indent=1, default=str) + "\n", encoding="utf-8"
+        )
         analysis.summary_frame().to_csv(tmp / "summary.csv", index=False)
     return out_dir / "report.html"

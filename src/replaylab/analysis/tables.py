@@ -22,12 +22,27 @@ from replaylab.train.manifest import DAMAGED
 
 REQUIRED = ("strategy", "target_domain", "seed", "target_test_loss")
 CELL_KEYS = ["target_domain", "strategy", "budget", "target_epochs", "rho", "alpha"]
-NUMERIC = ("budget", "target_epochs", "rho", "alpha", "seed", "lr", "target_val_loss", "target_test_loss",
-           "generic_val_loss", "generic_test_loss")
+NUMERIC = (
+    "budget",
+    "target_epochs",
+    "rho",
+    "alpha",
+    "seed",
+    "lr",
+    "target_val_loss",
+    "target_test_loss",
+    "generic_val_loss",
+    "generic_test_loss",
+)
 STRATEGIES = ("reference", "finetune", "midtrain")
 # CSV conveniences: short names accepted for the documented columns.
-ALIASES = {"loss": "target_test_loss", "test_loss": "target_test_loss", "val_loss": "target_val_loss",
-           "domain": "target_domain", "method": "strategy"}
+ALIASES = {
+    "loss": "target_test_loss",
+    "test_loss": "target_test_loss",
+    "val_loss": "target_val_loss",
+    "domain": "target_domain",
+    "method": "strategy",
+}
 
 
 def load_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
@@ -94,8 +109,10 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     df = df.rename(columns={k: v for k, v in ALIASES.items() if k in df.columns and v not in df.columns}).copy()
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise AnalysisError(f"the results table has no {missing[0]!r} column; the columns are documented in "
-                            f"docs/analysis.md (got: {', '.join(map(str, df.columns))})")
+        raise AnalysisError(
+            f"the results table has no {missing[0]!r} column; the columns are documented in "
+            f"docs/analysis.md (got: {', '.join(map(str, df.columns))})"
+        )
     for col in CELL_KEYS + ["lr", "target_val_loss", "status", "run_id"]:
         if col not in df.columns:
             df[col] = np.nan
@@ -117,8 +134,10 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
         df.loc[df["strategy"] == "midtrain", "alpha"] = df.loc[df["strategy"] == "midtrain", "alpha"].fillna(1.0)
     ref = df[df["strategy"] == "reference"]
     if ref["budget"].isna().any():
-        raise AnalysisError(f"reference run {ref.loc[ref['budget'].isna(), 'run_id'].iloc[0]!r} has no budget; "
-                            "reference runs need their unique target budget")
+        raise AnalysisError(
+            f"reference run {ref.loc[ref['budget'].isna(), 'run_id'].iloc[0]!r} has no budget; "
+            "reference runs need their unique target budget"
+        )
     return df
 
 
@@ -154,25 +173,37 @@ def select_cells(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str
         lrs = {float(lr): sub for lr, sub in g.groupby(lr_key(g["lr"]), sort=True)}
         label = _cell_label(info)
         if len(lrs) > 1 and g["target_val_loss"].isna().any():
-            raise AnalysisError(f"cell {label!r} has runs at {len(lrs)} LRs but no target_val_loss for some; "
-                                "the LR is chosen on the select half, so give target_val_loss for every run")
+            raise AnalysisError(
+                f"cell {label!r} has runs at {len(lrs)} LRs but no target_val_loss for some; "
+                "the LR is chosen on the select half, so give target_val_loss for every run"
+            )
         best_lr = select_lr(g)  # the rule `replaylab results` marks `selected` with
         runs = lrs[best_lr]
         if runs["seed"].duplicated().any():
             dup = runs.loc[runs["seed"].duplicated(), "seed"].iloc[0]
-            notes.append(f"cell {label!r}: several runs share seed {dup:g} at one LR; the best on the select half is kept")
+            notes.append(
+                f"cell {label!r}: several runs share seed {dup:g} at one LR; the best on the select half is kept"
+            )
             runs = runs.sort_values("target_val_loss", na_position="last").drop_duplicates("seed")
         runs = runs.sort_values("seed")
         chosen_runs.append(runs)
-        cells.append({
-            **info, "lr": None if best_lr == -1.0 else float(best_lr), "n_lrs": len(lrs),
-            "n_seeds": len(runs), "seeds": [int(s) if not pd.isna(s) else None for s in runs["seed"]],
-            "val_loss": float(runs["target_val_loss"].mean()), "test_loss": float(runs["target_test_loss"].mean()),
-            "test_losses": [float(v) for v in runs["target_test_loss"]],
-            "test_std": float(runs["target_test_loss"].std(ddof=1)) if len(runs) > 1 else float("nan"),
-            "generic_test_loss": float(runs["generic_test_loss"].mean()) if "generic_test_loss" in runs else float("nan"),
-            "label": label,
-        })
+        cells.append(
+            {
+                **info,
+                "lr": None if best_lr == -1.0 else float(best_lr),
+                "n_lrs": len(lrs),
+                "n_seeds": len(runs),
+                "seeds": [int(s) if not pd.isna(s) else None for s in runs["seed"]],
+                "val_loss": float(runs["target_val_loss"].mean()),
+                "test_loss": float(runs["target_test_loss"].mean()),
+                "test_losses": [float(v) for v in runs["target_test_loss"]],
+                "test_std": float(runs["target_test_loss"].std(ddof=1)) if len(runs) > 1 else float("nan"),
+                "generic_test_loss": float(runs["generic_test_loss"].mean())
+                if "generic_test_loss" in runs
+                else float("nan"),
+                "label": label,
+            }
+        )
     return pd.DataFrame(cells), pd.concat(chosen_runs, ignore_index=True), notes
 
 

@@ -15,14 +15,21 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep_dir", nargs="?", help="a folder written by replaylab sweep")
     p.add_argument("--reference", metavar="REF.csv", help="reference runs as CSV (instead of SWEEP_DIR)")
     p.add_argument("--compare", metavar="CMP.csv", help="fine-tuning / mid-training runs as CSV (with --reference)")
-    p.add_argument("--form", choices=FORMS, default="paper",
-                   help="reference law: paper (A/x^B+C as the paper fits it), loglinear (a - b ln x), robust "
-                        "(bounded power law); default paper")
+    p.add_argument(
+        "--form",
+        choices=FORMS,
+        default="paper",
+        help="reference law: paper (A/x^B+C as the paper fits it), loglinear (a - b ln x), robust "
+        "(bounded power law); default paper",
+    )
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
     p.add_argument("--level", type=float, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--seeds", help="only these run seeds, e.g. 0,1 (a sweep still running: analyze the finished "
-                                   "replicates; LR selection prefers LRs whose seeds all finished)")
+    p.add_argument(
+        "--seeds",
+        help="only these run seeds, e.g. 0,1 (a sweep still running: analyze the finished "
+        "replicates; LR selection prefers LRs whose seeds all finished)",
+    )
 
 
 def load_analysis(args: argparse.Namespace):
@@ -34,8 +41,9 @@ def load_analysis(args: argparse.Namespace):
     if not 0 < args.level < 1:
         raise AnalysisError(f"--level {args.level} is not a confidence level in (0, 1); give e.g. --level 0.95")
     if args.boot < 10:  # the bootstrap's own floor (analysis/bootstrap.py)
-        raise AnalysisError(f"--boot {args.boot} is too few bootstrap resamples for an interval; give at least 10 "
-                            "(default 1000)")
+        raise AnalysisError(
+            f"--boot {args.boot} is too few bootstrap resamples for an interval; give at least 10 (default 1000)"
+        )
     csv_given = args.reference is not None or args.compare is not None
     if csv_given and args.sweep_dir:
         raise AnalysisError("give either SWEEP_DIR or --reference/--compare CSV files, not both")
@@ -51,7 +59,9 @@ def load_analysis(args: argparse.Namespace):
         try:
             keep = {int(s) for s in args.seeds.split(",") if s.strip()}
         except ValueError:
-            raise AnalysisError(f"--seeds {args.seeds!r}: give run seeds as integers separated by commas, e.g. 0,1") from None
+            raise AnalysisError(
+                f"--seeds {args.seeds!r}: give run seeds as integers separated by commas, e.g. 0,1"
+            ) from None
         table = table[table["seed"].isin(keep)]
         if table.empty:
             raise AnalysisError(f"--seeds {args.seeds}: no runs with these seeds")

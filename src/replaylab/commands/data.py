@@ -19,7 +19,9 @@ HELP = "list, build and inspect corpora and token stores"
 def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default=None, help="JSON key / parquet column with the text (default: text)")
     p.add_argument("--template", default=None, help="format string over fields instead, e.g. '{question}\\n{answer}'")
-    p.add_argument("--glob", default=None, help="in a folder, which files to read (e.g. '**/*.py'; one file = one document)")
+    p.add_argument(
+        "--glob", default=None, help="in a folder, which files to read (e.g. '**/*.py'; one file = one document)"
+    )
     p.add_argument("--split", default=None, help="Hugging Face dataset split (default: train)")
     p.add_argument("--max-docs", type=int, default=None, help="read at most this many documents")
 
@@ -36,15 +38,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="built-in recipes (built or not) and cached token stores, with sizes")
 
     b = sub.add_parser("build", help="tokenize a corpus into a cached token store; prints the store folder")
-    b.add_argument("source", metavar="SOURCE", help="recipe name, .jsonl/.txt/.parquet file or folder, or hf:org/name[:config][@rev]")
+    b.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="recipe name, .jsonl/.txt/.parquet file or folder, or hf:org/name[:config][@rev]",
+    )
     b.add_argument("--name", default=None, help="store name under $REPLAYLAB_HOME/stores (default: derived)")
     b.add_argument("--tokenizer", default="default", help="'default', a tokenizer.json / folder, or a hub id")
     val = b.add_mutually_exclusive_group()
     val.add_argument("--val-docs", type=int, default=None, help="hold out exactly N documents for validation")
     val.add_argument("--val-fraction", type=float, default=None, help="hold out this fraction of the documents")
     b.add_argument("--force", action="store_true", help="rebuild even if the store is cached")
-    b.add_argument("--overwrite", action="store_true",
-                   help="replace a store of that --name built from another corpus, tokenizer or options")
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a store of that --name built from another corpus, tokenizer or options",
+    )
     _add_source_options(b)
 
     i = sub.add_parser("inspect", help="token/document counts, chars per token, validation size, a decoded sample")
@@ -81,10 +90,27 @@ def dir_size(path: Path) -> int:
 def describe(store) -> dict:
     """A summary for `replaylab data inspect`."""
     m = store.meta
-    return {"name": store.name, "path": str(store.path), **{k: m[k] for k in ("source", "tokenizer", "vocab_size",
-            "dtype", "documents", "tokens", "chars", "utf8_bytes", "identity")},
-            "chars_per_token": m["chars"] / max(1, m["tokens"]),
-            "splits": m["splits"], **({"invalid_utf8_docs": m["invalid_utf8_docs"]} if m["invalid_utf8_docs"] else {})}
+    return {
+        "name": store.name,
+        "path": str(store.path),
+        **{
+            k: m[k]
+            for k in (
+                "source",
+                "tokenizer",
+                "vocab_size",
+                "dtype",
+                "documents",
+                "tokens",
+                "chars",
+                "utf8_bytes",
+                "identity",
+            )
+        },
+        "chars_per_token": m["chars"] / max(1, m["tokens"]),
+        "splits": m["splits"],
+        **({"invalid_utf8_docs": m["invalid_utf8_docs"]} if m["invalid_utf8_docs"] else {}),
+    }
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -108,8 +134,15 @@ def _list(args: argparse.Namespace) -> int:
         except DataError as e:
             rows.append((folder.name, "damaged", "", _mb(dir_size(folder)), str(e).split(": ", 1)[-1]))
             continue
-        rows.append((s.name, f"{s.meta['tokens']:,}", f"{s.meta['documents']:,}", _mb(dir_size(s.path)),
-                     s.meta.get("source_path") or s.meta["source"]))
+        rows.append(
+            (
+                s.name,
+                f"{s.meta['tokens']:,}",
+                f"{s.meta['documents']:,}",
+                _mb(dir_size(s.path)),
+                s.meta.get("source_path") or s.meta["source"],
+            )
+        )
     if rows:
         header = ("name", "tokens", "docs", "on disk", "source")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
@@ -123,14 +156,25 @@ def _list(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from replaylab.data.store import get_store
 
-    store = get_store(args.source, tokenizer=args.tokenizer, options=source_options(args), name=args.name,
-                      force=args.force, overwrite=args.overwrite)
+    store = get_store(
+        args.source,
+        tokenizer=args.tokenizer,
+        options=source_options(args),
+        name=args.name,
+        force=args.force,
+        overwrite=args.overwrite,
+    )
     m = store.meta
-    print(f"{m['tokens']:,} tokens from {m['documents']:,} documents "
-          f"({m['splits']['val']['documents']:,} held out for validation), identity {store.identity[:12]}")
+    print(
+        f"{m['tokens']:,} tokens from {m['documents']:,} documents "
+        f"({m['splits']['val']['documents']:,} held out for validation), identity {store.identity[:12]}"
+    )
     if store.num_sequences("train", 256) < 1:
-        print(f"replaylab data: warning: only {store.num_tokens('train')} train tokens, less than one sequence of 256; "
-              "training needs a shorter seq_len or more data", file=sys.stderr)
+        print(
+            f"replaylab data: warning: only {store.num_tokens('train')} train tokens, less than one sequence of 256; "
+            "training needs a shorter seq_len or more data",
+            file=sys.stderr,
+        )
     print(store.path)
     return 0
 
@@ -157,10 +201,14 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"store      {info['name']}  ({info['path']})")
     print(f"source     {info['source']}")
     print(f"tokenizer  {info['tokenizer']}  (vocab {info['vocab_size']:,}, {info['dtype']})")
-    print(f"tokens     {info['tokens']:,}   documents {info['documents']:,}   chars/token {info['chars_per_token']:.3f}")
+    print(
+        f"tokens     {info['tokens']:,}   documents {info['documents']:,}   chars/token {info['chars_per_token']:.3f}"
+    )
     for split in ("train", "val"):
-        print(f"{split:<10} {sp[split]['tokens']:,} tokens, {sp[split]['documents']:,} documents, "
-              f"{info['sequences'][split]:,} sequences of {L}")
+        print(
+            f"{split:<10} {sp[split]['tokens']:,} tokens, {sp[split]['documents']:,} documents, "
+            f"{info['sequences'][split]:,} sequences of {L}"
+        )
     if info.get("invalid_utf8_docs"):
         print(f"warning    {info['invalid_utf8_docs']} documents had invalid UTF-8 (replaced)")
     print(f"identity   {info['identity']}")

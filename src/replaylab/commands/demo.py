@@ -23,8 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="sweep folder (default: demo under $REPLAYLAB_HOME/sweeps)")
     p.add_argument("--experiment", help="run this experiment YAML instead of the built-in demo")
     p.add_argument("--workers", type=int, default=2, help="local worker processes, one thread each (default 2)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a replaylab sweep folder of another experiment at --out (its runs are deleted)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a replaylab sweep folder of another experiment at --out (its runs are deleted)",
+    )
 
 
 def _data(experiment: Path) -> tuple[dict[str, str], str]:

@@ -28,8 +28,16 @@ def main(args: argparse.Namespace) -> int:
     t = Table(title=f"{doc['name']}: {len(doc['runs'])} runs")
     hf = doc.get("kind") == "finetune_hf"  # no shared prefixes; FLOPs would need the model's shape
     first = "cell" if hf else "strategy"  # kind: finetune_hf rows are grid cells (axis values)
-    cols = {first: None, "runs": None, "steps": ",", "steps trained": ",", "steps saved": ",", "tokens": ".3g",
-            "FLOPs": ".3g", "GPU-hours": ".3g"}
+    cols = {
+        first: None,
+        "runs": None,
+        "steps": ",",
+        "steps trained": ",",
+        "steps saved": ",",
+        "tokens": ".3g",
+        "FLOPs": ".3g",
+        "GPU-hours": ".3g",
+    }
     if hf:
         cols = {k: v for k, v in cols.items() if k in (first, "runs", "steps", "tokens")}
     for col in cols:
@@ -45,12 +53,16 @@ def main(args: argparse.Namespace) -> int:
         console.width = max(console.width, 120)
     console.print(t)
     if hf:
-        console.print("finetune_hf: runs = lrs x seeds per cell; steps are ? where target.budget is unset "
-                      "(every train sequence: known once tokenized)")
+        console.print(
+            "finetune_hf: runs = lrs x seeds per cell; steps are ? where target.budget is unset "
+            "(every train sequence: known once tokenized)"
+        )
     total = table.iloc[-1]
     if total["steps_saved"]:
-        console.print(f"shared prefixes: {int(total['steps'])} -> {int(total['steps_trained'])} steps "
-                      f"({total['steps'] / total['steps_trained']:.2f}x fewer)")
+        console.print(
+            f"shared prefixes: {int(total['steps'])} -> {int(total['steps_trained'])} steps "
+            f"({total['steps'] / total['steps_trained']:.2f}x fewer)"
+        )
     if args.runs:
         for e in doc["runs"]:
             branch = f"  <- {e['branch']['parent']}@{e['branch']['step']}" if e["branch"] else ""

@@ -37,7 +37,14 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.sweep_dir) / "report"
     claim_output(out, "report", identity, overwrite=args.overwrite, describe="of other runs")  # before the analysis
     analysis, source = load_analysis(args)
-    path = write_report(analysis, out, source=source, sweep_dir=args.sweep_dir, max_curves=args.curves,
-                        identity=identity, overwrite=args.overwrite)
+    path = write_report(
+        analysis,
+        out,
+        source=source,
+        sweep_dir=args.sweep_dir,
+        max_curves=args.curves,
+        identity=identity,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {path} (and report.md, analysis.json, summary.csv, figures/)")
     return 0

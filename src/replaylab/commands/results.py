@@ -23,8 +23,24 @@ def main(args: argparse.Namespace) -> int:
     df = load_results(args.sweep_dir)
     if args.csv:
         atomic_write_text(args.csv, df.to_csv(index=False))
-    cols = [c for c in ("run_id", "status", "strategy", "target_domain", "rho", "alpha", "budget", "seed", "lr",
-                        "selected", "target_test_loss", "generic_test_loss") if c in df.columns]
+    cols = [
+        c
+        for c in (
+            "run_id",
+            "status",
+            "strategy",
+            "target_domain",
+            "rho",
+            "alpha",
+            "budget",
+            "seed",
+            "lr",
+            "selected",
+            "target_test_loss",
+            "generic_test_loss",
+        )
+        if c in df.columns
+    ]
     if "target_domain" in cols and df["target_domain"].nunique(dropna=False) < 2:
         cols.remove("target_domain")  # one target: the column says nothing
     import pandas as pd

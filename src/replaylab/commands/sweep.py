@@ -20,10 +20,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for")
     p.add_argument("--retry", action="store_true", help="retry runs that failed or diverged before")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a replaylab sweep folder of another experiment at --out (its runs are deleted)")
-    p.add_argument("--lease-ttl", type=float, default=60.0,
-                   help="seconds without a heartbeat after which a run's claim expires (default 60)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a replaylab sweep folder of another experiment at --out (its runs are deleted)",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=60.0,
+        help="seconds without a heartbeat after which a run's claim expires (default 60)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,12 +46,24 @@ def main(args: argparse.Namespace) -> int:
     if out is None:
         out = home() / "sweeps" / experiment_name(args.experiment)
     try:
-        counts = run_sweep(args.experiment, out, workers=args.workers, threads=args.threads, backend=args.backend,
-                           address=args.address, retry=args.retry, lease_ttl=args.lease_ttl,
-                           gpus_per_run=args.gpus_per_run, overwrite=args.overwrite)
+        counts = run_sweep(
+            args.experiment,
+            out,
+            workers=args.workers,
+            threads=args.threads,
+            backend=args.backend,
+            address=args.address,
+            retry=args.retry,
+            lease_ttl=args.lease_ttl,
+            gpus_per_run=args.gpus_per_run,
+            overwrite=args.overwrite,
+        )
     except SweepInterrupted as e:  # one line for the whole sweep; the way on is the sweep itself, not one run
-        print(f"replaylab sweep: {e}; continue with replaylab sweep {args.experiment} --out {out} (done runs are "
-              "skipped, stopped ones resume)", file=sys.stderr)
+        print(
+            f"replaylab sweep: {e}; continue with replaylab sweep {args.experiment} --out {out} (done runs are "
+            "skipped, stopped ones resume)",
+            file=sys.stderr,
+        )
         return e.exit_code
     print(f"sweep {Path(out)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0 if counts["failed"] == 0 and counts["pending"] == 0 and counts["running"] == 0 else 1

@@ -22,10 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_override_arguments(p, "stages.1.lr.peak=3e-4")
     p.add_argument("--out", help="run folder (default: runs/<config name>-<run id>, as replaylab finetune)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest good checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a replaylab run folder at --out that holds another config (never a folder it did not make)")
-    p.add_argument("--init-from", metavar="CHECKPOINT",
-                   help="start from the full training state of another run's checkpoint (a shared prefix)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a replaylab run folder at --out that holds another config (never a folder it did not make)",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from the full training state of another run's checkpoint (a shared prefix)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -40,8 +46,10 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError("--resume RUN_DIR takes no CONFIG or overrides: the run folder's config.yaml is used")
         out = Path(args.resume)
         if args.out and Path(args.out).resolve() != out.resolve():
-            raise ConfigError(f"--resume {str(out)!r} continues that run in its own folder; --out {args.out!r} "
-                              "cannot move it: drop --out (or copy the run folder there and resume the copy)")
+            raise ConfigError(
+                f"--resume {str(out)!r} continues that run in its own folder; --out {args.out!r} "
+                "cannot move it: drop --out (or copy the run folder there and resume the copy)"
+            )
         if not (out / "config.yaml").exists():
             raise ConfigError(f"--resume {str(out)!r} is not a run folder (no config.yaml); give the --out of a run")
         config = load_run_config(out / "config.yaml")  # any kind of run, fine-tuning form included
@@ -49,19 +57,24 @@ def main(args: argparse.Namespace) -> int:
         if not args.config:
             raise ConfigError("give a run config YAML (replaylab train CONFIG) or --resume RUN_DIR")
         if "=" in args.config and not Path(args.config).exists():
-            raise ConfigError(f"{args.config!r} looks like an override; the config file comes first: "
-                              "replaylab train CONFIG KEY=VALUE ...")
+            raise ConfigError(
+                f"{args.config!r} looks like an override; the config file comes first: "
+                "replaylab train CONFIG KEY=VALUE ..."
+            )
         raw = load_yaml(args.config)
         keys = [k for k in ("strategies", "base", "grid") if k in raw]
         if keys or raw.get("kind") == "finetune_hf":
-            raise ConfigError(f"{args.config!r} is an experiment (it has {', '.join(keys) or 'kind: finetune_hf'}), "
-                              f"not a run config; list its runs with replaylab plan {args.config}, train them with "
-                              f"replaylab sweep {args.config}")
+            raise ConfigError(
+                f"{args.config!r} is an experiment (it has {', '.join(keys) or 'kind: finetune_hf'}), "
+                f"not a run config; list its runs with replaylab plan {args.config}, train them with "
+                f"replaylab sweep {args.config}"
+            )
         config = load_config(RunConfig, args.config, args.overrides)
         out = Path(args.out) if args.out else default_run_dir(config)
     try:
-        manifest = run_training(config, out, resume=bool(args.resume), init_from=args.init_from,
-                                overwrite=args.overwrite)
+        manifest = run_training(
+            config, out, resume=bool(args.resume), init_from=args.init_from, overwrite=args.overwrite
+        )
     except TrainingInterrupted as e:
         print(f"replaylab train: {e}", file=sys.stderr)
         return e.exit_code

@@ -63,7 +63,9 @@ class CorpusOptions:
         if self.template is not None:
             fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
             if not fields:
-                raise DataError(f"corpus option template {self.template!r} names no field; write e.g. '{{question}}\\n{{answer}}'")
+                raise DataError(
+                    f"corpus option template {self.template!r} names no field; write e.g. '{{question}}\\n{{answer}}'"
+                )
         if self.max_docs is not None and self.max_docs < 1:
             raise DataError(f"corpus option max_docs must be >= 1, got {self.max_docs}")
 
@@ -95,8 +97,10 @@ class CorpusStats:
         """A one-line warning when input had to be repaired, else None."""
         if not self.invalid_utf8_docs:
             return None
-        return (f"{self.invalid_utf8_docs} document(s) were not valid UTF-8; "
-                f"{self.replaced_chars} undecodable byte sequence(s) were replaced with U+FFFD")
+        return (
+            f"{self.invalid_utf8_docs} document(s) were not valid UTF-8; "
+            f"{self.replaced_chars} undecodable byte sequence(s) were replaced with U+FFFD"
+        )
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -131,17 +135,19 @@ def parse_source(source: str) -> tuple[str, str]:
     recipes = _recipes()
     names = ", ".join(sorted(recipes)) or "none installed"
     if source.startswith(RECIPE_PREFIX):
-        name = source[len(RECIPE_PREFIX):]
+        name = source[len(RECIPE_PREFIX) :]
         if name not in recipes:
             raise DataError(f"unknown recipe in source {source!r}; the recipes are {names}")
         return "recipe", name
     explicit = source.startswith(PATH_PREFIX)
-    path = source[len(PATH_PREFIX):] if explicit else source
+    path = source[len(PATH_PREFIX) :] if explicit else source
     if os.path.exists(path):
         if not explicit and source in recipes:
-            raise DataError(f"source {source!r} is ambiguous: it is the built-in recipe {source!r} and also "
-                            f"{os.path.abspath(source)!r}; write {RECIPE_PREFIX}{source} for the recipe or "
-                            f"./{source} (or {PATH_PREFIX}{source}) for the local one")
+            raise DataError(
+                f"source {source!r} is ambiguous: it is the built-in recipe {source!r} and also "
+                f"{os.path.abspath(source)!r}; write {RECIPE_PREFIX}{source} for the recipe or "
+                f"./{source} (or {PATH_PREFIX}{source}) for the local one"
+            )
         return "path", path
     if not explicit and source in recipes:
         return "recipe", source
@@ -229,11 +235,15 @@ def _render(record: Any, opts: CorpusOptions, where: str) -> str:
         try:
             return opts.template.format_map(record)
         except KeyError as e:
-            raise DataError(f"{where}: record has no field {e.args[0]!r} used by template {opts.template!r}; "
-                            f"fields present: {', '.join(map(str, record)) or 'none'}") from None
+            raise DataError(
+                f"{where}: record has no field {e.args[0]!r} used by template {opts.template!r}; "
+                f"fields present: {', '.join(map(str, record)) or 'none'}"
+            ) from None
     if opts.text_field not in record:
-        raise DataError(f"{where}: record has no field {opts.text_field!r}; fields present: "
-                        f"{', '.join(map(str, record)) or 'none'} (set the text field, e.g. --text-field NAME)")
+        raise DataError(
+            f"{where}: record has no field {opts.text_field!r}; fields present: "
+            f"{', '.join(map(str, record)) or 'none'} (set the text field, e.g. --text-field NAME)"
+        )
     value = record[opts.text_field]
     if not isinstance(value, str):
         raise DataError(f"{where}: field {opts.text_field!r} is {type(value).__name__}, not text")
@@ -249,7 +259,9 @@ def _read_jsonl(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object"
+                ) from None
             yield _render(record, opts, f"{path}:{lineno}")
 
 
@@ -267,8 +279,9 @@ def _read_parquet(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterat
         wanted = [opts.text_field]
     missing = [c for c in wanted if c not in columns]
     if missing:
-        raise DataError(f"{path}: no column {missing[0]!r}; columns present: {', '.join(columns)} "
-                        "(set the text field or template)")
+        raise DataError(
+            f"{path}: no column {missing[0]!r}; columns present: {', '.join(columns)} (set the text field or template)"
+        )
     row = 0
     for batch in pf.iter_batches(batch_size=1024, columns=sorted(set(wanted))):
         for record in batch.to_pylist():
@@ -317,7 +330,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     import threading
     import time
 
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+    if any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    ):
         return False
     cached = _PROBE.get("hub")
     if cached and time.monotonic() - cached[0] < 60:
@@ -343,8 +358,10 @@ def check_source(source: str) -> str:
     returns its kind. Cheap: reads no document."""
     kind = source_kind(source)
     if kind == "hf" and not hub_reachable():
-        raise DataError(f"{source}: the Hugging Face hub is not reachable (offline or HF_HUB_OFFLINE set); "
-                        "download the dataset elsewhere and pass its .jsonl/.parquet files instead")
+        raise DataError(
+            f"{source}: the Hugging Face hub is not reachable (offline or HF_HUB_OFFLINE set); "
+            "download the dataset elsewhere and pass its .jsonl/.parquet files instead"
+        )
     return kind
 
 
@@ -354,8 +371,9 @@ def _read_hf(source: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[s
     try:
         import datasets
     except ImportError:
-        raise DataError(f"{source}: reading Hugging Face datasets needs the 'datasets' package; "
-                        "pip install 'replaylab[hf]'") from None
+        raise DataError(
+            f"{source}: reading Hugging Face datasets needs the 'datasets' package; pip install 'replaylab[hf]'"
+        ) from None
     try:
         ds = datasets.load_dataset(name, config, revision=revision, split=opts.split, streaming=True)
     except Exception as e:  # datasets raises many types (not found, bad config, auth)
@@ -371,8 +389,9 @@ def _read_recipe(name: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator
     yield from _read_path(folder / "documents.jsonl", opts, stats)
 
 
-def iter_documents(source: str, options: CorpusOptions | dict | None = None,
-                   stats: CorpusStats | None = None) -> Iterator[str]:
+def iter_documents(
+    source: str, options: CorpusOptions | dict | None = None, stats: CorpusStats | None = None
+) -> Iterator[str]:
     """Stream the non-empty documents of `source` (see the module docstring for what a source is).
 
     `stats`, if given, is filled as documents go by. Raises DataError for a missing path, an unknown
@@ -400,5 +419,7 @@ def iter_documents(source: str, options: CorpusOptions | dict | None = None,
             break
     if stats.documents == 0:
         detail = f" ({stats.invalid_utf8_docs} undecodable)" if stats.invalid_utf8_docs else ""
-        raise DataError(f"corpus {source!r} is empty: no document with text{detail} "
-                        f"({stats.skipped_empty} empty skipped); check the source and the text field")
+        raise DataError(
+            f"corpus {source!r} is empty: no document with text{detail} "
+            f"({stats.skipped_empty} empty skipped); check the source and the text field"
+        )

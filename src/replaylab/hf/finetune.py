@@ -33,8 +33,9 @@ from replaylab.train.trainer import Callback, Trainer
 KIND = "finetune_hf"
 
 
-def run_finetune(config: RunConfig, out_dir: Path | str, resume: bool = False,
-                 overwrite: bool = False) -> dict[str, Any]:
+def run_finetune(
+    config: RunConfig, out_dir: Path | str, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Run (or resume) one replay fine-tuning run; returns the final manifest ({} on ranks other than 0).
     The run folder is locked while the run trains (a second trainer is refused); `overwrite` replaces a run
     folder of another config. A run that diverges returns its manifest with status `diverged`."""
@@ -65,8 +66,12 @@ class HFRun:
             check_source(dom.source)
         for task in cfg.eval.mc_tasks:
             ev.load_mc_task(task, cfg.eval.mc_max_items)
-        check_seq_len(m.source, resolve_model(m.source, trust_remote_code=m.trust_remote_code), cfg.data.seq_len,
-                      trust_remote_code=m.trust_remote_code)
+        check_seq_len(
+            m.source,
+            resolve_model(m.source, trust_remote_code=m.trust_remote_code),
+            cfg.data.seq_len,
+            trust_remote_code=m.trust_remote_code,
+        )
         if cfg.eval.lm_eval_tasks:
             ev.check_lm_eval(cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_include)
 
@@ -90,19 +95,25 @@ class HFRun:
         self.plan, laid, _ = replay_sampler(cfg, stores, str(self.tokenizer.path), micro_batch_size=micro)
         return laid
 
-    def build(self, laid: RunConfig, sampler, *, rows, device, dtype, dist, existing, resume, init_from,
-              out_dir: Path):
+    def build(self, laid: RunConfig, sampler, *, rows, device, dtype, dist, existing, resume, init_from, out_dir: Path):
         cfg = self.config
         if self.fsdp:
             # Load on CPU; sharding moves one layer at a time to the device, so no GPU holds the whole model.
-            model = parallel.shard(build_model(cfg, self.model_folder, torch.device("cpu")), device,
-                                   dist.world_size, dtype)
+            model = parallel.shard(
+                build_model(cfg, self.model_folder, torch.device("cpu")), device, dist.world_size, dtype
+            )
             dtype = None  # FSDP's mixed-precision policy already computes in bf16: no autocast on top
         else:
             model = build_model(cfg, self.model_folder, device)
         example = torch.from_numpy(sampler.batch(0, rows=rows)[0]).to(device)  # (mb, T+1): compile trial
-        module = HFCausalLMModule(model, laid.optim, device=device, dtype=dtype, example=example,
-                                  compile_spec=compile_spec(cfg.model.compile, device, parallel.is_sharded(model)))
+        module = HFCausalLMModule(
+            model,
+            laid.optim,
+            device=device,
+            dtype=dtype,
+            example=example,
+            compile_spec=compile_spec(cfg.model.compile, device, parallel.is_sharded(model)),
+        )
         start = 0
         found = ckpt.latest_good_checkpoint(out_dir) if existing is not None else None
         if found is not None:
@@ -115,17 +126,36 @@ class HFRun:
     def manifest_fields(self, sampler, module) -> tuple[dict, dict]:
         cfg, plan = self.config, self.plan
         replay = cfg.data.domains.get(REPLAY)
-        meta = {"strategy": KIND, "target_domain": TARGET, "generic_domain": REPLAY,
-                "rho": cfg.finetune.replay_fraction, "target_source": cfg.data.domains[TARGET].source,
-                "replay_source": replay.source if replay else None, "budget": plan.budget,
-                "target_epochs": plan.target_epochs, "lr": cfg.finetune.lr.peak, "model": cfg.model.source,
-                "lora": cfg.model.lora.enabled, **cfg.meta}
-        return meta, {"kind": KIND, "model_folder": self.model_folder, "plan": {
-                          "budget": plan.budget, "target_draws": plan.target_draws, "target_steps": plan.target_steps,
-                          "planned_steps": plan.planned_steps, "total_steps": plan.total_steps, "capped": plan.capped,
-                          "target_weight": plan.target_weight, "target_epochs": plan.target_epochs},
-                      "realized_token_shares": sampler.realized_shares(0),
-                      "trainable_params": sum(p.numel() for p in module.params)}
+        meta = {
+            "strategy": KIND,
+            "target_domain": TARGET,
+            "generic_domain": REPLAY,
+            "rho": cfg.finetune.replay_fraction,
+            "target_source": cfg.data.domains[TARGET].source,
+            "replay_source": replay.source if replay else None,
+            "budget": plan.budget,
+            "target_epochs": plan.target_epochs,
+            "lr": cfg.finetune.lr.peak,
+            "model": cfg.model.source,
+            "lora": cfg.model.lora.enabled,
+            **cfg.meta,
+        }
+        return meta, {
+            "kind": KIND,
+            "model_folder": self.model_folder,
+            "plan": {
+                "budget": plan.budget,
+                "target_draws": plan.target_draws,
+                "target_steps": plan.target_steps,
+                "planned_steps": plan.planned_steps,
+                "total_steps": plan.total_steps,
+                "capped": plan.capped,
+                "target_weight": plan.target_weight,
+                "target_epochs": plan.target_epochs,
+            },
+            "realized_token_shares": sampler.realized_shares(0),
+            "trainable_params": sum(p.numel() for p in module.params),
+        }
 
     def callbacks(self) -> tuple[Callback, ...]:
         return (HFCallbacks(self),)
@@ -143,9 +173,15 @@ class HFCallbacks(Callback):
         run, cfg = self.run, self.run.config
         if trainer.start == 0 and cfg.eval.initial:
             trainer.folder.update(initial={"losses": trainer.evaluate(0), "mc": self._score_mc(trainer, 0)})
-        trainer.logger.log({"type": "mix", "step": trainer.start,
-                            "realized_token_shares": trainer.sampler.realized_shares(0),
-                            "target_weight": run.plan.target_weight, "total_steps": run.plan.total_steps})
+        trainer.logger.log(
+            {
+                "type": "mix",
+                "step": trainer.start,
+                "realized_token_shares": trainer.sampler.realized_shares(0),
+                "target_weight": run.plan.target_weight,
+                "total_steps": run.plan.total_steps,
+            }
+        )
 
     def on_fit_end(self, trainer: Trainer, final: dict) -> dict[str, Any]:
         run, cfg = self.run, self.run.config
@@ -154,8 +190,15 @@ class HFCallbacks(Callback):
             from transformers import AutoTokenizer
 
             hf_tok = AutoTokenizer.from_pretrained(str(run.tokenizer.path), local_files_only=True)
-            mc.update(ev.run_lm_eval(run.model, hf_tok, cfg.eval.lm_eval_tasks, batch_size=cfg.eval.batch_size,
-                                     include=cfg.eval.lm_eval_include))
+            mc.update(
+                ev.run_lm_eval(
+                    run.model,
+                    hf_tok,
+                    cfg.eval.lm_eval_tasks,
+                    batch_size=cfg.eval.batch_size,
+                    include=cfg.eval.lm_eval_include,
+                )
+            )
         save, lora = cfg.model.save_final, cfg.model.lora.enabled
         # Sharded: every rank takes part in gathering the weights, rank 0 writes them.
         state = parallel.full_model_state(run.model, trainable_only=lora) if run.fsdp and save else None
@@ -167,9 +210,14 @@ class HFCallbacks(Callback):
         """Multiple-choice scores of the `eval.mc_tasks` files (log-likelihood), logged as `mc` records."""
         run, out = self.run, {}
         for task in run.config.eval.mc_tasks:
-            res = ev.score_mc(run.model, run.tokenizer, ev.load_mc_task(task, run.config.eval.mc_max_items),
-                              device=run.device, dtype=run.dtype,
-                              max_len=getattr(run.model.config, "max_position_embeddings", None))
+            res = ev.score_mc(
+                run.model,
+                run.tokenizer,
+                ev.load_mc_task(task, run.config.eval.mc_max_items),
+                device=run.device,
+                dtype=run.dtype,
+                max_len=getattr(run.model.config, "max_position_embeddings", None),
+            )
             out[Path(task).stem] = res
             trainer.logger.log({"type": "mc", "step": step, "task": Path(task).stem, **res})
         return out

@@ -59,8 +59,10 @@ def load_model_config(folder: str, *, trust_remote_code: bool = False):
                 "if you trust its authors"
             ) from None
         reason = one_line(e)
-        raise ConfigError(f"model folder {folder!r}: its config.json cannot be used ({reason}); point --model at "
-                          "a Hugging Face causal LM folder") from None
+        raise ConfigError(
+            f"model folder {folder!r}: its config.json cannot be used ({reason}); point --model at "
+            "a Hugging Face causal LM folder"
+        ) from None
 
 
 def check_seq_len(spec: str, folder: str, seq_len: int, *, trust_remote_code: bool = False) -> None:
@@ -68,8 +70,10 @@ def check_seq_len(spec: str, folder: str, seq_len: int, *, trust_remote_code: bo
     config = load_model_config(folder, trust_remote_code=trust_remote_code)
     limit = getattr(config, "max_position_embeddings", None)
     if isinstance(limit, int) and seq_len > limit:
-        raise ConfigError(f"seq_len {seq_len} is longer than model {spec!r} allows (max_position_embeddings "
-                          f"{limit}); use --seq-len {limit} or less")
+        raise ConfigError(
+            f"seq_len {seq_len} is longer than model {spec!r} allows (max_position_embeddings "
+            f"{limit}); use --seq-len {limit} or less"
+        )
 
 
 def load_model(folder: str, *, trust_remote_code: bool = False):
@@ -86,7 +90,9 @@ def load_model(folder: str, *, trust_remote_code: bool = False):
 
     config = load_model_config(folder, trust_remote_code=trust_remote_code)
     return AutoModelForCausalLM.from_pretrained(
-        folder, config=config, dtype=torch.float32, local_files_only=True,
+        folder,
+        config=config,
+        dtype=torch.float32,
+        local_files_only=True,
         trust_remote_code=trust_remote_code,
     )
-

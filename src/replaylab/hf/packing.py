@@ -31,15 +31,21 @@ from replaylab.train.mixture import MixtureSampler
 sampler_config = finetune_stage  # its old name
 
 
-def replay_sampler(cfg: RunConfig, stores: dict, tokenizer: str,
-                   micro_batch_size: int | None = None) -> tuple[MixPlan, RunConfig, MixtureSampler]:
+def replay_sampler(
+    cfg: RunConfig, stores: dict, tokenizer: str, micro_batch_size: int | None = None
+) -> tuple[MixPlan, RunConfig, MixtureSampler]:
     """The one way a target + replay run becomes batches: the plan (fixed target exposure), the one-stage
     RunConfig and the engine's MixtureSampler over `stores` ({"target": ..., "replay": ...}). `replaylab finetune`
     trains on it and `replaylab.ReplayMixture` (HF Trainer, TRL, Accelerate, plain PyTorch) yields it. `cfg`: a
     planned fine-tuning RunConfig (its `finetune` plan). tokenizer: the tokenizer's folder."""
     p = cfg.finetune
-    plan = plan_mix(budget=resolve_budget(cfg, stores[TARGET]), target_epochs=p.target_epochs,
-                    replay_fraction=p.replay_fraction, batch_size=cfg.train.batch_size, max_steps=p.max_steps)
+    plan = plan_mix(
+        budget=resolve_budget(cfg, stores[TARGET]),
+        target_epochs=p.target_epochs,
+        replay_fraction=p.replay_fraction,
+        batch_size=cfg.train.batch_size,
+        max_steps=p.max_steps,
+    )
     scfg = finetune_stage(cfg, plan, tokenizer, micro_batch_size=micro_batch_size)
     return plan, scfg, MixtureSampler(scfg, stores)
 

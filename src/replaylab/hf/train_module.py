@@ -37,8 +37,10 @@ class Trainable(torch.nn.Module):
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         names = {n for n, _ in self.named}
         if set(tensors) != names:
-            raise ckpt.CheckpointError("checkpoint tensors do not match this run's trainable parameters; "
-                                       "it belongs to another configuration (LoRA vs full?)")
+            raise ckpt.CheckpointError(
+                "checkpoint tensors do not match this run's trainable parameters; "
+                "it belongs to another configuration (LoRA vs full?)"
+            )
         with torch.no_grad():
             for n, p in self.named:
                 p.copy_(tensors[n])
@@ -59,12 +61,21 @@ def build_model(cfg: RunConfig, folder: str, device: torch.device) -> torch.nn.M
     if m.lora.enabled:
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         try:
-            from peft import LoraConfig as PeftLora, get_peft_model
+            from peft import LoraConfig as PeftLora
+            from peft import get_peft_model
         except ImportError:
             raise ConfigError("lora needs peft: pip install 'replaylab[hf]'") from None
         lc = m.lora
-        model = get_peft_model(model, PeftLora(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                               target_modules=list(lc.target_modules), task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            PeftLora(
+                r=lc.r,
+                lora_alpha=lc.alpha,
+                lora_dropout=lc.dropout,
+                target_modules=list(lc.target_modules),
+                task_type="CAUSAL_LM",
+            ),
+        )
         if m.gradient_checkpointing:
             model.enable_input_require_grads()
     return model.to(device)
@@ -107,8 +118,9 @@ def compile_layers(model: torch.nn.Module, example: torch.Tensor, dtype: torch.d
     eager with a warning. Returns whether they are compiled."""
     layers = parallel.decoder_layers(model)
     if not layers:
-        warnings.warn("regional compile: this model declares no decoder layers (_no_split_modules); running eager",
-                      stacklevel=2)
+        warnings.warn(
+            "regional compile: this model declares no decoder layers (_no_split_modules); running eager", stacklevel=2
+        )
         return False
     for layer in layers:
         layer.compile()
@@ -117,6 +129,7 @@ def compile_layers(model: torch.nn.Module, example: torch.Tensor, dtype: torch.d
         with autocast(example.device, dtype):
             logits = ev.lm_logits(model, example[:, :-1])
         return next_token_loss(logits, example[:, 1:])
+
     reason = compile_trial(model, step)
     if reason is None:
         return True
@@ -132,8 +145,16 @@ class HFCausalLMModule(AdamWModule):
     back to eager if compiling fails), or "regional" (`compile_layers`: each decoder layer, a much shorter
     compile); `example`, a micro-batch (mb, T+1) on the device, trials it."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, device: torch.device, dtype: torch.dtype | None,
-                 compile_spec: str = "off", example: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: OptimConfig,
+        *,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        compile_spec: str = "off",
+        example: torch.Tensor | None = None,
+    ):
         super().__init__(model, optim, device=device, dtype=dtype)
         self.trainable = Trainable(model)  # after sharding: the optimizer must hold the sharded parameters
         self.sharded = parallel.is_sharded(model)

@@ -35,10 +35,20 @@ def prepare_sweep(experiment: str | Path, out: str | Path, *, overwrite: bool = 
     return doc
 
 
-def run_sweep(experiment: str | Path, out: str | Path, *, workers: int = 1, threads: int = 1,
-              backend: str = "local", address: str | None = None, retry: bool = False,
-              lease_ttl: float = 60.0, gpus_per_run: float = 0.0, progress: bool | None = None,
-              overwrite: bool = False) -> dict[str, int]:
+def run_sweep(
+    experiment: str | Path,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    threads: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    retry: bool = False,
+    lease_ttl: float = 60.0,
+    gpus_per_run: float = 0.0,
+    progress: bool | None = None,
+    overwrite: bool = False,
+) -> dict[str, int]:
     """Prepare the sweep folder and train every run not done yet; returns status counts."""
     if backend not in ("local", "ray"):
         raise ConfigError(f"backend {backend!r} is unknown; choose local or ray")
@@ -52,9 +62,11 @@ def run_sweep(experiment: str | Path, out: str | Path, *, workers: int = 1, thre
         if backend == "ray":
             from replaylab.sweep.ray_backend import run_ray
 
-            return run_ray(out, address=address, threads=threads, gpus=gpus_per_run, retry_before=retry_before,
-                           lease_ttl=lease_ttl)
+            return run_ray(
+                out, address=address, threads=threads, gpus=gpus_per_run, retry_before=retry_before, lease_ttl=lease_ttl
+            )
         from replaylab.sweep.local import run_local
 
-        return run_local(out, workers=workers, threads=threads, retry_before=retry_before, lease_ttl=lease_ttl,
-                         progress=progress)
+        return run_local(
+            out, workers=workers, threads=threads, retry_before=retry_before, lease_ttl=lease_ttl, progress=progress
+        )

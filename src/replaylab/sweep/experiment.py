@@ -37,10 +37,10 @@ batches from step 0.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import typing
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,6 @@ from replaylab.config import apply_overrides, from_dict, load_yaml, parse_number
 from replaylab.errors import ConfigError
 from replaylab.fingerprint import run_id
 from replaylab.runconfig import RunConfig
-
 
 # An experiment is planned in memory, one RunConfig per run: a grid far beyond what any sweep trains (a typo'd
 # axis, a generated list) would hang `plan` and `sweep` instead of being refused.
@@ -82,8 +81,9 @@ class StrategySpec:
         if "lr" in self.grid or "lr" in self.zip:
             raise ConfigError(f"strategy {self.strategy!r}: list learning rates under lrs:, not as a grid axis")
         if self.lrs is not None and not self.lrs:
-            raise ConfigError(f"strategy {self.strategy!r}: lrs is empty; list at least one learning rate or leave "
-                              "lrs out")
+            raise ConfigError(
+                f"strategy {self.strategy!r}: lrs is empty; list at least one learning rate or leave lrs out"
+            )
         if self.strategy == HF_KIND:  # its axes are keys of the fine-tuning form
             from replaylab.finetune_form import check_axis
 
@@ -118,8 +118,10 @@ class Experiment:
             raise ConfigError("experiment seeds is empty; give at least one seed, e.g. seeds: [0]")
         num_runs = sum(spec.num_runs(self.seeds) for spec in self.strategies)
         if num_runs > MAX_RUNS:
-            raise ConfigError(f"experiment {self.name!r} plans {num_runs:,} runs, above the {MAX_RUNS:,} replaylab "
-                              "plans at once; shorten its grid, zip, lrs or seeds lists (or split it into experiments)")
+            raise ConfigError(
+                f"experiment {self.name!r} plans {num_runs:,} runs, above the {MAX_RUNS:,} replaylab "
+                "plans at once; shorten its grid, zip, lrs or seeds lists (or split it into experiments)"
+            )
 
 
 @dataclass
@@ -156,11 +158,15 @@ def _hf_form(raw: dict) -> dict:
     """A `kind: finetune_hf` experiment as an Experiment mapping: one finetune_hf strategy, no shared prefixes."""
     unknown = sorted(set(raw) - set(_HF_KEYS), key=str)
     if unknown:
-        raise ConfigError(f"unknown config field experiment.{unknown[0]}; known fields here: "
-                          f"{', '.join(sorted(_HF_KEYS))}")
+        raise ConfigError(
+            f"unknown config field experiment.{unknown[0]}; known fields here: {', '.join(sorted(_HF_KEYS))}"
+        )
     spec = {"strategy": HF_KIND, **{k: raw[k] for k in ("grid", "zip", "lrs") if k in raw}}
-    return {**{k: raw[k] for k in ("name", "kind", "base", "overrides", "seeds") if k in raw}, "strategies": [spec],
-            "shared_prefixes": False}
+    return {
+        **{k: raw[k] for k in ("name", "kind", "base", "overrides", "seeds") if k in raw},
+        "strategies": [spec],
+        "shared_prefixes": False,
+    }
 
 
 def load_experiment(path: str | Path) -> tuple[Experiment, dict]:
@@ -169,8 +175,10 @@ def load_experiment(path: str | Path) -> tuple[Experiment, dict]:
     raw = load_yaml(path)
     kind = raw.get("kind")
     if kind not in (None, HF_KIND):
-        raise ConfigError(f"experiment kind {kind!r} is unknown; use kind: {HF_KIND}, or leave kind out for a "
-                          "schedule experiment (strategies:)")
+        raise ConfigError(
+            f"experiment kind {kind!r} is unknown; use kind: {HF_KIND}, or leave kind out for a "
+            "schedule experiment (strategies:)"
+        )
     if kind == HF_KIND:
         raw = _hf_form(raw)
     exp = from_dict(Experiment, raw, "experiment") if raw else from_dict(Experiment, {}, "experiment")
@@ -197,8 +205,11 @@ def expand(exp: Experiment, base: dict) -> list[PlannedRun]:
     from replaylab.schedule import STRATEGIES
 
     runs: dict[str, PlannedRun] = {}
-    defaults = {"target": exp.target, "generic": exp.generic,
-                "target_fraction": _number(exp.target_fraction, "experiment target_fraction")}
+    defaults = {
+        "target": exp.target,
+        "generic": exp.generic,
+        "target_fraction": _number(exp.target_fraction, "experiment target_fraction"),
+    }
     for spec in exp.strategies:
         builder = STRATEGIES[spec.strategy]
         takes = inspect.signature(builder).parameters

@@ -33,8 +33,11 @@ class SweepInterrupted(Exception):
     def __init__(self, signum: int, counts: dict[str, int]):
         self.signum, self.counts = signum, counts
         self.exit_code = _SIGNAL_EXIT.get(signum, 128 + signum)
-        super().__init__(f"{signal.Signals(signum).name}: the sweep stopped, its running runs saved a checkpoint ("
-                         + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")")
+        super().__init__(
+            f"{signal.Signals(signum).name}: the sweep stopped, its running runs saved a checkpoint ("
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + ")"
+        )
 
 
 def _archive_failed_attempt(run_dir: Path) -> None:
@@ -153,12 +156,21 @@ def ordered_entries(plan: dict) -> list[dict]:
     """Seed by seed (a sweep stopped early leaves whole replicates, not a little of every seed); within a
     seed, carriers of shared prefixes first (their children wait for them), then the rest in plan order."""
     carriers = {e["branch"]["parent"] for e in plan["runs"] if e.get("branch")}
-    return sorted(plan["runs"], key=lambda e: (e["config"].get("seed") or 0, e["run_id"] not in carriers,
-                                                e.get("branch") is not None))
+    return sorted(
+        plan["runs"],
+        key=lambda e: (e["config"].get("seed") or 0, e["run_id"] not in carriers, e.get("branch") is not None),
+    )
 
 
-def worker_loop(sweep_dir: str | Path, *, retry_before: float | None = None, lease_ttl: float = 60.0,
-                threads: int | None = None, poll: float = 0.5, only: list[str] | None = None) -> None:
+def worker_loop(
+    sweep_dir: str | Path,
+    *,
+    retry_before: float | None = None,
+    lease_ttl: float = 60.0,
+    threads: int | None = None,
+    poll: float = 0.5,
+    only: list[str] | None = None,
+) -> None:
     """Claim and train runs until every run of the sweep (or of `only`) is done or finally failed."""
     if threads:
         import torch
@@ -190,9 +202,17 @@ def _counts(store: RunStore, ids: list[str]) -> dict[str, int]:
     return out
 
 
-def run_local(sweep_dir: str | Path, *, workers: int = 1, threads: int = 1, retry_before: float | None = None,
-              lease_ttl: float = 60.0, poll: float = 0.5, max_restarts: int | None = None,
-              progress: bool | None = None) -> dict[str, int]:
+def run_local(
+    sweep_dir: str | Path,
+    *,
+    workers: int = 1,
+    threads: int = 1,
+    retry_before: float | None = None,
+    lease_ttl: float = 60.0,
+    poll: float = 0.5,
+    max_restarts: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, int]:
     """Train the sweep with `workers` worker processes of `threads` torch threads each.
 
     A worker that dies is replaced while work remains; its run's lease goes stale and the run is taken
@@ -200,8 +220,18 @@ def run_local(sweep_dir: str | Path, *, workers: int = 1, threads: int = 1, retr
     store = RunStore(sweep_dir, lease_ttl=lease_ttl)
     ids = [e["run_id"] for e in store.plan()["runs"]]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "replaylab.sweep.local", str(sweep_dir), "--threads", str(threads),
-           "--lease-ttl", str(lease_ttl), "--poll", str(poll)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "replaylab.sweep.local",
+        str(sweep_dir),
+        "--threads",
+        str(threads),
+        "--lease-ttl",
+        str(lease_ttl),
+        "--poll",
+        str(poll),
+    ]
     if retry_before is not None:
         cmd += ["--retry-before", repr(retry_before)]
     cmd += ["--from-sweep"]
@@ -225,8 +255,18 @@ def run_local(sweep_dir: str | Path, *, workers: int = 1, threads: int = 1, retr
     try:
         if not stop:  # no more workers than open runs, and none when all is done (a worker costs a torch import)
             procs.extend(start(min(workers, len(unfinished))))
-        _supervise(store, ids, procs, start, stop, workers=workers, retry_before=retry_before, poll=poll,
-                   max_restarts=max_restarts, progress=progress)
+        _supervise(
+            store,
+            ids,
+            procs,
+            start,
+            stop,
+            workers=workers,
+            retry_before=retry_before,
+            poll=poll,
+            max_restarts=max_restarts,
+            progress=progress,
+        )
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -241,8 +281,19 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _supervise(store: RunStore, ids: list[str], procs: list, start, stop: list[int], *, workers: int,
-               retry_before: float | None, poll: float, max_restarts: int | None, progress: bool | None) -> None:
+def _supervise(
+    store: RunStore,
+    ids: list[str],
+    procs: list,
+    start,
+    stop: list[int],
+    *,
+    workers: int,
+    retry_before: float | None,
+    poll: float,
+    max_restarts: int | None,
+    progress: bool | None,
+) -> None:
     """Watch the workers (`procs`, changed in place) until every run is terminal, restarting those that die, or,
     once a stop signal came, until every worker has exited."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -250,13 +301,23 @@ def _supervise(store: RunStore, ids: list[str], procs: list, start, stop: list[i
     restarts = 0
     limit = max_restarts if max_restarts is not None else 3 * workers
     show = sys.stderr.isatty() if progress is None else progress
-    with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), disable=not show, transient=False) as bar:
+    with Progress(
+        TextColumn("sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        disable=not show,
+        transient=False,
+    ) as bar:
         task = bar.add_task("", total=len(ids))
         while True:
             c = _counts(store, ids)
-            bar.update(task, completed=c["done"] + c["failed"],
-                       description=f"done {c['done']}  running {c['running']}  failed {c['failed']}")
+            bar.update(
+                task,
+                completed=c["done"] + c["failed"],
+                description=f"done {c['done']}  running {c['running']}  failed {c['failed']}",
+            )
             alive = [p for p in procs if p.poll() is None]
             if stop:
                 if not alive:
@@ -300,15 +361,22 @@ def main(argv: list[str] | None = None) -> int:
     from replaylab.train import TrainingInterrupted
 
     try:
-        worker_loop(args.sweep_dir, retry_before=args.retry_before, lease_ttl=args.lease_ttl,
-                    threads=args.threads, poll=args.poll)
+        worker_loop(
+            args.sweep_dir,
+            retry_before=args.retry_before,
+            lease_ttl=args.lease_ttl,
+            threads=args.threads,
+            poll=args.poll,
+        )
     except (TrainingInterrupted, KeyboardInterrupt) as e:  # a rerun of the sweep (or this worker) continues
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signum = getattr(e, "signum", None) or (got[0] if got else signal.SIGINT)
         if not args.from_sweep:  # `replaylab sweep` says it once for all its workers
-            print(f"replaylab-sweep-worker: {signal.Signals(signum).name}: stopped; continue with python -m "
-                  f"replaylab.sweep.local {args.sweep_dir} or by rerunning the sweep (done runs are skipped)",
-                  file=sys.stderr)
+            print(
+                f"replaylab-sweep-worker: {signal.Signals(signum).name}: stopped; continue with python -m "
+                f"replaylab.sweep.local {args.sweep_dir} or by rerunning the sweep (done runs are skipped)",
+                file=sys.stderr,
+            )
         return _SIGNAL_EXIT.get(signum, 128 + signum)
     return 0
 

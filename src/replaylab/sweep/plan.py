@@ -42,8 +42,17 @@ def build_plan(exp: Experiment, base: dict) -> tuple[list[PlannedRun], dict[str,
     `kind: finetune_hf` experiment's entries and document carry that kind, and its runs never branch."""
     runs = expand(exp, base)
     if exp.kind == HF_KIND:
-        entries = [{"run_id": r.run_id, "kind": HF_KIND, "coords": r.coords, "config": to_dict(r.config),
-                    "branch": None, "branch_steps": []} for r in runs]
+        entries = [
+            {
+                "run_id": r.run_id,
+                "kind": HF_KIND,
+                "coords": r.coords,
+                "config": to_dict(r.config),
+                "branch": None,
+                "branch_steps": [],
+            }
+            for r in runs
+        ]
         return runs, {}, {"name": exp.name, "kind": HF_KIND, "prefix_granularity": None, "runs": entries}
     gran = prefix_granularity(exp, runs)
     configs = {r.run_id: r.config for r in runs}
@@ -58,15 +67,22 @@ def build_plan(exp: Experiment, base: dict) -> tuple[list[PlannedRun], dict[str,
             raw = copy.deepcopy(raw)
             raw["train"]["checkpoint_steps"] = keep[r.run_id]
         b = branches.get(r.run_id)
-        entries.append({"run_id": r.run_id, "coords": r.coords, "config": raw,
-                        "branch": {"parent": b.parent, "step": b.step} if b else None,
-                        "branch_steps": keep.get(r.run_id, [])})
+        entries.append(
+            {
+                "run_id": r.run_id,
+                "coords": r.coords,
+                "config": raw,
+                "branch": {"parent": b.parent, "step": b.step} if b else None,
+                "branch_steps": keep.get(r.run_id, []),
+            }
+        )
     doc = {"name": exp.name, "prefix_granularity": gran, "runs": entries}
     return runs, branches, doc
 
 
-def estimate(runs: list[PlannedRun], branches: dict[str, Branch], *, gpu_tflops: float = 989.0,
-             mfu: float = 0.35) -> pd.DataFrame:
+def estimate(
+    runs: list[PlannedRun], branches: dict[str, Branch], *, gpu_tflops: float = 989.0, mfu: float = 0.35
+) -> pd.DataFrame:
     """One row per strategy plus a total: runs, steps (alone / with shared prefixes), tokens, FLOPs, GPU-hours."""
     rows = []
     for r in runs:
@@ -75,8 +91,16 @@ def estimate(runs: list[PlannedRun], branches: dict[str, Branch], *, gpu_tflops:
         trained = steps - (branches[r.run_id].step if r.run_id in branches else 0)
         tokens = trained * c.train.batch_size * c.data.seq_len
         flops = flops_per_token(c) * tokens
-        rows.append({"strategy": r.coords["strategy"], "runs": 1, "steps": steps, "steps_trained": trained,
-                     "tokens": tokens, "flops": flops})
+        rows.append(
+            {
+                "strategy": r.coords["strategy"],
+                "runs": 1,
+                "steps": steps,
+                "steps_trained": trained,
+                "tokens": tokens,
+                "flops": flops,
+            }
+        )
     df = pd.DataFrame(rows, columns=["strategy", "runs", "steps", "steps_trained", "tokens", "flops"])
     out = df.groupby("strategy", sort=False).sum(numeric_only=True).reset_index()
     total = df.sum(numeric_only=True).to_frame().T
@@ -93,8 +117,13 @@ def planned_steps(cfg: RunConfig) -> int | None:
     budget, p = cfg.data.domains["target"].budget, cfg.finetune
     if budget is None:
         return None
-    return plan_mix(budget=budget, target_epochs=p.target_epochs, replay_fraction=p.replay_fraction,
-                    batch_size=cfg.train.batch_size, max_steps=p.max_steps).total_steps
+    return plan_mix(
+        budget=budget,
+        target_epochs=p.target_epochs,
+        replay_fraction=p.replay_fraction,
+        batch_size=cfg.train.batch_size,
+        max_steps=p.max_steps,
+    ).total_steps
 
 
 def estimate_hf(runs: list[PlannedRun]) -> pd.DataFrame:
@@ -105,8 +134,16 @@ def estimate_hf(runs: list[PlannedRun]) -> pd.DataFrame:
         label = " ".join(f"{k}={v}" for k, v in r.coords.items() if k not in ("strategy", "lr", "seed")) or HF_KIND
         steps = planned_steps(r.config)
         tokens = steps * r.config.train.batch_size * r.config.data.seq_len if steps is not None else math.nan
-        rows.append({"cell": label, "runs": 1, "steps": math.nan if steps is None else steps,
-                     "steps_trained": math.nan if steps is None else steps, "tokens": tokens, "flops": math.nan})
+        rows.append(
+            {
+                "cell": label,
+                "runs": 1,
+                "steps": math.nan if steps is None else steps,
+                "steps_trained": math.nan if steps is None else steps,
+                "tokens": tokens,
+                "flops": math.nan,
+            }
+        )
     df = pd.DataFrame(rows, columns=["cell", "runs", "steps", "steps_trained", "tokens", "flops"])
     # min_count=1 / skipna=False: a sum over unknown steps stays unknown instead of becoming 0
     out = df.groupby("cell", sort=False).sum(numeric_only=True, min_count=1).reset_index()

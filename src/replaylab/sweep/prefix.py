@@ -54,8 +54,13 @@ def step_signatures(config: RunConfig, interner: dict) -> np.ndarray:
     counts = np.diff(plan_counts(config), axis=0)  # sequences per domain at each step
     # Which sequences a draw yields depends on the domain's budget (and its epochs check on the run):
     # one column per domain, nonzero at the steps that draw from it.
-    limits = np.array([interner.setdefault(("domain", name, d.budget, d.epochs), len(interner))
-                       for name, d in config.data.domains.items()], dtype=np.int64)
+    limits = np.array(
+        [
+            interner.setdefault(("domain", name, d.budget, d.epochs), len(interner))
+            for name, d in config.data.domains.items()
+        ],
+        dtype=np.int64,
+    )
     drawn = np.where(counts > 0, limits[None, :] + 1, 0)
     lengths = config.stage_steps()
     rows = []
@@ -105,8 +110,9 @@ def plan_prefixes(configs: dict[str, RunConfig], *, granularity: int = 1, min_sh
     return out
 
 
-def _spanning_tree(members: list[str], sigs: dict[str, np.ndarray], granularity: int,
-                   min_shared: int) -> dict[str, Branch]:
+def _spanning_tree(
+    members: list[str], sigs: dict[str, np.ndarray], granularity: int, min_shared: int
+) -> dict[str, Branch]:
     """Prim's algorithm maximizing the shared steps. The root is the run sharing the most steps with all
     others (ties: the first id), and ties keep the earlier parent, so children hang off one carrier
     where possible (a star branches in parallel; a chain would wait on each link)."""

@@ -13,8 +13,9 @@ from pathlib import Path
 from replaylab.errors import ConfigError
 
 
-def _run_one(sweep_dir: str, run_id: str, retry_before: float | None, lease_ttl: float, threads: int,
-             poll: float, *_deps: object) -> str:
+def _run_one(
+    sweep_dir: str, run_id: str, retry_before: float | None, lease_ttl: float, threads: int, poll: float, *_deps: object
+) -> str:
     import torch
 
     from replaylab.sweep.local import BUSY, WAITING, execute_run, terminal
@@ -30,8 +31,16 @@ def _run_one(sweep_dir: str, run_id: str, retry_before: float | None, lease_ttl:
         time.sleep(poll)  # another worker holds it (or its prefix is not ready): wait for it
 
 
-def run_ray(sweep_dir: str | Path, *, address: str | None = None, threads: int = 1, gpus: float = 0.0,
-            retry_before: float | None = None, lease_ttl: float = 60.0, poll: float = 0.5) -> dict[str, int]:
+def run_ray(
+    sweep_dir: str | Path,
+    *,
+    address: str | None = None,
+    threads: int = 1,
+    gpus: float = 0.0,
+    retry_before: float | None = None,
+    lease_ttl: float = 60.0,
+    poll: float = 0.5,
+) -> dict[str, int]:
     try:
         import ray
     except ImportError:
@@ -42,8 +51,12 @@ def run_ray(sweep_dir: str | Path, *, address: str | None = None, threads: int =
     store = RunStore(sweep_dir, lease_ttl=lease_ttl)
     started_here = False
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+        )
         started_here = True
     try:
         task = ray.remote(_run_one).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
@@ -51,8 +64,9 @@ def run_ray(sweep_dir: str | Path, *, address: str | None = None, threads: int =
         for entry in ordered_entries(store.plan()):
             branch = entry.get("branch")
             deps = [refs[branch["parent"]]] if branch and branch["parent"] in refs else []
-            refs[entry["run_id"]] = task.remote(str(Path(sweep_dir).resolve()), entry["run_id"], retry_before,
-                                                lease_ttl, threads, poll, *deps)
+            refs[entry["run_id"]] = task.remote(
+                str(Path(sweep_dir).resolve()), entry["run_id"], retry_before, lease_ttl, threads, poll, *deps
+            )
         ray.get(list(refs.values()))
     finally:
         if started_here:

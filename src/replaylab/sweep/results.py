@@ -26,8 +26,18 @@ from replaylab.fingerprint import lr_cell
 from replaylab.sweep.runstore import RunStore
 from replaylab.train.manifest import DAMAGED
 
-META_COLUMNS = ["strategy", "target_domain", "generic_domain", "rho", "alpha", "delta", "gamma", "budget",
-                "budget_multiple", "target_epochs"]
+META_COLUMNS = [
+    "strategy",
+    "target_domain",
+    "generic_domain",
+    "rho",
+    "alpha",
+    "delta",
+    "gamma",
+    "budget",
+    "budget_multiple",
+    "target_epochs",
+]
 LOSS_COLUMNS = ["target_val_loss", "target_test_loss", "generic_val_loss", "generic_test_loss"]
 _NO_LR = -1.0  # the LR key of runs that record none: they count as one LR
 
@@ -40,8 +50,12 @@ def run_row(run_id: str, manifest: dict, *, entry: dict | None = None, status: s
     meta = manifest.get("meta") or config.get("meta") or {}
     row = {"run_id": run_id, "status": status or manifest.get("status")}
     row.update({k: meta.get(k) for k in META_COLUMNS})
-    row.update(seed=config.get("seed", manifest.get("seed")), lr=meta.get("lr"), lr_group=meta.get("lr_group"),
-               steps=manifest.get("steps_done", 0))
+    row.update(
+        seed=config.get("seed", manifest.get("seed")),
+        lr=meta.get("lr"),
+        lr_group=meta.get("lr_group"),
+        steps=manifest.get("steps_done", 0),
+    )
     final = manifest.get("final") or {}
     for role in ("target", "generic"):
         dom = meta.get(f"{role}_domain")

@@ -111,9 +111,11 @@ class RunStore:
         except UnicodeDecodeError:
             why = "not text"
         if why:
-            raise DataError(f"{path} is not a sweep plan ({why}); it was cut short or edited: restore it, or rebuild "
-                            f"it with `replaylab sweep {self.root / 'experiment.yaml'} --out {self.root}` (finished "
-                            f"runs are kept, not retrained)")
+            raise DataError(
+                f"{path} is not a sweep plan ({why}); it was cut short or edited: restore it, or rebuild "
+                f"it with `replaylab sweep {self.root / 'experiment.yaml'} --out {self.root}` (finished "
+                f"runs are kept, not retrained)"
+            )
         return plan
 
     def write_plan(self, plan: dict[str, Any], experiment_text: str, configs: dict[str, Any]) -> None:
@@ -181,8 +183,13 @@ class RunStore:
         return lease.get("host") == socket.gethostname() and not pid_alive(int(lease.get("pid", 0)))
 
     def _write_lease(self, run_id: str, holder: str) -> None:
-        record = {"holder": holder, "host": socket.gethostname(), "pid": os.getpid(),
-                  "expires": time.time() + self.lease_ttl, "ttl": self.lease_ttl}
+        record = {
+            "holder": holder,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "expires": time.time() + self.lease_ttl,
+            "ttl": self.lease_ttl,
+        }
         atomic_write_text(self.run_dir(run_id) / LEASE, json.dumps(record))
 
     def claim(self, run_id: str) -> Lease | None:

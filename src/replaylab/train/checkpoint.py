@@ -125,8 +125,10 @@ def save_checkpoint(
     except (SafetensorError, OSError) as e:  # a full disk, a file-size limit (ulimit -f), a read-only folder
         # safetensors reports the OS error inside its message ("Error while serializing: IoError(...)").
         reason = getattr(e, "strerror", None) or " ".join(str(e).split())
-        raise CheckpointError(f"cannot write checkpoint {str(final)!r} ({reason}); nothing was kept of it: free space "
-                              "on that disk (or lift the file-size limit) and resume the run") from None
+        raise CheckpointError(
+            f"cannot write checkpoint {str(final)!r} ({reason}); nothing was kept of it: free space "
+            "on that disk (or lift the file-size limit) and resume the run"
+        ) from None
     return final
 
 
@@ -145,9 +147,13 @@ def _read_state(path: Path, *, required: bool = True) -> dict[str, Any]:
     except FileNotFoundError:
         if not required:
             return {}
-        raise CheckpointError(f"checkpoint {str(path)!r} has no state.json; it is incomplete, use an earlier one") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has no state.json; it is incomplete, use an earlier one"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint {str(path)!r}: state.json is corrupt ({e}); use an earlier checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: state.json is corrupt ({e}); use an earlier checkpoint"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(path)!r}: state.json holds no JSON object; use an earlier checkpoint")
     return state
@@ -175,7 +181,9 @@ def load_checkpoint(path: Path | str, *, verify: bool = True) -> Checkpoint:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder {str(path)!r} does not exist; give a checkpoints/step_NNNNNNN folder")
     state = _read_state(path)
-    tensors = {name: _load_tensors(path, name, state, verify=verify) for name in ("model.safetensors", "optim.safetensors")}
+    tensors = {
+        name: _load_tensors(path, name, state, verify=verify) for name in ("model.safetensors", "optim.safetensors")
+    }
     optim = _unflatten_optim(tensors["optim.safetensors"], state["optim"])
     return Checkpoint(path=path, state=state, model=tensors["model.safetensors"], optim=optim)
 
@@ -241,8 +249,10 @@ def check_prefix(config: Any, checkpoint: Checkpoint) -> None:
 
     saved = checkpoint.path.parent.parent / "config.yaml"
     if not saved.exists():
-        raise ConfigError(f"init_from {str(checkpoint.path)!r}: its run folder has no config.yaml, so the shared "
-                          "prefix cannot be checked; branch from a checkpoint inside a run folder")
+        raise ConfigError(
+            f"init_from {str(checkpoint.path)!r}: its run folder has no config.yaml, so the shared "
+            "prefix cannot be checked; branch from a checkpoint inside a run folder"
+        )
     other = load_config(RunConfig, saved)
     step = checkpoint.step
     where = f"init_from {str(checkpoint.path)!r}"
@@ -253,24 +263,31 @@ def check_prefix(config: Any, checkpoint: Checkpoint) -> None:
     a, b = prefix_settings(config), prefix_settings(other)
     for key in a:
         if a[key] != b.get(key):
-            raise ConfigError(f"{where}: its run differs from this one in {key!r} "
-                              f"({config_hash(b.get(key))} vs {config_hash(a[key])}); it cannot seed this run")
+            raise ConfigError(
+                f"{where}: its run differs from this one in {key!r} "
+                f"({config_hash(b.get(key))} vs {config_hash(a[key])}); it cannot seed this run"
+            )
     counts = plan_counts(config)[: step + 1]
     if not np.array_equal(counts, plan_counts(other)[: step + 1]):
         raise ConfigError(f"{where}: its run drew different data before step {step}; it cannot seed this run")
     for j, name in enumerate(config.data.domains):
         if config.data.domains[name].budget != other.data.domains[name].budget and counts[-1, j] > 0:
-            raise ConfigError(f"{where}: its run drew domain {name!r} from a different budget before step {step}; "
-                              "it cannot seed this run")
+            raise ConfigError(
+                f"{where}: its run drew domain {name!r} from a different budget before step {step}; "
+                "it cannot seed this run"
+            )
     if step and not np.array_equal(lr_schedule(config)[:step], lr_schedule(other)[:step]):
         raise ConfigError(f"{where}: its run used different learning rates before step {step}; it cannot seed this run")
 
     def resets(c: Any) -> list[int]:
-        return [s for i, s in enumerate(stage_starts(c)[:-1]) if i > 0 and c.stages[i].optimizer == "reset" and s < step]
+        return [
+            s for i, s in enumerate(stage_starts(c)[:-1]) if i > 0 and c.stages[i].optimizer == "reset" and s < step
+        ]
 
     # Equal stage starts before `step` = every step before it is in the same stage (same block seeds).
     starts_a = [s for s in stage_starts(config) if s < step]
     starts_b = [s for s in stage_starts(other) if s < step]
     if resets(config) != resets(other) or starts_a != starts_b:
-        raise ConfigError(f"{where}: its run's stages or optimizer resets differ before step {step}; "
-                          "it cannot seed this run")
+        raise ConfigError(
+            f"{where}: its run's stages or optimizer resets differ before step {step}; it cannot seed this run"
+        )

@@ -60,8 +60,9 @@ Forward = Callable[[torch.Tensor], torch.Tensor]  # tokens (B, T) -> logits (B, 
 
 
 @torch.no_grad()
-def mean_loss(forward: Forward, seqs: np.ndarray, *, batch_size: int, device: torch.device,
-              autocast_dtype: torch.dtype | None) -> float:
+def mean_loss(
+    forward: Forward, seqs: np.ndarray, *, batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None
+) -> float:
     """Mean next-token cross-entropy (nats) over every token of `seqs` (n, seq_len + 1); sums in
     float64 so the batch size does not change the result beyond float rounding."""
     total, count = 0.0, 0
@@ -75,8 +76,15 @@ def mean_loss(forward: Forward, seqs: np.ndarray, *, batch_size: int, device: to
     return total / count
 
 
-def evaluate(model: torch.nn.Module, sets: list[EvalSet], *, batch_size: int, device: torch.device,
-             autocast_dtype: torch.dtype | None, forward: Forward | None = None) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: torch.nn.Module,
+    sets: list[EvalSet],
+    *,
+    batch_size: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    forward: Forward | None = None,
+) -> dict[str, dict[str, float]]:
     """{domain: {val_loss, test_loss, val_bpb, test_bpb}}; the model's train/eval mode is restored.
 
     forward: how to get logits from `model` (default: `model(x)`, the engine's Transformer; a Hugging

@@ -65,13 +65,21 @@ class RunLogger:
             try:
                 import wandb
             except ImportError:
-                print("replaylab: warning: logging.wandb is on but wandb is not installed "
-                      "(pip install 'replaylab[wandb]'); logging to metrics.jsonl only", file=sys.stderr)
+                print(
+                    "replaylab: warning: logging.wandb is on but wandb is not installed "
+                    "(pip install 'replaylab[wandb]'); logging to metrics.jsonl only",
+                    file=sys.stderr,
+                )
             else:
                 from replaylab.config import to_dict
 
-                self._wandb = wandb.init(project=config.logging.wandb_project, name=config.name,
-                                         config=to_dict(config), dir=str(run_dir), resume="allow")
+                self._wandb = wandb.init(
+                    project=config.logging.wandb_project,
+                    name=config.name,
+                    config=to_dict(config),
+                    dir=str(run_dir),
+                    resume="allow",
+                )
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -115,13 +123,18 @@ class Progress:
         self._bar = None
         if not (on and enabled):
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
-        from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[tps]} tok/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             transient=False,
         )
         self._bar.start()

@@ -46,8 +46,13 @@ def fuse_loss_by_default(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def build_step_loss(model: nn.Module, compile_spec: str, example: torch.Tensor,
-                    autocast_dtype: torch.dtype | None, fuse: bool | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def build_step_loss(
+    model: nn.Module,
+    compile_spec: str,
+    example: torch.Tensor,
+    autocast_dtype: torch.dtype | None,
+    fuse: bool | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function tokens (B, T+1) -> mean loss that trains `model`, compiled as `compile_spec` says.
 
     fuse: compile model and loss as one graph (None: `fuse_loss_by_default`). `example` is a micro-batch
@@ -56,5 +61,6 @@ def build_step_loss(model: nn.Module, compile_spec: str, example: torch.Tensor,
     fuse = fuse_loss_by_default(device) if fuse is None else fuse
     if fuse:
         return runtime.maybe_compile(NextTokenLoss(model), compile_spec, example=example, autocast_dtype=autocast_dtype)
-    return NextTokenLoss(runtime.maybe_compile(model, compile_spec, example=example[:, :-1],
-                                               autocast_dtype=autocast_dtype))
+    return NextTokenLoss(
+        runtime.maybe_compile(model, compile_spec, example=example[:, :-1], autocast_dtype=autocast_dtype)
+    )

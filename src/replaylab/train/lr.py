@@ -35,8 +35,10 @@ def lr_spans(config: RunConfig) -> list[tuple[int, int, LRConfig]]:
     if first.lr.schedule == "continue":  # RunConfig.validate forbids this; keep the message for hand-built configs
         raise ConfigError(f"stage {first.name!r}: the first stage cannot continue a previous LR schedule")
     starts = stage_starts(config)
-    return [(starts[span[0]], starts[span[-1] + 1], config.stages[span[0]].lr)
-            for span in lr_span_stages([s.lr.schedule for s in config.stages])]
+    return [
+        (starts[span[0]], starts[span[-1] + 1], config.stages[span[0]].lr)
+        for span in lr_span_stages([s.lr.schedule for s in config.stages])
+    ]
 
 
 def _warmup_steps(lr: LRConfig, length: int) -> int:

@@ -50,8 +50,16 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def new_manifest(*, config_hash: str, name: str, seed: int, meta: dict, store_identities: dict[str, str],
-                 tokenizer_hash: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def new_manifest(
+    *,
+    config_hash: str,
+    name: str,
+    seed: int,
+    meta: dict,
+    store_identities: dict[str, str],
+    tokenizer_hash: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "config_hash": config_hash,
         "name": name,
@@ -79,8 +87,10 @@ def read_manifest(run_dir: Path | str) -> dict[str, Any] | None:
     path = Path(run_dir) / MANIFEST
     if not path.exists():
         return None
-    fix = ("it was cut short or edited: restore it, or delete it (replaylab train --resume then rebuilds it from "
-           "the newest checkpoint) or the whole run folder")
+    fix = (
+        "it was cut short or edited: restore it, or delete it (replaylab train --resume then rebuilds it from "
+        "the newest checkpoint) or the whole run folder"
+    )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

@@ -146,7 +146,7 @@ def _apportion_loop(quota: list[float], active: list[int], block: int, num_block
             claims.append((-round(want - base, 9), d))  # rounded so near-equal remainders tie by order
         left = block - sum(seats)
         claims.sort()
-        for _, d in claims[:max(left, 0)]:
+        for _, d in claims[: max(left, 0)]:
             seats[d] += 1
         # Rarely (three or more domains, some owed less than a sequence per block and over-served) the
         # whole parts overfill the block, because the negative claims were clipped to zero: take the
@@ -260,8 +260,10 @@ class MixtureSampler:
         self.starts = stage_starts(config)
         per_step = self.batch_size // self.block
         # Per-block counts of the whole run, and the cumulative counts before each block.
-        blocks = [apportion_blocks(_stage_weights(config, i), self.block, n * per_step)
-                  for i, n in enumerate(config.stage_steps())]
+        blocks = [
+            apportion_blocks(_stage_weights(config, i), self.block, n * per_step)
+            for i, n in enumerate(config.stage_steps())
+        ]
         self._blocks = np.concatenate(blocks, axis=0)
         self._before = np.zeros((self._blocks.shape[0] + 1, len(self.names)), dtype=np.int64)
         np.cumsum(self._blocks, axis=0, out=self._before[1:])
@@ -276,8 +278,10 @@ class MixtureSampler:
             drawn = int(self._before[-1, self.names.index(name)])
             if dom.budget is None:
                 if available < 1 and drawn:
-                    raise DataError(f"domain {name!r}: its store holds no train sequence of length {self.seq_len}; "
-                                    "use a bigger corpus or a shorter data.seq_len")
+                    raise DataError(
+                        f"domain {name!r}: its store holds no train sequence of length {self.seq_len}; "
+                        "use a bigger corpus or a shorter data.seq_len"
+                    )
                 self.cycle[name] = max(available, 1)  # an undrawn, empty domain (eval only) is harmless
                 self._budget_ids[name] = None
             else:
@@ -289,7 +293,8 @@ class MixtureSampler:
                     )
                 self.cycle[name] = dom.budget
                 self._budget_ids[name] = np.asarray(
-                    self.stores[name].budget_indices(self.seq_len, dom.budget, config.data.budget_seed), dtype=np.int64)
+                    self.stores[name].budget_indices(self.seq_len, dom.budget, config.data.budget_seed), dtype=np.int64
+                )
         self._perms: dict[str, OrderedDict[int, np.ndarray]] = {n: OrderedDict() for n in self.names}
 
     # ---- counters (all pure functions of the step) ------------------------------------------------
@@ -368,5 +373,7 @@ class MixtureSampler:
             if not mine.any():
                 continue
             draws = start[d] + np.flatnonzero(mine).astype(np.int64)
-            tokens[where[mine] - lo] = self.stores[name].sequences("train", self.seq_len, self.sequence_ids(name, draws))
+            tokens[where[mine] - lo] = self.stores[name].sequences(
+                "train", self.seq_len, self.sequence_ids(name, draws)
+            )
         return tokens, slots[lo:hi]

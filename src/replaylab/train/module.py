@@ -75,8 +75,16 @@ class TransformerModule(AdamWModule):
     loss fused on GPUs). `example` is a micro-batch (mb, T+1) on the device for the compile trial;
     a checkpoint's state is loaded afterwards (`load_state_dict`: the compile trial leaves the weights untouched)."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, device: torch.device,
-                 dtype: torch.dtype | None, compile_spec: str, example: torch.Tensor):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: OptimConfig,
+        *,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        compile_spec: str,
+        example: torch.Tensor,
+    ):
         super().__init__(model, optim, device=device, dtype=dtype)
         self._loss = build_step_loss(model, compile_spec, example, dtype)
 

@@ -44,8 +44,10 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
         else:
             wd = p.ndim >= 2
         (decay if wd else no_decay).append(p)
-    groups = [{"name": "decay", "params": decay, "weight_decay": cfg.weight_decay},
-              {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"name": "decay", "params": decay, "weight_decay": cfg.weight_decay},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -72,8 +74,14 @@ def build_optimizer(model: nn.Module, optim_cfg: OptimConfig, device: torch.devi
         raise ConfigError("the model has no trainable parameters; nothing for the optimizer to train")
     kwargs = adamw_kwargs(optim_cfg.implementation, device)
     try:
-        return torch.optim.AdamW(groups, lr=0.0, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
-                                 weight_decay=optim_cfg.weight_decay, **kwargs)
+        return torch.optim.AdamW(
+            groups,
+            lr=0.0,
+            betas=tuple(optim_cfg.betas),
+            eps=optim_cfg.eps,
+            weight_decay=optim_cfg.weight_decay,
+            **kwargs,
+        )
     except (RuntimeError, ValueError) as e:
         if kwargs.get("fused") or kwargs.get("foreach"):
             raise ConfigError(

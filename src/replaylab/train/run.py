@@ -55,11 +55,15 @@ def resolve_config(config: RunConfig):
     model["vocab_size"] = model["vocab_size"] or tokenizer.vocab_size
     model["max_seq_len"] = model["max_seq_len"] or config.data.seq_len
     if model["vocab_size"] < tokenizer.vocab_size:
-        raise ConfigError(f"model.vocab_size {model['vocab_size']} is smaller than the tokenizer's "
-                          f"{tokenizer.vocab_size}; leave model.vocab_size unset to use the tokenizer's")
+        raise ConfigError(
+            f"model.vocab_size {model['vocab_size']} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size}; leave model.vocab_size unset to use the tokenizer's"
+        )
     if model["max_seq_len"] < config.data.seq_len:
-        raise ConfigError(f"model.max_seq_len {model['max_seq_len']} is below data.seq_len {config.data.seq_len}; "
-                          "raise model.max_seq_len or leave it unset")
+        raise ConfigError(
+            f"model.max_seq_len {model['max_seq_len']} is below data.seq_len {config.data.seq_len}; "
+            "raise model.max_seq_len or leave it unset"
+        )
     return from_dict(RunConfig, raw), tokenizer, hf_state
 
 
@@ -71,8 +75,10 @@ def load_stores(config: RunConfig, tokenizer) -> dict:
         store = get_store(dom.source, tokenizer=tokenizer, options=dom.options or None)
         made_with = store.meta.get("tokenizer_hash") if hasattr(store, "meta") else None
         if made_with and made_with != tokenizer.hash:
-            raise DataError(f"domain {name!r}: store {dom.source!r} was tokenized with another tokenizer "
-                            f"({made_with[:8]}, run uses {tokenizer.hash[:8]}); give the corpus, not a built store")
+            raise DataError(
+                f"domain {name!r}: store {dom.source!r} was tokenized with another tokenizer "
+                f"({made_with[:8]}, run uses {tokenizer.hash[:8]}); give the corpus, not a built store"
+            )
         stores[name] = store
     return stores
 
@@ -91,17 +97,19 @@ def check_resumed_data(config: RunConfig, existing: dict, stores: dict, tokenize
         was = store_source(before)
         was = f"{was} (store identity {before[:12]})" if was else f"store identity {before[:12]}"
         now = f"{store.meta.get('source_path') or store.meta['source']} (store identity {store.identity[:12]})"
-        why = ("; its tokenizer changed too" if existing.get("tokenizer_hash") not in (None, tokenizer.hash) else "")
-        raise DataError(f"cannot resume {str(out_dir)!r}: domain {name!r} (source {config.data.domains[name].source!r}) now reads "
-                        f"{now}, but the run trained on {was}{why}; resume it where that data is (the same working "
-                        "directory, files and REPLAYLAB_HOME), or train a new run on the new data")
+        why = "; its tokenizer changed too" if existing.get("tokenizer_hash") not in (None, tokenizer.hash) else ""
+        raise DataError(
+            f"cannot resume {str(out_dir)!r}: domain {name!r} (source {config.data.domains[name].source!r}) now reads "
+            f"{now}, but the run trained on {was}{why}; resume it where that data is (the same working "
+            "directory, files and REPLAYLAB_HOME), or train a new run on the new data"
+        )
 
 
 def init_weights(model: torch.nn.Module, config: RunConfig, hf_state: dict | None) -> None:
     """Stage-1 init: scratch (already done by the constructor), checkpoint:PATH (weights only) or hf:PATH."""
     init = config.stages[0].init
     if init.startswith("checkpoint:"):
-        state = ckpt.load_checkpoint(ckpt.resolve_checkpoint_path(init[len("checkpoint:"):])).model
+        state = ckpt.load_checkpoint(ckpt.resolve_checkpoint_path(init[len("checkpoint:") :])).model
         where = init
     elif init.startswith("hf:"):
         state, where = hf_state, init
@@ -111,8 +119,10 @@ def init_weights(model: torch.nn.Module, config: RunConfig, hf_state: dict | Non
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise ConfigError(f"stages.0.init {where}: its weights do not fit model (the model section must match "
-                          f"the checkpoint's shape): {first[1].strip() if len(first) > 1 else first[0]}") from None
+        raise ConfigError(
+            f"stages.0.init {where}: its weights do not fit model (the model section must match "
+            f"the checkpoint's shape): {first[1].strip() if len(first) > 1 else first[0]}"
+        ) from None
 
 
 class TransformerRun:
@@ -138,8 +148,20 @@ class TransformerRun:
     def layout(self, stores: dict, dist: ddp.DistInfo) -> RunConfig:
         return self.config
 
-    def build(self, laid: RunConfig, sampler: MixtureSampler, *, rows, device, dtype, dist, existing, resume,
-              init_from, out_dir: Path):
+    def build(
+        self,
+        laid: RunConfig,
+        sampler: MixtureSampler,
+        *,
+        rows,
+        device,
+        dtype,
+        dist,
+        existing,
+        resume,
+        init_from,
+        out_dir: Path,
+    ):
         """(module, start step, the checkpoint it continues from when that is another run's)."""
         from replaylab.model import Transformer
 
@@ -163,8 +185,9 @@ class TransformerRun:
             ckpt.set_rng_state(state.state["rng"])
             step = state.step
         first = torch.from_numpy(sampler.batch(min(step, total - 1), rows=rows)[0]).to(device)  # (mb, T+1)
-        module = TransformerModule(model, config.optim, device=device, dtype=dtype,
-                                   compile_spec=config.train.compile, example=first)
+        module = TransformerModule(
+            model, config.optim, device=device, dtype=dtype, compile_spec=config.train.compile, example=first
+        )
         if state is not None:  # the one restore path (the compile trial above left the weights untouched)
             module.load_state_dict({"model": state.model, "optim": state.optim})
         self.init_from = str(source) if source else (existing or {}).get("init_from")
@@ -187,8 +210,14 @@ def run_kind(config: RunConfig):
     return TransformerRun(config)
 
 
-def run_training(config: RunConfig, out_dir: Path | str, *, resume: bool = False,
-                 init_from: Path | str | None = None, overwrite: bool = False) -> dict[str, Any]:
+def run_training(
+    config: RunConfig,
+    out_dir: Path | str,
+    *,
+    resume: bool = False,
+    init_from: Path | str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Train `config` into run folder `out_dir`; returns the final manifest.
 
     resume: continue from the newest good checkpoint in `out_dir` (a folder with no run yet just
@@ -200,8 +229,10 @@ def run_training(config: RunConfig, out_dir: Path | str, *, resume: bool = False
     config.validate()
     kind = run_kind(config)
     if init_from is not None and not isinstance(kind, TransformerRun):
-        raise ConfigError("init_from continues a shared prefix of our Transformer's runs; a Hugging Face run "
-                          "starts from its pretrained model")
+        raise ConfigError(
+            "init_from continues a shared prefix of our Transformer's runs; a Hugging Face run "
+            "starts from its pretrained model"
+        )
     kind.check_inputs()  # before the model loads and the run folder exists; every rank checks
     out_dir = Path(out_dir)
     runtime.set_threads(config.train.threads)
@@ -216,11 +247,27 @@ def run_training(config: RunConfig, out_dir: Path | str, *, resume: bool = False
         ddp.teardown(dist)
 
 
-def _run(kind, out_dir: Path, resume: bool, init_from, overwrite: bool, device: torch.device,
-         dist: ddp.DistInfo, held: ExitStack) -> dict[str, Any]:
+def _run(
+    kind,
+    out_dir: Path,
+    resume: bool,
+    init_from,
+    overwrite: bool,
+    device: torch.device,
+    dist: ddp.DistInfo,
+    held: ExitStack,
+) -> dict[str, Any]:
     config = kind.resolve()
-    folder = RunFolder(out_dir, config, resume=resume, overwrite=overwrite, dist=dist, device=device, held=held,
-                       resume_hint=f"replaylab {kind.command} --resume {out_dir}")
+    folder = RunFolder(
+        out_dir,
+        config,
+        resume=resume,
+        overwrite=overwrite,
+        dist=dist,
+        device=device,
+        held=held,
+        resume_hint=f"replaylab {kind.command} --resume {out_dir}",
+    )
     existing = folder.prepare()
     # Every rank reads the folder before rank 0 writes to it: a slower rank would otherwise find rank
     # 0's fresh manifest and take it for an earlier run (seen in CI: "already holds this run").
@@ -235,16 +282,34 @@ def _run(kind, out_dir: Path, resume: bool, init_from, overwrite: bool, device: 
     eval_sets = build_eval_sets(laid, stores)
     rows = ddp.shard_rows(laid.train.batch_size, laid.train.micro_batch_size or laid.train.batch_size, dist)
     dtype = runtime.resolve_precision(config.train.precision, device)
-    module, step, source = kind.build(laid, sampler, rows=rows, device=device, dtype=dtype, dist=dist,
-                                      existing=existing, resume=resume, init_from=init_from, out_dir=out_dir)
+    module, step, source = kind.build(
+        laid,
+        sampler,
+        rows=rows,
+        device=device,
+        dtype=dtype,
+        dist=dist,
+        existing=existing,
+        resume=resume,
+        init_from=init_from,
+        out_dir=out_dir,
+    )
 
     # The run folder: config, manifest (a resumed run's record kept and brought up to date), metrics cut back
     # to the starting step.
     meta, fields = kind.manifest_fields(sampler, module)
-    manifest = {**(existing or {}), **new_manifest(
-        config_hash=run_id(config), name=config.name, seed=config.seed, meta=meta,
-        store_identities={n: s.identity for n, s in stores.items()}, tokenizer_hash=kind.tokenizer.hash,
-        extra={**fields, "world_size": dist.world_size, "steps_done": step, "error": None})}
+    manifest = {
+        **(existing or {}),
+        **new_manifest(
+            config_hash=run_id(config),
+            name=config.name,
+            seed=config.seed,
+            meta=meta,
+            store_identities={n: s.identity for n, s in stores.items()},
+            tokenizer_hash=kind.tokenizer.hash,
+            extra={**fields, "world_size": dist.world_size, "steps_done": step, "error": None},
+        ),
+    }
     finished = folder.create(manifest, existing)
     if finished is not None:
         return finished
@@ -255,13 +320,27 @@ def _run(kind, out_dir: Path, resume: bool, init_from, overwrite: bool, device: 
     # A branch point at this run's own stage end, where the carrier did not evaluate: evaluate there.
     eval_at_start = prefix is not None and not any(r["type"] == "eval" and r["step"] == step for r in prefix)
 
-    with Trainer(config=laid, module=module, sampler=sampler, eval_sets=eval_sets, folder=folder, start=step,
-                 rows=rows, logger_config=laid, eval_at_start=eval_at_start, checkpoint_at_end=kind.checkpoint_at_end,
-                 divergence_hint=kind.divergence_hint, callbacks=kind.callbacks()) as trainer:
+    with Trainer(
+        config=laid,
+        module=module,
+        sampler=sampler,
+        eval_sets=eval_sets,
+        folder=folder,
+        start=step,
+        rows=rows,
+        logger_config=laid,
+        eval_at_start=eval_at_start,
+        checkpoint_at_end=kind.checkpoint_at_end,
+        divergence_hint=kind.divergence_hint,
+        callbacks=kind.callbacks(),
+    ) as trainer:
         final = trainer.fit()
         if final is None:  # diverged: the manifest says so
             return folder.manifest or {"status": "diverged", "steps_done": trainer.step}
         trainer.finish(final=final)
     ddp.barrier(dist)
-    return folder.manifest if folder.manifest is not None else {"status": "done", "final": final,
-                                                                 "steps_done": trainer.step}
+    return (
+        folder.manifest
+        if folder.manifest is not None
+        else {"status": "done", "final": final, "steps_done": trainer.step}
+    )

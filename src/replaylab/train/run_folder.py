@@ -25,8 +25,8 @@ import torch
 
 from replaylab.config import dump_yaml
 from replaylab.errors import ConfigError
-from replaylab.fingerprint import run_id, run_identity
 from replaylab.finetune_form import load_run_config
+from replaylab.fingerprint import run_id, run_identity
 from replaylab.outputs import OutputError, claim_output, folder_lock, read_marker, remove_ours, write_marker
 from replaylab.paths import atomic_write_text
 from replaylab.train import ddp
@@ -51,8 +51,18 @@ class RunFolder:
     """The folder `path` of one run of `config` (a RunConfig). `resume_hint` is the command
     that continues it (for messages)."""
 
-    def __init__(self, path: Path | str, config: Any, *, resume: bool, overwrite: bool, dist: ddp.DistInfo,
-                 device: torch.device, held: ExitStack, resume_hint: str):
+    def __init__(
+        self,
+        path: Path | str,
+        config: Any,
+        *,
+        resume: bool,
+        overwrite: bool,
+        dist: ddp.DistInfo,
+        device: torch.device,
+        held: ExitStack,
+        resume_hint: str,
+    ):
         self.path, self.config = Path(path), config
         self.resume, self.overwrite = resume, overwrite
         self.dist, self.device, self.held = dist, device, held
@@ -84,12 +94,16 @@ class RunFolder:
                 if self.dist.is_main:
                     remove_ours(path, "run")
                 return None
-            raise ConfigError(f"--out {str(path)!r} already holds a different run (config {run_identity(other)}, "
-                              f"this one {run_identity(self.config)}); choose another --out, continue that run with "
-                              f"{self.resume_hint}, or pass --overwrite")
+            raise ConfigError(
+                f"--out {str(path)!r} already holds a different run (config {run_identity(other)}, "
+                f"this one {run_identity(self.config)}); choose another --out, continue that run with "
+                f"{self.resume_hint}, or pass --overwrite"
+            )
         if not self.resume and manifest.get("status") != "done":
-            raise ConfigError(f"--out {str(path)!r} already holds this run (status {manifest.get('status')}, "
-                              f"{manifest.get('steps_done', 0)} steps done); continue it with {self.resume_hint}")
+            raise ConfigError(
+                f"--out {str(path)!r} already holds this run (status {manifest.get('status')}, "
+                f"{manifest.get('steps_done', 0)} steps done); continue it with {self.resume_hint}"
+            )
         return manifest
 
     def lock(self) -> None:
@@ -115,8 +129,9 @@ class RunFolder:
             if again is not None and again.get("status") == "done":
                 return again
             if again is not None:
-                raise OutputError(f"run folder {str(self.path)!r} was started by another process meanwhile; "
-                                  "choose another --out")
+                raise OutputError(
+                    f"run folder {str(self.path)!r} was started by another process meanwhile; choose another --out"
+                )
         if self.dist.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
             if (read_marker(self.path) or {}).get("identity") is None:

@@ -102,10 +102,22 @@ class Trainer:
     did not evaluate: the state is the one it would have had alone). divergence_hint: what to change when the
     run diverges (default: the stage's lr.peak). callbacks: `Callback`s, in order."""
 
-    def __init__(self, *, config: RunConfig, module: TrainModule, sampler: MixtureSampler, eval_sets: list[EvalSet],
-                 folder: RunFolder, start: int, rows: tuple[int, int], logger_config: Any,
-                 checkpoint_at_end: bool = True,
-                 eval_at_start: bool = False, divergence_hint: str | None = None, callbacks: tuple = ()):
+    def __init__(
+        self,
+        *,
+        config: RunConfig,
+        module: TrainModule,
+        sampler: MixtureSampler,
+        eval_sets: list[EvalSet],
+        folder: RunFolder,
+        start: int,
+        rows: tuple[int, int],
+        logger_config: Any,
+        checkpoint_at_end: bool = True,
+        eval_at_start: bool = False,
+        divergence_hint: str | None = None,
+        callbacks: tuple = (),
+    ):
         self.config, self.module, self.sampler, self.eval_sets = config, module, sampler, eval_sets
         self.folder, self.dist, self.device = folder, folder.dist, folder.device
         self.start, self.step = start, start
@@ -140,15 +152,22 @@ class Trainer:
             self.logger.log({"type": "eval", "step": done, "stage": stage, "domain": dom, **r})
         seen, epochs = self.sampler.tokens_seen(done), self.sampler.epochs(done)
         for dom in seen:
-            self.logger.log({"type": "data", "step": done, "domain": dom, "tokens_seen": seen[dom], "epochs": epochs[dom]})
+            self.logger.log(
+                {"type": "data", "step": done, "domain": dom, "tokens_seen": seen[dom], "epochs": epochs[dom]}
+            )
         return results
 
     def save(self, done: int, kind: str) -> None:
         state = self.module.state_dict()  # every rank: a sharded model gathers here
         if self.dist.is_main:
-            ckpt.save_checkpoint(self.folder.path, step=done, stage=self.stage_of(done - 1), kind=kind, **state,
-                                 extra={"sampler": self.sampler.counts_before(done),
-                                                             "config_hash": self.folder.manifest["config_hash"]})
+            ckpt.save_checkpoint(
+                self.folder.path,
+                step=done,
+                stage=self.stage_of(done - 1),
+                kind=kind,
+                **state,
+                extra={"sampler": self.sampler.counts_before(done), "config_hash": self.folder.manifest["config_hash"]},
+            )
             ckpt.prune_checkpoints(self.folder.path, self.config.train.keep_checkpoints)
             self.folder.update(steps_done=done)
         ddp.barrier(self.dist)
@@ -206,9 +225,17 @@ class Trainer:
                         step_loss = ddp.mean_scalar(float(loss_sum) / n_micro, dist, self.device)
                         elapsed = time.perf_counter() - window_start
                         tps = window_steps * tokens_per_step / max(elapsed, 1e-9)
-                        self.logger.log({"type": "train", "step": step, "loss": step_loss, "lr": lr,
-                                         "tokens": step * tokens_per_step, "tok_per_s": round(tps, 1),
-                                         "grad_norm": float(grad_norm)})
+                        self.logger.log(
+                            {
+                                "type": "train",
+                                "step": step,
+                                "loss": step_loss,
+                                "lr": lr,
+                                "tokens": step * tokens_per_step,
+                                "tok_per_s": round(tps, 1),
+                                "grad_norm": float(grad_norm),
+                            }
+                        )
                         bar.update(step, step_loss, tps)
                         window_start, window_steps = time.perf_counter(), 0
                     stage_end = step == self.starts[stage + 1]
@@ -227,8 +254,9 @@ class Trainer:
                     if due and step < self.total and ddp.any_flag(stop["signum"] is not None, dist, self.device):
                         if not saved:
                             self.save(step, "signal")
-                        raise TrainingInterrupted(stop["signum"] or signal.SIGTERM, step, self.folder.path,
-                                                  self.folder.resume_hint)
+                        raise TrainingInterrupted(
+                            stop["signum"] or signal.SIGTERM, step, self.folder.path, self.folder.resume_hint
+                        )
         finally:
             prefetch.shutdown(wait=True, cancel_futures=True)
             bar.close()
@@ -237,12 +265,22 @@ class Trainer:
 
     def _diverged(self, step: int, stage: int, lr: float, loss: float, norm: float) -> None:
         hint = self.divergence_hint or f"lower stages.{stage}.lr.peak or keep optim.grad_clip on"
-        message = (f"the gradient norm became {norm} at step {step + 1} (loss {loss:.4g}, stage "
-                   f"{self.config.stages[stage].name!r}, lr {lr:.3g}): the run diverged and that step was not "
-                   f"applied; {hint}")
-        self.logger.log({"type": "train", "step": step + 1, "loss": loss, "lr": lr,
-                         "tokens": (step + 1) * self.config.train.batch_size * self.config.data.seq_len,
-                         "tok_per_s": None, "grad_norm": norm})
+        message = (
+            f"the gradient norm became {norm} at step {step + 1} (loss {loss:.4g}, stage "
+            f"{self.config.stages[stage].name!r}, lr {lr:.3g}): the run diverged and that step was not "
+            f"applied; {hint}"
+        )
+        self.logger.log(
+            {
+                "type": "train",
+                "step": step + 1,
+                "loss": loss,
+                "lr": lr,
+                "tokens": (step + 1) * self.config.train.batch_size * self.config.data.seq_len,
+                "tok_per_s": None,
+                "grad_norm": norm,
+            }
+        )
         print(f"replaylab: {message}", file=sys.stderr)
         self.folder.ended("diverged", error=message, steps_done=step)
 

@@ -43,8 +43,14 @@ def recipe_status(name: str) -> dict | None:
     if not (summary_path.exists() and (folder / "documents.jsonl").exists()):
         return None
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    return {"name": name, "path": str(folder), "docs": summary["docs"], "chars": summary["chars"],
-            "bytes": summary["bytes"], "licence": summary["licence"]}
+    return {
+        "name": name,
+        "path": str(folder),
+        "docs": summary["docs"],
+        "chars": summary["chars"],
+        "bytes": summary["bytes"],
+        "licence": summary["licence"],
+    }
 
 
 def build_recipe(name: str, force: bool = False, progress: bool = True) -> Path:
@@ -55,6 +61,8 @@ def build_recipe(name: str, force: bool = False, progress: bool = True) -> Path:
         return folder
     summary = write_corpus(recipe, folder, progress=progress)
     if progress:
-        print(f"{name}: {summary['docs']:,} documents, {summary['chars']:,} chars "
-              f"({summary['bytes'] / 1e6:.1f} MB), licence: {summary['licence']} -> {folder}")
+        print(
+            f"{name}: {summary['docs']:,} documents, {summary['chars']:,} chars "
+            f"({summary['bytes'] / 1e6:.1f} MB), licence: {summary['licence']} -> {folder}"
+        )
     return folder

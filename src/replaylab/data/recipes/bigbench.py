@@ -14,7 +14,10 @@ from typing import Iterator
 from replaylab.data.fetch import Artifact, fetch_pypi_members
 
 BIGBENCH = Artifact(
-    "pypi", "bigbench", "1.0.0", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
+    "pypi",
+    "bigbench",
+    "1.0.0",
+    "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
     licence="Apache-2.0 (task data keep their own licences)",
 )
 
@@ -46,7 +49,7 @@ def overlaps(a: str, b: str) -> bool:
 def check_disjoint(split: dict[str, tuple[str, ...]] = TASK_SPLIT) -> None:
     names = sorted(split)
     for i, x in enumerate(names):
-        for y in names[i + 1:]:
+        for y in names[i + 1 :]:
             for a in split[x]:
                 for b in split[y]:
                     if overlaps(a, b):
@@ -59,7 +62,7 @@ check_disjoint()  # at import: a bad edit of the lists above fails loudly, befor
 def _wanted(rel: str) -> bool:
     if not (rel.startswith(_ROOT) and rel.endswith("/task.json")):
         return False
-    task = rel[len(_ROOT):-len("/task.json")]
+    task = rel[len(_ROOT) : -len("/task.json")]
     return any(overlaps(task, t) or task.startswith(t + "/") for ts in TASK_SPLIT.values() for t in ts)
 
 
@@ -143,6 +146,7 @@ def select_examples(task_id: str, examples: list[dict], cap: int) -> list[tuple[
     """At most `cap` (index, example) pairs of a task, in file order: those whose input hashes lowest
     (blake2b of task id + input). A hash, not the first `cap`, because tasks list their examples
     grouped by source passage; and not a seeded RNG, so the choice survives reordering of the file."""
+
     def key(item: tuple[int, dict]) -> tuple[bytes, int]:
         i, e = item
         return hashlib.blake2b(f"{task_id}\0{e['input']}".encode("utf-8"), digest_size=16).digest(), i

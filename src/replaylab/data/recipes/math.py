@@ -20,7 +20,7 @@ def documents() -> Iterator[tuple[str, str]]:
 RECIPE = Recipe(
     name="math",
     description="Math problems -> answers from BIG-bench (MathQA with solution programs, arithmetic, "
-                "Chinese remainder theorem, unit conversion, matrix shapes, induction)",
+    "Chinese remainder theorem, unit conversion, matrix shapes, induction)",
     licence="Apache-2.0 (BIG-bench); MathQA Apache-2.0",
     artifacts=(bigbench.BIGBENCH,),
     documents=documents,

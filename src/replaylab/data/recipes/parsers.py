@@ -73,6 +73,7 @@ def read_bible_books(sword_root: Path, module: str) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------ R lazy-load DB
 
+
 def read_r_lazyload(data_dir: Path, name: str = "Rdata") -> dict[str, object]:
     """Objects of an R package's lazy-load database (`NAME.rdx` index + `NAME.rdb` blocks), without R.
     Each block is a 4-byte big-endian length followed by a zlib stream of an R serialization."""
@@ -85,7 +86,7 @@ def read_r_lazyload(data_dir: Path, name: str = "Rdata") -> dict[str, object]:
     out = {}
     for var in sorted(index["variables"]):
         offset, length = (int(x) for x in index["variables"][var])
-        block = blob[offset:offset + length]
+        block = blob[offset : offset + length]
         (size,) = struct.unpack(">i", block[:4])
         raw = zlib.decompress(block[4:])
         assert len(raw) == size, f"corrupt R lazy-load block for {var}"
@@ -117,6 +118,7 @@ def split_chapters(lines: list[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- LibreOffice help (HTML)
+
 
 class _HelpParagraphs(HTMLParser):
     """Collects the text of elements whose id starts with par_id/hd_id (the translated paragraphs

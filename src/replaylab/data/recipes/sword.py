@@ -42,11 +42,16 @@ class ModuleConf:
 
 
 def read_conf(sword_root: Path, module: str) -> ModuleConf:
-    confs = [p for p in sorted((sword_root / "mods.d").glob("*.conf"))
-             if re.search(rf"^\[{re.escape(module)}\]\s*$", p.read_text(encoding="utf-8", errors="replace"), re.M)]
+    confs = [
+        p
+        for p in sorted((sword_root / "mods.d").glob("*.conf"))
+        if re.search(rf"^\[{re.escape(module)}\]\s*$", p.read_text(encoding="utf-8", errors="replace"), re.M)
+    ]
     if not confs:
-        raise DataError(f"SWORD module {module!r} not found under {sword_root / 'mods.d'}: "
-                        f"check the module name and the unpacked package")
+        raise DataError(
+            f"SWORD module {module!r} not found under {sword_root / 'mods.d'}: "
+            f"check the module name and the unpacked package"
+        )
     keys: dict[str, str] = {}
     for line in confs[0].read_text(encoding="utf-8", errors="replace").splitlines():
         key, sep, value = line.partition("=")
@@ -54,11 +59,15 @@ def read_conf(sword_root: Path, module: str) -> ModuleConf:
             keys.setdefault(key.strip(), value.strip())  # repeated keys (filters): first is enough
     driver, compress = keys.get("ModDrv", ""), keys.get("CompressType", "ZIP").upper()
     if driver.lower() != "ztext" or compress != "ZIP":
-        raise DataError(f"SWORD module {module!r} is ModDrv={driver} CompressType={compress}; "
-                        f"this reader handles only zText with ZIP (zlib) compression")
-    return ModuleConf(data_path=sword_root / keys["DataPath"].removeprefix("./").rstrip("/"),
-                      versification=keys.get("Versification", "KJV").lower(),
-                      block_type=keys.get("BlockType", "CHAPTER").upper())
+        raise DataError(
+            f"SWORD module {module!r} is ModDrv={driver} CompressType={compress}; "
+            f"this reader handles only zText with ZIP (zlib) compression"
+        )
+    return ModuleConf(
+        data_path=sword_root / keys["DataPath"].removeprefix("./").rstrip("/"),
+        versification=keys.get("Versification", "KJV").lower(),
+        block_type=keys.get("BlockType", "CHAPTER").upper(),
+    )
 
 
 class _Testament:
@@ -78,14 +87,14 @@ class _Testament:
             if number >= len(self._blocks):
                 return b""
             offset, size, _ = self._blocks[number]
-            self._cache = {number: zlib.decompress(self._data[offset:offset + size])}  # books come in order
+            self._cache = {number: zlib.decompress(self._data[offset : offset + size])}  # books come in order
         return self._cache[number]
 
     def entry(self, index: int) -> bytes:
         if index >= self._count:
             return b""
         block, start, length = _VERSE.unpack_from(self._verses, index * _VERSE.size)
-        return self._block(block)[start:start + length]
+        return self._block(block)[start : start + length]
 
 
 def read_books(sword_root: Path, module: str) -> Iterator[tuple[str, str]]:
