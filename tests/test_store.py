@@ -10,10 +10,14 @@ from replaylab.data.corpus import source_name
 from replaylab.data.store import StoreOptions, TokenStore, choose_val_docs, get_store, open_store
 from replaylab.data.tokenizer import load_tokenizer
 from replaylab.errors import DataError
+from replaylab.outputs import MARKER
 
 
 def _file_hashes(store: TokenStore) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(store.path.iterdir())}
+    """The store's files (not replaylab's marker: it records when the folder was made, to the second)."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(store.path.iterdir()) if p.name != MARKER
+    }
 
 
 def test_store_layout_and_meta(code_store, tiny_tokenizer):
