@@ -15,7 +15,6 @@ from replaylab.train.mixture import (
     domain_names,
     plan_counts,
     stage_at,
-    stage_starts,
 )
 
 SEQ = 32
@@ -65,7 +64,7 @@ def test_plan_counts_shape_and_totals():
     assert (plan[0] == 0).all()
     assert (plan.sum(axis=1) == 16 * np.arange(65)).all()  # every step is exactly one batch
     assert (np.diff(plan, axis=0) >= 0).all()
-    starts = stage_starts(cfg)
+    starts = cfg.stage_starts()
     assert starts == [0, 40, 64]
     # stage 1: 40 steps * 16 * 1/32 = 20 target sequences; stage 2: 24 * 16 * 0.25 = 96
     assert plan[40, 1] == 20 and plan[64, 1] - plan[40, 1] == 96

@@ -11,6 +11,7 @@ does not write TensorBoard files unless asked.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +28,19 @@ KIND_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "logging": {"tensorboard": False},
     },
 }
+
+
+# Each kind's run setup (what train/run.py's launch calls), named rather than imported: the engine knows no
+# Hugging Face specifics, the HF bridge plugs in from above, and is imported only by a run of its kind.
+RUN_SETUPS: dict[str, str] = {TRANSFORMER: "replaylab.train.run:TransformerRun", HF: "replaylab.hf.finetune:HFRun"}
+
+
+def run_setup(kind: str) -> Any:
+    """The run-setup class of model kind `kind` (RUN_SETUPS)."""
+    if kind not in RUN_SETUPS:
+        raise ConfigError(f"model.kind {kind!r} is unknown; choose one of {', '.join(RUN_SETUPS)}")
+    module, name = RUN_SETUPS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def model_kind(model: Any) -> str:

@@ -425,6 +425,13 @@ class RunConfig:
                 f"{self.train.total_steps}; make them agree"
             )
 
+    def stage_starts(self) -> list[int]:
+        """Global step at which each stage starts, plus total_steps at the end."""
+        starts = [0]
+        for n in self.stage_steps():
+            starts.append(starts[-1] + n)
+        return starts
+
     def stage_steps(self) -> list[int]:
         """Steps of each stage. Fractions are rounded to whole steps; the last stage with a fraction
         absorbs the rounding so the total is exact."""

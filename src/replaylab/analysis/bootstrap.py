@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from replaylab.analysis.law import AnalysisError, _fit, fit_reference_law
+from replaylab.analysis.law import AnalysisError, _fit, fit_reference_law, points_the_way_of
 
 DEFAULT_BOOT = 1000
 DEFAULT_LEVEL = 0.95
@@ -67,8 +67,6 @@ def _clean(values: Sequence[float], what: str) -> np.ndarray:
 def _multiplier(law, loss: float, baseline: float) -> float:
     """x_eff(loss) / x_eff(baseline) in [0, inf]; NaN when the law is not inverted, when both losses lie
     beyond its range on one side, or when it cannot order the two losses (a nearly flat stretch)."""
-    from replaylab.analysis.efficiency import points_the_way_of
-
     eff, base = (float(law._reading(np.asarray(v, dtype=float))) for v in (loss, baseline))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         m = float(np.float64(eff) / np.float64(base))  # inf / inf and 0 / 0 are NaN: dropped

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from replaylab.analysis.bootstrap import BootstrapCI
-from replaylab.analysis.law import NotInvertibleError, ReferenceLaw
+from replaylab.analysis.law import NotInvertibleError, ReferenceLaw, points_the_way_of
 
 
 @dataclass
@@ -62,16 +62,6 @@ def law_flag(law: ReferenceLaw) -> tuple[str, str]:
     if law.diagnostics is not None and law.diagnostics.degenerate:
         return LAW_DEGENERATE, f"read through a degenerate {law.form} fit ({'; '.join(law.diagnostics.reasons)})"
     return "", ""
-
-
-def points_the_way_of(multiplier: float, loss: float, baseline_loss: float) -> bool:
-    """Whether a multiplier agrees with the losses: above 1 only for a lower loss, below 1 only for a
-    higher one, exactly 1 for equal losses."""
-    if loss > baseline_loss:
-        return multiplier <= 1.0
-    if loss < baseline_loss:
-        return multiplier >= 1.0
-    return multiplier == 1.0
 
 
 def _read(law: ReferenceLaw, loss: float, what: str) -> tuple[float | None, str]:

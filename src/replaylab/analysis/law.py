@@ -344,3 +344,13 @@ def _fit(x: np.ndarray, y: np.ndarray, form: str, x_unit: float = 1.0) -> tuple[
     fit = {"paper": _fit_paper, "loglinear": _fit_loglinear, "robust": _fit_robust}[form]
     params, stderr = fit(x * x_unit, y)
     return ReferenceLaw(form=form, params=params, budgets=x, losses=y, x_unit=x_unit), stderr
+
+
+def points_the_way_of(multiplier: float, loss: float, baseline_loss: float) -> bool:
+    """Whether a multiplier agrees with the losses: above 1 only for a lower loss, below 1 only for a
+    higher one, exactly 1 for equal losses."""
+    if loss > baseline_loss:
+        return multiplier <= 1.0
+    if loss < baseline_loss:
+        return multiplier >= 1.0
+    return multiplier == 1.0

@@ -208,10 +208,9 @@ def _stage_bounds(run_dir: Path, records: list[dict]) -> list[tuple[int, str]]:
     try:
         from replaylab.config import from_dict, load_yaml
         from replaylab.runconfig import RunConfig
-        from replaylab.train.mixture import stage_starts
 
         cfg = from_dict(RunConfig, load_yaml(run_dir / "config.yaml"))
-        return [(s, st.name) for s, st in zip(stage_starts(cfg), cfg.stages)]
+        return [(s, st.name) for s, st in zip(cfg.stage_starts(), cfg.stages)]
     except Exception:  # a config from another version: fall back on what the metrics say
         seen, out = set(), []
         for r in records:

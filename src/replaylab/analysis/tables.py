@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from replaylab.analysis.law import AnalysisError
-from replaylab.train.manifest import DAMAGED
 
 REQUIRED = ("strategy", "target_domain", "seed", "target_test_loss")
 CELL_KEYS = ["target_domain", "strategy", "budget", "target_epochs", "rho", "alpha"]
@@ -51,30 +50,18 @@ def load_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
     root = Path(sweep_dir)
     if not root.is_dir():
         raise AnalysisError(f"sweep folder {str(root)!r} does not exist; give the folder `replaylab sweep` wrote")
-    if (root / "sweep.json").exists():
-        from replaylab.sweep.results import load_results  # lazy: analysis works on plain tables without it
-
-        return load_results(root)
-    return _scan_manifests(root)
-
-
-def _scan_manifests(root: Path) -> pd.DataFrame:
-    """Rows of the run folders under `root` (runs/*/ or */). Without a plan naming the runs, a manifest that
-    cannot be read may not be a run's at all, so it stops the analysis, naming the file."""
     from replaylab.errors import DataError
-    from replaylab.sweep.results import run_row
-    from replaylab.train.manifest import MANIFEST, read_manifest
+    from replaylab.sweep.results import load_results, scan_run_folders  # lazy: plain tables need neither
 
-    paths = sorted((root / "runs").glob(f"*/{MANIFEST}")) or sorted(root.glob(f"*/{MANIFEST}"))
-    if not paths:
-        raise AnalysisError(f"{str(root)!r} holds no sweep.json and no runs/*/{MANIFEST}; is it a sweep folder?")
-    rows = []
-    for p in paths:
-        try:
-            rows.append(run_row(p.parent.name, read_manifest(p.parent) or {}))
-        except DataError as e:
-            raise AnalysisError(f"{e}; if it is not a replaylab run's, move its folder out of {str(root)!r}") from None
-    return pd.DataFrame(rows)
+    if (root / "sweep.json").exists():
+        return load_results(root)
+    try:
+        rows = scan_run_folders(root)
+    except DataError as e:
+        raise AnalysisError(f"{e}; if it is not a replaylab run's, move its folder out of {str(root)!r}") from None
+    if rows.empty:
+        raise AnalysisError(f"{str(root)!r} holds no sweep.json and no runs/*/manifest.json; is it a sweep folder?")
+    return rows
 
 
 def load_csv_tables(reference_csv: str | Path, compare_csv: str | Path) -> pd.DataFrame:
@@ -160,7 +147,7 @@ def select_cells(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str
       generic_test_loss (mean), label.
     runs: the chosen runs (one per cell and seed), for figures and per-seed tables.
     """
-    from replaylab.sweep.results import lr_key, select_lr
+    from replaylab.sweep.results import DAMAGED, lr_key, select_lr
 
     notes: list[str] = []
     if df is not None and "status" in df.columns:  # damaged runs are left out: say which, and why

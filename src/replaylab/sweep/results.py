@@ -24,7 +24,7 @@ import pandas as pd
 from replaylab.errors import DataError
 from replaylab.fingerprint import lr_cell
 from replaylab.sweep.runstore import RunStore
-from replaylab.train.manifest import DAMAGED
+from replaylab.train.manifest import DAMAGED, MANIFEST, read_manifest
 
 META_COLUMNS = [
     "strategy",
@@ -113,3 +113,12 @@ def load_results(sweep_dir: str | Path) -> pd.DataFrame:
         best = runs.index[lr_key(runs["lr"]) == select_lr(runs)]
         df.loc[best, "selected"] = True
     return df
+
+
+def scan_run_folders(root: str | Path) -> pd.DataFrame:
+    """Rows of the run folders under `root` (runs/*/ or */), for run folders copied without their sweep.json;
+    empty when there are none. Without a plan naming the runs, a manifest that cannot be read may not be a
+    run's at all, so it is a DataError naming the file rather than a damaged row."""
+    root = Path(root)
+    paths = sorted((root / "runs").glob(f"*/{MANIFEST}")) or sorted(root.glob(f"*/{MANIFEST}"))
+    return pd.DataFrame([run_row(p.parent.name, read_manifest(p.parent) or {}) for p in paths])

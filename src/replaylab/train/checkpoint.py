@@ -245,7 +245,7 @@ def check_prefix(config: Any, checkpoint: Checkpoint) -> None:
     from replaylab.fingerprint import prefix_settings
     from replaylab.runconfig import RunConfig
     from replaylab.train.lr import lr_schedule
-    from replaylab.train.mixture import plan_counts, stage_starts
+    from replaylab.train.mixture import plan_counts
 
     saved = checkpoint.path.parent.parent / "config.yaml"
     if not saved.exists():
@@ -281,12 +281,12 @@ def check_prefix(config: Any, checkpoint: Checkpoint) -> None:
 
     def resets(c: Any) -> list[int]:
         return [
-            s for i, s in enumerate(stage_starts(c)[:-1]) if i > 0 and c.stages[i].optimizer == "reset" and s < step
+            s for i, s in enumerate(c.stage_starts()[:-1]) if i > 0 and c.stages[i].optimizer == "reset" and s < step
         ]
 
     # Equal stage starts before `step` = every step before it is in the same stage (same block seeds).
-    starts_a = [s for s in stage_starts(config) if s < step]
-    starts_b = [s for s in stage_starts(other) if s < step]
+    starts_a = [s for s in config.stage_starts() if s < step]
+    starts_b = [s for s in other.stage_starts() if s < step]
     if resets(config) != resets(other) or starts_a != starts_b:
         raise ConfigError(
             f"{where}: its run's stages or optimizer resets differ before step {step}; it cannot seed this run"

@@ -26,7 +26,6 @@ import numpy as np
 
 from replaylab.errors import ConfigError
 from replaylab.runconfig import LRConfig, RunConfig, lr_span_stages
-from replaylab.train.mixture import stage_starts
 
 
 def lr_spans(config: RunConfig) -> list[tuple[int, int, LRConfig]]:
@@ -34,7 +33,7 @@ def lr_spans(config: RunConfig) -> list[tuple[int, int, LRConfig]]:
     first = config.stages[0]
     if first.lr.schedule == "continue":  # RunConfig.validate forbids this; keep the message for hand-built configs
         raise ConfigError(f"stage {first.name!r}: the first stage cannot continue a previous LR schedule")
-    starts = stage_starts(config)
+    starts = config.stage_starts()
     return [
         (starts[span[0]], starts[span[-1] + 1], config.stages[span[0]].lr)
         for span in lr_span_stages([s.lr.schedule for s in config.stages])

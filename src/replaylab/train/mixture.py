@@ -63,16 +63,8 @@ def block_size(config: RunConfig) -> int:
     return block
 
 
-def stage_starts(config: RunConfig) -> list[int]:
-    """Global step at which each stage starts, plus total_steps at the end."""
-    starts = [0]
-    for n in config.stage_steps():
-        starts.append(starts[-1] + n)
-    return starts
-
-
 def stage_at(starts: list[int], step: int) -> int:
-    """Index of the stage that global `step` (0-based) belongs to; `starts` is `stage_starts(config)`."""
+    """Index of the stage that global `step` (0-based) belongs to; `starts` is `config.stage_starts()`."""
     if not 0 <= step < starts[-1]:
         raise ConfigError(f"step {step} is outside the run (0..{starts[-1] - 1})")
     return bisect.bisect_right(starts, step) - 1
@@ -257,7 +249,7 @@ class MixtureSampler:
         self.stores = {n: stores[n] for n in self.names}
         check_epochs(config)
 
-        self.starts = stage_starts(config)
+        self.starts = config.stage_starts()
         per_step = self.batch_size // self.block
         # Per-block counts of the whole run, and the cumulative counts before each block.
         blocks = [

@@ -24,7 +24,7 @@ from replaylab import runtime
 from replaylab.config import from_dict, to_dict
 from replaylab.errors import ConfigError, DataError
 from replaylab.fingerprint import run_id
-from replaylab.model_kinds import HF, model_kind
+from replaylab.model_kinds import model_kind, run_setup
 from replaylab.runconfig import RunConfig
 from replaylab.train import checkpoint as ckpt
 from replaylab.train import ddp
@@ -202,12 +202,8 @@ class TransformerRun:
 
 
 def run_kind(config: RunConfig):
-    """The one kind switch: the run setup of `config.model.kind` (Hugging Face's is imported only when used)."""
-    if model_kind(config.model) == HF:
-        from replaylab.hf.finetune import HFRun
-
-        return HFRun(config)
-    return TransformerRun(config)
+    """The one kind switch: the run setup of `config.model.kind` (model_kinds.RUN_SETUPS names them)."""
+    return run_setup(model_kind(config.model))(config)
 
 
 def run_training(

@@ -40,7 +40,7 @@ from replaylab.train import ddp
 from replaylab.train.evaluate import EvalSet
 from replaylab.train.logging import Progress, RunLogger
 from replaylab.train.lr import lr_schedule
-from replaylab.train.mixture import MixtureSampler, stage_at, stage_starts
+from replaylab.train.mixture import MixtureSampler, stage_at
 from replaylab.train.module import TrainModule
 from replaylab.train.run_folder import RunFolder
 
@@ -122,7 +122,7 @@ class Trainer:
         self.folder, self.dist, self.device = folder, folder.dist, folder.device
         self.start, self.step = start, start
         self.total = config.train.total_steps
-        self.starts = stage_starts(config)
+        self.starts = config.stage_starts()
         self.lrs = lr_schedule(config)
         self.micro = config.train.micro_batch_size or config.train.batch_size
         self.rows = rows  # this rank's rows of each global batch (ddp.shard_rows, computed once by the launcher)
@@ -314,7 +314,7 @@ def prefix_records(config: RunConfig, records: list[dict]) -> list[dict]:
     """The source run's records that this run would have written itself over the shared prefix (its own log
     and eval steps, its own stage names), so a branched run's metrics.jsonl equals the one of the run trained
     alone."""
-    starts = stage_starts(config)
+    starts = config.stage_starts()
     out = []
     for r in records:
         s = r.get("step", 0)
