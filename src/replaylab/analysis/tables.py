@@ -51,7 +51,7 @@ def load_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
     if not root.is_dir():
         raise AnalysisError(f"sweep folder {str(root)!r} does not exist; give the folder `replaylab sweep` wrote")
     from replaylab.errors import DataError
-    from replaylab.sweep.results import load_results, scan_run_folders  # lazy: plain tables need neither
+    from replaylab.sweep.results import MANIFEST, load_results, scan_run_folders  # lazy: plain tables need neither
 
     if (root / "sweep.json").exists():
         return load_results(root)
@@ -60,7 +60,7 @@ def load_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
     except DataError as e:
         raise AnalysisError(f"{e}; if it is not a replaylab run's, move its folder out of {str(root)!r}") from None
     if rows.empty:
-        raise AnalysisError(f"{str(root)!r} holds no sweep.json and no runs/*/manifest.json; is it a sweep folder?")
+        raise AnalysisError(f"{str(root)!r} holds no sweep.json and no runs/*/{MANIFEST}; is it a sweep folder?")
     return rows
 
 

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from replaylab.config import load_config, load_yaml
+    from replaylab.config import apply_overrides, from_dict, load_yaml
     from replaylab.finetune_form import load_run_config
     from replaylab.runconfig import RunConfig
     from replaylab.train import TrainingInterrupted, run_training
@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
                 f"not a run config; list its runs with replaylab plan {args.config}, train them with "
                 f"replaylab sweep {args.config}"
             )
-        config = load_config(RunConfig, args.config, args.overrides)
+        config = from_dict(RunConfig, apply_overrides(raw, args.overrides))  # the YAML read once
         out = Path(args.out) if args.out else default_run_dir(config)
     try:
         manifest = run_training(
