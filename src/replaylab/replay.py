@@ -34,6 +34,7 @@ from replaylab import paths
 from replaylab.config import from_dict
 from replaylab.errors import ConfigError, DataError
 from replaylab.fingerprint import mixture_id
+from replaylab.hf import guards
 from replaylab.hf.packing import REPLAY, TARGET, replay_sampler
 from replaylab.runconfig import RunConfig
 
@@ -150,6 +151,8 @@ class ReplayMixture(torch.utils.data.IterableDataset):
                 f"the target store {stores[TARGET].path}; give budget <= {available} or a shorter seq_len"
             )
 
+        check = dict(target_epochs=float(epochs), replay_fraction=rho, batch_size=batch_size)
+        guards.check_replay_stretch(budget=budget or available, **check)
         # The run this stream is, as `replaylab finetune` plans it (a RunConfig of the fine-tuning plan; no model
         # is loaded: the stores are tokenized already).
         domains = {name: {"source": str(store.path)} for name, store in stores.items()}
@@ -230,12 +233,12 @@ class ReplayMixture(torch.utils.data.IterableDataset):
     # ---- the stream ----------------------------------------------------------------------------------
     def __iter__(self):
         worker = torch.utils.data.get_worker_info()
-        if worker is not None and worker.num_workers > 1:
-            raise ConfigError(
-                f"ReplayMixture is one ordered stream; a DataLoader with num_workers="
-                f"{worker.num_workers} would interleave copies of it. Use num_workers=0 or 1 (reading "
-                "packed sequences is cheap)"
-            )
+        if worker is None:
+            self._join_reading_trainer()
+        elif worker.id > 0:
+            # One ordered stream: worker 0 reads all of it and the others stop at once, so a DataLoader with
+            # several workers returns worker 0's batches in order, the batches of num_workers=0.
+            return
         lo, hi = self.rank_rows()
         per = hi - lo
         step, row = self._resume
@@ -279,22 +282,39 @@ class ReplayMixture(torch.utils.data.IterableDataset):
             raise ConfigError(f"state step {step} is past the end of the run ({self.num_steps} steps)")
         self._resume = self._position = (step, row)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Accelerate's DataLoader (HF Trainer, TRL, `accelerator.prepare`) before each pass, in the main
+        process. The stream does not depend on `epoch` (the passes over the target are the mixture's epochs); a
+        Trainer reading it is checked and the stream placed here, before any DataLoader worker copies it."""
+        self._join_reading_trainer()
+
     def trainer_callback(self):
-        """A transformers TrainerCallback that checks the Trainer against this mixture when training begins (its
-        global batch per_device_train_batch_size x gradient_accumulation_steps x world_size must equal batch_size, and
-        it must plan at most num_steps steps) and positions the stream: at the checkpoint's global step when
-        `ignore_data_skip=True` (no batch is read twice), at step 0 otherwise (the Trainer then reads and drops the
-        batches it already trained on). Either way a resumed Trainer sees the batches of an uninterrupted one."""
+        """A transformers TrainerCallback that does, when training begins, what the stream does by itself when a
+        Trainer first reads it (`hf.guards`): checks the Trainer against this mixture (its global batch
+        per_device_train_batch_size x gradient_accumulation_steps x world_size must equal batch_size, its processes
+        must form one job, it must plan at most num_steps steps, the model must hold seq_len + 1 positions) and
+        positions the stream: at the checkpoint's global step when `ignore_data_skip=True` (no batch is read twice),
+        at step 0 otherwise (the Trainer then reads and drops the batches it already trained on). Either way a
+        resumed Trainer sees the batches of an uninterrupted one. Optional: it only refuses earlier."""
         from transformers import TrainerCallback
 
         mix = self
 
         class ReplayMixtureCallback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                mix._check_trainer(args, state)
-                mix.load_state_dict({"step": state.global_step if args.ignore_data_skip else 0})
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                mix._join_trainer(args, state, model)
 
         return ReplayMixtureCallback()
+
+    def _join_reading_trainer(self) -> None:
+        trainer = guards.reading_trainer(self)
+        if trainer is not None:
+            self._join_trainer(trainer.args, trainer.state, trainer.model)
+
+    def _join_trainer(self, args, state, model) -> None:
+        """Check a Trainer that trains on this stream and place the stream where the Trainer resumes reading."""
+        guards.check_trainer(self, args, state, model)
+        self.load_state_dict({"step": state.global_step if args.ignore_data_skip else 0})
 
     def as_hf_dataset(self):
         """This stream as a `datasets.IterableDataset` of int lists, for stacks that take only `datasets` datasets
@@ -305,28 +325,16 @@ class ReplayMixture(torch.utils.data.IterableDataset):
             for example in self:
                 yield {k: v.tolist() for k, v in example.items()}
 
-        return datasets.IterableDataset.from_generator(examples)
+        view = datasets.IterableDataset.from_generator(examples)
+        view.replay_mixture = self  # so that a Trainer reading it as its eval_dataset is told apart (hf.guards)
+        own_set_epoch = view.set_epoch
 
-    def _check_trainer(self, args, state) -> None:
-        b, g, w = args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size
-        if b * g * w != self.batch_size:
-            raise ConfigError(
-                f"the Trainer's global batch is per_device_train_batch_size {b} x "
-                f"gradient_accumulation_steps {g} x world_size {w} = {b * g * w} sequences, but the "
-                f"ReplayMixture's batch_size is {self.batch_size}; make them equal so each optimizer "
-                "step is one mixture batch"
-            )
-        if self.rows == "rank" and w > 1:
-            raise ConfigError(
-                "HF Trainer splits each global batch over its processes itself; create the "
-                "ReplayMixture with rows='global'"
-            )
-        if state.max_steps > self.num_steps:
-            raise ConfigError(
-                f"the Trainer plans {state.max_steps} steps but the mixture holds {self.num_steps}; "
-                "leave max_steps=-1 and num_train_epochs=1 (the passes over the target are the "
-                "mixture's epochs)"
-            )
+        def set_epoch(epoch: int) -> None:  # Accelerate calls it in the main process, before any worker starts
+            self.set_epoch(epoch)
+            own_set_epoch(epoch)
+
+        view.set_epoch = set_epoch
+        return view
 
 
 # ---- inputs -----------------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from replaylab.hf import evaluate as ev
-from replaylab.hf import parallel
+from replaylab.hf import guards, parallel
 from replaylab.hf.models import check_seq_len, resolve_model
-from replaylab.hf.packing import REPLAY, TARGET, open_stores, replay_sampler
+from replaylab.hf.packing import REPLAY, TARGET, open_stores, replay_sampler, resolve_budget
 from replaylab.hf.train_module import HFCausalLMModule, build_model, compile_spec
 from replaylab.runconfig import RunConfig
 from replaylab.train import checkpoint as ckpt
@@ -92,6 +92,12 @@ class HFRun:
         if self.fsdp:
             parallel.check_supported(cfg.eval.lm_eval_tasks)
         micro = cfg.train.micro_batch_size or max(1, cfg.train.batch_size // dist.world_size)  # no accumulation
+        guards.check_replay_stretch(
+            budget=resolve_budget(cfg, stores[TARGET]),
+            target_epochs=cfg.finetune.target_epochs,
+            replay_fraction=cfg.finetune.replay_fraction,
+            batch_size=cfg.train.batch_size,
+        )
         self.plan, laid, _ = replay_sampler(cfg, stores, str(self.tokenizer.path), micro_batch_size=micro)
         return laid
 

@@ -8,6 +8,7 @@ few seconds, never a minute of retries. `trust_remote_code` stays off unless the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from replaylab.data.corpus import hub_reachable
 from replaylab.errors import ConfigError, one_line
@@ -65,14 +66,28 @@ def load_model_config(folder: str, *, trust_remote_code: bool = False):
         ) from None
 
 
+# Where a config names how many positions the model has: transformers maps `max_position_embeddings` onto
+# n_positions (GPT-2) and the like for most models; the others are read by the names configs use.
+POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def max_positions(config: Any) -> tuple[int, str] | None:
+    """(positions, the config field naming them) of a transformers config, None when it names none."""
+    for field in POSITION_FIELDS:
+        value = getattr(config, field, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, field
+    return None
+
+
 def check_seq_len(spec: str, folder: str, seq_len: int, *, trust_remote_code: bool = False) -> None:
-    """Refuse a seq_len beyond the model's `max_position_embeddings` (when its config names one)."""
-    config = load_model_config(folder, trust_remote_code=trust_remote_code)
-    limit = getattr(config, "max_position_embeddings", None)
-    if isinstance(limit, int) and seq_len > limit:
+    """Refuse a seq_len beyond the model's positions (when its config names them): the fine-tuning loop feeds
+    seq_len tokens per sequence (inputs seq[:-1])."""
+    found = max_positions(load_model_config(folder, trust_remote_code=trust_remote_code))
+    if found is not None and seq_len > found[0]:
+        limit, field = found
         raise ConfigError(
-            f"seq_len {seq_len} is longer than model {spec!r} allows (max_position_embeddings "
-            f"{limit}); use --seq-len {limit} or less"
+            f"seq_len {seq_len} is longer than model {spec!r} allows ({field} {limit}); use --seq-len {limit} or less"
         )
 
 

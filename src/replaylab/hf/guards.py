@@ -1,0 +1,123 @@
+"""What a replay run must agree with before it trains, checked where the facts meet: the plan's length (a replay
+fraction near 1), the model's positions (an example's tokens), and a Hugging Face Trainer reading a `ReplayMixture`
+(its global batch, processes and planned steps).
+
+A Trainer is checked when it first reads the stream, whether or not the user passed `mix.trainer_callback()`: the
+stream finds the Trainer that is reading it on the call stack. Accelerate (under HF Trainer and TRL) calls the
+dataset's `set_epoch` from the Trainer's epoch loop in the main process before any DataLoader worker starts, and the
+stream's own first `__iter__` runs there too when there are no workers. So a mismatched Trainer is refused before its
+first batch, and the stream is placed for a resume before the workers copy it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any
+
+from replaylab.errors import ConfigError
+from replaylab.hf.models import max_positions
+from replaylab.runconfig import MAX_STEPS
+from replaylab.schedule import plan_mix
+
+
+# ---- the plan ------------------------------------------------------------------------------------------------
+def check_replay_stretch(*, budget: int, target_epochs: float, replay_fraction: float, batch_size: int) -> None:
+    """Refuse a replay fraction that stretches the run past MAX_STEPS, naming the largest one that fits. max_steps is
+    no fix: it caps the run, not the plan, and the capped run's target share of each batch is ~0."""
+    plan = _probe(budget, target_epochs, replay_fraction, batch_size)
+    if plan.planned_steps <= MAX_STEPS:
+        return
+    # ceil(draws / (B (1 - R))) <= MAX_STEPS  <=>  R <= 1 - draws / (B x MAX_STEPS); shown rounded down so it fits
+    gap = plan.target_draws / (batch_size * MAX_STEPS)
+    digits = max(1 - math.floor(math.log10(gap)), 1)  # two significant digits of 1 - bound
+    bound = math.floor((1 - gap) * 10**digits) / 10**digits
+    while bound > 0 and _probe(budget, target_epochs, bound, batch_size).planned_steps > MAX_STEPS:
+        bound = round(bound - 10**-digits, digits)  # float rounding put the shown bound a hair over
+    raise ConfigError(
+        f"replay_fraction {replay_fraction!r} stretches the run's {plan.target_steps:,} target steps (budget "
+        f"{budget} x target_epochs {target_epochs:g} / batch_size {batch_size}) to {plan.planned_steps:,} steps, "
+        f"above the {MAX_STEPS:,} steps replaylab plans a run for (max_steps is no fix: the target would be "
+        f"{plan.target_weight:.2g} of each batch); give replay_fraction <= {bound:.{digits}f} for this budget, "
+        "target_epochs and batch_size"
+    )
+
+
+def _probe(budget: int, target_epochs: float, replay_fraction: float, batch_size: int):
+    """The plan by the planner's own rule, capped at one step so that a long plan is never refused or built."""
+    return plan_mix(
+        budget=budget, target_epochs=target_epochs, replay_fraction=replay_fraction, batch_size=batch_size, max_steps=1
+    )
+
+
+# ---- the model's positions -----------------------------------------------------------------------------------
+def check_example_positions(model: Any, seq_len: int) -> None:
+    """Refuse a model with fewer positions than a ReplayMixture example's seq_len + 1 tokens: learned positions
+    (GPT-2) fail with an IndexError, rotary ones (Llama) train silently past what the model was made for."""
+    found = max_positions(getattr(getattr(model, "module", model), "config", None))
+    if found is not None and seq_len + 1 > found[0]:
+        limit, field = found
+        raise ConfigError(
+            f"seq_len {seq_len}: each example is seq_len + 1 = {seq_len + 1} tokens, but the model has {limit} "
+            f"positions ({field} {limit}); create the ReplayMixture with seq_len <= {limit - 1}"
+        )
+
+
+# ---- a Hugging Face Trainer reading the stream ---------------------------------------------------------------
+def reading_trainer(mix: Any) -> Any | None:
+    """The transformers Trainer (TRL's SFTTrainer is one) whose training loop is reading `mix` now, found on the call
+    stack; None outside a Trainer, in a DataLoader worker, or when the Trainer reads `mix` as its eval_dataset."""
+    module = sys.modules.get("transformers.trainer")
+    if module is None:  # transformers' Trainer was never imported: no Trainer can be reading
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, module.Trainer):
+            evals = getattr(obj, "eval_dataset", None)  # TRL's SFTTrainer may not set it
+            evals = evals.values() if isinstance(evals, dict) else [evals]
+            reading_for_eval = any(e is mix or getattr(e, "replay_mixture", None) is mix for e in evals)
+            return obj if getattr(obj, "is_in_train", False) and not reading_for_eval else None
+        frame = frame.f_back
+    return None
+
+
+def check_trainer(mix: Any, args: Any, state: Any, model: Any = None) -> None:
+    """Refuse a Trainer that would not train one mixture batch per optimizer step, or more steps than the mixture
+    holds, or a model too short for its examples (one line each, before the first batch)."""
+    b, g, w = args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # what torchrun / accelerate launch started
+    if launched != w:
+        fix = (
+            "launch so that they form one job"
+            if _cuda()
+            else "on a CPU, pass use_cpu=True to TrainingArguments (DDP over gloo)"
+        )
+        raise ConfigError(
+            f"the launcher started {launched} processes but the Trainer runs as world_size {w}, so each process "
+            f"would train every batch alone; {fix}"
+        )
+    if b * g * w != mix.batch_size:
+        raise ConfigError(
+            f"the Trainer's global batch is per_device_train_batch_size {b} x gradient_accumulation_steps {g} x "
+            f"world_size {w} = {b * g * w} sequences, but the ReplayMixture's batch_size is {mix.batch_size}; "
+            "make them equal so each optimizer step is one mixture batch"
+        )
+    if mix.rows == "rank" and w > 1:
+        raise ConfigError(
+            "HF Trainer splits each global batch over its processes itself; create the ReplayMixture with rows='global'"
+        )
+    if state.max_steps > mix.num_steps:
+        raise ConfigError(
+            f"the Trainer plans {state.max_steps} steps but the mixture holds {mix.num_steps}; leave max_steps=-1 "
+            "and num_train_epochs=1 (the passes over the target are the mixture's epochs)"
+        )
+    if model is not None:
+        check_example_positions(model, mix.seq_len)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
