@@ -8,13 +8,14 @@ The lines that matter (everything else builds the tiny model and the text):
     mix = ReplayMixture(target_texts, replay_texts, tokenizer=model_dir, replay_fraction=0.5, budget=128,
                         epochs=2, seq_len=128, batch_size=8, rows="global")   # Trainer splits batches itself
     args = TrainingArguments(out, per_device_train_batch_size=4, gradient_accumulation_steps=2, num_train_epochs=1)
-    Trainer(model=model, args=args, train_dataset=mix, callbacks=[mix.trainer_callback()]).train()
+    Trainer(model=model, args=args, train_dataset=mix).train()
 
 per_device_train_batch_size x gradient_accumulation_steps x processes must equal batch_size: every optimizer
-step is then one mixture batch, with exactly its share of replay. Resume with
+step is then one mixture batch, with exactly its share of replay. The stream checks this (and the model's
+positions) when the Trainer first reads it, and refuses a mismatch in one line. Resume with
 `trainer.train(resume_from_checkpoint=True)`: the Trainer re-reads and drops the batches it already trained on,
-or, with `ignore_data_skip=True`, the callback starts the stream at the checkpoint's step. Both give the batches
-of an uninterrupted run.
+or, with `ignore_data_skip=True`, the stream starts at the checkpoint's step. Both give the batches of an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def main(
         **trainer_arguments(mix, os.path.join(workdir, "hf_trainer"), accumulation=accumulation, lr=lr, seed=seed),
     )
     model = AutoModelForCausalLM.from_pretrained(world["model"])
-    trainer = Trainer(model=model, args=args, train_dataset=mix, callbacks=[mix.trainer_callback()])
+    trainer = Trainer(model=model, args=args, train_dataset=mix)  # checked against the mixture at its first read
     trainer.train()
     return trainer_summary(trainer, mix)
 

@@ -11,8 +11,7 @@ SFTTrainer accepts only `datasets` datasets: given a torch IterableDataset (a Re
                         epochs=2, seq_len=128, batch_size=8, rows="global")
     args = SFTConfig(out, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=mix.num_steps,
                      dataset_kwargs={"skip_prepare_dataset": True})
-    SFTTrainer(model=model, args=args, train_dataset=mix.as_hf_dataset(), processing_class=tokenizer,
-               callbacks=[mix.trainer_callback()]).train()
+    SFTTrainer(model=model, args=args, train_dataset=mix.as_hf_dataset(), processing_class=tokenizer).train()
 
 TRL's collator keeps the given labels (= input_ids; the model shifts them), so the loss is over all seq_len
 targets of every packed sequence, as in the engine; there is no padding (every example is seq_len + 1 ids).
@@ -74,8 +73,7 @@ def main(
         args=args,
         train_dataset=mix.as_hf_dataset(),
         processing_class=AutoTokenizer.from_pretrained(world["model"]),
-        callbacks=[mix.trainer_callback()],
-    )
+    )  # checked against the mixture (global batch, steps, positions) when it first reads the stream
     trainer.train()
     return trainer_summary(trainer, mix)
 

@@ -289,12 +289,15 @@ def test_a_replay_fraction_whose_plan_explodes_is_refused_with_its_bound(code_st
 # ---- the comparison table's per-batch rule -----------------------------------------------------------------
 def test_each_batch_holds_the_floor_or_ceiling_of_the_runs_replay_rows_per_step(code_store, prose_store):
     """docs/integrations.md: R = 0.25, batch 16, 512 target draws need 42.7 steps at 12 target rows each; the run
-    takes 43, so its 43 x 16 - 512 = 176 replay rows spread as 4 per batch and 5 in 4 batches (not R x 16 = 4)."""
+    takes 43, so its 43 x 16 - 512 = 176 replay rows spread as 4 per batch and 5 in 4 batches (not R x 16 = 4).
+    Rows are classified by looking their tokens up in the target store, not by asking the sampler."""
     mix = mixture(code_store, prose_store, replay_fraction=0.25, budget=256, epochs=2, batch_size=16)
-    replay = np.array([mix.domain_counts(s).get("replay", 0) for s in range(mix.num_steps)])
+    targets = {s.tobytes() for s in code_store.sequences("train", L, np.arange(code_store.num_sequences("train", L)))}
+    rows = rows_of(mix).numpy()
+    replay = np.array([r.tobytes() not in targets for r in rows]).reshape(mix.num_steps, 16).sum(axis=1)
     assert mix.num_steps == 43 and replay.sum() == 43 * 16 - 512 == 176
-    assert sorted(np.unique(replay, return_counts=True)[1].tolist()) == [4, 39]
-    assert set(replay.tolist()) == {4, 5}
-    quota = replay.sum() / mix.num_steps  # floor or ceiling of it, and the running total within one row
+    assert dict(zip(*np.unique(replay, return_counts=True))) == {4: 39, 5: 4}
+    quota = replay.sum() / mix.num_steps  # floor or ceiling of it, and the running count within one row
     assert set(replay.tolist()) <= {np.floor(quota), np.ceil(quota)}
     assert np.abs(np.cumsum(replay) - quota * np.arange(1, mix.num_steps + 1)).max() < 1
+    assert [mix.domain_counts(s).get("replay", 0) for s in range(mix.num_steps)] == replay.tolist()

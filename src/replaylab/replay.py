@@ -4,17 +4,19 @@
 It is not a second sampler. The target and replay token stores, the replay fraction, the target budget and epochs,
 the sequence length, the global batch and the seed go through `hf.packing.replay_sampler`, the function
 `replaylab finetune` builds its batches with, and every example is a row of the engine's `MixtureSampler` (a pure
-function of seed and step). So the component keeps the engine's guarantees: each global batch holds the floor or the
-ceiling of its share of replay sequences (exactly R x batch when that is a whole number and the planned run divides
-evenly), the target is drawn exactly budget x epochs times over the run, and data-parallel ranks get disjoint rows
-of the same global batch, which together make up the whole batch.
+function of seed and step). So the component keeps the engine's guarantees: the run's replay rows (steps x batch -
+budget x epochs) are spread so that each global batch holds the floor or the ceiling of their per-step quota (exactly
+R x batch when that is whole and the target draws fill whole steps; a rounded-up step count makes it a little more),
+the target is drawn exactly budget x epochs times over the run, and data-parallel ranks get disjoint rows of the same
+global batch, which together make up the whole batch.
 
 What one example is. A store sequence has seq_len + 1 tokens, and the engine feeds seq[:-1] and scores seq[1:].
 An example is {"input_ids": seq, "labels": seq, "attention_mask": ones}, each seq_len + 1 long. A Hugging Face causal
 LM shifts the labels itself, so it scores positions 0..seq_len-1 against seq[1:]: the same seq_len targets as the
 engine. Causal attention makes those logits the same as a forward pass over seq[:-1] alone. The last position's
 logits are computed and thrown away (1 position in seq_len + 1). Passing seq[:-1] as both input_ids and labels would
-lose one target per sequence. The model needs max_position_embeddings >= seq_len + 1.
+lose one target per sequence. The model needs max_position_embeddings >= seq_len + 1 (a Trainer's model is checked:
+`hf.guards`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class ReplayMixture(torch.utils.data.IterableDataset):
       a source (recipe name, .jsonl/.txt/.parquet file or folder, hf:org/name), a list of texts or of records, or a
       Hugging Face `datasets` dataset. Records hold their text in `text_field`. replay may be None when
       replay_fraction is 0.
-    replay_fraction: the replay share R of the tokens, in [0, 1).
+    replay_fraction: the replay share R of the tokens, in [0, 1), and small enough that the run fits MAX_STEPS.
     seq_len: training tokens per sequence (each example holds seq_len + 1 ids). batch_size: the global batch, in
       sequences per optimizer step, across every process and accumulation step.
     budget: unique target sequences (None = every train sequence of the target store). epochs: passes over the
@@ -74,7 +76,9 @@ class ReplayMixture(torch.utils.data.IterableDataset):
 
     Resume: every iteration starts at the resume point, step 0 unless `load_state_dict` moved it; `state_dict()`
     is the position after the last example the latest iteration yielded in this process (use `load_state_dict(
-    {"step": s})` when a DataLoader worker iterates a copy). For HF Trainer see `trainer_callback`."""
+    {"step": s})` when a DataLoader worker iterates a copy). DataLoader workers: any number; worker 0 reads the stream.
+    HF Trainer and TRL: checked and placed when they first read the stream (`hf.guards`; `trainer_callback` is
+    optional)."""
 
     def __init__(
         self,
