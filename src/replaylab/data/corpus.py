@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from replaylab.data.instructions import check_format, loss_policy, messages, prompt_completion
 from replaylab.errors import DataError
 
 FILE_SUFFIXES = (".jsonl", ".txt", ".parquet")
@@ -49,6 +50,9 @@ class CorpusOptions:
       not .jsonl/.parquet are read as one document each (so "**/*.py" reads source code).
     split: the Hugging Face dataset split.
     max_docs: stop after this many documents (None = all).
+    format: "text" (default), "prompt_completion" or "messages": how a record becomes a document and which of
+      its tokens carry loss (`replaylab.data.instructions`); prompt_field / completion_field / messages_field
+      name the record's fields; loss: "all" or "completion" (default: "all" for text, else "completion").
     """
 
     text_field: str = "text"
@@ -56,6 +60,11 @@ class CorpusOptions:
     glob: str | None = None
     split: str = "train"
     max_docs: int | None = None
+    format: str = "text"
+    loss: str | None = None
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    messages_field: str = "messages"
 
     def validate(self) -> None:
         if not self.text_field:
@@ -68,6 +77,12 @@ class CorpusOptions:
                 )
         if self.max_docs is not None and self.max_docs < 1:
             raise DataError(f"corpus option max_docs must be >= 1, got {self.max_docs}")
+        check_format(self.format, self.loss)
+        if self.format != "text" and self.template is not None:
+            raise DataError(
+                f"corpus options format={self.format!r} and template are exclusive: a template joins fields into "
+                "plain text (all on the loss); drop one of them"
+            )
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> "CorpusOptions":
@@ -78,7 +93,28 @@ class CorpusOptions:
         return opts
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The options; the instruction options only when not at their defaults, so a text source keeps the
+        store key (and cached store) it had before they existed."""
+        out = asdict(self)
+        for key in INSTRUCTION_OPTIONS:
+            if out[key] == _INSTRUCTION_DEFAULTS[key]:
+                del out[key]
+        return out
+
+    @property
+    def masked(self) -> bool:
+        """Whether documents carry a loss mask (structured records with a completion-only policy)."""
+        return self.format != "text" and loss_policy(self.format, self.loss) == "completion"
+
+
+INSTRUCTION_OPTIONS = ("format", "loss", "prompt_field", "completion_field", "messages_field")
+_INSTRUCTION_DEFAULTS = {
+    "format": "text",
+    "loss": None,
+    "prompt_field": "prompt",
+    "completion_field": "completion",
+    "messages_field": "messages",
+}
 
 
 @dataclass
@@ -217,6 +253,18 @@ def source_fingerprint(source: str, options: CorpusOptions | None = None) -> str
 
 
 # --------------------------------------------------------------------------------------------- readers
+# A document: plain text ("text"), segments (text, on_loss) ("prompt_completion"), or chat turns ("messages",
+# rendered with the tokenizer's chat template when the store is built).
+Document = str | list
+
+
+def document_text(doc: Document) -> str:
+    """The text a document holds (its segments or turns joined): what stats count and hashes see."""
+    if isinstance(doc, str):
+        return doc
+    return "".join(part[0] if isinstance(part, tuple) else part["content"] for part in doc)
+
+
 def _decode(raw: bytes, stats: CorpusStats) -> str:
     try:
         return raw.decode("utf-8")
@@ -228,9 +276,13 @@ def _decode(raw: bytes, stats: CorpusStats) -> str:
         return text
 
 
-def _render(record: Any, opts: CorpusOptions, where: str) -> str:
+def _render(record: Any, opts: CorpusOptions, where: str) -> Document:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}; one object per line")
+    if opts.format == "prompt_completion":
+        return prompt_completion(record, opts.prompt_field, opts.completion_field, where)
+    if opts.format == "messages":
+        return messages(record, opts.messages_field, where)
     if opts.template is not None:
         try:
             return opts.template.format_map(record)
@@ -250,7 +302,7 @@ def _render(record: Any, opts: CorpusOptions, where: str) -> str:
     return value
 
 
-def _read_jsonl(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+def _read_jsonl(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[Document]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
@@ -265,7 +317,7 @@ def _read_jsonl(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator
             yield _render(record, opts, f"{path}:{lineno}")
 
 
-def _read_parquet(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+def _read_parquet(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     try:
@@ -276,7 +328,11 @@ def _read_parquet(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterat
     if opts.template is not None:
         wanted = [f for _, f, _, _ in string.Formatter().parse(opts.template) if f is not None]
     else:
-        wanted = [opts.text_field]
+        wanted = {
+            "text": [opts.text_field],
+            "prompt_completion": [opts.prompt_field, opts.completion_field],
+            "messages": [opts.messages_field],
+        }[opts.format]
     missing = [c for c in wanted if c not in columns]
     if missing:
         raise DataError(
@@ -289,7 +345,12 @@ def _read_parquet(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterat
             yield _render(record, opts, f"{path}:row {row}")
 
 
-def _read_text_file(path: Path, stats: CorpusStats) -> Iterator[str]:
+def _read_text_file(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+    if opts.format != "text":
+        raise DataError(
+            f"{path}: a text file is one plain document, not {opts.format} records; give .jsonl or .parquet "
+            "records, or drop the format option"
+        )
     yield _decode(path.read_bytes(), stats)
 
 
@@ -305,7 +366,7 @@ def _list_files(path: Path, opts: CorpusOptions) -> list[Path]:
     return sorted(files)
 
 
-def _read_path(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+def _read_path(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[Document]:
     files = _list_files(path, opts)
     if not files:
         what = f"files matching {opts.glob!r}" if opts.glob else ".jsonl, .txt or .parquet files"
@@ -317,7 +378,7 @@ def _read_path(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[
         elif f.suffix == ".parquet":
             yield from _read_parquet(f, opts, stats)
         else:
-            yield from _read_text_file(f, stats)
+            yield from _read_text_file(f, opts, stats)
 
 
 _PROBE: dict[str, tuple[float, bool]] = {}
@@ -365,7 +426,7 @@ def check_source(source: str) -> str:
     return kind
 
 
-def _read_hf(source: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+def _read_hf(source: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[Document]:
     name, config, revision = parse_hf(source)
     check_source(source)
     try:
@@ -382,7 +443,7 @@ def _read_hf(source: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[s
         yield _render(record, opts, f"{source} row {i}")
 
 
-def _read_recipe(name: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+def _read_recipe(name: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[Document]:
     from replaylab.data.recipes import build_recipe
 
     folder = Path(build_recipe(name))
@@ -391,8 +452,9 @@ def _read_recipe(name: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator
 
 def iter_documents(
     source: str, options: CorpusOptions | dict | None = None, stats: CorpusStats | None = None
-) -> Iterator[str]:
-    """Stream the non-empty documents of `source` (see the module docstring for what a source is).
+) -> Iterator[Document]:
+    """Stream the non-empty documents of `source` (see the module docstring for what a source is): texts, or
+    for the structured formats (`options.format`) segments or chat turns (`Document`).
 
     `stats`, if given, is filled as documents go by. Raises DataError for a missing path, an unknown
     recipe, a bad jsonl line (naming file:line), an offline hf: source, or an empty corpus."""
@@ -406,7 +468,8 @@ def iter_documents(
         docs = _read_hf(source, opts, stats)
     else:
         docs = _read_path(Path(what), opts, stats)
-    for text in docs:
+    for doc in docs:
+        text = document_text(doc)
         # A document that is only whitespace or U+FFFD (undecodable bytes) carries nothing to learn.
         if not text.replace("\ufffd", "").strip():
             stats.skipped_empty += 1
@@ -414,7 +477,7 @@ def iter_documents(
         stats.documents += 1
         stats.chars += len(text)
         stats.utf8_bytes += len(text.encode("utf-8", errors="surrogatepass"))
-        yield text
+        yield doc
         if opts.max_docs is not None and stats.documents >= opts.max_docs:
             break
     if stats.documents == 0:

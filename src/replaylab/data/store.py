@@ -4,8 +4,12 @@ A store folder holds
   train.bin / val.bin        flat uint16 (vocab <= 65536) or uint32 tokens; every document is
                              followed by one EOS token, so documents are joined by EOS;
   train_docs.npy / val_docs.npy  int64 document start offsets into the .bin, plus the end (n_docs + 1);
+  train_mask.bin / val_mask.bin  only in an instruction store (`data.instructions`): one uint8 per token, 1 where
+                             the token carries loss; such a store is trained through per-document rows
+                             (`data.rows.DocumentRows`), never as a stream;
   meta.json                  source (and a file's full path), tokenizer hash, dtype, counts, UTF-8 bytes,
-                             content hash;
+                             content hash; an instruction store also its format and loss policy (`instructions`)
+                             and each split's `loss_tokens`;
   tokenizer.json             a copy of the tokenizer (so a store decodes on its own).
 
 The validation split is carved first, by document: a seeded permutation of document indices, whose
@@ -128,8 +132,12 @@ def _check_store(path: Path, meta: dict | None) -> None:
             f"meta.json records no valid dtype and splits ({meta['dtype']!r}, {json.dumps(meta['splits'])[:80]})",
             meta,
         ) from None
+    masked = bool(meta.get("instructions"))
     for split in SPLITS:
-        for name, want in ((f"{split}.bin", counts[split]["tokens"] * itemsize), (f"{split}_docs.npy", None)):
+        files = [(f"{split}.bin", counts[split]["tokens"] * itemsize), (f"{split}_docs.npy", None)]
+        if masked:  # one uint8 loss flag per token
+            files.append((f"{split}_mask.bin", counts[split]["tokens"]))
+        for name, want in files:
             file = path / name
             if not file.is_file():
                 raise damaged(path, f"{name} is missing", meta)
@@ -199,6 +207,23 @@ class TokenStore:
                 np.memmap(file, dtype=self.dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=self.dtype)
             )
         return self._tokens[split]
+
+    @property
+    def instructions(self) -> dict[str, Any] | None:
+        """For an instruction store (structured records with a loss mask): its format and loss policy; else None."""
+        return self.meta.get("instructions") or None
+
+    def loss_mask(self, split: str) -> np.ndarray:
+        """uint8 per token of the split: 1 where the token is on the loss (all ones for a text store)."""
+        self._check_split(split)
+        n = self.num_tokens(split)
+        if not self.instructions:
+            return np.ones(n, dtype=np.uint8)
+        key = f"{split}_mask"
+        if key not in self._tokens:
+            file = self.path / f"{split}_mask.bin"
+            self._tokens[key] = np.memmap(file, dtype=np.uint8, mode="r", shape=(n,)) if n else np.zeros(0, np.uint8)
+        return self._tokens[key]
 
     def doc_offsets(self, split: str) -> np.ndarray:
         self._check_split(split)
