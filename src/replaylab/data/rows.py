@@ -99,6 +99,7 @@ class DocumentRows:
             raise DataError(f"packing is {packing!r}; choose 'documents' (whole examples packed per row) or 'padded'")
         self.store, self.packing = store, packing
         self._layouts: dict[tuple[str, int], Layout] = {}
+        self._counts: dict[tuple[str, str, int], np.ndarray] = {}
 
     def __getattr__(self, name: str):  # path, name, identity, tokenizer_hash, meta, tokenizer(), ...
         return getattr(self.store, name)
@@ -160,6 +161,23 @@ class DocumentRows:
             positions[i, at:] = np.arange(width - at)  # padding: a segment of its own
             segments[i, at:] = len(pieces)
         return Rows(tokens, loss, positions, segments)
+
+    def loss_counts(self, split: str, seq_len: int) -> np.ndarray:
+        """Targets on the loss in each row, int64 (num_rows,): what `rows(...).loss[:, 1:].sum(1)` gives, without
+        reading tokens (the per-source loss weights of a global batch need every row's count on every rank)."""
+        key = ("loss", split, seq_len)
+        if key not in self._counts:
+            lay = self.layout(split, seq_len)
+            csum = np.concatenate([[0], np.cumsum(self.store.loss_mask(split), dtype=np.int64)])
+            starts = self.store.doc_offsets(split)[lay.doc]
+            per_piece = np.where(lay.length > 1, csum[starts + lay.length] - csum[starts + 1], 0)
+            self._counts[key] = np.add.reduceat(per_piece, lay.row_start[:-1]) if lay.num_rows else per_piece[:0]
+        return self._counts[key]
+
+    def token_counts(self, split: str, seq_len: int) -> np.ndarray:
+        """Tokens of documents (not padding) in each row, int64 (num_rows,)."""
+        lay = self.layout(split, seq_len)
+        return np.add.reduceat(lay.length, lay.row_start[:-1]) if lay.num_rows else lay.length[:0]
 
     def summary(self, split: str, seq_len: int) -> dict[str, int | str]:
         """What packing did to a split: rows, examples, truncations, loss and padding tokens."""
