@@ -13,7 +13,7 @@ import torch
 from instruction_fixtures import pc_corpus, pc_store  # noqa: F401  (fixtures)
 
 from replaylab import ReplayMixture
-from replaylab.errors import ConfigError, DataError
+from replaylab.errors import DataError
 from replaylab.replay_rows import replay_loss
 
 torch.set_num_threads(1)
@@ -174,7 +174,7 @@ def test_bad_inputs_are_one_line(pc_store, prose_store):
     with pytest.raises(DataError, match="holds prompt_completion records, not messages") as e:
         mixture(pc_store, prose_store, format="messages")
     assert "\n" not in str(e.value)
-    with pytest.raises(ConfigError, match="packing is 'tight'"):
+    with pytest.raises(DataError, match="packing is 'tight'"):
         mixture(pc_store, prose_store, packing="tight")
     with pytest.raises(DataError, match="record 0 has no field 'completion'"):
         ReplayMixture(
@@ -203,5 +203,5 @@ def test_the_engine_refuses_a_raw_instruction_store(pc_store, prose_store):
             "stages": [{"name": "ft", "steps": 2, "mixture": {"target": 1.0}}],
         },
     )
-    with pytest.raises(DataError, match="loss mask, which this trainer does not apply yet"):
+    with pytest.raises(DataError, match="loss mask; read it as whole examples per row"):
         MixtureSampler(cfg, {"target": pc_store})

@@ -27,11 +27,12 @@ from typing import Any, Literal
 import torch
 
 from replaylab.config import from_dict
+from replaylab.data.rows import read_as_rows
 from replaylab.errors import ConfigError, DataError
 from replaylab.fingerprint import mixture_id
 from replaylab.hf.packing import REPLAY, TARGET, replay_sampler
 from replaylab.replay_data import store_of, tokenizer_of
-from replaylab.replay_rows import check_formats, exposure, instruction_rows, masked_examples, step_shares, with_format
+from replaylab.replay_rows import check_formats, exposure, masked_examples, step_shares, with_format
 from replaylab.runconfig import RunConfig
 
 __all__ = ["ReplayMixture"]
@@ -147,7 +148,7 @@ class ReplayMixture(torch.utils.data.IterableDataset):
                 )
         check_formats(stores, {TARGET: format, REPLAY: replay_format})
         # Instruction stores are read as per-document rows (loss mask, positions per example); text stores as today.
-        stores = instruction_rows(stores, packing)
+        stores = read_as_rows(stores, packing)
         self.masked = any(hasattr(s, "rows") for s in stores.values())
         self.packing, self.with_loss_weights = packing, loss_weights
         available = stores[TARGET].num_sequences("train", seq_len)

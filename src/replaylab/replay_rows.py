@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaylab.data.rows import PACKINGS, DocumentRows
-from replaylab.errors import ConfigError, DataError
+from replaylab.errors import DataError
 from replaylab.train.loss_shares import masked_batch, weighted_loss
 
 TARGET, REPLAY = "target", "replay"
@@ -47,13 +46,6 @@ def check_formats(stores: dict, formats: dict[str, str | None]) -> None:
                 f"{role} store {store.path} holds {store_format(store)} records, not {want}; pass the source with "
                 f"tokenizer= to build it as {want}, or drop the format argument"
             )
-
-
-def instruction_rows(stores: dict, packing: str) -> dict:
-    """Instruction stores wrapped as per-document rows (`DocumentRows`); text stores as they are."""
-    if packing not in PACKINGS:
-        raise ConfigError(f"packing is {packing!r}; choose 'documents' (whole examples packed per row) or 'padded'")
-    return {role: DocumentRows(s, packing) if s.meta.get("instructions") else s for role, s in stores.items()}
 
 
 def loss_weights_of(mix) -> dict[str, float]:

@@ -191,3 +191,11 @@ class DocumentRows:
             "truncated_tokens": lay.truncated_tokens,
             "padding_tokens": int(lay.num_rows * width - lay.length.sum()),
         }
+
+
+def read_as_rows(stores: dict, packing: str = "documents") -> dict:
+    """Instruction stores (those with a loss mask) wrapped as `DocumentRows`; text stores as they are. What every
+    trainer of masked data opens its stores with (ReplayMixture, `replaylab train`, `replaylab finetune`)."""
+    if packing not in PACKINGS:
+        raise DataError(f"packing is {packing!r}; choose 'documents' (whole examples packed per row) or 'padded'")
+    return {name: DocumentRows(s, packing) if s.meta.get("instructions") else s for name, s in stores.items()}

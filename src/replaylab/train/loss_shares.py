@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from replaylab.data.rows import Rows, stream_rows
-from replaylab.train.mixture import MixtureSampler
+from replaylab.train.mixture import MixtureSampler, stage_at
 
 
 @dataclass(frozen=True)
@@ -127,3 +127,28 @@ def weighted_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Te
     part of the step objective (module docstring). Off-loss targets have weight 0 and are never scored."""
     ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
     return (ce * weights.reshape(-1).to(ce.dtype)).sum()
+
+
+def engine_weights(config, sampler: MixtureSampler):
+    """step -> each domain's loss weight, for the engine's trainer; None when no store is read as rows (text data:
+    the plain mean over tokens, unchanged). A replay fine-tuning run (`finetune` planned) weighs replay R and the
+    target 1 - R; any other run, each domain by its weight in the step's stage mixture."""
+    if not any(hasattr(store, "rows") for store in sampler.stores.values()):
+        return None
+    ft = getattr(config, "finetune", None)
+    if ft is not None and {"target", "replay"} <= set(sampler.names):
+        fixed = {"target": 1.0 - ft.replay_fraction, "replay": ft.replay_fraction}
+        return lambda step: fixed
+    starts = config.stage_starts()
+    return lambda step: {k: float(w) for k, w in config.stages[stage_at(starts, step)].mixture.items()}
+
+
+def batch_tensors(batch: MaskedBatch) -> dict[str, torch.Tensor]:
+    """A MaskedBatch as the tensors a train module's `weighted_micro_loss` takes (rows, seq_len + 1 / seq_len)."""
+    r = batch.rows
+    return {
+        "tokens": torch.from_numpy(r.tokens),
+        "positions": torch.from_numpy(r.positions),
+        "segments": torch.from_numpy(r.segments.astype(np.int64)),
+        "weights": torch.from_numpy(batch.weights.astype(np.float32)),
+    }

@@ -253,8 +253,8 @@ class MixtureSampler:
                 # Read as a stream it would train prompts and cross example boundaries: say so instead.
                 raise DataError(
                     f"domain {name!r}: store {store.path} holds {meta['instructions']['format']} records with a loss "
-                    "mask, which this trainer does not apply yet; train it through replaylab.ReplayMixture, or "
-                    "build the source as text (format: text)"
+                    "mask; read it as whole examples per row (replaylab.data.rows.read_as_rows, as replaylab train, "
+                    "replaylab finetune and ReplayMixture do), or build the source as text (format: text)"
                 )
         check_epochs(config)
 
