@@ -205,3 +205,15 @@ def test_the_engine_refuses_a_raw_instruction_store(pc_store, prose_store):
     )
     with pytest.raises(DataError, match="loss mask; read it as whole examples per row"):
         MixtureSampler(cfg, {"target": pc_store})
+
+
+def test_held_out_examples_score_completions_only(pc_store, prose_store):
+    mix = mixture(pc_store, prose_store)
+    target = mix.eval_examples("target")
+    on = sum(int((ex["labels"][1:] != -100).sum()) for ex in target)
+    assert on == int(mix.stores["target"].loss_counts("val", L).sum()) > 0
+    assert all(set(ex) == {"input_ids", "labels", "position_ids"} for ex in target)
+    replay = mix.eval_examples("replay", max_rows=3)
+    assert len(replay) == 3 and all(bool((ex["labels"] != -100).all()) for ex in replay)
+    with pytest.raises(DataError, match="no 'generic' source"):
+        mix.eval_examples("generic")

@@ -32,7 +32,14 @@ from replaylab.errors import ConfigError, DataError
 from replaylab.fingerprint import mixture_id
 from replaylab.hf.packing import REPLAY, TARGET, replay_sampler
 from replaylab.replay_data import store_of, tokenizer_of
-from replaylab.replay_rows import check_formats, exposure, masked_examples, step_shares, with_format
+from replaylab.replay_rows import (
+    check_formats,
+    exposure,
+    held_out_examples,
+    masked_examples,
+    step_shares,
+    with_format,
+)
 from replaylab.runconfig import RunConfig
 
 __all__ = ["ReplayMixture"]
@@ -63,6 +70,10 @@ class ReplayMixture(torch.utils.data.IterableDataset):
       TRL and Accelerate's `prepare`, which split the stream over the processes themselves, by micro-batch (with
       per-device batch b, process i gets rows [j*b*W + i*b, j*b*W + (i+1)*b) of a global batch as its micro-batch j).
       Either way each optimizer step trains on exactly one global batch, with no row twice and none missing.
+
+    format / replay_format: "text" (default), "prompt_completion" or "messages" (a built store keeps its own); packing:
+      "documents" (whole examples per row, default) or "padded"; loss_weights: add per-token weights that give replay
+      exactly weight R per step. Instruction examples train completions only (replay_rows.py, docs/integrations.md).
 
     len(): examples (rows) per full pass from step 0, as this process yields them: num_steps x batch_size
     ("global") or num_steps x batch_size / world_size ("rank"). A DataLoader with batch size b therefore has
@@ -205,13 +216,14 @@ class ReplayMixture(torch.utils.data.IterableDataset):
     def step_shares(self, step: int) -> dict[str, dict[str, float]]:
         """Each source's realized share of global batch `step` (0-based): rows, tokens, loss tokens and loss weight
         (see replay_rows.step_shares). For text data all four are the row share."""
-        if not self.masked:
-            counts = self.domain_counts(step)
-            return {
-                k: dict.fromkeys(("rows", "tokens", "loss_tokens", "loss_weight"), v / self.batch_size)
-                for k, v in counts.items()
-            }
         return step_shares(self, step)
+
+    def eval_examples(self, role: str = "target", max_rows: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """Held-out examples of `role` ("target" or "replay"), in the format of the training examples (instruction
+        data: loss on completions only): e.g. HF Trainer's eval_dataset={"target": mix.eval_examples("target"),
+        "replay": mix.eval_examples("replay")} logs the held-out target loss and the replay (forgetting) loss
+        during training. max_rows: at most this many rows."""
+        return held_out_examples(self, role, max_rows)
 
     def domain_counts(self, step: int) -> dict[str, int]:
         """Sequences of each domain in global batch `step` (0-based)."""

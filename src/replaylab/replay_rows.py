@@ -69,9 +69,42 @@ def masked_examples(mix, step: int, rows: tuple[int, int]) -> list[dict[str, tor
     return out
 
 
+def held_out_examples(mix, role: str, max_rows: int | None) -> list[dict[str, torch.Tensor]]:
+    """The held-out rows of a source's store (its `val` split, carved by document when the store was built: see
+    docs/data.md, "Held-out split"), as examples in the training examples' format: instruction rows with labels on
+    completions only and positions per example; text rows with full labels. For a Trainer's eval_dataset."""
+    if role not in mix.stores:
+        raise DataError(f"no {role!r} source in this mixture; the sources are {', '.join(mix.stores)}")
+    store = mix.stores[role]
+    n = store.num_sequences("val", mix.seq_len)
+    if n < 1:
+        raise DataError(
+            f"the {role} store {store.path} holds no held-out row of {mix.seq_len} tokens (built with val_docs 0?); "
+            "rebuild it with held-out documents (options={'val_docs': N})"
+        )
+    index = np.arange(min(n, max_rows or n), dtype=np.int64)
+    if hasattr(store, "rows"):
+        r = store.rows("val", mix.seq_len, index)
+        labels = np.where(r.loss, r.tokens, -100)
+        return [
+            {"input_ids": torch.from_numpy(t), "labels": torch.from_numpy(y), "position_ids": torch.from_numpy(p)}
+            for t, y, p in zip(r.tokens, labels, r.positions)
+        ]
+    seqs = torch.from_numpy(store.sequences("val", mix.seq_len, index))
+    if mix.masked:  # the same keys as the training rows of a masked mixture
+        pos = torch.arange(mix.seq_len + 1)
+        return [{"input_ids": s, "labels": s.clone(), "position_ids": pos.clone()} for s in seqs]
+    return [{"input_ids": s, "labels": s.clone(), "attention_mask": torch.ones_like(s)} for s in seqs]
+
+
 def step_shares(mix, step: int) -> dict[str, dict[str, float]]:
     """Each source's realized share of global batch `step`: rows, tokens (padding left out), loss tokens, and
-    loss weight (with `loss_weights`; under a plain mean over labels the loss weight is the loss-token share)."""
+    loss weight (with `loss_weights`; under a plain mean over labels the loss weight is the loss-token share). For
+    text data all four are the row share."""
+    if not mix.masked:
+        counts = mix.domain_counts(step)
+        kinds = ("rows", "tokens", "loss_tokens", "loss_weight")
+        return {k: dict.fromkeys(kinds, v / mix.batch_size) for k, v in counts.items()}
     shares = masked_batch(mix.sampler, step, loss_weights_of(mix), rows=(0, 0)).shares
     if not mix.with_loss_weights:
         for s in shares.values():
