@@ -9,10 +9,11 @@ is, each seq_len + 1 long:
 
 and no attention_mask: that is Hugging Face's padding-free convention, from which transformers builds a causal
 mask that never crosses examples (sdpa and eager checked; flash reads the same positions) as long as the model
-makes no KV cache (`config.use_cache = False`; the mixture's trainer callback sets it). Text rows of a masked mixture (the replay, by
-default) carry full labels and positions 0..seq_len. With `loss_weights=True` each example also holds
-"loss_weights" (float, aligned with labels: weight of predicting token t), the per-token weights that make each
-source's share of the loss exactly its share (train/loss_shares.py); `replay_loss` is the loss that uses them.
+makes no KV cache (`config.use_cache = False`; the mixture's trainer callback sets it). Text rows of a masked
+mixture (the replay, by default) carry full labels and positions 0..seq_len. With `loss_weights=True` each
+example also holds "loss_weights" (float, aligned with labels: weight of predicting token t), the per-token
+weights that make each source's share of the loss exactly its share (train/loss_shares.py); `replay_loss` is the
+loss that uses them.
 """
 
 from __future__ import annotations
