@@ -71,7 +71,9 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv_heads
         q, k, v = self.wqkv(x).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
@@ -84,7 +86,10 @@ class Attention(nn.Module):
             rep = nh // nkv
             k = k.repeat_interleave(rep, dim=1)  # (B, nh, T, hd)
             v = v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hd)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hd)
+        else:  # packed documents: causal and inside one document (`document_mask`)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, d_model)
         return self.wo(y)
 
@@ -109,13 +114,28 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
+def document_mask(segments: torch.Tensor) -> torch.Tensor:
+    """Boolean attention mask (B, 1, T, T) for rows of packed documents: query t sees key s when s <= t and both
+    belong to the same document (`segments` (B, T), equal ids = one document; see `replaylab.data.rows`)."""
+    T = segments.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()  # (T, T)
+    same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
+    return (same & causal).unsqueeze(1)
+
+
 class Transformer(nn.Module):
-    """`forward(idx: LongTensor[B, T]) -> float32 logits[B, T, vocab_size]`, T <= max_seq_len."""
+    """`forward(idx: LongTensor[B, T]) -> float32 logits[B, T, vocab_size]`, T <= max_seq_len.
+
+    Packed documents (instruction rows, `replaylab.data.rows`): pass `positions` (B, T), the RoPE position of each
+    token (restarting at 0 per document), and `segments` (B, T), which document each token belongs to; attention then
+    never crosses documents (`document_mask`). Without them the model is exactly the plain causal decoder."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -142,8 +162,10 @@ class Transformer(nn.Module):
             elif isinstance(module, nn.RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.hidden(idx)
+    def forward(
+        self, idx: torch.Tensor, positions: torch.Tensor | None = None, segments: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = self.hidden(idx, positions, segments)
         # Through the lm_head module when untied, so module swaps (torchao's float8 Linear, say) reach it too.
         logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
         return logits.float()  # (B, T, vocab), fp32 even under autocast: the loss needs it
@@ -152,7 +174,9 @@ class Transformer(nn.Module):
         """The output projection's (vocab, d_model) matrix: lm_head's, or the input embedding when tied."""
         return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
 
-    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+    def hidden(
+        self, idx: torch.Tensor, positions: torch.Tensor | None = None, segments: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The final normed hidden states (B, T, d_model) that the output projection turns into logits (a
         fused linear cross-entropy kernel takes these and `output_weight()` instead of the logits)."""
         B, T = idx.shape
@@ -161,9 +185,14 @@ class Transformer(nn.Module):
                 f"sequence length {T} exceeds model.max_seq_len {self.rope_cos.shape[0]}; raise model.max_seq_len"
             )
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hd)
+        mask = None
+        if positions is not None:
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd)
+        if segments is not None:
+            mask = document_mask(segments)  # (B, 1, T, T)
         x = self.tok_emb(idx)  # (B, T, d_model)
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            x = layer(x, cos, sin, mask)
         return self.norm(x)
 
 

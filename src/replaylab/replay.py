@@ -21,23 +21,28 @@ lose one target per sequence. The model needs max_position_embeddings >= seq_len
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import sys
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from replaylab import paths
 from replaylab.config import from_dict
+from replaylab.data.rows import read_as_rows
 from replaylab.errors import ConfigError, DataError
 from replaylab.fingerprint import mixture_id
 from replaylab.hf import guards
 from replaylab.hf.packing import REPLAY, TARGET, replay_sampler
+from replaylab.replay_data import store_of, tokenizer_of
+from replaylab.replay_rows import (
+    check_formats,
+    exposure,
+    held_out_examples,
+    masked_examples,
+    step_shares,
+    with_format,
+)
 from replaylab.runconfig import RunConfig
 
 __all__ = ["ReplayMixture"]
@@ -69,6 +74,10 @@ class ReplayMixture(torch.utils.data.IterableDataset):
       per-device batch b, process i gets rows [j*b*W + i*b, j*b*W + (i+1)*b) of a global batch as its micro-batch j).
       Either way each optimizer step trains on exactly one global batch, with no row twice and none missing.
 
+    format / replay_format: "text" (default), "prompt_completion" or "messages" (a built store keeps its own); packing:
+      "documents" (whole examples per row, default) or "padded"; loss_weights: add per-token weights that give replay
+      exactly weight R per step. Instruction examples train completions only (replay_rows.py, docs/integrations.md).
+
     len(): examples (rows) per full pass from step 0, as this process yields them: num_steps x batch_size
     ("global") or num_steps x batch_size / world_size ("rank"). A DataLoader with batch size b therefore has
     num_steps x batch_size / (world_size x b) batches, and HF Trainer with per_device_train_batch_size b,
@@ -99,6 +108,10 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         rows: Literal["rank", "global"] = "rank",
         rank: int | None = None,
         world_size: int | None = None,
+        format: str | None = None,
+        replay_format: str | None = None,
+        packing: Literal["documents", "padded"] = "documents",
+        loss_weights: bool = False,
     ):
         super().__init__()
         rho = _fraction(replay_fraction)
@@ -138,16 +151,22 @@ class ReplayMixture(torch.utils.data.IterableDataset):
                 )
             _check_split(batch_size, world_size)
 
-        tok = _tokenizer(tokenizer)
-        stores = {TARGET: _store(target, "target", tok, options, text_field)}
+        tok = tokenizer_of(tokenizer)
+        options, replay_options = with_format(options, format), with_format(replay_options, replay_format)
+        stores = {TARGET: store_of(target, "target", tok, options, text_field)}
         if replay is not None:
-            stores[REPLAY] = _store(replay, "replay", tok, replay_options, text_field)
+            stores[REPLAY] = store_of(replay, "replay", tok, replay_options, text_field)
             if stores[REPLAY].tokenizer_hash != stores[TARGET].tokenizer_hash:
                 raise DataError(
                     f"the target store ({stores[TARGET].path}) and the replay store "
                     f"({stores[REPLAY].path}) were built with different tokenizers; build both with the "
                     "model's tokenizer"
                 )
+        check_formats(stores, {TARGET: format, REPLAY: replay_format})
+        # Instruction stores are read as per-document rows (loss mask, positions per example); text stores as today.
+        stores = read_as_rows(stores, packing)
+        self.masked = any(hasattr(s, "rows") for s in stores.values())
+        self.packing, self.with_loss_weights = packing, loss_weights
         available = stores[TARGET].num_sequences("train", seq_len)
         if budget is not None and budget > available:
             raise DataError(
@@ -178,7 +197,9 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         self.num_steps = self.plan.total_steps
         self.rows, self._rank, self._world = rows, rank, world_size
         self.fingerprint = mixture_id(
-            store_identities={k: s.identity for k, s in stores.items()},
+            # packing is part of what a row is, so it joins the identity of a store read as rows (text stores: as
+            # before, so saved states of text mixtures keep loading)
+            store_identities={k: s.identity + (f"/{packing}" if hasattr(s, "rows") else "") for k, s in stores.items()},
             plan=asdict(self.plan),
             seed=seed,
             seq_len=seq_len,
@@ -199,6 +220,18 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         """Token (= sequence) share of target and replay over the whole run."""
         return self.sampler.realized_shares(0)
 
+    def step_shares(self, step: int) -> dict[str, dict[str, float]]:
+        """Each source's realized share of global batch `step` (0-based): rows, tokens, loss tokens and loss weight
+        (see replay_rows.step_shares). For text data all four are the row share."""
+        return step_shares(self, step)
+
+    def eval_examples(self, role: str = "target", max_rows: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """Held-out examples of `role` ("target" or "replay"), in the format of the training examples (instruction
+        data: loss on completions only): e.g. HF Trainer's eval_dataset={"target": mix.eval_examples("target"),
+        "replay": mix.eval_examples("replay")} logs the held-out target loss and the replay (forgetting) loss
+        during training. max_rows: at most this many rows."""
+        return held_out_examples(self, role, max_rows)
+
     def domain_counts(self, step: int) -> dict[str, int]:
         """Sequences of each domain in global batch `step` (0-based)."""
         order = self.sampler.order(step)
@@ -206,6 +239,8 @@ class ReplayMixture(torch.utils.data.IterableDataset):
 
     def target_exposure(self) -> dict[str, float]:
         """The target budget, the target sequences the whole run draws, and the passes that makes."""
+        if self.masked:  # also in examples and completion tokens
+            return exposure(self)
         draws = self.sampler.counts_before(self.num_steps)[TARGET]
         return {"budget": self.plan.budget, "draws": draws, "epochs": draws / self.plan.budget}
 
@@ -254,12 +289,17 @@ class ReplayMixture(torch.utils.data.IterableDataset):
             )
         self._position = (step, row)
         for s in range(step, self.num_steps):
-            tokens = torch.from_numpy(self.sampler.batch(s, rows=(lo + row, hi))[0])  # (rows, seq_len + 1)
-            for i in range(tokens.shape[0]):
+            if self.masked:  # instruction rows: labels off the loss, positions per example (replay_rows.py)
+                batch = masked_examples(self, s, (lo + row, hi))
+            else:
+                tokens = torch.from_numpy(self.sampler.batch(s, rows=(lo + row, hi))[0])  # (rows, seq_len + 1)
+                batch = (
+                    {"input_ids": seq, "labels": seq.clone(), "attention_mask": torch.ones_like(seq)} for seq in tokens
+                )
+            for i, example in enumerate(batch):
                 r = row + i + 1
                 self._position = (s + 1, 0) if r == per else (s, r)
-                seq = tokens[i]
-                yield {"input_ids": seq, "labels": seq.clone(), "attention_mask": torch.ones_like(seq)}
+                yield example
             row = 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -318,6 +358,10 @@ class ReplayMixture(torch.utils.data.IterableDataset):
     def _join_trainer(self, args, state, model) -> None:
         """Check a Trainer that trains on this stream and place the stream where the Trainer resumes reading."""
         guards.check_trainer(self, args, state, model)
+        if self.masked and getattr(getattr(model, "config", None), "use_cache", False):
+            # With a KV cache transformers ignores packed position_ids and lets examples attend to each other
+            # (tests/test_document_packing.py); training never uses the cache.
+            model.config.use_cache = False
         self.load_state_dict({"step": state.global_step if args.ignore_data_skip else 0})
 
     def as_hf_dataset(self):
@@ -369,104 +413,3 @@ def _accelerate_processes() -> int:
     state = sys.modules.get("accelerate.state")
     shared = getattr(getattr(state, "PartialState", None), "_shared_state", None) or {}
     return int(dict(shared).get("num_processes", 1) or 1)
-
-
-def _tokenizer(spec: Any):
-    """A data-layer Tokenizer from a spec, a loaded one, or a fast Hugging Face tokenizer object (its tokenizer.json
-    is cached under $REPLAYLAB_HOME/tokenizers/objects/<hash>)."""
-    from replaylab.data.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
-
-    if spec is None or isinstance(spec, Tokenizer):
-        return spec
-    if isinstance(spec, (str, os.PathLike)):
-        return get_tokenizer(str(spec))
-    backend = getattr(spec, "backend_tokenizer", None)
-    if backend is None:
-        raise ConfigError(
-            f"tokenizer is a {type(spec).__name__}; give a tokenizer.json path or folder (e.g. the "
-            "model's folder), 'default', or a fast Hugging Face tokenizer"
-        )
-    raw = backend.to_str()
-    folder = paths.home() / "tokenizers" / "objects" / hashlib.sha256(raw.encode()).hexdigest()[:16]
-    if not (folder / "tokenizer.json").exists():
-        with paths.atomic_dir(folder) as tmp:
-            (tmp / "tokenizer.json").write_text(raw, encoding="utf-8")
-            if getattr(spec, "eos_token", None):
-                (tmp / "tokenizer_config.json").write_text(json.dumps({"eos_token": str(spec.eos_token)}))
-    return load_tokenizer(folder)
-
-
-def _is_records(data: Any) -> bool:
-    return isinstance(data, (list, tuple)) or type(data).__module__.split(".")[0] == "datasets"
-
-
-def _store(data: Any, role: str, tok, options: dict | None, text_field: str):
-    """The token store of one pool (see ReplayMixture: target, replay)."""
-    from replaylab.data.store import TokenStore, get_store, open_store
-
-    opts = dict(options or {})
-    if isinstance(data, TokenStore):
-        store = data
-    elif isinstance(data, (str, os.PathLike)) and (tok is None or (Path(data) / "meta.json").exists()):
-        try:
-            store = open_store(data)
-        except DataError as e:
-            raise DataError(f"{role}: {e}; or pass tokenizer= to tokenize {str(data)!r}") from None
-    elif isinstance(data, (str, os.PathLike)):
-        store = get_store(str(data), tok, {"text_field": text_field, **opts} if text_field != "text" else opts)
-    elif _is_records(data):
-        if tok is None:
-            raise ConfigError(
-                f"{role} is a {type(data).__name__} of texts; pass tokenizer= (e.g. the model's folder) to tokenize it"
-            )
-        store = get_store(str(_texts_file(data, role, text_field)), tok, opts)
-    else:
-        raise ConfigError(
-            f"{role} is a {type(data).__name__}; give a token store (or its folder or name), a source "
-            "with tokenizer=, a list of texts or a Hugging Face dataset"
-        )
-    if tok is not None and store.tokenizer_hash != tok.hash:
-        raise DataError(
-            f"{role} store {store.path} was built with another tokenizer than the one given; pass the "
-            "source instead of the store, or the store's own tokenizer"
-        )
-    return store
-
-
-def _texts_file(records: Any, role: str, text_field: str) -> Path:
-    """Texts or records as a .jsonl under $REPLAYLAB_HOME/texts, named by its content (so its store is cached)."""
-    folder = paths.home() / "texts"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = paths.temp_file(folder / "texts")
-    digest, count = hashlib.sha256(), 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for i, record in enumerate(records):
-                if isinstance(record, dict):
-                    if text_field not in record:
-                        raise DataError(
-                            f"{role} record {i} has no field {text_field!r} (fields: "
-                            f"{', '.join(map(str, record)) or 'none'}); set text_field="
-                        )
-                    record = record[text_field]
-                if not isinstance(record, str):
-                    raise DataError(
-                        f"{role} item {i} is a {type(record).__name__}, not a text; give texts or records "
-                        f"with a {text_field!r} field"
-                    )
-                line = json.dumps({"text": record}) + "\n"
-                f.write(line)
-                digest.update(line.encode())
-                count += 1
-        if count == 0:
-            raise DataError(f"{role} holds no text; give at least one document")
-        final = folder / f"{digest.hexdigest()[:24]}.jsonl"
-        if final.exists():
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, final)
-        return final
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

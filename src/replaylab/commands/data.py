@@ -24,11 +24,42 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--split", default=None, help="Hugging Face dataset split (default: train)")
     p.add_argument("--max-docs", type=int, default=None, help="read at most this many documents")
+    p.add_argument(
+        "--format",
+        choices=("text", "prompt_completion", "messages"),
+        default=None,
+        help="records: plain text (default, loss on every token), prompt/completion pairs or chat messages "
+        "(loss on completions / assistant turns only; messages use the tokenizer's chat template)",
+    )
+    p.add_argument(
+        "--loss",
+        choices=("all", "completion"),
+        default=None,
+        help="which tokens of a structured record carry loss (default: completion for prompt_completion/messages)",
+    )
+    p.add_argument("--prompt-field", default=None, help="prompt_completion: the prompt's field (default: prompt)")
+    p.add_argument(
+        "--completion-field", default=None, help="prompt_completion: the completion's field (default: completion)"
+    )
+    p.add_argument("--messages-field", default=None, help="messages: the field with the turns (default: messages)")
 
 
 def source_options(args: argparse.Namespace) -> dict:
     """The corpus options given on the command line (unset ones are left to the defaults)."""
-    keys = ("text_field", "template", "glob", "split", "max_docs", "val_docs", "val_fraction")
+    keys = (
+        "text_field",
+        "template",
+        "glob",
+        "split",
+        "max_docs",
+        "val_docs",
+        "val_fraction",
+        "format",
+        "loss",
+        "prompt_field",
+        "completion_field",
+        "messages_field",
+    )
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -167,8 +198,10 @@ def _build(args: argparse.Namespace) -> int:
     m = store.meta
     print(
         f"{m['tokens']:,} tokens from {m['documents']:,} documents "
-        f"({m['splits']['val']['documents']:,} held out for validation), identity {store.identity[:12]}"
+        f"({m['splits']['val']['documents']:,} held out for validation: {held_out_rule(m)}), "
+        f"identity {store.identity[:12]}"
     )
+    print(f"loss: {loss_line(m)}")
     if store.num_sequences("train", 256) < 1:
         print(
             f"replaylab data: warning: only {store.num_tokens('train')} train tokens, less than one sequence of 256; "
@@ -177,6 +210,34 @@ def _build(args: argparse.Namespace) -> int:
         )
     print(store.path)
     return 0
+
+
+def held_out_rule(meta: dict) -> str:
+    """How the store's validation documents were chosen, in words (docs/data.md, "Held-out split")."""
+    opts = meta.get("store_options") or {}
+    if opts.get("val_docs") is not None:
+        return f"--val-docs {opts['val_docs']}"
+    if opts.get("val_fraction") is not None:
+        return f"--val-fraction {opts['val_fraction']:g}"
+    from replaylab.data.store_build import VAL_DEFAULT_FRACTION, VAL_MAX_SHARE, VAL_MAX_TOKENS, VAL_MIN_TOKENS
+
+    return (
+        f"the default rule, {VAL_DEFAULT_FRACTION:.0%} of the tokens but at least {VAL_MIN_TOKENS:,} and at most "
+        f"{VAL_MAX_TOKENS:,} tokens and {VAL_MAX_SHARE:.0%} of the corpus; --val-docs 0 keeps every document"
+    )
+
+
+def loss_line(meta: dict) -> str:
+    """Which tokens of the store carry loss, with the counts."""
+    inst = meta.get("instructions")
+    if not inst:
+        return "text: loss on every token"
+    train = meta["splits"]["train"]
+    share = train.get("loss_tokens", 0) / max(1, train["tokens"])
+    chat = f", rendered with {inst['chat_template']}" if inst.get("chat_template") else ""
+    return (
+        f"{inst['describe']}{chat} ({train.get('loss_tokens', 0):,} of {train['tokens']:,} train tokens, {share:.1%})"
+    )
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -209,6 +270,7 @@ def _inspect(args: argparse.Namespace) -> int:
             f"{split:<10} {sp[split]['tokens']:,} tokens, {sp[split]['documents']:,} documents, "
             f"{info['sequences'][split]:,} sequences of {L}"
         )
+    print(f"loss       {loss_line(store.meta)}")
     if info.get("invalid_utf8_docs"):
         print(f"warning    {info['invalid_utf8_docs']} documents had invalid UTF-8 (replaced)")
     print(f"identity   {info['identity']}")

@@ -27,6 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="target data: a recipe name (e.g. basque), a .jsonl/.txt/.parquet file or folder, or hf:org/name",
     )
     p.add_argument(
+        "--target-format",
+        choices=("text", "prompt_completion", "messages"),
+        help="target records: plain text (default), prompt/completion pairs or chat messages (the model's chat "
+        "template); the latter two train on completions / assistant turns only, whole examples per row",
+    )
+    p.add_argument(
         "--replay", help="generic replay data, same forms as --target (default: generic); 'none' = no replay pool"
     )
     p.add_argument(
@@ -209,6 +215,9 @@ def build_config(args: argparse.Namespace):
         _section(raw, "target")["source"] = args.target
     if args.budget is not None:
         _section(raw, "target", None if run_form else {"source": "basque"})["budget"] = args.budget
+    if getattr(args, "target_format", None) is not None:
+        target = _section(raw, "target", None if run_form else {"source": "basque"})
+        target["options"] = {**(target.get("options") or {}), "format": args.target_format}
     if args.replay is not None:
         if args.replay == "none":
             raw["replay"] = None

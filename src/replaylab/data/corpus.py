@@ -11,7 +11,8 @@ plain-text documents from any source replaylab accepts:
 
 `recipe:NAME` and `path:PATH` say which of the first and the other kinds is meant. A bare name that is
 both a recipe and an existing file or folder (a project folder named `code/`) is refused: reading either
-one silently would train on data the user did not mean (`parse_source`).
+one silently would train on data the user did not mean (`sources.parse_source`, where naming a source lives).
+Records can also be instructions (`format`: prompt/completion or chat messages, `data.instructions`).
 
 Documents are streamed one at a time so a multi-GB corpus never sits in memory. Bytes that are not
 valid UTF-8 are replaced (U+FFFD) and counted in `CorpusStats`; whitespace-only documents are skipped.
@@ -21,22 +22,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import socket
 import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from replaylab.data.instructions import check_format, loss_policy, messages, prompt_completion
+from replaylab.data.sources import (  # noqa: F401  (re-exported: corpus.py was their home)
+    FILE_SUFFIXES,
+    HF_PREFIX,
+    PATH_PREFIX,
+    RECIPE_PREFIX,
+    SPLIT_STEMS,
+    _recipes,
+    check_source,
+    hub_reachable,
+    is_hf,
+    parse_hf,
+    parse_source,
+    source_kind,
+    source_name,
+    source_path,
+)
 from replaylab.errors import DataError
-
-FILE_SUFFIXES = (".jsonl", ".txt", ".parquet")
-HF_PREFIX = "hf:"
-RECIPE_PREFIX = "recipe:"
-PATH_PREFIX = "path:"
-# hf:org/name[:config][@revision]
-_HF_RE = re.compile(r"^hf:(?P<name>[\w.\-]+(?:/[\w.\-]+)?)(?::(?P<config>[\w.\-]+))?(?:@(?P<revision>[\w.\-/]+))?$")
 
 
 @dataclass
@@ -49,6 +57,9 @@ class CorpusOptions:
       not .jsonl/.parquet are read as one document each (so "**/*.py" reads source code).
     split: the Hugging Face dataset split.
     max_docs: stop after this many documents (None = all).
+    format: "text" (default), "prompt_completion" or "messages": how a record becomes a document and which of
+      its tokens carry loss (`replaylab.data.instructions`); prompt_field / completion_field / messages_field
+      name the record's fields; loss: "all" or "completion" (default: "all" for text, else "completion").
     """
 
     text_field: str = "text"
@@ -56,6 +67,11 @@ class CorpusOptions:
     glob: str | None = None
     split: str = "train"
     max_docs: int | None = None
+    format: str = "text"
+    loss: str | None = None
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    messages_field: str = "messages"
 
     def validate(self) -> None:
         if not self.text_field:
@@ -68,6 +84,12 @@ class CorpusOptions:
                 )
         if self.max_docs is not None and self.max_docs < 1:
             raise DataError(f"corpus option max_docs must be >= 1, got {self.max_docs}")
+        check_format(self.format, self.loss)
+        if self.format != "text" and self.template is not None:
+            raise DataError(
+                f"corpus options format={self.format!r} and template are exclusive: a template joins fields into "
+                "plain text (all on the loss); drop one of them"
+            )
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> "CorpusOptions":
@@ -78,7 +100,28 @@ class CorpusOptions:
         return opts
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The options; the instruction options only when not at their defaults, so a text source keeps the
+        store key (and cached store) it had before they existed."""
+        out = asdict(self)
+        for key in INSTRUCTION_OPTIONS:
+            if out[key] == _INSTRUCTION_DEFAULTS[key]:
+                del out[key]
+        return out
+
+    @property
+    def masked(self) -> bool:
+        """Whether documents carry a loss mask (structured records with a completion-only policy)."""
+        return self.format != "text" and loss_policy(self.format, self.loss) == "completion"
+
+
+INSTRUCTION_OPTIONS = ("format", "loss", "prompt_field", "completion_field", "messages_field")
+_INSTRUCTION_DEFAULTS = {
+    "format": "text",
+    "loss": None,
+    "prompt_field": "prompt",
+    "completion_field": "completion",
+    "messages_field": "messages",
+}
 
 
 @dataclass
@@ -103,98 +146,6 @@ class CorpusStats:
         )
 
 
-# --------------------------------------------------------------------------------------------- sources
-def is_hf(source: str) -> bool:
-    return source.startswith(HF_PREFIX)
-
-
-def parse_hf(source: str) -> tuple[str, str | None, str | None]:
-    """`hf:org/name[:config][@revision]` -> (name, config, revision)."""
-    m = _HF_RE.match(source)
-    if not m:
-        raise DataError(f"Hugging Face source {source!r} is malformed; write hf:org/name[:config][@revision]")
-    return m["name"], m["config"], m["revision"]
-
-
-def _recipes() -> dict:
-    try:
-        from replaylab.data.recipes import RECIPES
-    except ImportError:  # the recipes layer is not installed yet
-        return {}
-    return RECIPES
-
-
-def parse_source(source: str) -> tuple[str, str]:
-    """(kind, what): ('hf', the hf: spec), ('recipe', its bare name) or ('path', the path as given).
-
-    `recipe:NAME` and `path:PATH` are explicit; a bare name is a path when one exists and a recipe when it
-    names one; both at once is a DataError naming the two spellings, as is a name that is neither."""
-    if is_hf(source):
-        parse_hf(source)
-        return "hf", source
-    recipes = _recipes()
-    names = ", ".join(sorted(recipes)) or "none installed"
-    if source.startswith(RECIPE_PREFIX):
-        name = source[len(RECIPE_PREFIX) :]
-        if name not in recipes:
-            raise DataError(f"unknown recipe in source {source!r}; the recipes are {names}")
-        return "recipe", name
-    explicit = source.startswith(PATH_PREFIX)
-    path = source[len(PATH_PREFIX) :] if explicit else source
-    if os.path.exists(path):
-        if not explicit and source in recipes:
-            raise DataError(
-                f"source {source!r} is ambiguous: it is the built-in recipe {source!r} and also "
-                f"{os.path.abspath(source)!r}; write {RECIPE_PREFIX}{source} for the recipe or "
-                f"./{source} (or {PATH_PREFIX}{source}) for the local one"
-            )
-        return "path", path
-    if not explicit and source in recipes:
-        return "recipe", source
-    looks_like_path = explicit or os.sep in path or path.endswith(FILE_SUFFIXES) or path.startswith(".")
-    if looks_like_path:
-        raise DataError(f"corpus path {path!r} does not exist; check the path (relative to {os.getcwd()})")
-    raise DataError(f"unknown source {source!r}: not a recipe ({names}), an existing file/folder, or hf:org/name")
-
-
-def source_kind(source: str) -> str:
-    """'hf', 'path' or 'recipe' (see `parse_source`); raises DataError for a name that is none of them."""
-    return parse_source(source)[0]
-
-
-def source_path(source: str) -> Path:
-    """The file or folder a path source names (without its `path:` prefix)."""
-    kind, what = parse_source(source)
-    assert kind == "path", source
-    return Path(what)
-
-
-# File stems (and folder names) that say which split or part of a dataset a path is, not which dataset.
-SPLIT_STEMS = frozenset({"train", "validation", "valid", "val", "test", "dev", "data", "all", "documents"})
-
-
-def source_name(source: str) -> str:
-    """A short, filesystem-safe name for a source, used to name cached stores (`<name>-<tok>-<key>`).
-
-    A recipe keeps its name (`code`), hf:org/name[:config] becomes `org_name[_config]`, a file its stem
-    and a folder its name (`my_corpus.jsonl` -> `my_corpus`). A split-like stem (SPLIT_STEMS:
-    `mydataset/train.jsonl`, `mydataset/data/train.jsonl`) is prefixed with the nearest enclosing folder
-    whose name is not split-like (`mydataset-train`), so two datasets' train.jsonl get different names."""
-    kind, what = parse_source(source)
-    if kind == "recipe":
-        return what
-    if kind == "hf":
-        name, config, _ = parse_hf(source)
-        raw = name.replace("/", "_") + (f"_{config}" if config else "")
-    else:
-        p = Path(what).resolve()
-        raw = p.stem if p.is_file() else p.name
-        if raw.lower() in SPLIT_STEMS:
-            dataset = next((a.name for a in p.parents if a.name and a.name.lower() not in SPLIT_STEMS), None)
-            raw = f"{dataset}-{raw}" if dataset else raw
-    return re.sub(r"[^\w.\-]+", "_", raw).strip("._") or "corpus"
-
-
 def source_fingerprint(source: str, options: CorpusOptions | None = None) -> str:
     """Hash of what identifies a source's content without reading it: the recipe name, the hf id, or
     for files the resolved paths with their sizes and modification times (so an edited file gets a
@@ -217,6 +168,18 @@ def source_fingerprint(source: str, options: CorpusOptions | None = None) -> str
 
 
 # --------------------------------------------------------------------------------------------- readers
+# A document: plain text ("text"), segments (text, on_loss) ("prompt_completion"), or chat turns ("messages",
+# rendered with the tokenizer's chat template when the store is built).
+Document = str | list
+
+
+def document_text(doc: Document) -> str:
+    """The text a document holds (its segments or turns joined): what stats count and hashes see."""
+    if isinstance(doc, str):
+        return doc
+    return "".join(part[0] if isinstance(part, tuple) else part["content"] for part in doc)
+
+
 def _decode(raw: bytes, stats: CorpusStats) -> str:
     try:
         return raw.decode("utf-8")
@@ -228,9 +191,13 @@ def _decode(raw: bytes, stats: CorpusStats) -> str:
         return text
 
 
-def _render(record: Any, opts: CorpusOptions, where: str) -> str:
+def _render(record: Any, opts: CorpusOptions, where: str) -> Document:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}; one object per line")
+    if opts.format == "prompt_completion":
+        return prompt_completion(record, opts.prompt_field, opts.completion_field, where)
+    if opts.format == "messages":
+        return messages(record, opts.messages_field, where)
     if opts.template is not None:
         try:
             return opts.template.format_map(record)
@@ -250,7 +217,7 @@ def _render(record: Any, opts: CorpusOptions, where: str) -> str:
     return value
 
 
-def _read_jsonl(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+def _read_jsonl(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[Document]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
@@ -265,7 +232,7 @@ def _read_jsonl(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator
             yield _render(record, opts, f"{path}:{lineno}")
 
 
-def _read_parquet(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+def _read_parquet(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     try:
@@ -276,7 +243,11 @@ def _read_parquet(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterat
     if opts.template is not None:
         wanted = [f for _, f, _, _ in string.Formatter().parse(opts.template) if f is not None]
     else:
-        wanted = [opts.text_field]
+        wanted = {
+            "text": [opts.text_field],
+            "prompt_completion": [opts.prompt_field, opts.completion_field],
+            "messages": [opts.messages_field],
+        }[opts.format]
     missing = [c for c in wanted if c not in columns]
     if missing:
         raise DataError(
@@ -289,7 +260,12 @@ def _read_parquet(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterat
             yield _render(record, opts, f"{path}:row {row}")
 
 
-def _read_text_file(path: Path, stats: CorpusStats) -> Iterator[str]:
+def _read_text_file(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+    if opts.format != "text":
+        raise DataError(
+            f"{path}: a text file is one plain document, not {opts.format} records; give .jsonl or .parquet "
+            "records, or drop the format option"
+        )
     yield _decode(path.read_bytes(), stats)
 
 
@@ -305,7 +281,7 @@ def _list_files(path: Path, opts: CorpusOptions) -> list[Path]:
     return sorted(files)
 
 
-def _read_path(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+def _read_path(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[Document]:
     files = _list_files(path, opts)
     if not files:
         what = f"files matching {opts.glob!r}" if opts.glob else ".jsonl, .txt or .parquet files"
@@ -317,55 +293,10 @@ def _read_path(path: Path, opts: CorpusOptions, stats: CorpusStats) -> Iterator[
         elif f.suffix == ".parquet":
             yield from _read_parquet(f, opts, stats)
         else:
-            yield from _read_text_file(f, stats)
+            yield from _read_text_file(f, opts, stats)
 
 
-_PROBE: dict[str, tuple[float, bool]] = {}
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False when HF_HUB_OFFLINE is set or huggingface.co cannot be reached within `timeout` seconds.
-    Checked before calling `datasets` / the hub so an offline machine fails fast instead of hanging.
-    The probe runs in a thread because a DNS lookup ignores socket timeouts; its answer is kept a minute."""
-    import threading
-    import time
-
-    if any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    ):
-        return False
-    cached = _PROBE.get("hub")
-    if cached and time.monotonic() - cached[0] < 60:
-        return cached[1]
-    result = [False]
-
-    def probe() -> None:
-        try:
-            with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-                result[0] = True
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    _PROBE["hub"] = (time.monotonic(), result[0])
-    return result[0]
-
-
-def check_source(source: str) -> str:
-    """Fail fast on a source that cannot be read (missing path, unknown recipe, hf: while offline);
-    returns its kind. Cheap: reads no document."""
-    kind = source_kind(source)
-    if kind == "hf" and not hub_reachable():
-        raise DataError(
-            f"{source}: the Hugging Face hub is not reachable (offline or HF_HUB_OFFLINE set); "
-            "download the dataset elsewhere and pass its .jsonl/.parquet files instead"
-        )
-    return kind
-
-
-def _read_hf(source: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+def _read_hf(source: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[Document]:
     name, config, revision = parse_hf(source)
     check_source(source)
     try:
@@ -382,7 +313,7 @@ def _read_hf(source: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[s
         yield _render(record, opts, f"{source} row {i}")
 
 
-def _read_recipe(name: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[str]:
+def _read_recipe(name: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator[Document]:
     from replaylab.data.recipes import build_recipe
 
     folder = Path(build_recipe(name))
@@ -391,8 +322,9 @@ def _read_recipe(name: str, opts: CorpusOptions, stats: CorpusStats) -> Iterator
 
 def iter_documents(
     source: str, options: CorpusOptions | dict | None = None, stats: CorpusStats | None = None
-) -> Iterator[str]:
-    """Stream the non-empty documents of `source` (see the module docstring for what a source is).
+) -> Iterator[Document]:
+    """Stream the non-empty documents of `source` (see the module docstring for what a source is): texts, or
+    for the structured formats (`options.format`) segments or chat turns (`Document`).
 
     `stats`, if given, is filled as documents go by. Raises DataError for a missing path, an unknown
     recipe, a bad jsonl line (naming file:line), an offline hf: source, or an empty corpus."""
@@ -406,7 +338,8 @@ def iter_documents(
         docs = _read_hf(source, opts, stats)
     else:
         docs = _read_path(Path(what), opts, stats)
-    for text in docs:
+    for doc in docs:
+        text = document_text(doc)
         # A document that is only whitespace or U+FFFD (undecodable bytes) carries nothing to learn.
         if not text.replace("\ufffd", "").strip():
             stats.skipped_empty += 1
@@ -414,7 +347,7 @@ def iter_documents(
         stats.documents += 1
         stats.chars += len(text)
         stats.utf8_bytes += len(text.encode("utf-8", errors="surrogatepass"))
-        yield text
+        yield doc
         if opts.max_docs is not None and stats.documents >= opts.max_docs:
             break
     if stats.documents == 0:

@@ -4,8 +4,12 @@ A store folder holds
   train.bin / val.bin        flat uint16 (vocab <= 65536) or uint32 tokens; every document is
                              followed by one EOS token, so documents are joined by EOS;
   train_docs.npy / val_docs.npy  int64 document start offsets into the .bin, plus the end (n_docs + 1);
+  train_mask.bin / val_mask.bin  only in an instruction store (`data.instructions`): one uint8 per token, 1 where
+                             the token carries loss; such a store is trained through per-document rows
+                             (`data.rows.DocumentRows`), never as a stream;
   meta.json                  source (and a file's full path), tokenizer hash, dtype, counts, UTF-8 bytes,
-                             content hash;
+                             content hash; an instruction store also its format and loss policy (`instructions`)
+                             and each split's `loss_tokens`;
   tokenizer.json             a copy of the tokenizer (so a store decodes on its own).
 
 The validation split is carved first, by document: a seeded permutation of document indices, whose
@@ -25,7 +29,6 @@ import fcntl
 import hashlib
 import json
 import re
-import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -40,11 +43,10 @@ from replaylab.data.store_build import (
     build_store,
     choose_val_docs,  # noqa: F401  (kept importable from here: tests use it)
 )
+from replaylab.data.store_check import SPLITS, _check_store, _read_meta, damaged, rebuild_hint  # noqa: F401
 from replaylab.data.tokenizer import Tokenizer, get_tokenizer
 from replaylab.errors import DataError
 from replaylab.outputs import check_name, claim_output
-
-SPLITS = ("train", "val")
 
 
 def _split_options(options: dict[str, Any] | None) -> tuple[CorpusOptions, StoreOptions]:
@@ -54,92 +56,6 @@ def _split_options(options: dict[str, Any] | None) -> tuple[CorpusOptions, Store
     if unknown:
         raise DataError(f"unknown data option {unknown[0]!r}; known options: {', '.join(sorted(known))}")
     return CorpusOptions.from_options(options), StoreOptions.from_options(options)
-
-
-# --------------------------------------------------------------------------------------------- reading
-# What readers of meta.json use; a store whose meta.json lacks one of them is damaged.
-META_KEYS = (
-    "source",
-    "tokenizer",
-    "tokenizer_hash",
-    "vocab_size",
-    "dtype",
-    "documents",
-    "tokens",
-    "chars",
-    "utf8_bytes",
-    "invalid_utf8_docs",
-    "splits",
-    "identity",
-)
-SPLIT_KEYS = ("documents", "tokens", "utf8_bytes")
-_DERIVED_NAME = re.compile(r".+-[0-9a-f]{8}-[0-9a-f]{8}")
-
-
-def _read_meta(path: Path) -> dict[str, Any] | None:
-    """A store's meta.json, or None when it cannot be read as a JSON object (damaged)."""
-    try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def rebuild_hint(path: Path, meta: dict | None) -> str:
-    """The command that rebuilds the store at `path` in place (what `meta` says of it, else placeholders)."""
-    meta = meta or {}
-    source = meta.get("source_path") or meta.get("source")
-    tokenizer = meta.get("tokenizer")
-    words = [source if isinstance(source, str) else "SOURCE"]
-    if isinstance(tokenizer, str) and tokenizer != "default":
-        words.append(f"--tokenizer {tokenizer}")
-    # The options that made it (its key): without them, --force would build another store beside it.
-    defaults = {**CorpusOptions().as_dict(), **StoreOptions().identity()}
-    given = {**(meta.get("corpus_options") or {}), **(meta.get("store_options") or {})}
-    for key, value in sorted(given.items()) if isinstance(given, dict) else []:
-        if key != "split_seed" and value is not None and value != defaults.get(key):
-            words.append(f"--{key.replace('_', '-')} {shlex.quote(str(value))}")
-    if not _DERIVED_NAME.fullmatch(path.name):
-        words.append(f"--name {path.name}")
-    return f"`replaylab data build {' '.join(words)} --force`"
-
-
-def damaged(path: Path, what: str, meta: dict | None = None) -> DataError:
-    return DataError(
-        f"token store {str(path)!r} is damaged: {what}; rebuild it with {rebuild_hint(path, meta)} "
-        "(or delete the folder)"
-    )
-
-
-def _check_store(path: Path, meta: dict | None) -> None:
-    """Raise `damaged` unless meta.json is a store's and each split's .bin holds the tokens it records.
-    Cheap (two stats): a copy cut short must never be read as a smaller corpus."""
-    if meta is None:
-        raise damaged(path, "meta.json is not a readable JSON object")
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise damaged(path, f"meta.json has no {missing[0]!r}", meta)
-    try:
-        itemsize = np.dtype(meta["dtype"]).itemsize
-        counts = {split: {k: int(meta["splits"][split][k]) for k in SPLIT_KEYS} for split in SPLITS}
-    except (TypeError, KeyError, ValueError):
-        raise damaged(
-            path,
-            f"meta.json records no valid dtype and splits ({meta['dtype']!r}, {json.dumps(meta['splits'])[:80]})",
-            meta,
-        ) from None
-    for split in SPLITS:
-        for name, want in ((f"{split}.bin", counts[split]["tokens"] * itemsize), (f"{split}_docs.npy", None)):
-            file = path / name
-            if not file.is_file():
-                raise damaged(path, f"{name} is missing", meta)
-            if want is not None and file.stat().st_size != want:
-                raise damaged(
-                    path,
-                    f"{name} holds {file.stat().st_size:,} bytes, meta.json records "
-                    f"{counts[split]['tokens']:,} tokens ({want:,} bytes)",
-                    meta,
-                )
 
 
 class TokenStore:
@@ -199,6 +115,23 @@ class TokenStore:
                 np.memmap(file, dtype=self.dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=self.dtype)
             )
         return self._tokens[split]
+
+    @property
+    def instructions(self) -> dict[str, Any] | None:
+        """For an instruction store (structured records with a loss mask): its format and loss policy; else None."""
+        return self.meta.get("instructions") or None
+
+    def loss_mask(self, split: str) -> np.ndarray:
+        """uint8 per token of the split: 1 where the token is on the loss (all ones for a text store)."""
+        self._check_split(split)
+        n = self.num_tokens(split)
+        if not self.instructions:
+            return np.ones(n, dtype=np.uint8)
+        key = f"{split}_mask"
+        if key not in self._tokens:
+            file = self.path / f"{split}_mask.bin"
+            self._tokens[key] = np.memmap(file, dtype=np.uint8, mode="r", shape=(n,)) if n else np.zeros(0, np.uint8)
+        return self._tokens[key]
 
     def doc_offsets(self, split: str) -> np.ndarray:
         self._check_split(split)

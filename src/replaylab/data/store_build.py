@@ -25,7 +25,16 @@ from typing import Any, Iterator
 import numpy as np
 
 from replaylab import paths
-from replaylab.data.corpus import CorpusOptions, CorpusStats, iter_documents, source_kind, source_name, source_path
+from replaylab.data.corpus import (
+    CorpusOptions,
+    CorpusStats,
+    document_text,
+    iter_documents,
+    source_kind,
+    source_name,
+    source_path,
+)
+from replaylab.data.instructions import ChatRenderer, describe_policy, loss_policy
 from replaylab.data.tokenizer import Tokenizer
 from replaylab.errors import DataError
 from replaylab.outputs import write_marker
@@ -78,12 +87,12 @@ class StoreOptions:
         return {"val_docs": self.val_docs, "val_fraction": self.val_fraction, "split_seed": self.split_seed}
 
 
-def _batches(docs: Iterator[str], opts: StoreOptions) -> Iterator[list[str]]:
-    batch: list[str] = []
+def _batches(docs: Iterator, opts: StoreOptions) -> Iterator[list]:
+    batch: list = []
     chars = 0
-    for text in docs:
-        batch.append(text)
-        chars += len(text)
+    for doc in docs:
+        batch.append(doc)
+        chars += len(document_text(doc))
         if len(batch) >= opts.batch_docs or chars >= opts.batch_chars:
             yield batch
             batch, chars = [], 0
@@ -106,6 +115,42 @@ def _progress(description: str):
         disable=not console.is_terminal,
         transient=True,
     )
+
+
+class _SegmentEncoder:
+    """Structured documents -> (token ids, loss mask uint8, hash key) per document: each segment tokenized on its
+    own (`instructions` module docstring), chat turns rendered first."""
+
+    def __init__(self, tokenizer: Tokenizer, opts: CorpusOptions):
+        self.tokenizer, self.opts = tokenizer, opts
+        self.renderer = ChatRenderer(tokenizer.path) if opts.format == "messages" else None
+        self.chat = self.renderer.name if self.renderer is not None else None
+
+    def __call__(self, batch: list) -> tuple[list[list[int]], list[np.ndarray], list[str]]:
+        policy = loss_policy(self.opts.format, self.opts.loss)
+        docs = []
+        for n, doc in enumerate(batch):
+            if self.renderer is not None:
+                doc = self.renderer.segments(doc, policy, f"document {n} of a batch")
+            docs.append([(t, on or policy == "all") for t, on in doc])
+        flat = self.tokenizer.encode_batch([t for doc in docs for t, _ in doc])
+        ids_out, masks, keys = [], [], []
+        k = 0
+        for doc in docs:
+            ids: list[int] = []
+            mask: list[np.ndarray] = []
+            for _, on in doc:
+                ids.extend(flat[k])
+                mask.append(np.full(len(flat[k]), on, dtype=np.uint8))
+                k += 1
+            ids_out.append(ids)
+            masks.append(np.concatenate(mask) if mask else np.zeros(0, dtype=np.uint8))
+            keys.append(json.dumps(doc, ensure_ascii=False))
+        return ids_out, masks, keys
+
+
+def _segment_encoder(tokenizer: Tokenizer, opts: CorpusOptions) -> _SegmentEncoder:
+    return _SegmentEncoder(tokenizer, opts)
 
 
 def choose_val_docs(doc_tokens: np.ndarray, opts: StoreOptions) -> np.ndarray:
@@ -166,23 +211,35 @@ def build_store(
         lengths: list[np.ndarray] = []
         doc_bytes: list[np.ndarray] = []
         digests = bytearray()  # 16 bytes of sha256 per document: the content hash without keeping text
+        masked = corpus_opts.format != "text"
+        encode = _segment_encoder(tokenizer, corpus_opts) if masked else None
+        mask_file = open(tmp / "all_mask.bin", "wb") if masked else None
         with open(tmp / "all.bin", "wb") as f, _progress(f"tokenizing {source}") as progress:
             task = progress.add_task("", total=None, info="")
             for batch in _batches(iter_documents(source, corpus_opts, stats), store_opts):
-                encoded = tokenizer.encode_batch(batch)
-                for text, ids in zip(batch, encoded):
+                if encode is None:
+                    encoded, masks, keys = tokenizer.encode_batch(batch), None, batch
+                else:
+                    encoded, masks, keys = encode(batch)
+                for i, (doc_key, ids) in enumerate(zip(keys, encoded)):
                     f.write(np.asarray(ids, dtype=tokenizer.dtype).tobytes())
                     f.write(eos.tobytes())
-                    digests += hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).digest()[:16]
+                    digests += hashlib.sha256(doc_key.encode("utf-8", errors="surrogatepass")).digest()[:16]
+                    if mask_file is not None:
+                        # The EOS that ends a document is on the loss when its last token is (the model learns
+                        # to stop after a completion, not after a prompt).
+                        mask_file.write(masks[i].tobytes() + (masks[i][-1:].tobytes() or b"\0"))
                 lengths.append(np.fromiter((len(ids) + 1 for ids in encoded), dtype=np.int64, count=len(encoded)))
                 doc_bytes.append(
                     np.fromiter(
-                        (len(t.encode("utf-8", errors="surrogatepass")) for t in batch),
+                        (len(document_text(t).encode("utf-8", errors="surrogatepass")) for t in batch),
                         dtype=np.int64,
                         count=len(batch),
                     )
                 )
                 progress.update(task, info=f"{stats.documents:,} docs, {stats.utf8_bytes / 1e6:,.1f} MB")
+        if mask_file is not None:
+            mask_file.close()
         doc_tokens = np.concatenate(lengths)
         nbytes = np.concatenate(doc_bytes)
         starts = np.concatenate([[0], np.cumsum(doc_tokens)[:-1]]).astype(np.int64)
@@ -193,8 +250,14 @@ def build_store(
             )
         val_mask = choose_val_docs(doc_tokens, store_opts) if len(doc_tokens) > 1 else np.zeros(1, dtype=bool)
         all_tokens = np.memmap(tmp / "all.bin", dtype=tokenizer.dtype, mode="r", shape=(int(doc_tokens.sum()),))
+        all_mask = (
+            np.memmap(tmp / "all_mask.bin", dtype=np.uint8, mode="r", shape=(int(doc_tokens.sum()),))
+            if masked
+            else None
+        )
         splits: dict[str, Any] = {}
-        content = hashlib.sha256(f"replaylab-store-v{STORE_FORMAT}\0".encode())
+        # A masked store's content is its documents' segments (text and loss flags), so its identity covers the mask.
+        content = hashlib.sha256(f"replaylab-store-v{STORE_FORMAT}{'-masked' if masked else ''}\0".encode())
         digest_rows = np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, 16)
         for split, keep in (("train", ~val_mask), ("val", val_mask)):
             offsets = _write_split(all_tokens, starts, doc_tokens, keep, tmp / f"{split}.bin")
@@ -206,8 +269,14 @@ def build_store(
                 "tokens": int(offsets[-1]),
                 "utf8_bytes": int(nbytes[keep].sum()),
             }
-        del all_tokens
+            if all_mask is not None:
+                _write_split(all_mask, starts, doc_tokens, keep, tmp / f"{split}_mask.bin")
+                loss = np.fromfile(tmp / f"{split}_mask.bin", dtype=np.uint8)
+                splits[split]["loss_tokens"] = int(loss.sum(dtype=np.int64))
+        del all_tokens, all_mask
         os.unlink(tmp / "all.bin")
+        if masked:
+            os.unlink(tmp / "all_mask.bin")
         content_hash = content.hexdigest()
         meta = {
             "format": STORE_FORMAT,
@@ -233,6 +302,13 @@ def build_store(
             "content_hash": content_hash,
             "identity": hashlib.sha256(f"{content_hash}\0{tokenizer.hash}".encode()).hexdigest(),
         }
+        if masked:
+            meta["instructions"] = {
+                "format": corpus_opts.format,
+                "loss_policy": loss_policy(corpus_opts.format, corpus_opts.loss),
+                "describe": describe_policy(corpus_opts.format, corpus_opts.loss),
+                **({"chat_template": encode.chat} if corpus_opts.format == "messages" else {}),
+            }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         write_marker(tmp, "store", key)
         # A copy of the tokenizer makes the store self-contained: it can always be decoded and checked.

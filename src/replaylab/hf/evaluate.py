@@ -50,6 +50,8 @@ def evaluate_losses(
         device=device,
         autocast_dtype=dtype,
         forward=functools.partial(lm_logits, model),
+        # instruction rows: padding-free positions, so attention stays inside each example
+        forward_rows=lambda x, p, s: model(input_ids=x, position_ids=p, use_cache=False).logits,
     )
 
 

@@ -52,9 +52,11 @@ def replay_sampler(
 
 def open_stores(cfg: RunConfig, tokenizer) -> dict:
     """Token stores of the target and replay pools, tokenized with `tokenizer` (a data-layer Tokenizer)."""
+    from replaylab.data.rows import read_as_rows
     from replaylab.data.store import get_store
 
-    return {name: get_store(dom.source, tokenizer, dom.options) for name, dom in cfg.data.domains.items()}
+    # Instruction stores (a loss mask) train as whole examples per row (data/rows.py).
+    return read_as_rows({name: get_store(dom.source, tokenizer, dom.options) for name, dom in cfg.data.domains.items()})
 
 
 def resolve_budget(cfg: RunConfig, store) -> int:

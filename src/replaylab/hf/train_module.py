@@ -21,6 +21,7 @@ from replaylab.train import checkpoint as ckpt
 from replaylab.train import ddp
 from replaylab.train.evaluate import EvalSet
 from replaylab.train.loss import build_step_loss, next_token_loss
+from replaylab.train.loss_shares import weighted_loss
 from replaylab.train.module import AdamWModule
 
 
@@ -172,6 +173,14 @@ class HFCausalLMModule(AdamWModule):
         with autocast(self.device, self.dtype):
             logits = ev.lm_logits(self.model, x)  # (b, L, V)
         return next_token_loss(logits, y)
+
+    def weighted_micro_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Instruction rows: padding-free position_ids (no attention_mask, no KV cache), so transformers' attention
+        stays inside each example (tests/test_document_packing.py); sum of weight x token loss."""
+        t = batch["tokens"]
+        with autocast(self.device, self.dtype):
+            logits = self.model(input_ids=t[:, :-1], position_ids=batch["positions"][:, :-1], use_cache=False).logits
+        return weighted_loss(logits, t[:, 1:], batch["weights"])
 
     def sync_gradients(self, dist: ddp.DistInfo) -> None:
         if not self.sharded:  # FSDP averaged (reduce-scattered) each layer's gradients in the backward pass

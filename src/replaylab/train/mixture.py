@@ -247,6 +247,15 @@ class MixtureSampler:
         if missing:
             raise DataError(f"no token store given for domain(s) {', '.join(missing)}; pass one per data.domains entry")
         self.stores = {n: stores[n] for n in self.names}
+        for name, store in self.stores.items():
+            meta = getattr(store, "meta", None) or {}
+            if meta.get("instructions") and not hasattr(store, "rows"):
+                # Read as a stream it would train prompts and cross example boundaries: say so instead.
+                raise DataError(
+                    f"domain {name!r}: store {store.path} holds {meta['instructions']['format']} records with a loss "
+                    "mask; read it as whole examples per row (replaylab.data.rows.read_as_rows, as replaylab train, "
+                    "replaylab finetune and ReplayMixture do), or build the source as text (format: text)"
+                )
         check_epochs(config)
 
         self.starts = config.stage_starts()

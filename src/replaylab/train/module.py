@@ -4,6 +4,8 @@ A train module owns a model, its optimizer, and how a micro-batch becomes a loss
 of a run (folder, schedule, data, eval and checkpoint cadence, signals, divergence).
 
     micro_loss(tokens)        mean next-token loss (nats, fp32) of tokens (mb, T+1), ready for backward
+    weighted_micro_loss(b)    instruction rows (train/loss_shares.py): sum of weight x next-token loss of
+                              b = {tokens, positions, segments (mb, T+1), weights (mb, T)}, attention per document
     sync_gradients(dist)      average gradients over data-parallel ranks (a sharded model already has)
     clip_gradients(max_norm)  clip to a global L2 norm (0 = off); the norm before clipping, a 0-dim tensor
     optimizer_step(lr)        one AdamW step at `lr`, then clear the gradients
@@ -28,11 +30,13 @@ from replaylab.runconfig import OptimConfig
 from replaylab.train import ddp
 from replaylab.train.evaluate import EvalSet, evaluate
 from replaylab.train.loss import build_step_loss
+from replaylab.train.loss_shares import weighted_loss
 from replaylab.train.optim import build_optimizer, clip_gradients, set_lr
 
 
 class TrainModule(Protocol):
     def micro_loss(self, tokens: torch.Tensor) -> torch.Tensor: ...
+    def weighted_micro_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
     def sync_gradients(self, dist: ddp.DistInfo) -> None: ...
     def clip_gradients(self, max_norm: float) -> torch.Tensor: ...
     def optimizer_step(self, lr: float) -> None: ...
@@ -91,6 +95,12 @@ class TransformerModule(AdamWModule):
     def micro_loss(self, tokens: torch.Tensor) -> torch.Tensor:
         with runtime.autocast(self.device, self.dtype):
             return self._loss(tokens)
+
+    def weighted_micro_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = batch["tokens"]  # (mb, T+1); positions and segments likewise: the document mask (model.py)
+        with runtime.autocast(self.device, self.dtype):
+            logits = self.model(t[:, :-1], batch["positions"][:, :-1], batch["segments"][:, :-1])  # (mb, T, V)
+        return weighted_loss(logits, t[:, 1:], batch["weights"])
 
     def state_dict(self) -> dict[str, dict]:
         return {"model": self.model.state_dict(), "optim": self.optimizer.state_dict()}

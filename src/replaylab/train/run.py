@@ -68,6 +68,7 @@ def resolve_config(config: RunConfig):
 
 
 def load_stores(config: RunConfig, tokenizer) -> dict:
+    from replaylab.data.rows import read_as_rows
     from replaylab.data.store import get_store
 
     stores = {}
@@ -80,7 +81,8 @@ def load_stores(config: RunConfig, tokenizer) -> dict:
                 f"({made_with[:8]}, run uses {tokenizer.hash[:8]}); give the corpus, not a built store"
             )
         stores[name] = store
-    return stores
+    # Instruction stores (a loss mask) train as whole examples per row, never as a stream (data/rows.py).
+    return read_as_rows(stores)
 
 
 def check_resumed_data(config: RunConfig, existing: dict, stores: dict, tokenizer, out_dir: Path) -> None:

@@ -39,6 +39,7 @@ from replaylab.train import checkpoint as ckpt
 from replaylab.train import ddp
 from replaylab.train.evaluate import EvalSet
 from replaylab.train.logging import Progress, RunLogger
+from replaylab.train.loss_shares import batch_tensors, engine_weights, masked_batch
 from replaylab.train.lr import lr_schedule
 from replaylab.train.mixture import MixtureSampler, stage_at
 from replaylab.train.module import TrainModule
@@ -133,6 +134,10 @@ class Trainer:
         self.logger = RunLogger(folder.path, config=logger_config, enabled=self.dist.is_main, resume_step=start)
         self.pin = self.device.type == "cuda"
         self._signal_at_end: int | None = None  # a signal during the last step: passed on by `finish`
+        # Instruction data (stores read as rows): per-source loss weights per step (train/loss_shares.py); None for
+        # text data, whose steps below are exactly as they were.
+        self.loss_weights = engine_weights(config, sampler)
+        self._shares: dict | None = None
 
     # -- pieces ---------------------------------------------------------------------------------------
     def stage_of(self, step: int) -> int:
@@ -140,9 +145,28 @@ class Trainer:
         return stage_at(self.starts, step)
 
     def batch(self, step: int) -> torch.Tensor:
-        """This rank's rows of step `step`'s global batch, int64 (B/W, T+1), pinned on CUDA."""
+        """This rank's rows of step `step`'s global batch, int64 (B/W, T+1), pinned on CUDA. Instruction data: a
+        MaskedBatch (rows with positions, segments and per-token loss weights)."""
+        if self.loss_weights is not None:
+            return masked_batch(self.sampler, step, self.loss_weights(step), rows=self.rows)
         tokens = torch.from_numpy(self.sampler.batch(step, rows=self.rows)[0])
         return tokens.pin_memory() if self.pin else tokens
+
+    def masked_micro_steps(self, batch) -> tuple[torch.Tensor, int]:
+        """Forward and backward of one step of instruction data: each micro-batch's loss is sum(weight x token
+        loss) with weights that sum to 1 over the global batch, so the step objective is the sum over micro-batches
+        and ranks; the backward is scaled by the world size because gradients are averaged over ranks. Returns
+        (world x the summed local loss, 1): the trainer's mean over ranks of it is the step objective."""
+        parts = batch_tensors(batch)
+        world = self.dist.world_size if self.dist.active else 1
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for m in range(0, parts["tokens"].shape[0], self.micro):
+            micro = {k: v[m : m + self.micro].to(self.device) for k, v in parts.items()}
+            loss = self.module.weighted_micro_loss(micro)
+            (loss * world).backward()
+            total += loss.detach()
+        self._shares = batch.shares
+        return total * world, 1
 
     def evaluate(self, done: int) -> dict[str, dict[str, float]]:
         """Held-out losses after `done` steps, logged with the data seen so far."""
@@ -202,14 +226,18 @@ class Trainer:
                     if step == self.starts[stage] and stage > 0 and cfg.stages[stage].optimizer == "reset":
                         module.reset_optimizer()  # fresh moments, step count 0
                     lr = float(self.lrs[step])
-                    tokens = upcoming.result().to(self.device, non_blocking=self.pin)  # (B/W, T+1)
-                    upcoming = prefetch.submit(self.batch, step + 1) if step + 1 < self.total else None
-                    n_micro = tokens.shape[0] // self.micro
-                    loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-                    for m in range(n_micro):
-                        loss = module.micro_loss(tokens[m * self.micro : (m + 1) * self.micro])  # mean over (mb, T)
-                        (loss / n_micro).backward()
-                        loss_sum += loss.detach()
+                    if self.loss_weights is not None:  # instruction data
+                        loss_sum, n_micro = self.masked_micro_steps(upcoming.result())
+                        upcoming = prefetch.submit(self.batch, step + 1) if step + 1 < self.total else None
+                    else:
+                        tokens = upcoming.result().to(self.device, non_blocking=self.pin)  # (B/W, T+1)
+                        upcoming = prefetch.submit(self.batch, step + 1) if step + 1 < self.total else None
+                        n_micro = tokens.shape[0] // self.micro
+                        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+                        for m in range(n_micro):
+                            loss = module.micro_loss(tokens[m * self.micro : (m + 1) * self.micro])  # mean (mb, T)
+                            (loss / n_micro).backward()
+                            loss_sum += loss.detach()
                     module.sync_gradients(dist)
                     grad_norm = module.clip_gradients(cfg.optim.grad_clip)
                     if not math.isfinite(float(grad_norm)):  # the one sync of every step: never apply a bad step
@@ -236,6 +264,8 @@ class Trainer:
                                 "grad_norm": float(grad_norm),
                             }
                         )
+                        if self._shares is not None:  # each source's realized share of the step
+                            self.logger.log({"type": "shares", "step": step, **_flat(self._shares)})
                         bar.update(step, step_loss, tps)
                         window_start, window_steps = time.perf_counter(), 0
                     stage_end = step == self.starts[stage + 1]
@@ -303,6 +333,10 @@ class Trainer:
         self.logger.close()
         if error is not None and not isinstance(error, (TrainingInterrupted, KeyboardInterrupt)):
             self.folder.ended("failed", error=one_line(error))
+
+
+def _flat(shares: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{name}_{kind}": round(v, 6) for name, kinds in shares.items() for kind, v in kinds.items()}
 
 
 def eval_due(config: RunConfig, starts: list[int], done: int) -> bool:
