@@ -352,8 +352,14 @@ class ReplayMixture(torch.utils.data.IterableDataset):
 
     def _join_reading_trainer(self) -> None:
         trainer = guards.reading_trainer(self)
-        if trainer is not None:
-            self._join_trainer(trainer.args, trainer.state, trainer.model)
+        if trainer is None:
+            return
+        self._join_trainer(trainer.args, trainer.state, trainer.model)
+        if self.masked:  # labels, positions and weights must reach the model as they are
+            examples = masked_examples(self, 0, (0, min(2, self.batch_size)))
+            if trainer.train_dataset is not self:  # the datasets form (as_hf_dataset) yields int lists
+                examples = [{k: v.tolist() for k, v in e.items()} for e in examples]
+            guards.check_collator(self, trainer, examples)
 
     def _join_trainer(self, args, state, model) -> None:
         """Check a Trainer that trains on this stream and place the stream where the Trainer resumes reading."""
