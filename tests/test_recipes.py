@@ -141,6 +141,10 @@ def test_bigbench_renderers():
         task, [{"input": "A?", "target": "a"}, {"input": "B?"}, {"input": "C?", "target_scores": {"c": 1, "d": 0}}]
     ) == ("Definition: Answer the question.\n\nInput: A?\nOutput: a\n\nInput: C?\nOutput: c")
     assert bigbench.render_instruction_group(task, [{"input": "B?"}]) is None
+    pair = bigbench.render_instruction_pair(task, {"input": " Q? ", "target": ["Yes.", "No."]})
+    assert pair == {"prompt": "Definition: Answer the question.\n\nInput: Q?\nOutput:", "completion": " Yes."}
+    assert pair["prompt"] + pair["completion"] == bigbench.render_instruction(task, {"input": "Q?", "target": "Yes."})
+    assert bigbench.render_instruction_pair(task, {"input": "B?"}) is None
     assert bigbench.looks_english("The cat sat on the mat and it was happy in the sun")
     assert not bigbench.looks_english("Eine Skyline ist die Teilansicht oder das Panorama einer Stadt")
 
@@ -196,9 +200,11 @@ def test_sigterm_during_build_leaves_no_temp_folder(tmp_path):
 
 
 def test_unknown_recipe_lists_known_ones(scratch_home):
-    with pytest.raises(ReplaylabError, match=r"unknown recipe 'bask'.*basque, code, generic, instructions, math"):
+    with pytest.raises(
+        ReplaylabError, match=r"unknown recipe 'bask'.*basque, code, generic, instruction_pairs, instructions, math"
+    ):
         build_recipe("bask")
-    assert set(RECIPES) == {"generic", "code", "instructions", "math", "basque"}
+    assert set(RECIPES) == {"generic", "code", "instructions", "math", "basque", "instruction_pairs"}
     for recipe in RECIPES.values():
         assert recipe.licence and recipe.description and recipe.artifacts
         assert all(len(a.sha256) == 64 and a.version for a in recipe.artifacts)
@@ -276,3 +282,21 @@ def test_basque_builds_deterministically(scratch_home):
     build_recipe("basque", force=True, progress=False)
     assert (folder / "documents.jsonl").read_bytes() == first
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_a_structured_recipe_writes_records_whole(tmp_path):
+    from replaylab.data.recipes.build import Recipe, write_corpus
+
+    pairs = [
+        ("t:0", {"prompt": "Q1\nOutput:", "completion": " a"}),
+        ("t:1", {"prompt": "Q1\nOutput:", "completion": " a"}),
+        ("t:2", {"prompt": "Q2\nOutput:", "completion": b" b\xff"}),
+    ]
+    recipe = Recipe(name="pairs", description="d", licence="l", artifacts=(), documents=lambda: iter(pairs))
+    summary = write_corpus(recipe, tmp_path / "pairs", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "pairs" / "documents.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"prompt": "Q1\nOutput:", "completion": " a", "source": "t:0"},
+        {"prompt": "Q2\nOutput:", "completion": " b\ufffd", "source": "t:2"},
+    ]
+    assert summary["docs"] == 2 and summary["duplicates_removed"] == 1 and summary["utf8_replacements"] == 1

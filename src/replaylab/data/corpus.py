@@ -207,9 +207,14 @@ def _render(record: Any, opts: CorpusOptions, where: str) -> Document:
                 f"fields present: {', '.join(map(str, record)) or 'none'}"
             ) from None
     if opts.text_field not in record:
+        hint = "set the text field, e.g. --text-field NAME"
+        if {"prompt", "completion"} <= set(record) or "messages" in record:  # instruction records
+            hint = f"records of {'messages' if 'messages' in record else 'prompt_completion'}: pass --format " + (
+                "messages" if "messages" in record else "prompt_completion"
+            )
         raise DataError(
             f"{where}: record has no field {opts.text_field!r}; fields present: "
-            f"{', '.join(map(str, record)) or 'none'} (set the text field, e.g. --text-field NAME)"
+            f"{', '.join(map(str, record)) or 'none'} ({hint})"
         )
     value = record[opts.text_field]
     if not isinstance(value, str):

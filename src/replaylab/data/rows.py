@@ -121,13 +121,10 @@ class DocumentRows:
 
     def budget_indices(self, seq_len: int, n: int, seed: int) -> np.ndarray:
         """As `TokenStore.budget_indices`, over rows: the first n of a seeded permutation (nested in n)."""
+        from replaylab.data.store import nested_budget
+
         total = self.num_sequences("train", seq_len)
-        if n < 1 or n > total:
-            raise DataError(
-                f"a budget of {n} rows does not fit store {self.store.name}: it packs into {total} train rows of "
-                f"{seq_len} tokens; choose a budget between 1 and {total} or a larger corpus"
-            )
-        return np.random.default_rng(seed).permutation(total)[:n].astype(np.int64)
+        return nested_budget(total, n, seed, f"store {self.store.name}", f"rows of {seq_len} tokens (whole examples)")
 
     def sequences(self, split: str, seq_len: int, index: np.ndarray) -> np.ndarray:
         return self.rows(split, seq_len, index).tokens

@@ -178,12 +178,7 @@ class TokenStore:
     def budget_indices(self, seq_len: int, n: int, seed: int) -> np.ndarray:
         """The first n of a seeded permutation of the train sequences: nested across n for one seed."""
         total = self._require_sequences("train", seq_len)
-        if n < 1 or n > total:
-            raise DataError(
-                f"a budget of {n} sequences does not fit store {self.name}: it has {total} train sequences "
-                f"of {seq_len} tokens; choose a budget between 1 and {total} or a larger corpus"
-            )
-        return np.random.default_rng(seed).permutation(total)[:n].astype(np.int64)
+        return nested_budget(total, n, seed, f"store {self.name}", f"sequences of {seq_len} tokens")
 
     def bytes_per_token(self, split: str) -> float:
         """UTF-8 bytes of the split's documents per token (EOS tokens included): loss / ln 2 / this = bits per byte."""
@@ -191,6 +186,16 @@ class TokenStore:
         if tokens == 0:
             raise DataError(f"store {self.name} has no {split} tokens; bytes per token is undefined")
         return self.meta["splits"][split]["utf8_bytes"] / tokens
+
+
+def nested_budget(total: int, n: int, seed: int, where: str, unit: str) -> np.ndarray:
+    """The first n of a seeded permutation of `total` train sequences (or rows): nested across n for one seed."""
+    if n < 1 or n > total:
+        raise DataError(
+            f"a budget of {n} does not fit {where}: it has {total} train {unit}; choose a budget between 1 and "
+            f"{total} or a larger corpus"
+        )
+    return np.random.default_rng(seed).permutation(total)[:n].astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------- the cache

@@ -18,9 +18,9 @@ __all__ = ["RECIPES", "Recipe", "build_recipe", "corpus_dir", "get_recipe", "rec
 
 
 def _registry() -> dict[str, Recipe]:
-    from replaylab.data.recipes import basque, code, generic, instructions, math
+    from replaylab.data.recipes import basque, code, generic, instruction_pairs, instructions, math
 
-    return {m.RECIPE.name: m.RECIPE for m in (generic, code, instructions, math, basque)}
+    return {m.RECIPE.name: m.RECIPE for m in (generic, code, instructions, math, basque, instruction_pairs)}
 
 
 RECIPES: dict[str, Recipe] = _registry()

@@ -142,6 +142,17 @@ def render_instruction_group(task: dict, examples: list[dict]) -> str | None:
     return f"{definition}\n\n{shots}"
 
 
+def render_instruction_pair(task: dict, example: dict) -> dict | None:
+    """One example as a prompt/completion record: the task definition and "Input: ...\nOutput:" as the prompt, the
+    answer (after a space) as the completion; the text layout of `render_instruction`, split where the answer
+    starts. None when the example has no answer."""
+    target = answer(example)
+    if target is None:
+        return None
+    definition = (task.get("task_prefix") or task.get("description") or "").strip()
+    return {"prompt": f"{definition}\n\nInput: {example['input'].strip()}\nOutput:", "completion": f" {target}"}
+
+
 def select_examples(task_id: str, examples: list[dict], cap: int) -> list[tuple[int, dict]]:
     """At most `cap` (index, example) pairs of a task, in file order: those whose input hashes lowest
     (blake2b of task id + input). A hash, not the first `cap`, because tasks list their examples

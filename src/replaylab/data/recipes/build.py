@@ -32,13 +32,14 @@ class Recipe:
     """A built-in corpus: where its bytes come from and how they become documents.
 
     `documents()` yields (source label, text or raw bytes); bytes are decoded as UTF-8 with
-    replacement characters for invalid sequences (counted in the summary)."""
+    replacement characters for invalid sequences (counted in the summary). A structured recipe yields
+    records instead ({field: text}, e.g. prompt and completion), written whole beside `source`."""
 
     name: str
     description: str
     licence: str
     artifacts: tuple[Artifact, ...]
-    documents: Callable[[], Iterator[tuple[str, str | bytes]]]
+    documents: Callable[[], Iterator[tuple[str, str | bytes | dict]]]
 
     def pins(self) -> dict:
         """What the recipe declares before downloading anything: the part of its summary.json that
@@ -112,8 +113,16 @@ def _write_corpus(recipe: Recipe, final: Path, *, progress: bool) -> dict:
         with atomic_dir(final) as tmp:
             with open(tmp / "documents.jsonl", "w", encoding="utf-8", newline="\n") as out:
                 for source, raw in recipe.documents():
-                    text, n_replaced = normalize(raw)
-                    text = text.strip()
+                    record = None
+                    if isinstance(raw, dict):  # a structured record: its fields normalized, hashed as one
+                        fields = {k: normalize(v) for k, v in raw.items()}
+                        record = {k: t for k, (t, _) in fields.items()}
+                        text, n_replaced = json.dumps(record, ensure_ascii=False), sum(n for _, n in fields.values())
+                        if not "".join(record.values()).strip():
+                            continue
+                    else:
+                        text, n_replaced = normalize(raw)
+                        text = text.strip()
                     if not text:
                         continue
                     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
@@ -122,7 +131,10 @@ def _write_corpus(recipe: Recipe, final: Path, *, progress: bool) -> dict:
                         continue
                     seen.add(digest)
                     replaced += n_replaced
-                    out.write(json.dumps({"text": text, "source": source}, ensure_ascii=False) + "\n")
+                    line = {**record, "source": source} if record is not None else {"text": text, "source": source}
+                    out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                    if record is not None:
+                        text = "".join(record.values())
                     docs += 1
                     chars += len(text)
                     nbytes += len(text.encode("utf-8"))
