@@ -34,6 +34,18 @@ def stdlib_texts(target_bytes: int = 400_000) -> tuple[list[str], list[str]]:
     return code, [topics[name] for name in sorted(topics)]
 
 
+def instruction_records() -> list[dict[str, str]]:
+    """Question/answer records from the Python reference topics in `pydoc_data`: {"prompt": a question, "completion":
+    the topic's first paragraphs}, one per topic (about 90), deterministic. Small real instruction data, offline."""
+    from pydoc_data.topics import topics
+
+    records = []
+    for name in sorted(topics):
+        paragraphs = [p for p in topics[name].split("\n\n") if p.strip()]
+        records.append({"prompt": f"Explain the Python topic {name!r}.\n", "completion": "\n\n".join(paragraphs[:2])})
+    return records
+
+
 def tiny_world(folder: str | Path, *, hidden: int = 256, layers: int = 2, max_positions: int = 512) -> dict:
     """Texts, and a tiny random Llama with its own tokenizer in `folder/model` (reused when already there)."""
     import torch
@@ -112,13 +124,34 @@ def summarize(mix, steps: int, verbose: bool = True) -> dict:
     return out
 
 
-def run_from_command_line(main, doc: str) -> None:
+def instruction_summary(mix, steps: int, verbose: bool = True) -> dict:
+    """Per trained step, the replay source's share of the rows, of the loss tokens and of the loss weight (what
+    reaches the gradient), and the target's exposure in examples and completion tokens (printed when verbose)."""
+    shares = [mix.step_shares(s)["replay"] for s in range(steps)]
+    out = {
+        "steps": steps,
+        **{f"replay_{k}": [s[k] for s in shares] for k in ("rows", "loss_tokens", "loss_weight")},
+        "exposure": mix.target_exposure(),
+    }
+    if verbose:
+        for k in ("rows", "loss_tokens", "loss_weight"):
+            v = out[f"replay_{k}"]
+            print(f"replay share of the {k.replace('_', ' ')} per step: min {min(v):.4f}, max {max(v):.4f}")
+        e = out["exposure"]
+        print(
+            f"target: {e['draws']} rows drawn, {e.get('example_draws')} examples and {e.get('loss_token_draws')} "
+            f"completion tokens (budget {e['budget']} rows x {e['epochs']:g} epochs)"
+        )
+    return out
+
+
+def run_from_command_line(main, doc: str, *, replay_fraction: float = 0.5, budget: int | None = 128) -> None:
     """The examples' shared command line: the replay fraction, target budget and epochs, a step cap, a workdir."""
     import argparse
 
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
-    p.add_argument("--replay-fraction", type=float, default=0.5)
-    p.add_argument("--budget", type=int, default=128, help="unique target sequences")
+    p.add_argument("--replay-fraction", type=float, default=replay_fraction)
+    p.add_argument("--budget", type=int, default=budget, help="unique target sequences (rows)")
     p.add_argument("--epochs", type=float, default=2.0, help="passes over the target budget")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument(

@@ -174,3 +174,20 @@ def test_hf_trainer_keeps_the_rows_as_they_are(pc_store, prose_store, llama, tmp
     refused(t, "drops the examples' loss_weights.*remove_unused_columns=False")
     t = Trainer(model=model, args=TrainingArguments(**args, remove_unused_columns=False), train_dataset=mix)
     refused(t, "ignores them; override compute_loss with replaylab.replay_rows.replay_loss")  # Llama takes **kwargs
+
+
+@pytest.mark.parametrize("name", ["hf_trainer_instructions", "sft_replay_trl"])
+def test_instruction_examples_run_a_few_steps(name, tmp_path):
+    """The examples as a user runs them (a few steps): replay weighs exactly R in every step's loss while its share
+    of the rows and of the loss tokens differs."""
+    import importlib
+    import sys
+
+    if name == "sft_replay_trl":
+        pytest.importorskip("trl")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    main = importlib.import_module(name).main
+    out = main(workdir=str(tmp_path), seq_len=127, batch_size=4, max_steps=2)
+    assert out["steps"] == 2 and len(out["losses"]) >= 1
+    assert out["replay_loss_weight"] == pytest.approx([0.25, 0.25], abs=1e-6)
+    assert out["exposure"]["example_draws"] > 0
