@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from instruction_fixtures import pc_corpus, pc_store  # noqa: F401  (fixtures)
+from instruction_fixtures import write_prompt_completion
 
 from replaylab import ReplayMixture
 from replaylab.errors import ConfigError
@@ -28,6 +28,16 @@ def home(tmp_path_factory):
         os.environ.pop("REPLAYLAB_HOME", None)
     else:
         os.environ["REPLAYLAB_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def pc_store(tmp_path_factory, tiny_tokenizer):
+    """The pydoc topics as prompt/completion records, in this module's own store (instruction_fixtures' session
+    store is built under the session's home by the modules that import it)."""
+    from replaylab.data.store import get_store
+
+    corpus = write_prompt_completion(tmp_path_factory.mktemp("pc") / "topics_pc.jsonl")
+    return get_store(str(corpus), tokenizer=tiny_tokenizer, options={"format": "prompt_completion"}, name="pc_trl")
 
 
 @pytest.fixture(scope="module")
