@@ -51,6 +51,9 @@ def test_engine_trains_an_instruction_target_and_resumes_bit_identically(raw, tm
         assert s["code_loss_weight"] == pytest.approx(0.5) and s["generic_loss_weight"] == pytest.approx(0.5)
         assert s["code_loss_tokens"] != pytest.approx(0.5)
     assert all(s["generic_loss_weight"] == 1.0 for s in shares if s["step"] <= 8)
+    data = manifest["instruction_data"]
+    assert data["code"]["loss"] == "prompt_completion: loss on completion tokens only"
+    assert data["generic"]["loss"] == "text: loss on every token" and data["code"]["examples"] > data["code"]["rows"]
     final = manifest["final"]["code"]
     assert 0 < final["val_loss"] < 10
 
