@@ -7,6 +7,8 @@ so every layer's tests can train real models on real tokens.
 - `tiny_tokenizer`: path of a byte-level BPE (vocab 512) trained on both; pass it as `tokenizer=`.
 - `code_store`, `prose_store`: `TokenStore`s of the two corpora with `tiny_tokenizer`
   (~1,500 and ~700 train sequences of 256 tokens, >= 64 val sequences each).
+- `pc_corpus`, `chat_corpus`, `pc_store`, `chat_store`: instruction records (Python reference topics as Q/A,
+  tests/instruction_fixtures.py) and their instruction stores (prompt_completion, messages);
 - `store_home`: the REPLAYLAB_HOME holding those stores; `isolated_home`: a fresh, empty
   REPLAYLAB_HOME for one test (never touches ~/.cache/replaylab).
 """
@@ -107,6 +109,38 @@ def prose_store(store_home, prose_corpus, tiny_tokenizer):
 
     with _home(store_home):
         return get_store(str(prose_corpus), tokenizer=tiny_tokenizer, name="prose")
+
+
+@pytest.fixture(scope="session")
+def pc_corpus(corpus_dir) -> Path:
+    """Prompt/completion records of real text (instruction_fixtures.py)."""
+    from instruction_fixtures import write_prompt_completion
+
+    return write_prompt_completion(corpus_dir / "topics_pc.jsonl")
+
+
+@pytest.fixture(scope="session")
+def chat_corpus(corpus_dir) -> Path:
+    """Chat records of the same pairs (instruction_fixtures.py)."""
+    from instruction_fixtures import write_chat
+
+    return write_chat(corpus_dir / "topics_chat.jsonl")
+
+
+@pytest.fixture(scope="session")
+def pc_store(store_home, pc_corpus, tiny_tokenizer):
+    from replaylab.data.store import get_store
+
+    with _home(store_home):
+        return get_store(str(pc_corpus), tokenizer=tiny_tokenizer, options={"format": "prompt_completion"}, name="pc")
+
+
+@pytest.fixture(scope="session")
+def chat_store(store_home, chat_corpus, tiny_tokenizer):
+    from replaylab.data.store import get_store
+
+    with _home(store_home):
+        return get_store(str(chat_corpus), tokenizer=tiny_tokenizer, options={"format": "messages"}, name="chat")
 
 
 @pytest.fixture

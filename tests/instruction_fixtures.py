@@ -5,15 +5,14 @@ shipped in `pydoc_data`, as question/answer records.
   paragraphs} per topic (answers from ~40 to ~1,500 characters);
 - `write_chat(path)`: the same pairs as chat records (a system turn, a user turn, an assistant turn; every fifth
   record a second user/assistant exchange), {"messages": [...]}.
-Fixtures `pc_store` / `chat_store` build them with the session's tiny tokenizer (import them into a test module).
+conftest.py's session fixtures `pc_corpus`, `chat_corpus`, `pc_store` and `chat_store` write and build them (with
+the session's tiny tokenizer).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import pytest
 
 
 def _pairs() -> list[tuple[str, str, str]]:
@@ -49,33 +48,3 @@ def write_chat(path: Path) -> Path:
                 ]
             f.write(json.dumps({"messages": turns}) + "\n")
     return path
-
-
-@pytest.fixture(scope="session")
-def pc_corpus(corpus_dir) -> Path:
-    return write_prompt_completion(corpus_dir / "topics_pc.jsonl")
-
-
-@pytest.fixture(scope="session")
-def chat_corpus(corpus_dir) -> Path:
-    return write_chat(corpus_dir / "topics_chat.jsonl")
-
-
-@pytest.fixture(scope="session")
-def pc_store(store_home, pc_corpus, tiny_tokenizer):
-    from conftest import _home
-
-    from replaylab.data.store import get_store
-
-    with _home(store_home):
-        return get_store(str(pc_corpus), tokenizer=tiny_tokenizer, options={"format": "prompt_completion"}, name="pc")
-
-
-@pytest.fixture(scope="session")
-def chat_store(store_home, chat_corpus, tiny_tokenizer):
-    from conftest import _home
-
-    from replaylab.data.store import get_store
-
-    with _home(store_home):
-        return get_store(str(chat_corpus), tokenizer=tiny_tokenizer, options={"format": "messages"}, name="chat")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from instruction_fixtures import pc_corpus, pc_store  # noqa: F401  (fixtures)
 
 from replaylab.config import from_dict
 from replaylab.data.rows import DocumentRows, layout

@@ -10,7 +10,6 @@ import shutil
 
 import pytest
 import torch
-from instruction_fixtures import pc_corpus  # noqa: F401  (fixture)
 from run_configs import tiny_raw
 
 from replaylab.config import from_dict
@@ -51,6 +50,10 @@ def test_engine_trains_an_instruction_target_and_resumes_bit_identically(raw, tm
         assert s["code_loss_weight"] == pytest.approx(0.5) and s["generic_loss_weight"] == pytest.approx(0.5)
         assert s["code_loss_tokens"] != pytest.approx(0.5)
     assert all(s["generic_loss_weight"] == 1.0 for s in shares if s["step"] <= 8)
+    data = manifest["instruction_data"]
+    assert data["code"]["loss"] == "prompt_completion: loss on completion tokens only"
+    assert data["generic"]["loss"] == "text: loss on every token"
+    assert data["code"]["examples"] == 71 and data["code"]["truncated_examples"] > 0  # at seq_len 64 many are cut
     final = manifest["final"]["code"]
     assert 0 < final["val_loss"] < 10
 
@@ -126,3 +129,28 @@ def test_finetune_of_a_hf_model_on_instruction_records(tmp_path):
     assert shares and all(s["replay_loss_weight"] == pytest.approx(0.25) or s["replay_rows"] == 0 for s in shares)
     assert any(s["replay_rows"] > 0 for s in shares)
     assert 0 < manifest["final"]["target"]["test_loss"] < 20
+
+
+@pytest.mark.slow  # two torchrun processes: ~30-60 s on 2 shared cores
+def test_two_processes_match_one_on_instruction_data(raw, tmp_path, isolated_home):
+    """torchrun --nproc_per_node 2 (gloo, CPU) on an instruction target gives the one-process losses: the per-token
+    weights are global (each rank's loss is its part of one step objective, its backward scaled by the world size
+    because gradients are averaged)."""
+    import os
+
+    import yaml
+    from test_ddp import _torchrun
+
+    raw["train"].update(batch_size=8, micro_batch_size=2)
+    raw["data"]["domains"]["code"]["epochs"] = 2.0
+    single = run_training(from_dict(RunConfig, raw), tmp_path / "single")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "REPLAYLAB_HOME": str(isolated_home), "OMP_NUM_THREADS": "1"}
+    r = _torchrun(2, "train", str(cfg), "--out", str(tmp_path / "ddp"), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = [x["loss"] for x in lines(tmp_path / "ddp", "train")]
+    assert losses == pytest.approx([x["loss"] for x in lines(tmp_path / "single", "train")], rel=1e-4)
+    manifest = json.loads((tmp_path / "ddp/manifest.json").read_text())
+    assert manifest["final"]["code"]["val_loss"] == pytest.approx(single["final"]["code"]["val_loss"], rel=1e-4)
+    assert lines(tmp_path / "ddp", "shares") == lines(tmp_path / "single", "shares")

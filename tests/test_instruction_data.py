@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import _home
-from instruction_fixtures import _pairs, chat_corpus, chat_store, pc_corpus, pc_store  # noqa: F401  (fixtures)
+from instruction_fixtures import _pairs
 
 from replaylab.data.rows import DocumentRows
 from replaylab.data.store import get_store

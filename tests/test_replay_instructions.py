@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from instruction_fixtures import pc_corpus, pc_store  # noqa: F401  (fixtures)
 
 from replaylab import ReplayMixture
 from replaylab.errors import DataError

@@ -196,3 +196,17 @@ def read_as_rows(stores: dict, packing: str = "documents") -> dict:
     if packing not in PACKINGS:
         raise DataError(f"packing is {packing!r}; choose 'documents' (whole examples packed per row) or 'padded'")
     return {name: DocumentRows(s, packing) if s.meta.get("instructions") else s for name, s in stores.items()}
+
+
+def instruction_summary(stores: dict, seq_len: int) -> dict:
+    """For a run's manifest: each domain's loss policy, and for instruction domains what packing did to their train
+    split (rows, examples, truncations, padding); {} when no store is read as rows (text runs record nothing new)."""
+    if not any(isinstance(s, DocumentRows) for s in stores.values()):
+        return {}
+    out = {}
+    for name, s in stores.items():
+        inst = s.meta.get("instructions")
+        out[name] = {"loss": inst["describe"] if inst else "text: loss on every token"}
+        if isinstance(s, DocumentRows):
+            out[name].update(s.summary("train", seq_len))
+    return {"instruction_data": out}

@@ -22,6 +22,7 @@ import torch
 
 from replaylab import runtime
 from replaylab.config import from_dict, to_dict
+from replaylab.data.rows import instruction_summary
 from replaylab.errors import ConfigError, DataError
 from replaylab.fingerprint import run_id
 from replaylab.model_kinds import model_kind, run_setup
@@ -305,7 +306,13 @@ def _run(
             meta=meta,
             store_identities={n: s.identity for n, s in stores.items()},
             tokenizer_hash=kind.tokenizer.hash,
-            extra={**fields, "world_size": dist.world_size, "steps_done": step, "error": None},
+            extra={
+                **fields,
+                **instruction_summary(stores, config.data.seq_len),  # loss policy per domain, packing counts
+                "world_size": dist.world_size,
+                "steps_done": step,
+                "error": None,
+            },
         ),
     }
     finished = folder.create(manifest, existing)
