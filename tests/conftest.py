@@ -9,6 +9,8 @@ so every layer's tests can train real models on real tokens.
   (~1,500 and ~700 train sequences of 256 tokens, >= 64 val sequences each).
 - `store_home`: the REPLAYLAB_HOME holding those stores; `isolated_home`: a fresh, empty
   REPLAYLAB_HOME for one test (never touches ~/.cache/replaylab).
+- `hf_world`: the Hugging Face tests' tiny world (tests/hf_world.py: corpora, a tiny random Llama folder and
+  its own REPLAYLAB_HOME), built once per session and shared by every module that uses it.
 """
 
 from __future__ import annotations
@@ -107,6 +109,21 @@ def prose_store(store_home, prose_corpus, tiny_tokenizer):
 
     with _home(store_home):
         return get_store(str(prose_corpus), tokenizer=tiny_tokenizer, name="prose")
+
+
+@pytest.fixture(scope="session")
+def hf_world_files(tmp_path_factory) -> dict:
+    from hf_world import write_tiny_world
+
+    return write_tiny_world(tmp_path_factory.mktemp("hf_world"))
+
+
+@pytest.fixture(scope="module")
+def hf_world(hf_world_files):
+    """The Hugging Face tests' tiny world (tests/hf_world.py): corpora and a tiny Llama folder built once per
+    session, its REPLAYLAB_HOME (where their stores are built, once) set while a module runs."""
+    with _home(hf_world_files["home"]):
+        yield hf_world_files
 
 
 @pytest.fixture
