@@ -119,15 +119,45 @@ def _mix(weights: dict[str, float]) -> dict[str, float]:
 
 
 def _finish(
-    raw: dict, stages: list[dict], *, target: str, budget: int, epochs: float, name: str, seed: int | None, meta: dict
+    raw: dict,
+    stages: list[dict],
+    *,
+    strategy: str,
+    target: str,
+    generic: str,
+    point: TwoStage | None,
+    gamma: float,
+    budget: int,
+    budget_multiple: float,
+    epochs: float,
+    lr: float,
+    name: str,
+    seed: int | None,
+    **extra: Any,
 ) -> RunConfig:
+    """The run: the target's budget and epochs, the stages, and `meta`, the strategy as analysis reads it
+    (docs/design.md; `point` None: no two-stage point, rho, alpha and delta are None). The meta keys keep this
+    order: it is part of the content hash, so of every run id."""
     raw["data"]["domains"][target] = {**raw["data"]["domains"][target], "budget": budget, "epochs": epochs}
     raw["stages"] = stages
     raw["name"] = name
     if seed is not None:
         raw["seed"] = seed
+    raw["meta"] = {
+        "strategy": strategy,
+        "target_domain": target,
+        "generic_domain": generic,
+        "rho": point.rho if point else None,
+        "alpha": point.alpha if point else None,
+        "delta": point.delta if point else None,
+        "gamma": gamma,
+        "budget": budget,
+        "budget_multiple": budget_multiple,
+        "target_epochs": epochs,
+        "lr": lr,
+        **extra,
+    }
     # meta.lr names the tuned stage's peak; lr_group hashes the run with it blanked (replaylab.fingerprint).
-    raw["meta"] = dict(meta)
     raw["meta"]["lr_group"] = lr_group(raw)
     return from_dict(RunConfig, raw)
 
@@ -165,27 +195,19 @@ def reference(
             "init": init,
         }
     ]
-    meta = {
-        "strategy": "reference",
-        "target_domain": target,
-        "generic_domain": generic,
-        "rho": None,
-        "alpha": None,
-        "delta": None,
-        "gamma": gamma,
-        "budget": budget,
-        "budget_multiple": budget_multiple,
-        "target_epochs": epochs,
-        "lr": lr,
-    }
     return _finish(
         raw,
         stages,
+        strategy="reference",
         target=target,
+        generic=generic,
+        point=None,
+        gamma=gamma,
         budget=budget,
+        budget_multiple=budget_multiple,
         epochs=epochs,
+        lr=lr,
         seed=seed,
-        meta=meta,
         name=f"reference-{target}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}",
     )
 
@@ -243,29 +265,21 @@ def finetune(
             "optimizer": "reset",
         },
     ]
-    meta = {
-        "strategy": "finetune",
-        "target_domain": target,
-        "generic_domain": generic,
-        "rho": point.rho,
-        "alpha": point.alpha,
-        "delta": point.delta,
-        "gamma": gamma,
-        "budget": budget,
-        "budget_multiple": budget_multiple,
-        "target_epochs": epochs,
-        "lr": lr,
-        "multiplier": 1 / (1 - point.rho),
-        "pretrain_lr": pretrain_lr,
-    }
     return _finish(
         raw,
         stages,
+        strategy="finetune",
         target=target,
+        generic=generic,
+        point=point,
+        gamma=gamma,
         budget=budget,
+        budget_multiple=budget_multiple,
         epochs=epochs,
+        lr=lr,
+        multiplier=1 / (1 - point.rho),
+        pretrain_lr=pretrain_lr,
         seed=seed,
-        meta=meta,
         name=f"finetune-{target}-rho{_fmt(rho)}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}",
     )
 
@@ -310,27 +324,19 @@ def midtrain(
             "optimizer": "carry",
         },
     ]
-    meta = {
-        "strategy": "midtrain",
-        "target_domain": target,
-        "generic_domain": generic,
-        "rho": point.rho,
-        "alpha": point.alpha,
-        "delta": point.delta,
-        "gamma": gamma,
-        "budget": budget,
-        "budget_multiple": budget_multiple,
-        "target_epochs": epochs,
-        "lr": lr,
-    }
     return _finish(
         raw,
         stages,
+        strategy="midtrain",
         target=target,
+        generic=generic,
+        point=point,
+        gamma=gamma,
         budget=budget,
+        budget_multiple=budget_multiple,
         epochs=epochs,
+        lr=lr,
         seed=seed,
-        meta=meta,
         name=f"midtrain-{target}-rho{_fmt(rho)}-a{_fmt(alpha)}-x{_fmt(budget_multiple)}-lr{_fmt(lr)}",
     )
 
