@@ -11,6 +11,8 @@ so every layer's tests can train real models on real tokens.
   tests/instruction_fixtures.py) and their instruction stores (prompt_completion, messages);
 - `store_home`: the REPLAYLAB_HOME holding those stores; `isolated_home`: a fresh, empty
   REPLAYLAB_HOME for one test (never touches ~/.cache/replaylab).
+- `hf_world`: the Hugging Face tests' tiny world (tests/hf_world.py: corpora, a tiny random Llama folder and
+  its own REPLAYLAB_HOME), built once per session and shared by every module that uses it.
 """
 
 from __future__ import annotations
@@ -141,6 +143,21 @@ def chat_store(store_home, chat_corpus, tiny_tokenizer):
 
     with _home(store_home):
         return get_store(str(chat_corpus), tokenizer=tiny_tokenizer, options={"format": "messages"}, name="chat")
+
+
+@pytest.fixture(scope="session")
+def hf_world_files(tmp_path_factory) -> dict:
+    from hf_world import write_tiny_world
+
+    return write_tiny_world(tmp_path_factory.mktemp("hf_world"))
+
+
+@pytest.fixture(scope="module")
+def hf_world(hf_world_files):
+    """The Hugging Face tests' tiny world (tests/hf_world.py): corpora and a tiny Llama folder built once per
+    session, its REPLAYLAB_HOME (where their stores are built, once) set while a module runs."""
+    with _home(hf_world_files["home"]):
+        yield hf_world_files
 
 
 @pytest.fixture

@@ -16,6 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_PARTS = "determinism hf levers tests lora tiny slice autotune"
+# Each part's time limit, lifted: they budget a GPU session's minutes; here each part must run to its end however
+# loaded the machine is (a test asserts what ran, never how fast). HANG_S only stops a hung script.
+NO_LIMITS = {f"{p}_S": "3600" for p in ("DET", "HF", "LEVERS", "TESTS", "LORA", "TINY", "SLICE", "AUTOTUNE")}
+HANG_S = 3600
 
 
 @pytest.mark.slow  # ~1.5 min on 2 cores: seven parts, two of them compiling
@@ -32,9 +36,10 @@ def test_gpu_check_script_runs_every_part_in_smoke_mode(tmp_path, prose_store, c
         "GENERIC": str(prose_store.path),
         "TARGET": str(code_store.path),
         "TOK": str(tiny_tokenizer),
+        **NO_LIMITS,
     }
     proc = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        ["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_S
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     status = {line.split(":")[0]: line for line in (out / "parts.txt").read_text().splitlines() if ": exit " in line}

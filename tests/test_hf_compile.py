@@ -1,6 +1,6 @@
 """How a fine-tuning run compiles its Hugging Face model and how deterministic it is: regional compilation
 (`hf.train_module.compile_layers`) against eager, and `replaylab finetune --compile / --no-deterministic`
-end to end, on test_hf_finetune's tiny world."""
+end to end, on the HF tests' tiny world (tests/hf_world.py)."""
 
 from __future__ import annotations
 
@@ -8,30 +8,24 @@ import json
 
 import pytest
 import torch
-from test_hf_finetune import make_config, tiny_world
+from hf_world import finetune_flags, make_config
 
 from replaylab.hf.packing import TARGET
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    with tiny_world(tmp_path_factory.mktemp("hf_compile")) as w:
-        yield w
-
-
-def test_regional_compile_matches_eager_and_compiles_one_graph_for_all_layers(world):
+def test_regional_compile_matches_eager_and_compiles_one_graph_for_all_layers(hf_world):
     """compile_spec="regional" (hf.train_module.compile_layers): every decoder layer runs compiled, and two
     micro-steps give the eager module's losses and gradients (same weights, same tokens)."""
     from replaylab.hf.parallel import decoder_layers
     from replaylab.hf.train_module import HFCausalLMModule, build_model
     from replaylab.runconfig import OptimConfig
 
-    cfg = make_config(world)
+    cfg = make_config(hf_world)
     tokens = torch.randint(0, 500, (2, 33), generator=torch.Generator().manual_seed(0))
     runs = {}
     for spec in ("off", "regional"):
         torch.manual_seed(0)
-        model = build_model(cfg, world["model"], torch.device("cpu"))
+        model = build_model(cfg, hf_world["model"], torch.device("cpu"))
         module = HFCausalLMModule(
             model, OptimConfig(), device=torch.device("cpu"), dtype=None, compile_spec=spec, example=tokens
         )
@@ -50,38 +44,12 @@ def test_regional_compile_matches_eager_and_compiles_one_graph_for_all_layers(wo
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_compile_and_determinism_choices_from_the_cli(world, tmp_path):
+def test_compile_and_determinism_choices_from_the_cli(hf_world, tmp_path):
     """`finetune --compile regional --no-deterministic` trains (on a CPU both are the default's kernels, so the
     losses agree with the default run's), records the choices in config.yaml, and is another run id."""
     from replaylab.cli import main
 
-    common = [
-        "finetune",
-        "--model",
-        world["model"],
-        "--target",
-        world["code"],
-        "--set",
-        "target.options.glob=*.py",
-        "--budget",
-        "8",
-        "--replay",
-        world["prose"],
-        "--replay-fraction",
-        "0.5",
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "3",
-        "--lr",
-        "1e-3",
-        "--threads",
-        "1",
-        "--set",
-        "eval.initial=false",
-    ]
+    common = ["finetune", *finetune_flags(hf_world, max_steps=3, lr=1e-3)]
     finals = {}
     for name, extra in (("default", []), ("chosen", ["--compile", "regional", "--no-deterministic"])):
         assert main(common + extra + ["--out", str(tmp_path / name)]) == 0

@@ -4,157 +4,22 @@ LoRA, resume bit for bit, multiple-choice scoring, clear errors."""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import json
 import math
 import os
 import shutil
-import sysconfig
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hf_world import RANK_DEVICES, finetune_flags, make_config, read_losses, torchrun_two_ranks
 
 from replaylab.errors import ConfigError, ReplaylabError
 from replaylab.finetune_form import read_finetune
 from replaylab.hf.packing import REPLAY, TARGET, open_stores, plan_mix, sampler_config
-from replaylab.runconfig import RunConfig
 from replaylab.train.mixture import MixtureSampler
 
 torch.set_num_threads(1)
-
-
-@contextlib.contextmanager
-def tiny_world(root: Path):
-    """REPLAYLAB_HOME, a target corpus (stdlib Python source), a replay corpus (stdlib docstrings:
-    English prose), and a tiny Llama folder whose tokenizer was trained on both (shared by the HF tests)."""
-    old_home = os.environ.get("REPLAYLAB_HOME")
-    os.environ["REPLAYLAB_HOME"] = str(root / "home")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    code = root / "code"
-    code.mkdir()
-    for name in [
-        "textwrap",
-        "heapq",
-        "bisect",
-        "fnmatch",
-        "glob",
-        "shlex",
-        "colorsys",
-        "calendar",
-        "csv",
-        "difflib",
-        "fractions",
-        "getopt",
-        "gettext",
-        "graphlib",
-        "keyword",
-        "numbers",
-        "operator",
-        "pprint",
-        "queue",
-        "random",
-        "sched",
-        "secrets",
-        "selectors",
-        "statistics",
-        "string",
-        "stringprep",
-    ]:
-        shutil.copy(stdlib / f"{name}.py", code / f"{name}.py")
-    import argparse
-    import collections
-    import email
-    import json as js
-    import logging
-    import pathlib
-    import unittest
-    import urllib.parse
-    import zipfile
-
-    docs = []
-    for mod in (argparse, collections, email, js, logging, pathlib, unittest, urllib.parse, zipfile, inspect):
-        for _, obj in inspect.getmembers(mod):
-            if inspect.ismodule(obj):  # which submodules a package holds depends on what the process imported
-                continue
-            d = inspect.getdoc(obj)
-            if d and len(d) > 200 and d not in docs:
-                docs.append(d)
-    prose = root / "prose.jsonl"
-    prose.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    texts = docs + [p.read_text() for p in sorted(code.glob("*.py"))]
-    tok.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    model_dir = root / "tiny-llama"
-    model_dir.mkdir()
-    tok.save(str(model_dir / "tokenizer.json"))
-    (model_dir / "tokenizer_config.json").write_text(
-        json.dumps(
-            {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "model_max_length": 1024}
-        )
-    )
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        eos_token_id=0,
-        bos_token_id=0,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(model_dir)
-    yield {"root": root, "code": str(code), "prose": str(prose), "docs": docs, "model": str(model_dir)}
-    if old_home is None:
-        os.environ.pop("REPLAYLAB_HOME", None)
-    else:
-        os.environ["REPLAYLAB_HOME"] = old_home
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    with tiny_world(tmp_path_factory.mktemp("hf")) as w:
-        yield w
-
-
-def make_config(world, **kw) -> RunConfig:
-    raw = {
-        "model": world["model"],
-        "target": {"source": world["code"], "budget": 12, "options": {"glob": "*.py"}},
-        "replay": {"source": world["prose"]},
-        "replay_fraction": 0.5,
-        "target_epochs": 2.0,
-        "seq_len": 32,
-        "batch_size": 4,
-        "optim": {"lr": 1e-2, "warmup": 0.1},
-        "eval": {"max_sequences": 8, "initial": True},
-        "log_every": 1,
-        "progress": "off",
-        "threads": 1,
-    }
-    for key, value in kw.items():
-        node = raw
-        *parents, last = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return read_finetune(raw)
 
 
 @pytest.mark.parametrize("rho", [0.0, 0.25, 0.5, 0.75])
@@ -166,12 +31,12 @@ def test_fixed_target_exposure_stretches_the_run(rho):
     assert 0 <= (1 - rho) - plan.target_weight < 1 / plan.total_steps  # the share is 1 - R to within a batch
 
 
-def test_token_exact_shares_and_exposure_on_real_stores(world):
+def test_token_exact_shares_and_exposure_on_real_stores(hf_world):
     from replaylab.data.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(world["model"])
+    tokenizer = load_tokenizer(hf_world["model"])
     for rho in (0.0, 0.3, 0.75):
-        cfg = make_config(world, replay_fraction=rho)
+        cfg = make_config(hf_world, replay_fraction=rho)
         stores = open_stores(cfg, tokenizer)
         plan = plan_mix(budget=12, target_epochs=2, replay_fraction=rho, batch_size=4)
         sampler = MixtureSampler(sampler_config(cfg, plan, str(tokenizer.path)), stores)
@@ -187,23 +52,17 @@ def test_token_exact_shares_and_exposure_on_real_stores(world):
         assert sampler.realized_shares(0).get(REPLAY, 0.0) == pytest.approx(share)
 
 
-def read_losses(run: Path) -> list[float]:
-    return [
-        r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"
-    ]
-
-
-def test_full_finetune_resume_is_bit_exact(world, tmp_path):
+def test_full_finetune_resume_is_bit_exact(hf_world, tmp_path):
     from replaylab.hf.finetune import run_finetune
 
-    straight = run_finetune(make_config(world), tmp_path / "a")
+    straight = run_finetune(make_config(hf_world), tmp_path / "a")
     assert straight["status"] == "done" and straight["plan"]["total_steps"] == 12  # 6 target steps / (1 - 0.5)
     assert straight["realized_token_shares"] == {TARGET: 0.5, REPLAY: 0.5}
     assert set(straight["final"]) == {TARGET, REPLAY}
     assert straight["final"][TARGET]["val_loss"] < straight["initial"]["losses"][TARGET]["val_loss"] - 0.2
     assert (tmp_path / "a" / "model" / "model.safetensors").exists()
 
-    cfg = make_config(world, checkpoint_every=5)
+    cfg = make_config(hf_world, checkpoint_every=5)
     run_finetune(cfg, tmp_path / "b")
     # Pretend the run died after step 5: drop the later checkpoint's successors and the result.
     b = tmp_path / "b"
@@ -220,15 +79,15 @@ def test_full_finetune_resume_is_bit_exact(world, tmp_path):
     assert read_losses(b) == read_losses(tmp_path / "a")
 
 
-def test_lora_trains_only_adapters(world, tmp_path):
+def test_lora_trains_only_adapters(hf_world, tmp_path):
     from safetensors.torch import load_file
 
     from replaylab.hf.finetune import run_finetune
 
-    full = run_finetune(make_config(world, replay_fraction=0.0), tmp_path / "full")
+    full = run_finetune(make_config(hf_world, replay_fraction=0.0), tmp_path / "full")
     lora = run_finetune(
         make_config(
-            world, replay_fraction=0.0, lora__enabled=True, lora__r=4, gradient_checkpointing=True, optim__lr=1e-2
+            hf_world, replay_fraction=0.0, lora__enabled=True, lora__r=4, gradient_checkpointing=True, optim__lr=1e-2
         ),
         tmp_path / "lora",
     )
@@ -240,14 +99,14 @@ def test_lora_trains_only_adapters(world, tmp_path):
     assert lora["final"] != full["final"]
 
 
-def test_multiple_choice_scoring_matches_direct_likelihoods(world, tmp_path):
+def test_multiple_choice_scoring_matches_direct_likelihoods(hf_world, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from replaylab.data.tokenizer import load_tokenizer
     from replaylab.hf.evaluate import load_mc_task, score_mc
 
-    tok = load_tokenizer(world["model"])
-    model = AutoModelForCausalLM.from_pretrained(world["model"])
+    tok = load_tokenizer(hf_world["model"])
+    model = AutoModelForCausalLM.from_pretrained(hf_world["model"])
     items = []
     for i in range(6):
         context = f"def function_{i}(x):\n    return"
@@ -270,41 +129,11 @@ def test_multiple_choice_scoring_matches_direct_likelihoods(world, tmp_path):
         load_mc_task(path)
 
 
-def test_cli_runs_and_reports_errors_on_one_line(world, tmp_path, capsys):
+def test_cli_runs_and_reports_errors_on_one_line(hf_world, tmp_path, capsys):
     from replaylab.cli import main
 
     out = tmp_path / "cli"
-    rc = main(
-        [
-            "finetune",
-            "--model",
-            world["model"],
-            "--target",
-            world["code"],
-            "--set",
-            "target.options.glob=*.py",
-            "--budget",
-            "8",
-            "--replay",
-            world["prose"],
-            "--replay-fraction",
-            "0.75",
-            "--seq-len",
-            "32",
-            "--batch-size",
-            "4",
-            "--max-steps",
-            "3",
-            "--lr",
-            "1e-3",
-            "--threads",
-            "1",
-            "--set",
-            "eval.initial=false",
-            "--out",
-            str(out),
-        ]
-    )
+    rc = main(["finetune", *finetune_flags(hf_world, replay_fraction=0.75, max_steps=3, lr=1e-3), "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "realized token shares: target 0.2500, replay 0.7500" in text and "final" in text
@@ -312,7 +141,9 @@ def test_cli_runs_and_reports_errors_on_one_line(world, tmp_path, capsys):
     assert manifest["plan"]["capped"] and manifest["plan"]["planned_steps"] == 8 and manifest["steps_done"] == 3
     assert manifest["meta"]["rho"] == 0.75 and manifest["kind"] == "finetune_hf"
 
-    assert main(["finetune", "--model", world["model"], "--replay-fraction", "1.0", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["finetune", "--model", hf_world["model"], "--replay-fraction", "1.0", "--out", str(tmp_path / "x")]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "replay_fraction must lie in [0, 1), got 1.0" in err
 
@@ -345,56 +176,19 @@ def test_unreachable_model_ids_fail_fast(monkeypatch, tmp_path):
         resolve_model("./missing/model/folder")
 
 
-# Multi-rank variants (also used by test_hf_fsdp): gloo ranks pin device=cpu, so they stay on CPU on a
-# machine with one GPU too (two ranks on one GPU crash NCCL); NCCL ranks need a GPU each. Values:
-# (device, the config pinned for it, tolerance of the 2-rank run against 1 process). Precision is
-# pinned to fp32: auto means bf16 on CUDA and on CPUs with native bf16 (AMX, avx512_bf16), whose
-# rounding differs with the batch split far beyond these tolerances (measured: 3.6e-2 in the losses).
-# CUDA's fp32 matmuls use TF32, hence its looser tolerance.
-TWO_GPUS = pytest.mark.skipif(
-    torch.cuda.device_count() < 2, reason="NCCL variant: needs 2 visible CUDA GPUs, one per torchrun rank"
-)
-RANK_DEVICES = [
-    pytest.param("cpu", {"device": "cpu", "precision": "fp32"}, 1e-4, id="cpu-gloo"),
-    pytest.param("cuda", {"device": "cuda", "precision": "fp32"}, 1e-3, id="cuda-nccl", marks=TWO_GPUS),
-]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("device", "pin", "tol"), RANK_DEVICES)
-def test_torchrun_ddp_matches_one_process(device, pin, tol, world, tmp_path):
+def test_torchrun_ddp_matches_one_process(device, pin, tol, hf_world, tmp_path):
     """Two ranks under torchrun (gloo on CPU, NCCL on two GPUs) train on halves of each global batch and
     average gradients: the run must match the single-process one up to float rounding."""
-    import subprocess
-    import sys
-
     from replaylab.config import dump_yaml
     from replaylab.hf.finetune import run_finetune
 
-    cfg = make_config(world, eval__initial=False, save_final=False, **pin)
+    cfg = make_config(hf_world, eval__initial=False, save_final=False, **pin)
     single = run_finetune(cfg, tmp_path / "one")
     (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "replaylab.cli",
-            "finetune",
-            "--config",
-            str(tmp_path / "cfg.yaml"),
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        check=True,
-        env=env,
-        timeout=300,
-    )
+    cli = ("-m", "replaylab.cli", "finetune")
+    torchrun_two_ranks(*cli, "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "two"))
     two = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert two["status"] == "done"
     for dom in (TARGET, REPLAY):
@@ -428,7 +222,7 @@ def test_remote_code_stays_off_unless_asked(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_and_resume_matches_straight_run(world, tmp_path):
+def test_sigterm_checkpoints_and_resume_matches_straight_run(hf_world, tmp_path):
     import signal
     import subprocess
     import sys
@@ -437,7 +231,7 @@ def test_sigterm_checkpoints_and_resume_matches_straight_run(world, tmp_path):
     from replaylab.config import dump_yaml
     from replaylab.hf.finetune import run_finetune
 
-    cfg = make_config(world, replay_fraction=0.75, eval__initial=False, save_final=False)  # 24 steps
+    cfg = make_config(hf_world, replay_fraction=0.75, eval__initial=False, save_final=False)  # 24 steps
     straight = run_finetune(cfg, tmp_path / "straight")
     (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
     cmd = [
@@ -485,13 +279,13 @@ def test_config_mistakes_name_the_value_and_the_fix(raw, message):
     assert message in str(e.value)
 
 
-def test_divergence_stops_before_the_bad_step_like_the_engine(world, tmp_path):
+def test_divergence_stops_before_the_bad_step_like_the_engine(hf_world, tmp_path):
     """The one Trainer's divergence rule holds for Hugging Face runs too: status diverged (not failed), a
     message naming the setting to lower, and the step with a non-finite gradient norm is not applied."""
     from replaylab.hf.finetune import run_finetune
 
     cfg = make_config(
-        world,
+        hf_world,
         optim__lr=1e12,
         optim__grad_clip=0.0,
         optim__warmup=0.0,

@@ -6,13 +6,10 @@ and resume bit for bit, LoRA shards too, and the gathered model/ and adapter/ fo
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from test_hf_finetune import RANK_DEVICES, make_config, read_losses, world  # noqa: F401 - the module-scoped fixture
+from hf_world import RANK_DEVICES, finetune_flags, make_config, read_losses, torchrun_two_ranks
 
 from replaylab.config import dump_yaml
 from replaylab.errors import ConfigError
@@ -48,7 +45,7 @@ def _step(model, optimizer, x):
     optimizer.zero_grad(set_to_none=True)
 
 
-def test_sharded_state_round_trips_in_the_checkpoint_format(world, one_rank_group, tmp_path):
+def test_sharded_state_round_trips_in_the_checkpoint_format(hf_world, one_rank_group, tmp_path):
     """Sharded and plain models take the same step; the gathered state has the plain model's names
     and optimizer.state_dict() layout, and loads back into a fresh sharded model exactly."""
     from torch.distributed.tensor import DTensor
@@ -58,7 +55,7 @@ def test_sharded_state_round_trips_in_the_checkpoint_format(world, one_rank_grou
     from replaylab.train import checkpoint as ckpt
 
     def fresh(sharded: bool):
-        model = AutoModelForCausalLM.from_pretrained(world["model"])
+        model = AutoModelForCausalLM.from_pretrained(hf_world["model"])
         if sharded:
             parallel.shard(model, torch.device("cpu"), 1, None)
         return model, _adamw(model)
@@ -95,42 +92,16 @@ def test_sharded_state_round_trips_in_the_checkpoint_format(world, one_rank_grou
         parallel.check_supported(["xcopa_eu"])
 
 
-def test_fsdp_flag_and_one_process_fallback(world, tmp_path, capsys):
+def test_fsdp_flag_and_one_process_fallback(hf_world, tmp_path, capsys):
     from replaylab.cli import main
 
-    rc = main(
-        [
-            "finetune",
-            "--model",
-            world["model"],
-            "--target",
-            world["code"],
-            "--set",
-            "target.options.glob=*.py",
-            "--budget",
-            "8",
-            "--replay",
-            "none",
-            "--seq-len",
-            "32",
-            "--batch-size",
-            "4",
-            "--max-steps",
-            "2",
-            "--threads",
-            "1",
-            "--set",
-            "eval.initial=false",
-            "--fsdp",
-            "--out",
-            str(tmp_path / "run"),
-        ]
-    )
+    flags = finetune_flags(hf_world, replay_fraction=None, max_steps=2)
+    rc = main(["finetune", *flags, "--fsdp", "--out", str(tmp_path / "run")])
     assert rc == 0
     assert "parallel=fsdp with one process trains unsharded" in capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "done"
     with pytest.raises(ConfigError, match="parallel 'zero3' is unknown; choose one of ddp, fsdp"):
-        make_config(world, parallel="zero3")
+        make_config(hf_world, parallel="zero3")
 
 
 # Run under torchrun: one process group for several runs (torchrun and the imports cost ~10 s each).
@@ -163,7 +134,7 @@ ddp.teardown(info)
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("device", "pin", "tol"), RANK_DEVICES)
-def test_two_fsdp_ranks_match_one_process_and_resume_bit_for_bit(device, pin, tol, world, tmp_path):
+def test_two_fsdp_ranks_match_one_process_and_resume_bit_for_bit(device, pin, tol, hf_world, tmp_path):
     """2 ranks (gloo on CPU, NCCL on two GPUs) shard the tiny Llama and train on halves of each global
     batch: losses, final weights and checkpoints match the 1-process run (float rounding), full and LoRA;
     a sharded run resumed from its step-5 checkpoint matches the straight sharded run bit for bit."""
@@ -173,9 +144,9 @@ def test_two_fsdp_ranks_match_one_process_and_resume_bit_for_bit(device, pin, to
     from replaylab.hf.finetune import run_finetune
 
     # 12 steps; a clip that binds at every step, so the global gradient norm across shards must be right
-    full = make_config(world, eval__initial=False, parallel="fsdp", checkpoint_every=5, optim__grad_clip=0.1, **pin)
+    full = make_config(hf_world, eval__initial=False, parallel="fsdp", checkpoint_every=5, optim__grad_clip=0.1, **pin)
     lora = make_config(
-        world,
+        hf_world,
         eval__initial=False,
         parallel="fsdp",
         replay_fraction=0.0,
@@ -189,23 +160,7 @@ def test_two_fsdp_ranks_match_one_process_and_resume_bit_for_bit(device, pin, to
         (tmp_path / f"{name}.yaml").write_text(dump_yaml(cfg))
         run_finetune(cfg, tmp_path / f"one_{name}")  # one process: the unsharded fallback
     (tmp_path / "driver.py").write_text(DRIVER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(tmp_path / "driver.py"),
-            str(tmp_path),
-            device,
-        ],
-        check=True,
-        env=env,
-        timeout=300,
-    )
+    torchrun_two_ranks(str(tmp_path / "driver.py"), str(tmp_path), device)
 
     for name in ("full", "lora"):
         one, two = tmp_path / f"one_{name}", tmp_path / f"two_{name}"

@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from test_hf_finetune import tiny_world  # noqa: E402
+from hf_world import finetune_flags  # noqa: E402
 
 from replaylab.errors import ConfigError  # noqa: E402
 from replaylab.hf.evaluate import LM_EVAL_TASKS_DIR, evaluate_losses, load_mc_task, run_lm_eval, score_mc  # noqa: E402
@@ -27,22 +27,21 @@ BUILTIN = "replaylab_basque_vocab"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """test_hf_finetune's tiny world (REPLAYLAB_HOME, stdlib prose + code corpora, a tiny Llama folder),
-    with the model and both tokenizers loaded."""
+def world(hf_world):
+    """The HF tests' tiny world (tests/hf_world.py: REPLAYLAB_HOME, stdlib prose + code corpora, a tiny Llama
+    folder), with the model and both tokenizers loaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from replaylab.data.tokenizer import load_tokenizer
 
-    with tiny_world(tmp_path_factory.mktemp("lmeval")) as w:
-        model_dir = w["model"]
-        yield {
-            **w,
-            "model_dir": model_dir,
-            "model": AutoModelForCausalLM.from_pretrained(model_dir),
-            "hf_tok": AutoTokenizer.from_pretrained(model_dir),
-            "tok": load_tokenizer(model_dir),
-        }
+    model_dir = hf_world["model"]
+    return {
+        **hf_world,
+        "model_dir": model_dir,
+        "model": AutoModelForCausalLM.from_pretrained(model_dir),
+        "hf_tok": AutoTokenizer.from_pretrained(model_dir),
+        "tok": load_tokenizer(model_dir),
+    }
 
 
 def ours(world, items: list[dict]) -> dict:
@@ -158,39 +157,8 @@ def test_finetune_cli_runs_lm_eval_tasks_into_the_manifest(world, tmp_path, caps
     from replaylab.cli import main
 
     out = tmp_path / "run"
-    rc = main(
-        [
-            "finetune",
-            "--model",
-            world["model_dir"],
-            "--target",
-            world["code"],
-            "--set",
-            "target.options.glob=*.py",
-            "--budget",
-            "8",
-            "--replay",
-            world["prose"],
-            "--replay-fraction",
-            "0.5",
-            "--seq-len",
-            "32",
-            "--batch-size",
-            "4",
-            "--max-steps",
-            "2",
-            "--threads",
-            "1",
-            "--set",
-            "eval.initial=false",
-            "--set",
-            "save_final=false",
-            "--lm-eval-task",
-            BUILTIN,
-            "--out",
-            str(out),
-        ]
-    )
+    flags = finetune_flags(world, model=world["model_dir"], max_steps=2, sets=("save_final=false",))
+    rc = main(["finetune", *flags, "--lm-eval-task", BUILTIN, "--out", str(out)])
     assert rc == 0
     mc = json.loads((out / "manifest.json").read_text())["mc"]
     assert mc[BUILTIN]["n"] == 20 and 0 <= mc[BUILTIN]["acc"] <= 1

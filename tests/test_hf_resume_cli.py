@@ -1,57 +1,19 @@
 """`replaylab finetune --resume RUN_DIR` continues a run with the config its folder holds, as `replaylab train
 --resume RUN_DIR` does (the old `--resume --out RUN_DIR` with the run's flags keeps working), on
-test_hf_finetune's tiny world."""
+the HF tests' tiny world (tests/hf_world.py)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 
-import pytest
-from test_hf_finetune import read_losses, tiny_world
+from hf_world import finetune_flags, read_losses
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    with tiny_world(tmp_path_factory.mktemp("hf_resume")) as w:
-        yield w
-
-
-def test_finetune_resume_reads_the_config_from_the_run_folder(world, tmp_path, capsys):
+def test_finetune_resume_reads_the_config_from_the_run_folder(hf_world, tmp_path, capsys):
     from replaylab.cli import main
 
-    flags = [
-        "--model",
-        world["model"],
-        "--target",
-        world["code"],
-        "--set",
-        "target.options.glob=*.py",
-        "--budget",
-        "8",
-        "--replay",
-        world["prose"],
-        "--replay-fraction",
-        "0.5",
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "4",
-        "--lr",
-        "1e-3",
-        "--threads",
-        "1",
-        "--set",
-        "eval.initial=false",
-        "--set",
-        "checkpoint_every=2",
-        "--set",
-        "log_every=1",
-        "--set",
-        "progress=off",
-    ]
+    flags = finetune_flags(hf_world, max_steps=4, lr=1e-3, sets=("checkpoint_every=2", "log_every=1", "progress=off"))
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["finetune", *flags, "--out", str(a)]) == 0
     assert main(["finetune", *flags, "--out", str(b)]) == 0
@@ -85,7 +47,7 @@ def test_finetune_resume_reads_the_config_from_the_run_folder(world, tmp_path, c
         assert words in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_a_run_folder_of_the_fine_tuning_form_resumes_with_either_command(world, tmp_path, capsys):
+def test_a_run_folder_of_the_fine_tuning_form_resumes_with_either_command(hf_world, tmp_path, capsys):
     """Run folders written before a fine-tuning run was a RunConfig hold config.yaml in the fine-tuning form:
     they keep their identity and continue, bit for bit, under `replaylab train --resume` (one resume for every
     run) as under `replaylab finetune --resume`."""
@@ -95,38 +57,9 @@ def test_a_run_folder_of_the_fine_tuning_form_resumes_with_either_command(world,
     from replaylab.finetune_form import load_run_config
     from replaylab.fingerprint import finetune_view
 
-    flags = [
-        "--model",
-        world["model"],
-        "--target",
-        world["code"],
-        "--set",
-        "target.options.glob=*.py",
-        "--budget",
-        "8",
-        "--replay",
-        world["prose"],
-        "-R",
-        "0.5",
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "4",
-        "--threads",
-        "1",
-        "--set",
-        "eval.initial=false",
-        "--set",
-        "checkpoint_every=2",
-        "--set",
-        "log_every=1",
-        "--set",
-        "progress=off",
-        "--set",
-        "save_final=false",
-    ]
+    flags = finetune_flags(
+        hf_world, max_steps=4, sets=("checkpoint_every=2", "log_every=1", "progress=off", "save_final=false")
+    )
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["finetune", *flags, "--out", str(a)]) == 0
     assert main(["finetune", *flags, "--out", str(b)]) == 0

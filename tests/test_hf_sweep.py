@@ -1,5 +1,5 @@
 """`kind: finetune_hf` sweeps: a replay_fraction grid x LRs of real fine-tuning runs (the tiny random
-LlamaForCausalLM world of test_hf_finetune.py) trained by the sweep worker, read back by results,
+LlamaForCausalLM world of tests/hf_world.py) trained by the sweep worker, read back by results,
 LR-selected per rho, skipped when done; the plan per cell; clear errors for bad axes."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 import yaml
-from test_hf_finetune import world  # noqa: F401 - the module-scoped fixture (tiny Llama, real text)
 
 from replaylab.errors import ConfigError
 from replaylab.sweep import prepare_sweep
@@ -103,10 +102,10 @@ def test_experiment_mistakes_name_the_key(tmp_path, change, message):
     assert message in str(e.value)
 
 
-def test_sweep_trains_selects_per_rho_and_skips_done(world, tmp_path, capsys):  # noqa: F811
+def test_sweep_trains_selects_per_rho_and_skips_done(hf_world, tmp_path, capsys):  # noqa: F811
     from replaylab.cli import main
 
-    path = write_experiment(tmp_path, base_config(world["model"], world["code"], world["prose"]))
+    path = write_experiment(tmp_path, base_config(hf_world["model"], hf_world["code"], hf_world["prose"]))
     out = tmp_path / "sweep"
     prepare_sweep(path, out)
     worker_loop(out, threads=1, poll=0.05)

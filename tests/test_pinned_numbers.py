@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_world import make_config, read_losses
 from run_configs import tiny_raw
-from test_hf_finetune import make_config, read_losses, tiny_world
 from test_trainer import records
 
 from replaylab.config import from_dict
@@ -86,25 +86,29 @@ ENGINE_TRAIN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    with tiny_world(tmp_path_factory.mktemp("pinned")) as w:
-        yield w
-
-
-def test_hf_finetune_numbers_are_pinned(world, tmp_path):
+def test_hf_finetune_numbers_are_pinned(hf_world, tmp_path):
     """A full fine-tune (R = 0.5, 12 steps, initial eval) and a LoRA one (R = 0, 6 steps), as run_finetune
     trains them: every train loss, the initial and final test losses."""
     from replaylab.hf.finetune import run_finetune
 
     torch.set_num_threads(1)
-    full = run_finetune(make_config(world), tmp_path / "full")
+    # fp32 pinned: the numbers were recorded where precision auto is fp32; on a CPU with native bf16 (avx512_bf16,
+    # AMX) auto is bf16 autocast, which moves them by ~1e-3, so only the forced fp32 is one value on every kind.
+    full = run_finetune(make_config(hf_world, precision="fp32"), tmp_path / "full")
     assert same(read_losses(tmp_path / "full"), HF_FULL_TRAIN)
     assert same({d: r["test_loss"] for d, r in full["initial"]["losses"].items()}, HF_FULL_INITIAL)
     assert same({d: r["test_loss"] for d, r in full["final"].items()}, HF_FULL_FINAL)
 
     lora = run_finetune(
-        make_config(world, replay_fraction=0.0, lora__enabled=True, lora__r=4, eval__initial=False, save_final=False),
+        make_config(
+            hf_world,
+            replay_fraction=0.0,
+            lora__enabled=True,
+            lora__r=4,
+            eval__initial=False,
+            save_final=False,
+            precision="fp32",
+        ),
         tmp_path / "lora",
     )
     assert same(read_losses(tmp_path / "lora"), HF_LORA_TRAIN)

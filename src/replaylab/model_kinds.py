@@ -1,7 +1,7 @@
-"""What `RunConfig.model` may name, by its `kind`: our Transformer (`runconfig.ModelConfig`, kind `transformer`,
-the default) or a pretrained Hugging Face causal LM (`HFModelConfig`, kind `hf`). The kind picks the train
-module (train/run.py's registry); everything else about a run (data, stages, optimizer, training, eval) is
-described by the same sections whatever the kind.
+"""What `RunConfig.model` may name, by its `kind`: our Transformer (`ModelConfig` with its size presets, kind
+`transformer`, the default) or a pretrained Hugging Face causal LM (`HFModelConfig`, kind `hf`). The kind picks
+the run setup and its train module (`RUN_SETUPS`); everything else about a run (data, stages, optimizer,
+training, eval) is described by the same sections whatever the kind.
 
 A Hugging Face run's defaults differ from ours in one place, `KIND_DEFAULTS` (applied when a config is read,
 by `RunConfig._merge_defaults`): it fine-tunes a pretrained model, so it takes smaller batches, evaluates
@@ -15,7 +15,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from replaylab.config import check_choices
+from replaylab.config import added_field, check_choices, closest
 from replaylab.errors import ConfigError
 
 TRANSFORMER, HF = "transformer", "hf"
@@ -54,6 +54,71 @@ def with_kind_defaults(raw: dict) -> dict:
         if given is None or isinstance(given, dict):
             raw[section] = {**defaults, **(given or {})}
     return raw
+
+
+# Model presets. Tiny sizes are what 2-core CPUs can train (see shared CPU measurements); `150m` is
+# the paper's "150m4k" Llama; larger ones follow common Llama shapes.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=128, n_layers=2, n_heads=4, d_ff=384),
+    "mini": dict(d_model=192, n_layers=3, n_heads=6, d_ff=512),
+    "small": dict(d_model=256, n_layers=4, n_heads=4, d_ff=768),
+    "10m": dict(d_model=384, n_layers=6, n_heads=6, d_ff=1024),
+    "25m": dict(d_model=512, n_layers=8, n_heads=8, d_ff=1408),
+    "150m": dict(d_model=512, n_layers=6, n_heads=8, d_ff=1792, max_seq_len=4096),
+    "300m": dict(d_model=768, n_layers=12, n_heads=12, d_ff=2688, max_seq_len=4096),
+    "600m": dict(d_model=1024, n_layers=24, n_heads=16, d_ff=3584, max_seq_len=4096),
+    "1b": dict(d_model=2048, n_layers=16, n_heads=16, n_kv_heads=8, d_ff=7168, max_seq_len=4096),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Our Llama-style decoder (replaylab.model.Transformer), the default kind. `preset` fills every field
+    not given explicitly."""
+
+    kind: Literal["transformer"] = added_field("transformer")
+    preset: str | None = None
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None = n_heads (multi-head); fewer = grouped-query attention
+    d_ff: int = 384  # SwiGLU hidden size
+    vocab_size: int | None = None  # None = the tokenizer's vocabulary size
+    max_seq_len: int | None = None  # None = data.seq_len
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+
+    @classmethod
+    def _merge_defaults(cls, data: dict) -> dict:
+        preset = data.get("preset")
+        if preset is None:
+            return data
+        if not isinstance(preset, str) or preset not in MODEL_PRESETS:
+            raise ConfigError(
+                f"model.preset {preset!r} is unknown; {closest(preset, MODEL_PRESETS)}choose one of "
+                f"{', '.join(MODEL_PRESETS)}"
+            )
+        return {**MODEL_PRESETS[preset], **data}
+
+    def validate(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"model head size d_model/n_heads = {self.d_model // self.n_heads} must be even for RoPE")
+        for name in ("n_kv_heads", "vocab_size", "max_seq_len"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}; or leave it unset (null)")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % kv:
+            raise ConfigError(f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({kv})")
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """The configuration of one training run: model, data domains, stages, optimizer, training, eval.
+The model section (`model.kind`: our Transformer or a Hugging Face model) is described in model_kinds.py.
 
 A run is a list of stages. Each stage has a length, a mixture {domain: token share}, an LR schedule
 and an optimizer policy. Domains name token stores; a limited domain (the target) has a budget in
@@ -11,9 +12,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-from replaylab.config import added_field, check_choices, closest
+from replaylab.config import added_field, check_choices
 from replaylab.errors import ConfigError
-from replaylab.model_kinds import HF, HFModelConfig, model_kind, validate_hf_run, with_kind_defaults
+from replaylab.model_kinds import (  # noqa: F401 - ModelConfig, MODEL_PRESETS: imported from here too (their old home)
+    HF,
+    MODEL_PRESETS,
+    HFModelConfig,
+    ModelConfig,
+    model_kind,
+    validate_hf_run,
+    with_kind_defaults,
+)
 
 # Settings with a fixed set of values: the types name the values (YAML and overrides are checked against
 # them by replaylab.config, with an error that lists them), and the fine-tuning config shares them.
@@ -26,70 +35,6 @@ LRSchedule = Literal["constant", "cosine", "wsd", "linear", "continue"]
 # bytes each: 1M steps ~ 110 MB, built in ~0.5 s), so a mistaken length, or a replay fraction near 1
 # stretching a fine-tuning run by 1 / (1 - R), is refused here rather than ending in the OOM killer.
 MAX_STEPS = 1_000_000
-
-# Model presets. Tiny sizes are what 2-core CPUs can train (see shared CPU measurements); `150m` is
-# the paper's "150m4k" Llama; larger ones follow common Llama shapes.
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(d_model=128, n_layers=2, n_heads=4, d_ff=384),
-    "mini": dict(d_model=192, n_layers=3, n_heads=6, d_ff=512),
-    "small": dict(d_model=256, n_layers=4, n_heads=4, d_ff=768),
-    "10m": dict(d_model=384, n_layers=6, n_heads=6, d_ff=1024),
-    "25m": dict(d_model=512, n_layers=8, n_heads=8, d_ff=1408),
-    "150m": dict(d_model=512, n_layers=6, n_heads=8, d_ff=1792, max_seq_len=4096),
-    "300m": dict(d_model=768, n_layers=12, n_heads=12, d_ff=2688, max_seq_len=4096),
-    "600m": dict(d_model=1024, n_layers=24, n_heads=16, d_ff=3584, max_seq_len=4096),
-    "1b": dict(d_model=2048, n_layers=16, n_heads=16, n_kv_heads=8, d_ff=7168, max_seq_len=4096),
-}
-
-
-@dataclass
-class ModelConfig:
-    """Our Llama-style decoder (model_kinds.py: the other kind a run may train). `preset` fills every field
-    not given explicitly."""
-
-    kind: Literal["transformer"] = added_field("transformer")
-    preset: str | None = None
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int | None = None  # None = n_heads (multi-head); fewer = grouped-query attention
-    d_ff: int = 384  # SwiGLU hidden size
-    vocab_size: int | None = None  # None = the tokenizer's vocabulary size
-    max_seq_len: int | None = None  # None = data.seq_len
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-    init_std: float = 0.02
-
-    @classmethod
-    def _merge_defaults(cls, data: dict) -> dict:
-        preset = data.get("preset")
-        if preset is None:
-            return data
-        if not isinstance(preset, str) or preset not in MODEL_PRESETS:
-            raise ConfigError(
-                f"model.preset {preset!r} is unknown; {closest(preset, MODEL_PRESETS)}choose one of "
-                f"{', '.join(MODEL_PRESETS)}"
-            )
-        return {**MODEL_PRESETS[preset], **data}
-
-    def validate(self) -> None:
-        for name in ("d_model", "n_layers", "n_heads", "d_ff"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
-        if (self.d_model // self.n_heads) % 2:
-            raise ConfigError(f"model head size d_model/n_heads = {self.d_model // self.n_heads} must be even for RoPE")
-        for name in ("n_kv_heads", "vocab_size", "max_seq_len"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}; or leave it unset (null)")
-        for name in ("rope_theta", "norm_eps", "init_std"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
-        kv = self.n_kv_heads or self.n_heads
-        if self.n_heads % kv:
-            raise ConfigError(f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({kv})")
 
 
 @dataclass
