@@ -14,7 +14,7 @@ from replaylab.config import from_dict
 from replaylab.errors import ConfigError, ReplaylabError
 from replaylab.model import Transformer, count_parameters, describe, parameter_counts
 from replaylab.runconfig import MODEL_PRESETS, ModelConfig
-from replaylab.train.loss import NextTokenLoss, build_step_loss
+from replaylab.train.loss import NextTokenLoss, build_step_loss, fuse_loss_by_default
 
 torch.set_num_threads(1)
 
@@ -179,6 +179,14 @@ def test_next_token_loss_is_the_shifted_cross_entropy():
     tokens = torch.randint(0, 97, (3, 12))
     want = F.cross_entropy(m(tokens[:, :-1]).reshape(-1, 97), tokens[:, 1:].reshape(-1))
     assert torch.equal(NextTokenLoss(m)(tokens), want)
+
+
+def test_the_loss_is_compiled_with_the_model_on_gpus_and_under_bf16_autocast_only():
+    # GPUs: the fp32 logits are never stored; bf16 CPUs: speed (issue 22); fp32 CPUs keep their recorded graph.
+    assert fuse_loss_by_default(torch.device("cuda"), torch.bfloat16)
+    assert fuse_loss_by_default(torch.device("cuda"), None)
+    assert fuse_loss_by_default(torch.device("cpu"), torch.bfloat16)
+    assert not fuse_loss_by_default(torch.device("cpu"), None)
 
 
 @pytest.mark.slow  # a cold inductor compile of forward + backward: 20-120 s on 2 busy cores

@@ -72,7 +72,7 @@ class AdamWModule:
 
 class TransformerModule(AdamWModule):
     """Our Llama-style Transformer (replaylab.model), compiled as `compile_spec` says (train/loss.py: with the
-    loss fused on GPUs). `example` is a micro-batch (mb, T+1) on the device for the compile trial;
+    loss fused on GPUs and under bf16 autocast). `example` is a micro-batch (mb, T+1) on the device for the compile trial;
     a checkpoint's state is loaded afterwards (`load_state_dict`: the compile trial leaves the weights untouched)."""
 
     def __init__(
