@@ -181,6 +181,26 @@ def test_next_token_loss_is_the_shifted_cross_entropy():
     assert torch.equal(NextTokenLoss(m)(tokens), want)
 
 
+@pytest.mark.parametrize("n_kv_heads", [None, 2])
+def test_written_out_attention_is_sdpas_math(n_kv_heads):
+    m = build(cfg(n_kv_heads=n_kv_heads))
+    idx = torch.randint(0, 97, (2, 9))
+    want = m(idx)
+    m.write_out_attention()
+    assert all(layer.attn.written_out for layer in m.layers)
+    torch.testing.assert_close(m(idx), want, rtol=1e-5, atol=1e-5)
+    m.write_out_attention(False)
+    assert torch.equal(m(idx), want)  # SDPA again, bit for bit
+
+
+def test_attention_is_written_out_only_where_compiled_under_bf16_on_a_cpu():
+    assert runtime.written_out_attention("cpu", torch.bfloat16, "auto")
+    assert runtime.written_out_attention("cpu", torch.bfloat16, "on")
+    assert not runtime.written_out_attention("cpu", torch.bfloat16, "off")  # eager bf16 (the demo) keeps SDPA
+    assert not runtime.written_out_attention("cpu", None, "auto")  # fp32 CPUs keep their recorded numbers
+    assert not runtime.written_out_attention("cuda", torch.bfloat16, "auto")  # GPUs keep the fused kernels
+
+
 def test_the_loss_is_compiled_with_the_model_on_gpus_and_under_bf16_autocast_only():
     # GPUs: the fp32 logits are never stored; bf16 CPUs: speed (issue 22); fp32 CPUs keep their recorded graph.
     assert fuse_loss_by_default(torch.device("cuda"), torch.bfloat16)
