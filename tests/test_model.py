@@ -14,7 +14,7 @@ from replaylab.config import from_dict
 from replaylab.errors import ConfigError, ReplaylabError
 from replaylab.model import Transformer, count_parameters, describe, parameter_counts
 from replaylab.runconfig import MODEL_PRESETS, ModelConfig
-from replaylab.train.loss import NextTokenLoss, build_step_loss
+from replaylab.train.loss import NextTokenLoss, build_step_loss, fuse_loss_by_default
 
 torch.set_num_threads(1)
 
@@ -181,6 +181,34 @@ def test_next_token_loss_is_the_shifted_cross_entropy():
     assert torch.equal(NextTokenLoss(m)(tokens), want)
 
 
+@pytest.mark.parametrize("n_kv_heads", [None, 2])
+def test_written_out_attention_is_sdpas_math(n_kv_heads):
+    m = build(cfg(n_kv_heads=n_kv_heads))
+    idx = torch.randint(0, 97, (2, 9))
+    want = m(idx)
+    m.write_out_attention()
+    assert all(layer.attn.written_out for layer in m.layers)
+    torch.testing.assert_close(m(idx), want, rtol=1e-5, atol=1e-5)
+    m.write_out_attention(False)
+    assert torch.equal(m(idx), want)  # SDPA again, bit for bit
+
+
+def test_attention_is_written_out_only_where_compiled_under_bf16_on_a_cpu():
+    assert runtime.written_out_attention("cpu", torch.bfloat16, "auto")
+    assert runtime.written_out_attention("cpu", torch.bfloat16, "on")
+    assert not runtime.written_out_attention("cpu", torch.bfloat16, "off")  # eager bf16 (the demo) keeps SDPA
+    assert not runtime.written_out_attention("cpu", None, "auto")  # fp32 CPUs keep their recorded numbers
+    assert not runtime.written_out_attention("cuda", torch.bfloat16, "auto")  # GPUs keep the fused kernels
+
+
+def test_the_loss_is_compiled_with_the_model_on_gpus_and_under_bf16_autocast_only():
+    # GPUs: the fp32 logits are never stored; bf16 CPUs: speed (issue 22); fp32 CPUs keep their recorded graph.
+    assert fuse_loss_by_default(torch.device("cuda"), torch.bfloat16)
+    assert fuse_loss_by_default(torch.device("cuda"), None)
+    assert fuse_loss_by_default(torch.device("cpu"), torch.bfloat16)
+    assert not fuse_loss_by_default(torch.device("cpu"), None)
+
+
 @pytest.mark.slow  # a cold inductor compile of forward + backward: 20-120 s on 2 busy cores
 def test_compile_works_or_falls_back_and_matches_eager():
     # The GPU path (model + loss compiled as one graph), run here on the CPU: same loss and gradients.
@@ -209,3 +237,16 @@ def test_deterministic_attention_picks_the_math_kernel_on_cuda_only():
     with runtime.deterministic_attention("cuda", True):  # math-only attention; runs on a CPU too
         restricted = m(idx)
     torch.testing.assert_close(restricted, m(idx), rtol=1e-5, atol=1e-5)
+
+
+def test_written_out_attention_keeps_packed_documents_apart():
+    """Packed rows (positions and segments, data/rows.py) under the written-out attention: the same as SDPA with
+    the document mask, so compiling a bf16 CPU run never lets one example attend to another."""
+    m = build(cfg())
+    idx = torch.randint(0, 97, (2, 10))
+    segments = torch.tensor([[0] * 4 + [1] * 6, [0] * 7 + [1] * 3])
+    positions = torch.cat([torch.arange(4), torch.arange(6)]).expand(2, -1).clone()
+    positions[1] = torch.cat([torch.arange(7), torch.arange(3)])
+    want = m(idx, positions, segments)
+    m.write_out_attention()
+    torch.testing.assert_close(m(idx, positions, segments), want, rtol=1e-5, atol=1e-5)

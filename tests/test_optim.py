@@ -98,6 +98,8 @@ def test_implementation_choice():
     # auto: fused kernels on CUDA, the multi-tensor path on CPU (what build_optimizer passes to AdamW)
     assert adamw_kwargs("auto", "cuda") == {"fused": True}
     assert adamw_kwargs("auto", torch.device("cpu")) == {"foreach": True, "fused": False}
+    assert adamw_kwargs("auto", "cpu", torch.bfloat16) == {"fused": True}  # bf16 CPUs: fused (issue 22)
+    assert adamw_kwargs("foreach", "cpu", torch.bfloat16) == {"foreach": True, "fused": False}
     assert adamw_kwargs("single", "cuda") == {"foreach": False, "fused": False}
     model = tiny_model()
     auto = build_optimizer(model, OptimConfig(), "cpu")

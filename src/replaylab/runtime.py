@@ -3,7 +3,10 @@
 The defaults ("auto") pick the fastest settings that are correct on the machine at hand:
 - CPU: bf16 autocast only when the CPU has native bf16 matmuls (avx512_bf16 or AMX); without them
   bf16 is emulated and slower than fp32. torch.compile whenever it works, eager otherwise (on our
-  fp32-only 2-core machines it gains little or nothing for small models, see BENCHMARKS.md).
+  fp32-only 2-core machines it gains little or nothing for small models, see BENCHMARKS.md). Under
+  bf16 autocast the compiled step takes the loss into the graph (train/loss.py), attends with written-out
+  matmuls (`written_out_attention`) and steps a fused AdamW (train/optim.py): 1.5-2x over Hugging Face's
+  compiled Llama on a 2-vCPU avx512_bf16 EPYC (BENCHMARKS.md).
 - CUDA: bf16 autocast where the GPU supports it, compile, TF32 for the remaining fp32 matmuls.
   Attention runs SDPA's math kernel under the default train.deterministic=true (the fused kernels'
   backward is not bit-reproducible, see `deterministic_attention`); train.deterministic=false lets
@@ -143,6 +146,15 @@ def deterministic_attention(device: torch.device | str, deterministic: bool):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(SDPBackend.MATH)
+
+
+def written_out_attention(device: torch.device | str, dtype: torch.dtype | None, compile_spec: str) -> bool:
+    """Whether our Transformer should attend with plain matmuls (model.written_out_causal_attention) instead of
+    SDPA: on a CPU under bf16 autocast when compiling. There SDPA's CPU flash kernel, which inductor keeps as is,
+    spent ~40% of the tiny preset's step in its backward; the written-out form, compiled, made the whole step
+    ~1.5x faster on a 2-vCPU EPYC with avx512_bf16 (BENCHMARKS.md). fp32 CPU runs keep SDPA (and their recorded
+    numbers), and GPUs keep their fused kernels."""
+    return torch.device(device).type == "cpu" and dtype == torch.bfloat16 and compile_spec != "off"
 
 
 def compile_unavailable_reason(device: torch.device | str = "cpu") -> str | None:

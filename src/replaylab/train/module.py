@@ -54,7 +54,7 @@ class AdamWModule:
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, device: torch.device, dtype: torch.dtype | None):
         self.model, self.optim, self.device, self.dtype = model, optim, device, dtype
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(model, optim, device)
+        self.optimizer = build_optimizer(model, optim, device, dtype)
 
     def sync_gradients(self, dist: ddp.DistInfo) -> None:
         ddp.average_gradients(self.params, dist)
@@ -68,7 +68,7 @@ class AdamWModule:
         self.optimizer.zero_grad(set_to_none=True)
 
     def reset_optimizer(self) -> None:
-        self.optimizer = build_optimizer(self.model, self.optim, self.device)
+        self.optimizer = build_optimizer(self.model, self.optim, self.device, self.dtype)
 
     def train(self) -> None:
         self.model.train()
@@ -76,7 +76,8 @@ class AdamWModule:
 
 class TransformerModule(AdamWModule):
     """Our Llama-style Transformer (replaylab.model), compiled as `compile_spec` says (train/loss.py: with the
-    loss fused on GPUs). `example` is a micro-batch (mb, T+1) on the device for the compile trial;
+    loss fused on GPUs and under bf16 autocast; compiled on a bf16 CPU it attends with written-out matmuls,
+    runtime.written_out_attention). `example` is a micro-batch (mb, T+1) on the device for the compile trial;
     a checkpoint's state is loaded afterwards (`load_state_dict`: the compile trial leaves the weights untouched)."""
 
     def __init__(
@@ -90,6 +91,7 @@ class TransformerModule(AdamWModule):
         example: torch.Tensor,
     ):
         super().__init__(model, optim, device=device, dtype=dtype)
+        model.write_out_attention(runtime.written_out_attention(device, dtype, compile_spec))
         self._loss = build_step_loss(model, compile_spec, example, dtype)
 
     def micro_loss(self, tokens: torch.Tensor) -> torch.Tensor:
