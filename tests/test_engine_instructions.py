@@ -79,51 +79,50 @@ def test_engine_trains_an_instruction_target_and_resumes_bit_identically(raw, tm
     assert lines(killed, "shares") == lines(ref, "shares")
 
 
-def test_finetune_of_a_hf_model_on_instruction_records(tmp_path):
+def test_finetune_of_a_hf_model_on_instruction_records(tmp_path, hf_world):
     """`replaylab finetune --target-format prompt_completion`: a tiny random Llama, replay weighted exactly R per
     step, completion-only held-out loss, the shares logged."""
     from instruction_fixtures import write_prompt_completion
-    from test_hf_finetune import tiny_world
 
     from replaylab.commands.finetune import add_arguments, build_config
     from replaylab.hf.finetune import run_finetune
 
-    with tiny_world(tmp_path) as world:
-        pc = write_prompt_completion(tmp_path / "topics.jsonl")
-        import argparse
+    world = hf_world
+    pc = write_prompt_completion(tmp_path / "topics.jsonl")
+    import argparse
 
-        parser = argparse.ArgumentParser()
-        add_arguments(parser)
-        args = parser.parse_args(
-            [
-                "--model",
-                world["model"],
-                "--target",
-                str(pc),
-                "--target-format",
-                "prompt_completion",
-                "--replay",
-                world["prose"],
-                "--replay-fraction",
-                "0.25",
-                "--seq-len",
-                "64",
-                "--batch-size",
-                "4",
-                "--budget",
-                "6",
-                "--epochs",
-                "1",
-                "--threads",
-                "1",
-                "eval.max_sequences=8",
-                "log_every=1",
-                "progress=off",
-                "target.options.val_docs=8",
-            ]
-        )
-        cfg = build_config(args)
-        manifest = run_finetune(cfg, tmp_path / "run")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--model",
+            world["model"],
+            "--target",
+            str(pc),
+            "--target-format",
+            "prompt_completion",
+            "--replay",
+            world["prose"],
+            "--replay-fraction",
+            "0.25",
+            "--seq-len",
+            "64",
+            "--batch-size",
+            "4",
+            "--budget",
+            "6",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "eval.max_sequences=8",
+            "log_every=1",
+            "progress=off",
+            "target.options.val_docs=8",
+        ]
+    )
+    cfg = build_config(args)
+    manifest = run_finetune(cfg, tmp_path / "run")
     assert manifest["status"] == "done"
     shares = lines(tmp_path / "run", "shares")
     assert shares and all(s["replay_loss_weight"] == pytest.approx(0.25) or s["replay_rows"] == 0 for s in shares)
