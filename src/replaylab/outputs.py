@@ -13,7 +13,8 @@ so the check does not guess.
 Folders written before markers existed are recognised by their layout: a folder holding nothing but the
 files replaylab writes for that kind (and, for a tokenizer, a tokenizer_config.json that replaylab wrote).
 
-Kinds: store, tokenizer, run (engine and Hugging Face runs), sweep, report, export.
+Kinds: store, tokenizer, run (engine and Hugging Face runs), sweep, report, export, advice (`replaylab advise`:
+a sweep and a report of its own).
 
 Writers that are long-lived (a run, a sweep's plan) hold a lock while they write (`folder_lock`): an
 `flock` on a file in the folder, which the OS releases when the process dies, so a lock left by a killed
@@ -39,7 +40,7 @@ from replaylab.paths import atomic_dir, atomic_write_text, remove_dir
 MARKER = ".replaylab.json"
 LOCK = ".replaylab.lock"
 IN_USE = ".replaylab.use.lock"  # held shared by every process using a folder for long (a sweep), see `in_use`
-Kind = Literal["store", "tokenizer", "run", "sweep", "report", "export"]
+Kind = Literal["store", "tokenizer", "run", "sweep", "report", "export", "advice"]
 
 # What each kind writes at the top of its folder (names; `*` ends a prefix). A folder of ours that holds
 # nothing else is recognised without a marker (folders made before markers existed), and an overwrite or a
@@ -63,6 +64,8 @@ _WRITES: dict[str, set[str]] = {
     },
     "sweep": {"sweep.json", "experiment.yaml", "events.jsonl", "runs", "report"},
     "report": {"report.html", "report.md", "analysis.json", "summary.csv", "figures"},
+    # `replaylab advise`: its inputs, its answer, the sweep it trained and the answer's report
+    "advice": {"advice.yaml", "advice.json", "advice.md", "recommended.yaml", "sweep", "report"},
     # transformers' save_pretrained of a config, safetensors weights and a fast tokenizer
     "export": {
         "config.json",
@@ -87,7 +90,10 @@ _REQUIRED: dict[str, set[str]] = {
 }
 # Where a kind holds artifacts of its own, the only places one replaylab folder may be inside another:
 # (path under the folder, `*` = any name) -> the kind found there.
-_INNER: dict[str, dict[tuple[str, ...], str]] = {"sweep": {("runs", "*"): "run", ("report",): "report"}}
+_INNER: dict[str, dict[tuple[str, ...], str]] = {
+    "sweep": {("runs", "*"): "run", ("report",): "report"},
+    "advice": {("sweep",): "sweep", ("report",): "report"},
+}
 # Kinds written whole (built aside, renamed over the old folder): writing the same one again replaces it too.
 # A run or a sweep is continued in place instead, so only an overwrite replaces those.
 _REBUILT = {"store", "tokenizer", "report", "export"}
@@ -214,7 +220,7 @@ def _nested_in(path: Path, kind: str, option: str) -> None:
             inner == kind and len(where) == len(rel) and all(w in ("*", r) for w, r in zip(where, rel))
             for where, inner in _INNER.get(marker["kind"], {}).items()
         ):
-            continue
+            return  # the nearest replaylab folder holds it as its own; that folder's place was checked when made
         raise OutputError(
             f"{option} {str(path)!r} is inside the replaylab {marker['kind']} folder {str(outer)!r}; "
             "choose a path outside it (one replaylab folder is never made inside another)"
