@@ -43,6 +43,10 @@ class AdviceConfig:
     model: str  # preset:NAME, or a Hugging Face id or folder
     target: str  # anything the data layer reads (recipe name, file, folder, hf:...): passed through unchanged
     replay: str = "generic"
+    # the data layer's options of each source (a folder's glob, a text field, an instruction format...), passed
+    # through unchanged to the stores and to every run
+    target_options: dict[str, Any] = field(default_factory=dict)
+    replay_options: dict[str, Any] = field(default_factory=dict)
     lora: bool = False
     budget: int | None = None  # N unique target sequences (None = every train sequence)
     epochs: float | None = None
@@ -162,6 +166,11 @@ def make_design(config: AdviceConfig, num_available: int, num_heldout: int) -> D
             f"{config.target!r}; give --budget <= {num_available} or a shorter --seq-len"
         )
     if budget < MIN_BUDGET:
+        if config.budget is not None:
+            raise ConfigError(
+                f"--budget {config.budget} is too small for the design: the no-replay curve needs >= {MIN_BUDGET} "
+                f"target sequences (budgets N/8..N); give --budget >= {MIN_BUDGET}"
+            )
         raise ConfigError(
             f"target {config.target!r} is too small for the design: {budget} train sequences of {seq_len} tokens, "
             f"the curve needs >= {MIN_BUDGET} (budgets N/8..N); give more target data or a shorter --seq-len"
@@ -226,8 +235,13 @@ def _preset_run(design: Design, cell: Cell, lr: float, seed: int):
             "tokenizer": c.tokenizer,
             "seq_len": c.value("seq_len"),
             "domains": {
-                TARGET: {"source": c.target, "budget": cell.budget, "epochs": plan.target_epochs},
-                REPLAY: {"source": c.replay},
+                TARGET: {
+                    "source": c.target,
+                    "budget": cell.budget,
+                    "epochs": plan.target_epochs,
+                    "options": dict(c.target_options),
+                },
+                REPLAY: {"source": c.replay, "options": dict(c.replay_options)},
             },
         },
         "train": {
@@ -275,8 +289,8 @@ def hf_form(config: AdviceConfig) -> dict:
     """The fine-tuning form (`replaylab finetune --config`) every HF run of the advice starts from."""
     form: dict[str, Any] = {
         "model": config.model,
-        "target": {"source": config.target},
-        "replay": {"source": config.replay},
+        "target": {"source": config.target, "options": dict(config.target_options)},
+        "replay": {"source": config.replay, "options": dict(config.replay_options)},
         "seq_len": config.value("seq_len"),
         "batch_size": config.value("batch_size"),
         "threads": config.threads,

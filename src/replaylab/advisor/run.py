@@ -62,7 +62,10 @@ def _stores(config: AdviceConfig):
         from replaylab.hf.models import resolve_model
 
         tokenizer = load_tokenizer(resolve_model(config.model))
-    return get_store(config.target, tokenizer), get_store(config.replay, tokenizer)
+    return (
+        get_store(config.target, tokenizer, config.target_options),
+        get_store(config.replay, tokenizer, config.replay_options),
+    )
 
 
 def plan_document(design: Design) -> dict:

@@ -40,6 +40,19 @@ def _minutes(text: str) -> float:
     return value
 
 
+def _options(pairs: list[str]) -> dict:
+    from replaylab.config import parse_value
+    from replaylab.errors import ConfigError
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--target-option {pair!r} is not KEY=VALUE, e.g. --target-option glob=*.py")
+        out[key] = parse_value(value)
+    return out
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -52,6 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="target data, any source the data layer reads: a recipe (e.g. "
         "instructions), a .jsonl/.txt/.parquet file or folder, hf:org/name",
+    )
+    p.add_argument(
+        "--target-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a data-layer option of the target source, passed through unchanged (e.g. glob=*.py; repeatable)",
     )
     p.add_argument("--replay", default="generic", help="generic replay data, same forms (default: generic)")
     p.add_argument("--lora", action="store_true", help="fine-tune LoRA adapters (HF models)")
@@ -100,6 +120,7 @@ def main(args: argparse.Namespace) -> int:
         model=args.model,
         target=args.target,
         replay=args.replay,
+        target_options=_options(args.target_option),
         lora=args.lora,
         budget=args.budget,
         epochs=args.epochs,
