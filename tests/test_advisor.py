@@ -57,7 +57,8 @@ def _cli_args(cfg: AdviceConfig, out: Path) -> list[str]:
         "--model", cfg.model, "--target", cfg.target, "--replay", cfg.replay, "--tokenizer", cfg.tokenizer,
         "--budget", str(cfg.budget), "--epochs", f"{cfg.epochs:g}", "--fractions", "0.5", "--lr-factors", "1",
         "--seeds", "2", "--seq-len", str(cfg.seq_len), "--batch-size", str(cfg.batch_size),
-        "--pretrain-steps", str(cfg.pretrain_steps), "--lr", f"{cfg.lr:g}", "--out", str(out),
+        "--pretrain-steps", str(cfg.pretrain_steps), "--lr", f"{cfg.lr:g}", "--pretrain-lr", f"{cfg.pretrain_lr:g}",
+        "--eval-sequences", str(cfg.eval_sequences), "--out", str(out),
     ]  # fmt: skip
 
 
@@ -167,6 +168,7 @@ def test_answer_invariants_on_a_falling_curve():
     a3 = answer(beyond, budget=64, sub_budget=16, form="loglinear", base_general=4.9, n_boot=200)
     r3 = next(r for r in a3.replay if r.rho == 0.5)
     assert r3.bound == "at least" and "extrapolated" in a3.verdict
+    assert 1 < r3.bound_value <= r3.multiplier  # the bound lies between 1 and the law's extrapolation
     # A curve that does not fall is never inverted: plain loss differences instead.
     flat = table.assign(target_test_loss=lambda t: t.target_test_loss.where(t.rho > 0, 6.5 + t.budget / 1000))
     flat = flat.assign(target_val_loss=flat.target_test_loss)

@@ -47,7 +47,8 @@ class ReplayResult:
     multiplier: float | None  # x_eff(replay) / x_eff(no replay), both at the sub-budget
     low: float | None
     high: float | None
-    bound: str  # "" | "at least" | "at most": the point lies beyond the measured curve (extrapolated)
+    bound: str  # "" | "at least" | "at most": a loss lies beyond the measured curve (extrapolated)
+    bound_value: float | None  # then: the multiplier with both effective data held inside the measured budgets
     effective_data: float | None
     wins: float  # share of bootstrap draws in which this R has the lowest select loss
     loss_diff: float  # target report loss: replay - none (negative = replay better)
@@ -201,24 +202,23 @@ def answer(
     for i, c in enumerate(replays):
         diff, dlo, dhi = _diff_ci(c.target_losses, none.target_losses, n_boot, seed, 100 + i)
         mult = lo = hi = eff = None
-        bound, note = "", ""
+        bound, note, bound_value = "", "", None
         if law is not None and not refused:
             de = data_efficiency(law, c.target_loss, none.target_loss)
             mult, eff, note = de.multiplier, de.effective_data, de.note
-            if de.extrapolated and mult is not None and de.baseline_effective_data:
-                # beyond the measured curve: report the honest bound at the curve's end instead of the law's tail
-                top, bottom = max(law.budgets), min(law.budgets)
-                if c.target_loss < none.target_loss:
-                    bound, mult = "at least", min(mult, top / de.baseline_effective_data)
-                else:
-                    bound, mult = "at most", max(mult, bottom / de.baseline_effective_data)
+            if de.extrapolated and mult is not None and eff and de.baseline_effective_data:
+                # Beyond the measured curve the law's tail decides the number. Held inside the measured budgets,
+                # each effective data moves toward the other, so the ratio becomes a bound on the true one.
+                lo_x, hi_x = float(min(law.budgets)), float(max(law.budgets))
+                inside = min(max(eff, lo_x), hi_x) / min(max(de.baseline_effective_data, lo_x), hi_x)
+                bound, bound_value = ("at least" if c.target_loss < none.target_loss else "at most"), inside
             if boot is not None:
                 try:
                     ci = boot.multiplier_ci(c.target_losses, none.target_losses, level=LEVEL, stream=i + 1)
                     lo, hi = ci.low, ci.high
                 except AnalysisError as e:
                     note = "; ".join(filter(None, [note, f"no interval: {e}"]))
-        results.append(ReplayResult(c.rho, mult, lo, hi, bound, eff, 0.0, diff, dlo, dhi, note))
+        results.append(ReplayResult(c.rho, mult, lo, hi, bound, bound_value, eff, 0.0, diff, dlo, dhi, note))
 
     contenders = [none, *replays]
     wins = _win_shares(contenders, n_boot, seed)
@@ -229,7 +229,10 @@ def answer(
     rr = next(r for r in results if r.rho == best_replay.rho)
     for r in results:
         if r.bound:
-            flags.append(f"R={r.rho:g}: beyond the measured curve, so {r.bound} {r.multiplier:.2f}x (extrapolated)")
+            flags.append(
+                f"R={r.rho:g}: a loss lies beyond the measured no-replay curve, so the multiplier is {r.bound} "
+                f"{r.bound_value:.2f}x (within the measured budgets); the law's extrapolation gives {r.multiplier:.2f}x"
+            )
         if r.note and "no interval" in r.note:
             flags.append(f"R={r.rho:g}: {r.note}")
 
@@ -271,9 +274,12 @@ def _verdict(best, best_replay, rr: ReplayResult, none, refused: bool, law_text:
             f"More target data does not help this model here ({law_text}); replay cannot be valued by effective "
             f"data. Plain losses instead: {diff}. Recommended R={best.rho:g} {where}."
         )
-    value = (
-        f"R={best_replay.rho:g} vs none: {rr.bound + ' ' if rr.bound else ''}{_fmt_ci(rr.multiplier, rr.low, rr.high)}"
-    )
+    value = f"R={best_replay.rho:g} vs none: {_fmt_ci(rr.multiplier, rr.low, rr.high)}"
+    if rr.bound:
+        value = (
+            f"R={best_replay.rho:g} vs none: {rr.bound} {rr.bound_value:.2f}x (extrapolated beyond the measured "
+            f"budgets; the law's tail gives {_fmt_ci(rr.multiplier, rr.low, rr.high)})"
+        )
     if rr.low is not None and rr.low > 1:
         return f"Replay helps: {value} the target data; {diff}. Recommended R={best.rho:g} {where}."
     why = (

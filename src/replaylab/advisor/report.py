@@ -84,8 +84,13 @@ def tables(advice: Advice) -> dict[str, list[dict[str, str]]]:
     replay = [
         {
             "R": f"{r.rho:g}",
-            "vs none (effective data)": (f"{r.bound} " if r.bound else "")
-            + (f"{r.multiplier:.2f}x" if r.multiplier is not None else "n/a"),
+            "vs none (effective data)": (
+                f"{r.bound} {r.bound_value:.2f}x (law: {r.multiplier:.2f}x, extrapolated)"
+                if r.bound
+                else f"{r.multiplier:.2f}x"
+                if r.multiplier is not None
+                else "n/a"
+            ),
             "95% interval": f"[{_num(r.low, '.2f')}, {_num(r.high, '.2f')}]",
             "target loss diff [95%]": f"{r.loss_diff:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}]",
             "wins": f"{r.wins:.0%}",

@@ -91,6 +91,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="sequences per step (default: 16 presets, 8 HF models)")
     p.add_argument("--tokenizer", default="default", help="presets: the tokenizer (default: the built-in one)")
     p.add_argument("--pretrain-steps", type=int, default=192, help="presets: pre-training steps (default 192)")
+    p.add_argument("--pretrain-lr", type=float, default=3e-3, help="presets: pre-training peak LR (default 3e-3)")
+    p.add_argument(
+        "--eval-sequences", type=int, help="held-out sequences per domain, half select, half report (256 / 64)"
+    )
     p.add_argument("--form", default="loglinear", help="law fitted to the no-replay curve (loglinear, paper, robust)")
     p.add_argument("--time-budget", type=_minutes, help="minutes: refuse a design that would not finish in time")
     p.add_argument("--plan", action="store_true", help="print the runs, tokens and estimated time; train nothing")
@@ -132,6 +136,8 @@ def main(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         pretrain_steps=args.pretrain_steps,
+        pretrain_lr=args.pretrain_lr,
+        eval_sequences=args.eval_sequences,
         tokenizer=args.tokenizer,
         threads=args.threads,
         form=args.form,
