@@ -45,7 +45,7 @@ def timed_trial(design: Design) -> Trial:
     from replaylab.train import run_training
 
     c = design.config
-    cell = Cell(design.sub_budget, max(c.fractions))
+    cell = Cell(design.budget, max(c.fractions))  # the design's longest fine-tuning (HF: capped at TRIAL_STEPS)
     if c.kind == "preset":
         raw = to_dict(_preset_run(design, cell, design.lrs[0], c.seeds[0]))
         stage = raw["stages"][0]
@@ -58,10 +58,14 @@ def timed_trial(design: Design) -> Trial:
         cfg = replace(cfg, finetune=replace(cfg.finetune, max_steps=TRIAL_STEPS), train=replace(cfg.train, log_every=1))
     tmp = Path(tempfile.mkdtemp(prefix="replaylab-advise-trial-"))
     try:
+        t0 = time.perf_counter()
         run_training(cfg, tmp / "run")
+        wall = time.perf_counter() - t0
         records = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines() if line]
-        tps = sorted(r["tok_per_s"] for r in records if r.get("type") == "train" and r.get("step", 0) > 2)
-        sps = tps[len(tps) // 2] / (cfg.train.batch_size * cfg.data.seq_len)
+        steps = [r for r in records if r.get("type") == "train"]
+        tps = sorted(r["tok_per_s"] for r in steps if r.get("step", 0) > 2)
+        # a run too short to leave its first steps out is timed whole (start-up included: an overestimate)
+        sps = tps[len(tps) // 2] / (cfg.train.batch_size * cfg.data.seq_len) if tps else max(1, len(steps)) / wall
         # A second, one-step run: what each run costs besides its steps in a warm worker (its imports done).
         t0 = time.perf_counter()
         run_training(_one_step(cfg), tmp / "again")
@@ -84,10 +88,11 @@ def estimate(doc: dict, done: set[str], trial: Trial, workers: int) -> Estimate:
     chain = 0
     for e in doc["runs"]:
         cfg = e["config"]
-        total = cfg["train"]["total_steps"]
-        trained = total - (e["branch"]["step"] if e.get("branch") else 0)
-        if e.get("kind") == "finetune_hf":  # planned at launch: its steps come from plan_mix
-            trained = total = _hf_steps(cfg)
+        if e.get("kind") == "finetune_hf":  # planned at launch: its steps come from plan_mix, no prefix
+            total = trained = _hf_steps(cfg)
+        else:
+            total = cfg["train"]["total_steps"]
+            trained = total - (e["branch"]["step"] if e.get("branch") else 0)
         chain = max(chain, total)
         if e["run_id"] in done:
             continue
