@@ -310,5 +310,6 @@ def _hf_run(design: Design, cell: Cell, lr: float, seed: int):
     c = design.config
     fields = {"target.budget": cell.budget, "replay_fraction": cell.rho, "target_epochs": c.value("epochs")}
     cfg = finetune_hf(hf_form(c), seed=seed, lr=lr, **fields)
-    cfg.meta["budget"] = cell.budget
+    # the analysis reads `advise` runs as a curve and a comparison (analysis.tables.ADVISE)
+    cfg.meta.update(strategy="advise", budget=cell.budget)
     return cfg
