@@ -121,8 +121,12 @@ class AdviceConfig:
         return asdict(self)
 
     def identity(self) -> str:
-        """The advice folder's identity: the same question continues there, another one needs --overwrite."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """The advice folder's identity: the same question continues there, another one needs --overwrite. Fields
+        at their defaults are left out, so a field added later keeps earlier questions' identities (the runs
+        themselves are content-addressed: a changed run is a new run either way)."""
+        defaults = AdviceConfig(model="", target="").to_dict()
+        asked = {k: v for k, v in self.to_dict().items() if k in ("model", "target") or v != defaults[k]}
+        return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,9 @@ def _preset_run(design: Design, cell: Cell, lr: float, seed: int):
     if plan.target_weight < 1:
         mixture[REPLAY] = 1.0 - plan.target_weight
     p = c.pretrain_steps
+    # options only when given: the raw config (and so meta.lr_group, part of the run id) stays as without them
+    target_options = {"options": dict(c.target_options)} if c.target_options else {}
+    replay_options = {"options": dict(c.replay_options)} if c.replay_options else {}
     raw = {
         "name": f"advise-{c.preset}-n{cell.budget}-rho{cell.rho:g}-lr{lr:.6g}",
         "seed": seed,
@@ -235,13 +242,8 @@ def _preset_run(design: Design, cell: Cell, lr: float, seed: int):
             "tokenizer": c.tokenizer,
             "seq_len": c.value("seq_len"),
             "domains": {
-                TARGET: {
-                    "source": c.target,
-                    "budget": cell.budget,
-                    "epochs": plan.target_epochs,
-                    "options": dict(c.target_options),
-                },
-                REPLAY: {"source": c.replay, "options": dict(c.replay_options)},
+                TARGET: {"source": c.target, "budget": cell.budget, "epochs": plan.target_epochs, **target_options},
+                REPLAY: {"source": c.replay, **replay_options},
             },
         },
         "train": {

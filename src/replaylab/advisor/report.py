@@ -14,12 +14,13 @@ from replaylab.advisor.answer import Advice
 from replaylab.advisor.design import Design
 
 
-def finetune_command(advice: Advice, design: Design) -> str:
-    """The ready-to-run command that trains the recommended recipe on the whole budget."""
+def finetune_command(advice: Advice, design: Design, out: Path | None = None) -> str:
+    """The ready-to-run command that trains the recommended recipe on the whole budget (`out`: the advice folder,
+    which holds a preset's recommended.yaml)."""
     c = design.config
     r, lr = advice.recommended_rho, advice.recommended_lr
     if c.kind == "preset":
-        return "replaylab train recommended.yaml --out runs/recommended"
+        return shlex.join(["replaylab", "train", str((out or Path(".")) / "recommended.yaml"), "--out", "runs/advised"])
     args = [
         "replaylab",
         "finetune",
@@ -110,7 +111,7 @@ def markdown(advice: Advice, design: Design) -> str:
         "# Replay advice\n",
         advice.verdict + "\n",
         "## Run it\n",
-        f"```\n{finetune_command(advice, design)}\n{replay_mixture_args(advice, design)}\n```\n",
+        f"```\n{advice.command}\n{advice.replay_mixture}\n```\n",
         f"## Replay vs none at {advice.sub_budget} target sequences\n",
         _md_table(t["replay"]),
         f"No-replay curve law: {advice.law}\n",
@@ -171,7 +172,7 @@ def write_answer(advice: Advice, design: Design, out: Path) -> Path:
     from replaylab.outputs import build_output
     from replaylab.paths import atomic_write_text
 
-    advice.command = finetune_command(advice, design)
+    advice.command = finetune_command(advice, design, out)
     advice.replay_mixture = replay_mixture_args(advice, design)
     atomic_write_text(out / "advice.json", json.dumps(advice.to_dict(), indent=1, default=str) + "\n")
     atomic_write_text(out / "advice.md", markdown(advice, design))
@@ -183,8 +184,7 @@ def write_answer(advice: Advice, design: Design, out: Path) -> Path:
         body = [
             "<h1>Replay advice</h1>",
             f"<p>{html.escape(advice.verdict)}</p>",
-            f"<pre>{html.escape(finetune_command(advice, design))}\n"
-            f"{html.escape(replay_mixture_args(advice, design))}</pre>",
+            f"<pre>{html.escape(advice.command)}\n{html.escape(advice.replay_mixture)}</pre>",
             f"<h2>Replay vs none at {advice.sub_budget} target sequences</h2>",
             _html_table(t["replay"]),
             f"<p>No-replay curve law: {html.escape(advice.law)}</p>",

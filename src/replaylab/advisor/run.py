@@ -88,12 +88,13 @@ def plan_advice(config: AdviceConfig, *, workers: int = 1, done: set[str] | None
 
 
 def _done(sweep_dir: Path) -> set[str]:
+    """Run ids finished in the advice's sweep folder (those of this plan are skipped: content-addressed)."""
     from replaylab.sweep.runstore import RunStore
 
-    if not (sweep_dir / "sweep.json").exists():
+    if not (sweep_dir / "runs").is_dir():
         return set()
     store = RunStore(sweep_dir)
-    return {e["run_id"] for e in store.plan()["runs"] if store.status(e["run_id"]) == "done"}
+    return {r.name for r in (sweep_dir / "runs").iterdir() if store.status(r.name) == "done"}
 
 
 def advise(
