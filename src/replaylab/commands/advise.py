@@ -40,7 +40,7 @@ def _minutes(text: str) -> float:
     return value
 
 
-def _options(pairs: list[str]) -> dict:
+def _options(pairs: list[str], target_format: str | None) -> dict:
     from replaylab.config import parse_value
     from replaylab.errors import ConfigError
 
@@ -50,6 +50,8 @@ def _options(pairs: list[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"--target-option {pair!r} is not KEY=VALUE, e.g. --target-option glob=*.py")
         out[key] = parse_value(value)
+    if target_format is not None:
+        out["format"] = target_format
     return out
 
 
@@ -72,6 +74,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a data-layer option of the target source, passed through unchanged (e.g. glob=*.py; repeatable)",
+    )
+    p.add_argument(
+        "--target-format",
+        metavar="FORMAT",
+        help="the target's record format, as replaylab finetune --target-format (= --target-option format=FORMAT: "
+        "instruction data with completion-only loss, where the data layer reads it)",
     )
     p.add_argument("--replay", default="generic", help="generic replay data, same forms (default: generic)")
     p.add_argument("--lora", action="store_true", help="fine-tune LoRA adapters (HF models)")
@@ -124,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
         model=args.model,
         target=args.target,
         replay=args.replay,
-        target_options=_options(args.target_option),
+        target_options=_options(args.target_option, args.target_format),
         lora=args.lora,
         budget=args.budget,
         epochs=args.epochs,
