@@ -237,6 +237,12 @@ def answer(
             flags.append(f"R={r.rho:g}: {r.note}")
 
     verdict = _verdict(best, best_replay, rr, none, refused, law_text, wins)
+    # replay's second benefit, often the larger one for users: what it keeps of the general domain
+    before = f"base model {base_general:.3f}, " if base_general is not None else ""
+    verdict += (
+        f" Forgetting (general loss, report half): {before}no replay {none.general_loss:.3f}, "
+        f"R={best_replay.rho:g} {best_replay.general_loss:.3f}."
+    )
     if flags:
         verdict += " Flags: " + "; ".join(flags) + "."
     general_none = none.general_loss
@@ -253,7 +259,12 @@ def answer(
         law=law_text,
         law_refused=refused,
         flags=flags,
-        forgetting={"base": base_general, "no_replay": general_none, "recommended": rec.general_loss},
+        forgetting={
+            "base": base_general,
+            "no_replay": general_none,
+            f"replay_{best_replay.rho:g}": best_replay.general_loss,
+            "recommended": rec.general_loss,
+        },
         cells=cells,
         missing=missing,
     )
