@@ -56,6 +56,8 @@ def _options(pairs: list[str], target_format: str | None) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from replaylab.commands.sweep import add_backend_arguments
+
     p.add_argument(
         "--model",
         required=True,
@@ -106,12 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--form", default="loglinear", help="law fitted to the no-replay curve (loglinear, paper, robust)")
     p.add_argument("--time-budget", type=_minutes, help="minutes: refuse a design that would not finish in time")
     p.add_argument("--plan", action="store_true", help="print the runs, tokens and estimated time; train nothing")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for")
-    p.add_argument("--retry", action="store_true", help="retry runs that failed or diverged before")
+    add_backend_arguments(p)
     p.add_argument("--out", help="advice folder (default: advice/<model>-<target> under REPLAYLAB_HOME)")
     p.add_argument(
         "--overwrite",
