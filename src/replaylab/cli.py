@@ -28,6 +28,7 @@ COMMANDS = [
     "analyze",
     "report",
     "finetune",
+    "advise",
 ]
 
 

@@ -21,13 +21,22 @@ from replaylab.paths import atomic_write_text
 MARKER = ".replaylab.json"
 LOCK = ".replaylab.lock"
 IN_USE = ".replaylab.use.lock"  # held shared by every process using a folder for long (a sweep), see `in_use`
-Kind = Literal["store", "tokenizer", "run", "sweep", "report", "export"]
+Kind = Literal["store", "tokenizer", "run", "sweep", "report", "export", "advice"]
 
 # What each kind writes at the top of its folder (names; `*` ends a prefix). A folder of ours that holds
 # nothing else is recognised without a marker (folders made before markers existed), and an overwrite or a
 # rebuild removes exactly these: a folder that also holds anything else is refused, never emptied.
 _WRITES: dict[str, set[str]] = {
-    "store": {"meta.json", "tokenizer.json", "train.bin", "val.bin", "train_docs.npy", "val_docs.npy"},
+    "store": {
+        "meta.json",
+        "tokenizer.json",
+        "train.bin",
+        "val.bin",
+        "train_docs.npy",
+        "val_docs.npy",
+        "train_mask.bin",  # instruction stores only (data/instructions.py)
+        "val_mask.bin",
+    },
     "tokenizer": {"tokenizer.json", "tokenizer_config.json"},
     # A sweep's run folder starts as the lease's lock file, before config.yaml.
     "run": {
@@ -45,6 +54,8 @@ _WRITES: dict[str, set[str]] = {
     },
     "sweep": {"sweep.json", "experiment.yaml", "events.jsonl", "runs", "report"},
     "report": {"report.html", "report.md", "analysis.json", "summary.csv", "figures"},
+    # `replaylab advise`: its inputs, its answer, the sweep it trained and the answer's report
+    "advice": {"advice.yaml", "advice.json", "advice.md", "recommended.yaml", "sweep", "report"},
     # transformers' save_pretrained of a config, safetensors weights and a fast tokenizer
     "export": {
         "config.json",
@@ -69,7 +80,10 @@ _REQUIRED: dict[str, set[str]] = {
 }
 # Where a kind holds artifacts of its own, the only places one replaylab folder may be inside another:
 # (path under the folder, `*` = any name) -> the kind found there.
-_INNER: dict[str, dict[tuple[str, ...], str]] = {"sweep": {("runs", "*"): "run", ("report",): "report"}}
+_INNER: dict[str, dict[tuple[str, ...], str]] = {
+    "sweep": {("runs", "*"): "run", ("report",): "report"},
+    "advice": {("sweep",): "sweep", ("report",): "report"},
+}
 # Kinds written whole (built aside, renamed over the old folder): writing the same one again replaces it too.
 # A run or a sweep is continued in place instead, so only an overwrite replaces those.
 _REBUILT = {"store", "tokenizer", "report", "export"}

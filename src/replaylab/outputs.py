@@ -13,7 +13,8 @@ so the check does not guess.
 Folders written before markers existed are recognised by their layout: a folder holding nothing but the
 files replaylab writes for that kind (and, for a tokenizer, a tokenizer_config.json that replaylab wrote).
 
-Kinds: store, tokenizer, run (engine and Hugging Face runs), sweep, report, export.
+Kinds: store, tokenizer, run (engine and Hugging Face runs), sweep, report, export, advice (`replaylab advise`:
+a sweep and a report of its own).
 
 Writers that are long-lived (a run, a sweep's plan) hold a lock while they write (`folder_lock`): an
 `flock` on a file in the folder, which the OS releases when the process dies, so a lock left by a killed
@@ -82,7 +83,7 @@ def _nested_in(path: Path, kind: str, option: str) -> None:
             inner == kind and len(where) == len(rel) and all(w in ("*", r) for w, r in zip(where, rel))
             for where, inner in _INNER.get(marker["kind"], {}).items()
         ):
-            continue
+            return  # the nearest replaylab folder holds it as its own; that folder's place was checked when made
         raise OutputError(
             f"{option} {str(path)!r} is inside the replaylab {marker['kind']} folder {str(outer)!r}; "
             "choose a path outside it (one replaylab folder is never made inside another)"

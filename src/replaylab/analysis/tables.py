@@ -34,6 +34,10 @@ NUMERIC = (
     "generic_test_loss",
 )
 STRATEGIES = ("reference", "finetune", "midtrain")
+# `replaylab advise` runs (docs/advisor.md): fine-tuning without replay at several budgets is the model's own
+# curve, read as the reference; at a budget where replay was measured, replay and no replay are the fine-tuning
+# comparison (its no-replay runs are then both a curve point and the baseline).
+ADVISE = "advise"
 # CSV conveniences: short names accepted for the documented columns.
 ALIASES = {
     "loss": "target_test_loss",
@@ -106,6 +110,7 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     for col in NUMERIC:
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce")
+    df = _advise_as_paper(df)
     unknown = sorted(set(df["strategy"].dropna().astype(str)) - set(STRATEGIES))
     if unknown:
         raise AnalysisError(f"strategy {unknown[0]!r} is unknown; the strategy column takes {', '.join(STRATEGIES)}")
@@ -126,6 +131,19 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
             "reference runs need their unique target budget"
         )
     return df
+
+
+def _advise_as_paper(df: pd.DataFrame) -> pd.DataFrame:
+    """`advise` rows as the paper's strategies (see ADVISE)."""
+    adv = df["strategy"] == ADVISE
+    if not adv.any():
+        return df
+    runs = df[adv]
+    rho = runs["rho"].fillna(0.0)
+    curve = runs[rho == 0].assign(strategy="reference", rho=np.nan)
+    replay_budgets = set(runs.loc[rho > 0, "budget"])
+    compared = runs[(rho > 0) | runs["budget"].isin(replay_budgets)].assign(strategy="finetune", alpha=1.0)
+    return pd.concat([df[~adv], curve, compared], ignore_index=True)
 
 
 def _cell_label(row: pd.Series | dict) -> str:

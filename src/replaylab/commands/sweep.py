@@ -14,12 +14,7 @@ HELP = "train an experiment's runs (skip done ones; content-addressed run folder
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help="experiment YAML (see configs/tiny_sweep.yaml)")
     p.add_argument("--out", help="sweep folder (default: sweeps/<experiment name> under REPLAYLAB_HOME)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker / per Ray task (default 1)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for")
-    p.add_argument("--retry", action="store_true", help="retry runs that failed or diverged before")
+    add_backend_arguments(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -31,6 +26,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds without a heartbeat after which a run's claim expires (default 60)",
     )
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """Where a sweep's runs train: local worker processes or Ray tasks (`sweep` and `advise`)."""
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker / per Ray task (default 1)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for")
+    p.add_argument("--retry", action="store_true", help="retry runs that failed or diverged before")
 
 
 def main(args: argparse.Namespace) -> int:

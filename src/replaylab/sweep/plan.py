@@ -41,7 +41,22 @@ def build_plan(exp: Experiment, base: dict) -> tuple[list[PlannedRun], dict[str,
     """Runs, shared-prefix branches, and the sweep.json document (run configs as they will train). A
     `kind: finetune_hf` experiment's entries and document carry that kind, and its runs never branch."""
     runs = expand(exp, base)
-    if exp.kind == HF_KIND:
+    gran = None if exp.kind == HF_KIND else prefix_granularity(exp, runs)
+    branches, doc = plan_document(exp.name, runs, kind=exp.kind, shared_prefixes=exp.shared_prefixes, granularity=gran)
+    return runs, branches, doc
+
+
+def plan_document(
+    name: str,
+    runs: list[PlannedRun],
+    *,
+    kind: str | None = None,
+    shared_prefixes: bool = True,
+    granularity: int | None = 1,
+) -> tuple[dict[str, Branch], dict[str, Any]]:
+    """The shared-prefix branches of planned runs and the sweep.json document that trains them: what
+    `build_plan` writes for an experiment file, and what a planner with its own runs (the advisor) writes."""
+    if kind == HF_KIND:
         entries = [
             {
                 "run_id": r.run_id,
@@ -53,10 +68,10 @@ def build_plan(exp: Experiment, base: dict) -> tuple[list[PlannedRun], dict[str,
             }
             for r in runs
         ]
-        return runs, {}, {"name": exp.name, "kind": HF_KIND, "prefix_granularity": None, "runs": entries}
-    gran = prefix_granularity(exp, runs)
+        return {}, {"name": name, "kind": HF_KIND, "prefix_granularity": None, "runs": entries}
+    gran = granularity or 1
     configs = {r.run_id: r.config for r in runs}
-    branches = plan_prefixes(configs, granularity=gran, min_shared=gran) if exp.shared_prefixes else {}
+    branches = plan_prefixes(configs, granularity=gran, min_shared=gran) if shared_prefixes else {}
     keep = carrier_checkpoints(branches)
     entries = []
     for r in runs:
@@ -76,8 +91,7 @@ def build_plan(exp: Experiment, base: dict) -> tuple[list[PlannedRun], dict[str,
                 "branch_steps": keep.get(r.run_id, []),
             }
         )
-    doc = {"name": exp.name, "prefix_granularity": gran, "runs": entries}
-    return runs, branches, doc
+    return branches, {"name": name, "prefix_granularity": gran, "runs": entries}
 
 
 def estimate(

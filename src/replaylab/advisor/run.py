@@ -1,0 +1,212 @@
+"""`advise(...)`: from a model and a target to the answer, through an ordinary sweep.
+
+Order: check the output folder (before anything is built), open the target and replay stores with the
+model's tokenizer (so a model that cannot load offline, or a target too small, is one line before any
+training), plan the design, time a short trial, print the plan, refuse a design that cannot fit the time
+budget (saying what would), then write the advice folder and train its sweep (resumable: done runs are
+skipped, a killed run resumes), and write the answer (advice.json, advice.md, report/).
+
+The advice folder (replaylab.outputs kind `advice`): advice.yaml (the question), sweep/ (a sweep folder:
+`replaylab results OUT/sweep` reads it), advice.json, advice.md, recommended.yaml (presets: the run to
+train), report/ (report.html and its figures).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from replaylab.advisor.answer import Advice, answer
+from replaylab.advisor.design import REPLAY, AdviceConfig, Design, make_design, runs_of
+from replaylab.advisor.timing import Estimate, Trial, estimate, timed_trial, what_fits
+from replaylab.errors import ConfigError
+
+
+@dataclass
+class AdvicePlan:
+    design: Design
+    doc: dict  # the sweep.json document
+    trial: Trial
+    estimate: Estimate
+
+    def describe(self) -> str:
+        d, e, c = self.design, self.estimate, self.design.config
+        lines = [
+            f"model {c.model}{' (LoRA)' if c.lora else ''}, target {c.target!r} ({d.num_available} train sequences "
+            f"of {c.value('seq_len')} tokens), replay {c.replay!r}",
+            f"no-replay curve at budgets {', '.join(map(str, d.budgets))}; replay R = "
+            f"{', '.join(f'{r:g}' for r in c.fractions)} at budget {d.sub_budget}; {c.value('epochs'):g} epochs",
+            f"LRs {', '.join(f'{lr:.3g}' for lr in d.lrs)} per cell; seeds {', '.join(map(str, c.seeds))}"
+            + (
+                f"; {c.pretrain_steps} pre-training steps on the replay corpus (once per seed)"
+                if c.kind == "preset"
+                else ""
+            ),
+            f"{e.runs} runs ({e.runs_left} to train), {e.steps:,} steps, {e.tokens:,} tokens; measured "
+            f"{self.trial.steps_per_s:.2f} steps/s + {self.trial.overhead_s:.1f} s per run: about "
+            f"{e.seconds / 60:.1f} min",
+        ]
+        return "\n".join(lines)
+
+
+def _stores(config: AdviceConfig):
+    """The target and replay stores, tokenized as the model's runs will be (ours: the default tokenizer)."""
+    from replaylab.data.store import get_store
+
+    if config.kind == "preset":
+        tokenizer = config.tokenizer
+    else:
+        from replaylab.data.tokenizer import load_tokenizer
+        from replaylab.hf.models import resolve_model
+
+        tokenizer = load_tokenizer(resolve_model(config.model))
+    return (
+        get_store(config.target, tokenizer, config.target_options),
+        get_store(config.replay, tokenizer, config.replay_options),
+    )
+
+
+def plan_document(design: Design) -> dict:
+    from replaylab.sweep.experiment import HF_KIND
+    from replaylab.sweep.plan import plan_document as plan_doc
+
+    kind = HF_KIND if design.config.kind == "hf" else None
+    return plan_doc(f"advise-{design.config.identity()}", runs_of(design), kind=kind)[1]
+
+
+def plan_advice(config: AdviceConfig, *, workers: int = 1, done: set[str] | None = None) -> AdvicePlan:
+    config.validate()
+    target, _ = _stores(config)
+    seq_len = config.value("seq_len")
+    heldout = target.num_sequences("val", seq_len)
+    design = make_design(config, target.num_sequences("train", seq_len), min(heldout, config.value("eval_sequences")))
+    doc = plan_document(design)
+    trial = timed_trial(design)
+    return AdvicePlan(design, doc, trial, estimate(doc, done or set(), trial, workers))
+
+
+def _done(sweep_dir: Path) -> set[str]:
+    """Run ids finished in the advice's sweep folder (those of this plan are skipped: content-addressed)."""
+    from replaylab.sweep.runstore import RunStore
+
+    if not (sweep_dir / "runs").is_dir():
+        return set()
+    store = RunStore(sweep_dir)
+    return {r.name for r in (sweep_dir / "runs").iterdir() if store.status(r.name) == "done"}
+
+
+def advise(
+    config: AdviceConfig,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    gpus_per_run: float = 0.0,
+    time_budget: float | None = None,
+    plan_only: bool = False,
+    overwrite: bool = False,
+    retry: bool = False,
+    say: Callable[[str], None] = print,
+) -> Advice | AdvicePlan:
+    """Plan, train (unless `plan_only`) and answer. `time_budget` in seconds: a design whose estimate exceeds it
+    is refused (ConfigError naming what would fit). Returns the Advice, or the AdvicePlan with `plan_only`."""
+    import time
+
+    from replaylab.outputs import claim_output, in_use, remove_ours, write_marker
+    from replaylab.paths import atomic_write_text
+    from replaylab.sweep import check_backend, train_sweep, write_sweep
+
+    check_backend(backend, workers, config.threads)
+    out = Path(out)
+    config.validate()
+    state = claim_output(out, "advice", config.identity(), overwrite=overwrite, describe="advice on another question")
+    plan = plan_advice(config, workers=workers, done=set() if state == "replace" else _done(out / "sweep"))
+    say(plan.describe())
+    if time_budget is not None and plan.estimate.seconds > time_budget:
+        fits = what_fits(config, plan.design, plan.trial, workers, time_budget, plan_document)
+        raise ConfigError(
+            f"--time-budget {time_budget / 60:g} min is too short for this design (about "
+            f"{plan.estimate.seconds / 60:.1f} min on this machine); "
+            + (
+                f"this would fit: {fits}"
+                if fits
+                else "no smaller design fits: give a longer --time-budget, more --workers, or a smaller --budget"
+            )
+        )
+    if plan_only:
+        return plan
+    if state == "replace":
+        remove_ours(out, "advice")
+    out.mkdir(parents=True, exist_ok=True)
+    if state != "same":
+        write_marker(out, "advice", config.identity())
+    from replaylab.config import dump_yaml
+
+    atomic_write_text(out / "advice.yaml", dump_yaml(config.to_dict()))
+    with in_use(out, "advice folder"):
+        write_sweep(out / "sweep", plan.doc, dump_yaml(config.to_dict()))
+        t0 = time.time()
+        counts = train_sweep(
+            out / "sweep",
+            workers=workers,
+            threads=config.threads,
+            backend=backend,
+            address=address,
+            retry_before=time.time() if retry else None,
+            gpus_per_run=gpus_per_run,
+        )
+        say(
+            f"sweep {out / 'sweep'}: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + f" ({time.time() - t0:.0f} s)"
+        )
+        from replaylab.advisor.report import write_answer
+        from replaylab.sweep.results import load_results
+
+        advice = answer(
+            load_results(out / "sweep"),
+            budget=plan.design.budget,
+            sub_budget=plan.design.sub_budget,
+            form=config.form,
+            base_general=base_general_loss(out / "sweep", config),
+        )
+        write_answer(advice, plan.design, out)
+    return advice
+
+
+def base_general_loss(sweep_dir: Path, config: AdviceConfig) -> float | None:
+    """The general (replay) domain's report-half loss of the model before fine-tuning: an HF run's initial
+    evaluation, or for a preset the evaluation at the end of its pre-training stage; mean over seeds."""
+    from replaylab.sweep.runstore import RunStore
+
+    store = RunStore(sweep_dir)
+    by_seed: dict[int, float] = {}
+    for e in store.plan()["runs"]:
+        seed = e["config"].get("seed")
+        if seed in by_seed:
+            continue
+        run = store.run_dir(e["run_id"])
+        manifest = store.manifest(e["run_id"]) or {}
+        if config.kind == "hf":
+            loss = (((manifest.get("initial") or {}).get("losses") or {}).get(REPLAY) or {}).get("test_loss")
+        else:
+            loss = _pretrain_eval(run / "metrics.jsonl", config.pretrain_steps)
+        if loss is not None:
+            by_seed[seed] = float(loss)
+    return sum(by_seed.values()) / len(by_seed) if by_seed else None
+
+
+def _pretrain_eval(metrics: Path, step: int) -> float | None:
+    if not metrics.exists():
+        return None
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if r.get("type") == "eval" and r.get("step") == step and r.get("domain") == REPLAY:
+            return r.get("test_loss")
+    return None

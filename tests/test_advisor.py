@@ -1,0 +1,269 @@
+"""`replaylab advise`: a real (tiny) advice end to end on real text, for one of our presets and for a tiny random
+Hugging Face Llama (full and LoRA); a kill and resume that ends where an uninterrupted advice ends; the
+refusals (a model that cannot load offline, a target too small, a time budget too short, another question in
+the folder); and the answer's invariants (a multiplier points the way its losses do; "replay helps" only with
+an interval above 1; a curve that does not fall is never inverted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_hf_finetune import world  # noqa: F401 - the module-scoped fixture (tiny Llama, real text)
+
+from replaylab.advisor import AdviceConfig, advise, plan_advice
+from replaylab.advisor.answer import answer
+from replaylab.cli import main
+from replaylab.errors import ConfigError
+from replaylab.outputs import OutputError
+from replaylab.sweep.results import load_results
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def preset_config(code_corpus, prose_corpus, tiny_tokenizer, **kw) -> AdviceConfig:
+    """Curve budgets 2, 4, 8, 16 and R = 0.5 at 4, one LR, two seeds: 10 runs of a few steps each."""
+    fields = dict(
+        model="preset:tiny",
+        target=str(code_corpus),
+        replay=str(prose_corpus),
+        tokenizer=tiny_tokenizer,
+        budget=16,
+        epochs=2,
+        fractions=[0.5],
+        lr_factors=[1.0],
+        seeds=[0, 1],
+        seq_len=32,
+        batch_size=4,
+        eval_sequences=16,
+        pretrain_steps=4,
+        lr=1e-2,
+        pretrain_lr=1e-2,
+    )
+    return AdviceConfig(**{**fields, **kw})
+
+
+def _cli_args(cfg: AdviceConfig, out: Path) -> list[str]:
+    return [
+        "advise",
+        "--model", cfg.model, "--target", cfg.target, "--replay", cfg.replay, "--tokenizer", cfg.tokenizer,
+        "--budget", str(cfg.budget), "--epochs", f"{cfg.epochs:g}", "--fractions", "0.5", "--lr-factors", "1",
+        "--seeds", "2", "--seq-len", str(cfg.seq_len), "--batch-size", str(cfg.batch_size),
+        "--pretrain-steps", str(cfg.pretrain_steps), "--lr", f"{cfg.lr:g}", "--pretrain-lr", f"{cfg.pretrain_lr:g}",
+        "--eval-sequences", str(cfg.eval_sequences), "--out", str(out),
+    ]  # fmt: skip
+
+
+def _check_invariants(advice) -> None:
+    for r in advice.replay:
+        if r.multiplier is not None and not r.bound:
+            assert (r.multiplier > 1) == (r.loss_diff < 0) or r.loss_diff == 0  # points the way its losses do
+    if advice.verdict.startswith("Replay helps"):
+        assert any(r.low is not None and r.low > 1 for r in advice.replay)
+    if advice.law_refused:
+        assert all(r.multiplier is None for r in advice.replay)
+        assert advice.verdict.startswith("More target data does not help this model here")
+
+
+@pytest.fixture(scope="module")
+def preset_advice(tmp_path_factory, code_corpus, prose_corpus, tiny_tokenizer):
+    home = tmp_path_factory.mktemp("advise_home")
+    old = os.environ.get("REPLAYLAB_HOME")
+    os.environ["REPLAYLAB_HOME"] = str(home)
+    cfg = preset_config(code_corpus, prose_corpus, tiny_tokenizer, eval_sequences=16)
+    out = tmp_path_factory.mktemp("advice") / "adv"
+    advice = advise(cfg, out, workers=1, say=lambda s: None)
+    yield cfg, out, advice
+    if old is None:
+        os.environ.pop("REPLAYLAB_HOME", None)
+    else:
+        os.environ["REPLAYLAB_HOME"] = old
+
+
+@pytest.mark.slow
+def test_preset_advice_end_to_end(preset_advice):
+    cfg, out, advice = preset_advice
+    for name in ("advice.yaml", "advice.json", "advice.md", "recommended.yaml", "report/report.html"):
+        assert (out / name).is_file(), name
+    assert (out / "report" / "figures" / "loss_vs_fraction.png").is_file()
+    assert (out / "report" / "figures" / "data_efficiency.png").is_file()
+    table = load_results(out / "sweep")  # an ordinary sweep: `replaylab results` reads it
+    assert len(table) == 10 and (table["status"] == "done").all()
+    assert sorted(table["budget"].unique()) == [2, 4, 8, 16]
+    assert advice.recommended_rho in (0.0, 0.5) and not advice.missing
+    assert advice.forgetting["base"] is not None and advice.forgetting["no_replay"] is not None
+    _check_invariants(advice)
+    assert advice.verdict.split(":")[0].split(" (")[0] in (
+        "Replay helps",
+        "Replay does not help here",
+    ) or advice.verdict.startswith("More target data does not help")
+    assert advice.command == f"replaylab train {out / 'recommended.yaml'} --out runs/advised"
+    saved = json.loads((out / "advice.json").read_text())
+    assert saved["verdict"] == advice.verdict
+    # Asked again: nothing trains, the same answer.
+    again = advise(cfg, out, workers=1, say=lambda s: None)
+    assert again.to_dict() == advice.to_dict()
+    assert json.loads((out / "advice.json").read_text()) == saved
+    # Another question in the same folder: refused without --overwrite (its runs would be deleted).
+    with pytest.raises(OutputError, match="--overwrite"):
+        advise(replace(cfg, fractions=[0.75]), out, plan_only=True, say=lambda s: None)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_ends_where_an_uninterrupted_advice_ends(preset_advice, tmp_path):
+    cfg, done_out, advice = preset_advice
+    out = tmp_path / "adv"
+    env = {**os.environ, "PYTHONPATH": SRC}
+    cmd = [sys.executable, "-m", "replaylab.cli", *_cli_args(cfg, out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("sweep/runs/*/manifest.json"))) < 3:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the advisor and its workers, mid-sweep
+    proc.wait()
+    assert not (out / "advice.json").exists()
+    assert main(_cli_args(cfg, out)) == 0
+    resumed = json.loads((out / "advice.json").read_text())
+    uninterrupted = json.loads((done_out / "advice.json").read_text())
+    assert resumed.pop("command") == f"replaylab train {out / 'recommended.yaml'} --out runs/advised"
+    uninterrupted.pop("command")  # names its own folder
+    assert resumed == uninterrupted  # every loss, interval and word of the verdict
+
+
+def test_answer_invariants_on_a_falling_curve():
+    """A synthetic run table (the answer reads tables): replay clearly better, then clearly worse."""
+    rows = []
+    for seed, noise in ((0, 0.0), (1, 0.01), (2, -0.01)):
+        for budget, loss in ((8, 7.0), (16, 6.6), (32, 6.2), (64, 5.8)):
+            rows.append((budget, 0.0, seed, loss + noise))
+        rows.append((16, 0.5, seed, 6.3 + noise))  # better than none at 16: between the curve's 16 and 32
+        rows.append((16, 0.75, seed, 6.9 + noise))  # worse: between 8 and 16
+    table = pd.DataFrame(
+        [
+            {"status": "done", "selected": True, "budget": b, "rho": r, "seed": s, "lr": 1e-3,
+             "target_val_loss": loss, "target_test_loss": loss, "generic_test_loss": 5.0 + r}
+            for b, r, s, loss in rows
+        ]
+    )  # fmt: skip
+    advice = answer(table, budget=64, sub_budget=16, form="loglinear", base_general=4.9, n_boot=200)
+    _check_invariants(advice)
+    by_r = {r.rho: r for r in advice.replay}
+    assert by_r[0.5].multiplier > 1 and by_r[0.5].low > 1 and not by_r[0.5].bound
+    assert by_r[0.75].multiplier < 1 and by_r[0.75].high < 1
+    assert advice.recommended_rho == 0.5 and advice.verdict.startswith("Replay helps")
+    assert advice.wins["0.5"] > 0.9
+    # Replay worse than none everywhere: "does not help", never a multiplier above 1.
+    worse = table.assign(target_test_loss=lambda t: t.target_test_loss + (t.rho > 0) * 1.0)
+    worse = worse.assign(target_val_loss=worse.target_test_loss)
+    a2 = answer(worse, budget=64, sub_budget=16, form="loglinear", base_general=4.9, n_boot=200)
+    assert a2.verdict.startswith("Replay does not help here") and all(r.multiplier < 1 for r in a2.replay)
+    # Beyond the curve (replay better than none at the full budget): a lower bound, flagged.
+    beyond = table.assign(target_test_loss=lambda t: t.target_test_loss - (t.rho == 0.5) * 1.0)
+    beyond = beyond.assign(target_val_loss=beyond.target_test_loss)
+    a3 = answer(beyond, budget=64, sub_budget=16, form="loglinear", base_general=4.9, n_boot=200)
+    r3 = next(r for r in a3.replay if r.rho == 0.5)
+    assert r3.bound == "at least" and "extrapolated" in a3.verdict
+    assert 1 < r3.bound_value <= r3.multiplier  # the bound lies between 1 and the law's extrapolation
+    # A curve that does not fall is never inverted: plain loss differences instead.
+    flat = table.assign(target_test_loss=lambda t: t.target_test_loss.where(t.rho > 0, 6.5 + t.budget / 1000))
+    flat = flat.assign(target_val_loss=flat.target_test_loss)
+    a4 = answer(flat, budget=64, sub_budget=16, form="loglinear", base_general=4.9, n_boot=200)
+    _check_invariants(a4)
+    assert a4.law_refused and "replay cannot be valued by effective data" in a4.verdict
+
+
+def test_lr_at_the_grid_edge_reaches_the_verdict():
+    rows = []
+    for seed in (0, 1):
+        for budget, loss in ((8, 7.0), (16, 6.6), (32, 6.2), (64, 5.8)):
+            for lr, extra in ((1e-3, 0.1), (2e-3, 0.0)):
+                rows.append((budget, 0.0, seed, lr, loss + extra + seed * 0.01))
+        for lr, extra in ((1e-3, 0.1), (2e-3, 0.0)):
+            rows.append((16, 0.5, seed, lr, 6.4 + extra + seed * 0.01))
+    table = pd.DataFrame(
+        [{"status": "done", "budget": b, "rho": r, "seed": s, "lr": lr, "target_val_loss": x,
+          "target_test_loss": x, "generic_test_loss": 5.0} for b, r, s, lr, x in rows]
+    )  # fmt: skip
+    table["selected"] = table["lr"] == 2e-3
+    advice = answer(table, budget=64, sub_budget=16, form="loglinear", base_general=None, n_boot=100)
+    assert "high edge of its grid" in advice.verdict
+
+
+def test_refusals_one_line_exit_2(isolated_home, code_corpus, prose_corpus, tiny_tokenizer, tmp_path, capsys):
+    cfg = preset_config(code_corpus, prose_corpus, tiny_tokenizer)
+    args = _cli_args(cfg, tmp_path / "adv")
+
+    def refused(argv: list[str], *words: str) -> None:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err, err
+        for w in words:
+            assert w in err, err
+
+    # a target too small for the design (N/8 must be a sequence)
+    refused([*args[:9], "--budget", "4", *args[11:]], "too small for the design", "--budget")
+    # a model that cannot load offline
+    refused(["advise", "--model", "no-such-org/no-such-model-xyz", "--target", str(code_corpus), "--out",
+             str(tmp_path / "hf")], "no-such-org/no-such-model-xyz")  # fmt: skip
+    # one seed gives no interval; an unknown preset
+    refused([*args, "--seeds", "1"], "at least 2 seeds")
+    refused(["advise", "--model", "preset:nope", "--target", "x", "--out", str(tmp_path / "p")], "preset:nope")
+    # a folder that is not replaylab's is never written
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    refused([*args[:-1], str(tmp_path / "mine")], "did not create")
+
+
+def test_plan_and_a_time_budget_too_short(isolated_home, code_corpus, prose_corpus, tiny_tokenizer, tmp_path, capsys):
+    """Both time a short trial: --plan prints the design and trains nothing; a time budget the design cannot
+    fit is refused before anything trains, naming a smaller design that would fit."""
+    cfg = preset_config(code_corpus, prose_corpus, tiny_tokenizer, lr_factors=[1.0, 2.0])
+    args = [*_cli_args(cfg, tmp_path / "adv"), "--lr-factors", "1,2"]
+    assert main([*args, "--plan"]) == 0
+    printed = capsys.readouterr().out
+    assert "20 runs (20 to train)" in printed and "steps/s" in printed
+    assert not (tmp_path / "adv").exists()
+    plan = plan_advice(cfg)
+    with pytest.raises(ConfigError) as e:
+        advise(cfg, tmp_path / "adv", time_budget=plan.estimate.seconds * 0.75, say=lambda s: None)
+    assert "too short" in str(e.value) and (
+        "this would fit: --lr-factors 1 " in str(e.value) or "no smaller" in str(e.value)
+    )
+    assert not (tmp_path / "adv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_hf_model_full_and_lora(world, tmp_path, lora):  # noqa: F811 - the fixture
+    cfg = AdviceConfig(
+        model=world["model"],
+        target=world["code"],
+        target_options={"glob": "*.py"},
+        replay=world["prose"],
+        lora=lora,
+        budget=16,
+        epochs=1,
+        fractions=[0.5],
+        lr_factors=[1.0],
+        seeds=[0, 1],
+        seq_len=32,
+        batch_size=4,
+        eval_sequences=8,
+        lr=1e-2,
+    )
+    out = tmp_path / "adv"
+    advice = advise(cfg, out, workers=1, say=lambda s: None)
+    table = load_results(out / "sweep")
+    assert len(table) == 10 and (table["status"] == "done").all()
+    assert advice.forgetting["base"] is not None  # the pretrained model's own general loss
+    _check_invariants(advice)
+    assert advice.command.startswith("replaylab finetune --model") and ("--lora" in advice.command) == lora
+    assert (out / "report" / "report.html").is_file() and not (out / "recommended.yaml").exists()
