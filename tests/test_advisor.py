@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_hf_finetune import world  # noqa: F401 - the module-scoped fixture (tiny Llama, real text)
 
 from replaylab.advisor import AdviceConfig, advise, plan_advice
 from replaylab.advisor.answer import answer
@@ -242,7 +241,8 @@ def test_plan_and_a_time_budget_too_short(isolated_home, code_corpus, prose_corp
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_hf_model_full_and_lora(world, tmp_path, lora):  # noqa: F811 - the fixture
+def test_hf_model_full_and_lora(hf_world, tmp_path, lora):
+    world = hf_world
     cfg = AdviceConfig(
         model=world["model"],
         target=world["code"],
