@@ -153,3 +153,31 @@ def test_two_processes_match_one_on_instruction_data(raw, tmp_path, isolated_hom
     manifest = json.loads((tmp_path / "ddp/manifest.json").read_text())
     assert manifest["final"]["code"]["val_loss"] == pytest.approx(single["final"]["code"]["val_loss"], rel=1e-4)
     assert lines(tmp_path / "ddp", "shares") == lines(tmp_path / "single", "shares")
+
+
+def test_padded_packing_trains_one_example_per_row(raw, tmp_path):
+    """`data.packing: padded`: one example per row (the switch for those who want no packing); the default
+    (documents) packs several per row and stays out of the run id, so runs recorded before the switch keep theirs."""
+    from replaylab import fingerprint
+
+    raw["data"]["seq_len"] = raw["model"]["max_seq_len"] = 256  # rows that fit several of these examples
+    packed_id = fingerprint.run_id(from_dict(RunConfig, raw))
+    raw["data"]["packing"] = "padded"
+    cfg = from_dict(RunConfig, raw)
+    assert fingerprint.run_id(cfg) != packed_id
+    del raw["data"]["packing"]
+    assert fingerprint.run_id(from_dict(RunConfig, raw)) == packed_id
+    manifest = run_training(cfg, tmp_path / "padded")
+    assert manifest["status"] == "done"
+    code = manifest["instruction_data"]["code"]
+    assert code["packing"] == "padded" and code["rows"] == code["examples"]
+    packed = run_training(from_dict(RunConfig, raw), tmp_path / "packed")["instruction_data"]["code"]
+    assert packed["packing"] == "documents" and packed["rows"] < packed["examples"] == code["examples"]
+
+
+def test_unknown_packing_is_refused(raw):
+    from replaylab.errors import ConfigError
+
+    raw["data"]["packing"] = "stream"
+    with pytest.raises(ConfigError, match="documents"):
+        from_dict(RunConfig, raw)

@@ -73,8 +73,11 @@ class DataConfig:
     domains: dict[str, DomainConfig] = field(default_factory=dict)
     budget_seed: int = 0  # which sequences form a budget; fixed across run seeds so budgets are nested and shared
     val_sequences: int | None = None  # cap on held-out sequences per domain used for eval (None = eval.max_sequences)
+    # Instruction stores only (data/rows.py): whole examples packed per row, or one example per padded row.
+    packing: Literal["documents", "padded"] = added_field("documents")
 
     def validate(self) -> None:
+        check_choices(self, "data.")
         if self.seq_len < 8:
             raise ConfigError(f"data.seq_len must be >= 8, got {self.seq_len}")
         if not self.domains:

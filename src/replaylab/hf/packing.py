@@ -56,7 +56,8 @@ def open_stores(cfg: RunConfig, tokenizer) -> dict:
     from replaylab.data.store import get_store
 
     # Instruction stores (a loss mask) train as whole examples per row (data/rows.py).
-    return read_as_rows({name: get_store(dom.source, tokenizer, dom.options) for name, dom in cfg.data.domains.items()})
+    stores = {name: get_store(dom.source, tokenizer, dom.options) for name, dom in cfg.data.domains.items()}
+    return read_as_rows(stores, cfg.data.packing)
 
 
 def resolve_budget(cfg: RunConfig, store) -> int:

@@ -83,7 +83,7 @@ def load_stores(config: RunConfig, tokenizer) -> dict:
             )
         stores[name] = store
     # Instruction stores (a loss mask) train as whole examples per row, never as a stream (data/rows.py).
-    return read_as_rows(stores)
+    return read_as_rows(stores, config.data.packing)
 
 
 def check_resumed_data(config: RunConfig, existing: dict, stores: dict, tokenizer, out_dir: Path) -> None:
