@@ -181,3 +181,12 @@ def test_unknown_packing_is_refused(raw):
     raw["data"]["packing"] = "stream"
     with pytest.raises(ConfigError, match="documents"):
         from_dict(RunConfig, raw)
+
+
+def test_the_fine_tuning_form_names_packing():
+    """`replaylab finetune --set packing=padded` (the flat fine-tuning form) reaches the run description."""
+    from replaylab.finetune_form import read_finetune
+
+    raw = {"model": "some/model", "target": {"source": "instructions"}, "replay": {"source": "generic"}}
+    assert read_finetune(raw).data.packing == "documents"
+    assert read_finetune({**raw, "packing": "padded"}).data.packing == "padded"

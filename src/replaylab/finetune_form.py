@@ -35,6 +35,7 @@ _KEYS = {
     "target_epochs": "finetune.target_epochs",
     "max_steps": "finetune.max_steps",
     "seq_len": "data.seq_len",
+    "packing": "data.packing",
     "batch_size": "train.batch_size",
     "micro_batch_size": "train.micro_batch_size",
     "lora": "model.lora",
