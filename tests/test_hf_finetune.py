@@ -149,12 +149,13 @@ def test_cli_runs_and_reports_errors_on_one_line(hf_world, tmp_path, capsys):
     assert err.count("\n") == 0 and "replay_fraction must lie in [0, 1), got 1.0" in err
 
 
-def test_a_replay_fraction_whose_plan_explodes_is_refused_even_capped(world, tmp_path, capsys):
-    """R = 0.9999999 stretches 2 target steps to 20,000,001; --max-steps would cap the run but leave it no target."""
+def test_a_replay_fraction_whose_plan_explodes_is_refused_even_capped(hf_world, tmp_path, capsys):
+    """R = 0.9999999 stretches 2 target steps to 20,000,001; --max-steps would cap the run but leave it no target.
+    Shown as given (not rounded to 1), with the largest fraction that fits."""
     from replaylab.cli import main
 
-    args = ["finetune", "--model", world["model"], "--target", world["code"], "--set", "target.options.glob=*.py"]
-    args += ["--budget", "8", "--replay", world["prose"], "--replay-fraction", "0.9999999", "--seq-len", "32"]
+    args = ["finetune", "--model", hf_world["model"], "--target", hf_world["code"], "--set", "target.options.glob=*.py"]
+    args += ["--budget", "8", "--replay", hf_world["prose"], "--replay-fraction", "0.9999999", "--seq-len", "32"]
     args += ["--batch-size", "4", "--max-steps", "3", "--threads", "1", "--out", str(tmp_path / "run")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
