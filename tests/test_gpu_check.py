@@ -57,6 +57,7 @@ def test_gpu_check_script_runs_every_part_in_smoke_mode(tmp_path, prose_store, c
     assert {t["contender"] for t in hf["trials"] if "error" not in t} == {"ours", "ours-fused", "ours-regional", "hf"}
     lora = json.loads((out / "lora.json").read_text())
     assert {t["mode"] for t in lora["trials"]} == {"lora"}
+    assert {t["contender"] for t in lora["trials"] if "error" not in t} == {"ours", "hf"}  # each one trained
 
     levers = json.loads((out / "levers.json").read_text())
     # On a CPU every lever says why it did not run; ours/auto, the baseline, ran.
