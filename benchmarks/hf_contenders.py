@@ -114,6 +114,7 @@ class RandomSampler:
 
     def __init__(self, *, batch: int, seq_len: int, vocab: int, seed: int = 0):
         self.batch_size, self.seq_len, self.vocab, self.seed = batch, seq_len, vocab, seed
+        self.stores: dict = {}  # no store read as rows: the Trainer takes the text path (train/loss_shares.py)
 
     def batch(self, step: int, rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = rows if rows is not None else (0, self.batch_size)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hang import HANG_S
 
 from replaylab.finetune_form import read_finetune
 from replaylab.runconfig import RunConfig
@@ -194,7 +195,7 @@ RANK_DEVICES = [
 ]
 
 
-def torchrun_two_ranks(*args: str, timeout: int = 300) -> None:
+def torchrun_two_ranks(*args: str, timeout: float = HANG_S) -> None:
     """`python -m torch.distributed.run --standalone --nproc_per_node 2 ARGS` (one thread per rank): the
     multi-rank variants' launch."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hang import HANG_S
 
 # A valid tiny run config; the cases break one thing in it. "@/" is the folder of input files.
 RUN = {
@@ -235,7 +236,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(inputs, tmp_path, argv, expect
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_S,
     )
     command = argv[0]
     assert "Traceback" not in p.stdout + p.stderr, p.stderr

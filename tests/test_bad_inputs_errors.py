@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hang import HANG_S
 
 from replaylab.cli import main
 from replaylab.config import MAX_CONFIG_VALUES
@@ -277,7 +278,12 @@ def test_ctrl_c_while_importing_is_one_line(inputs, tmp_path, heavy, argv):
     env = {**os.environ, "REPLAYLAB_HOME": str(tmp_path / "home")}
     argv = [a.replace("@/", f"{inputs}/") for a in argv]
     p = subprocess.run(
-        [sys.executable, "-c", DRIVER, heavy, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", DRIVER, heavy, *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
     )
     assert p.returncode in (130, -signal.SIGINT), (p.returncode, p.stderr)
     assert p.stderr.strip().splitlines() == [f"replaylab {argv[0]}: interrupted"], p.stderr
@@ -299,7 +305,7 @@ def test_ctrl_c_at_any_moment_of_a_short_command_is_one_line(inputs, tmp_path):
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=HANG_S,
         )
         assert "Traceback" not in p.stderr, p.stderr
         lines = p.stderr.strip().splitlines()
@@ -338,17 +344,17 @@ def test_ctrl_c_on_a_sweep_with_two_workers_is_one_line_and_the_rerun_continues(
     p = subprocess.Popen(
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    deadline = time.monotonic() + 240
-    while not list((tmp_path / "sw").glob("runs/*/metrics.jsonl")) and time.monotonic() < deadline:
-        assert p.poll() is None, p.communicate()
+    hang_guard = time.monotonic() + HANG_S  # not a measure: only stops a hung test
+    while not list((tmp_path / "sw").glob("runs/*/metrics.jsonl")):
+        assert p.poll() is None and time.monotonic() < hang_guard, p.communicate()
         time.sleep(0.2)
     os.killpg(p.pid, signal.SIGINT)  # what a Ctrl-C on the terminal sends
-    _, err = p.communicate(timeout=240)
+    _, err = p.communicate(timeout=HANG_S)
     assert p.returncode == 130 and "Traceback" not in err, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"continue with replaylab sweep {exp} --out" in lines[0], err
     assert "train --resume" not in err
     statuses = [json.loads(m.read_text())["status"] for m in (tmp_path / "sw").glob("runs/*/manifest.json")]
     assert "failed" not in statuses, statuses
-    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 0 and "done 2" in done.stdout, done.stderr

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from hang import HANG_S
 
 from replaylab.cli import main
 
@@ -148,7 +149,7 @@ def test_subprocess_error_is_one_line(tmp_path, prose_corpus):
         capture_output=True,
         text=True,
         env=env,
-        timeout=60,
+        timeout=HANG_S,
     )
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and "replaylab data: error: corpus path" in p.stderr

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hang import HANG_S
 
 from replaylab.cli import main
 from replaylab.data.corpus import parse_source
@@ -238,7 +239,7 @@ def test_read_only_cache_names_replaylab_home(tmp_path, prose_corpus, tiny_token
     (home / "stores" if made != "empty" else home).mkdir(parents=True)
     env = {**os.environ, "REPLAYLAB_HOME": str(home), "PYTHONPATH": str(REPO / "src")}
     cmd = [sys.executable, "-m", "replaylab.cli", "data", "build", str(prose_corpus), "--tokenizer", tiny_tokenizer]
-    p = subprocess.run(_read_only_prefix(home) + cmd, capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run(_read_only_prefix(home) + cmd, capture_output=True, text=True, env=env, timeout=HANG_S)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert "cannot write to the replaylab cache" in lines[0] and f"REPLAYLAB_HOME is '{home}'" in lines[0], lines[0]

@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 import yaml
+from hang import HANG_S
 
 from replaylab.config import from_dict
 from replaylab.errors import ConfigError
@@ -76,7 +77,7 @@ def _torchrun(nproc: int, *args: str, env: dict) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=HANG_S,
     )
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from hang import HANG_S
 
 from replaylab.data.recipes import RECIPES
 from replaylab.data.tokenizer import (
@@ -160,7 +161,7 @@ def test_offline_build_without_cache_is_one_line(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=HANG_S,
     )
     assert p.returncode == 2 and p.stdout == "", (p.stdout, p.stderr)
     lines = p.stderr.splitlines()

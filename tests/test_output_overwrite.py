@@ -7,7 +7,8 @@
 - an output file is never one of replaylab's own files (a sweep's index, a run's manifest, a marker);
 - a refused folder is left exactly as it was: not even a lock file is created in it.
 
-Each case runs the real CLI in a subprocess on its own copy of a tiny real workspace.
+Each case runs the real CLI entry in this process (test_output_policy.cli_in_process), one after another, on its
+own copy of a tiny real workspace; cases about another process's lock run it in a subprocess.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import yaml
+from hang import HANG_S
 from run_configs import tiny_raw
-from test_output_policy import SENTINEL, plant, run_cli
+from test_output_policy import SENTINEL, cli_in_process, plant, run_cli
 
 
 @dataclass
@@ -361,11 +362,10 @@ def outcomes(world):
             "PYTHONWARNINGS": "ignore",
         }
         before = snapshot(c, strict)
-        r = run_cli(*case.args(world, c), env=env, cwd=c)
+        r = cli_in_process(*case.args(world, c), env=env, cwd=c)
         return r, before, snapshot(c, strict)
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(zip((c.name for c in CASES), pool.map(one, CASES)))
+    return {c.name: one(c) for c in CASES}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -463,10 +463,9 @@ def allowed(world):
             "REPLAYLAB_HOME": str(c / "home" if case.home else world / "home"),
             "PYTHONWARNINGS": "ignore",
         }
-        return run_cli(*case.args(world, c), env=env, cwd=c)
+        return cli_in_process(*case.args(world, c), env=env, cwd=c)
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(zip((c.name for c in ALLOWED), pool.map(one, ALLOWED)))
+    return {c.name: one(c) for c in ALLOWED}
 
 
 @pytest.mark.parametrize("case", ALLOWED, ids=[c.name for c in ALLOWED])
@@ -496,46 +495,45 @@ def test_sweep_overwrite_refused_while_the_folder_is_in_use(world, tmp_path, hel
     assert snapshot(tmp_path, []) == before
 
 
-@pytest.mark.slow
 def test_sweep_overwrite_refused_while_another_sweep_trains(world, tmp_path):
     """The issue's case, end to end: `sweep --out S --overwrite` while another `sweep` trains into S is refused
-    (it used to delete S under the running sweep), and the running sweep goes on."""
-    import signal
+    (it used to delete S under the running sweep), and the running sweep goes on.
+
+    No race: the test holds the run's lease lock (as a worker does while it reads or writes the lease), so the
+    first sweep's worker waits at its claim until the test lets go; the first sweep holds S in use meanwhile."""
     import subprocess
     import sys
     import time
 
-    exp = yaml.safe_load((world / "exp.yaml").read_text())
-    exp["seeds"] = list(range(12))  # many tiny runs: a sweep that is still training when the second one comes
-    (tmp_path / "long.yaml").write_text(yaml.safe_dump(exp))
+    from replaylab.output_folders import IN_USE
+    from replaylab.sweep import prepare_sweep
+    from replaylab.sweep.runstore import RunStore
+
     env = {**os.environ, "REPLAYLAB_HOME": str(world / "home"), "PYTHONWARNINGS": "ignore"}
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "replaylab.cli",
-            "sweep",
-            str(tmp_path / "long.yaml"),
-            "--out",
-            str(tmp_path / "S"),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.time() + 180
-        while not list((tmp_path / "S").glob("runs/*/manifest.json")):
-            assert first.poll() is None and time.time() < deadline, first.communicate()
-            time.sleep(0.2)
-        r = run_cli("sweep", world / "other_exp.yaml", "--out", tmp_path / "S", "--overwrite", env=env, cwd=tmp_path)
-        assert r.returncode == 2, r.stderr[-2000:]
-        assert len(r.stderr.strip().splitlines()) == 1 and "being written by process" in r.stderr, r.stderr
-        assert first.poll() is None  # the first sweep trains on, in its own folder
-        assert json.loads((tmp_path / "S" / "sweep.json").read_text())["name"] == "policy"
-    finally:
-        first.send_signal(signal.SIGTERM)
-        first.communicate(timeout=120)
+    prepare_sweep(world / "exp.yaml", tmp_path / "S")
+    store = RunStore(tmp_path / "S")
+    (rid,) = [e["run_id"] for e in store.plan()["runs"]]
+    argv = [sys.executable, "-m", "replaylab.cli", "sweep", str(world / "exp.yaml"), "--out", str(tmp_path / "S")]
+    with store._locked(rid):
+        first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            use = tmp_path / "S" / IN_USE
+            hang_guard = time.monotonic() + HANG_S  # not a measure: only stops a hung test
+            while not (use.exists() and f"process {first.pid} " in use.read_text()):
+                assert first.poll() is None and time.monotonic() < hang_guard, first.communicate()
+                time.sleep(0.2)
+            r = run_cli(
+                "sweep", world / "other_exp.yaml", "--out", tmp_path / "S", "--overwrite", env=env, cwd=tmp_path
+            )
+            assert r.returncode == 2, r.stderr[-2000:]
+            line = r.stderr.strip()
+            assert len(line.splitlines()) == 1 and f"being written by process {first.pid} " in line, line
+            assert first.poll() is None  # the first sweep waits for its run, in its own folder
+            assert json.loads((tmp_path / "S" / "sweep.json").read_text())["name"] == "policy"
+        except BaseException:
+            first.kill()
+            first.communicate()
+            raise
+    out, err = first.communicate(timeout=HANG_S)  # let go: the first sweep trains its run and finishes
+    assert first.returncode == 0, err[-2000:]
+    assert store.status(rid) == "done"

@@ -1,7 +1,9 @@
 """The output-path policy (replaylab.outputs): every command that writes refuses paths it may not write, with
 one line and exit 2, and leaves every file it could have touched as it was.
 
-The bad-input table runs the real CLI in subprocesses (run a few at a time: each is mostly import time).
+The bad-input table runs the real CLI entry (`replaylab.cli.main`) in this process, one case after another: a
+refusal needs no process of its own, and a subprocess per case was mostly import time. Cases about another
+process's lock run the CLI in a subprocess (a lock is reentrant within one process).
 Each case plants sentinel files in every folder the command could touch and checks them afterwards.
 """
 
@@ -14,13 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import yaml
+from hang import HANG_S
 from run_configs import tiny_raw
 
 from replaylab.outputs import OutputError, check_name, claim_output, folder_lock, kind_of, write_marker
@@ -28,7 +30,8 @@ from replaylab.outputs import OutputError, check_name, claim_output, folder_lock
 SENTINEL = "a user's file: must survive"
 
 
-def run_cli(*args: str, env: dict, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict, cwd: Path, timeout: float = HANG_S) -> subprocess.CompletedProcess:
+    """The real CLI in its own process: for cases where another process (this one) holds a lock."""
     return subprocess.run(
         [sys.executable, "-m", "replaylab.cli", *map(str, args)],
         env=env,
@@ -37,6 +40,32 @@ def run_cli(*args: str, env: dict, cwd: Path, timeout: float = 120) -> subproces
         text=True,
         timeout=timeout,
     )
+
+
+def cli_in_process(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """The real CLI entry in this process, with `env` as the environment and `cwd` as the working folder for the
+    call (both restored afterwards); what it prints is captured. Not thread-safe: run cases one after another."""
+    import contextlib
+    import io
+
+    from replaylab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old_env, old_cwd = dict(os.environ), Path.cwd()
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(map(str, args)))
+            except SystemExit as e:  # argparse's own errors exit
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def plant(folder: Path) -> Path:
@@ -251,11 +280,7 @@ def outcomes(world):
     env = {**os.environ, "REPLAYLAB_HOME": str(world / "home"), "PYTHONWARNINGS": "ignore"}
     before = _snapshot(world)
 
-    def one(case: Case):
-        return run_cli(*case.args(world), env=env, cwd=case.cwd(world))
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = dict(zip((c.name for c in CASES), pool.map(one, CASES)))
+    results = {c.name: cli_in_process(*c.args(world), env=env, cwd=c.cwd(world)) for c in CASES}
     return results, before, _snapshot(world)
 
 
@@ -355,9 +380,9 @@ def test_second_trainer_on_a_running_run_is_refused(world, tmp_path, prose_store
         text=True,
     )
     try:
-        deadline = time.time() + 120
+        hang_guard = time.monotonic() + HANG_S  # not a measure: only stops a hung test
         while not (run / "manifest.json").exists():
-            assert first.poll() is None and time.time() < deadline, first.communicate()
+            assert first.poll() is None and time.monotonic() < hang_guard, first.communicate()
             time.sleep(0.2)
         second = run_cli("train", "--resume", run, env=env, cwd=tmp_path)
         assert second.returncode == 2, second.stderr
@@ -366,7 +391,7 @@ def test_second_trainer_on_a_running_run_is_refused(world, tmp_path, prose_store
         assert first.poll() is None  # the first one trains on
     finally:
         first.send_signal(signal.SIGTERM)
-        first.communicate(timeout=120)
+        first.communicate(timeout=HANG_S)
     assert first.returncode == 143
     # The lock died with its holder: a stale lock file never blocks.
     assert (run / ".replaylab.lock").exists()
@@ -401,7 +426,7 @@ def test_two_builds_of_one_store_at_once_and_stale_leftovers(tmp_path, tiny_toke
     procs = [
         subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
     ]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=HANG_S) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert outs[0][0].splitlines()[-1] == outs[1][0].splitlines()[-1] == str(stores / "code")
     left = sorted(p.name for p in stores.iterdir())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hang import HANG_S
 from run_configs import tiny_raw
 
 from replaylab.outputs import folder_lock, write_marker
@@ -65,7 +66,7 @@ def run(*args, env: dict, mask: int) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_S,
         umask=mask,
     )
     assert r.returncode == 0, r.stderr[-2000:]

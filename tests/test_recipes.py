@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hang import HANG_S
 
 from replaylab.data import fetch
 from replaylab.data.fetch import Artifact
@@ -192,7 +193,7 @@ def test_sigterm_during_build_leaves_no_temp_folder(tmp_path):
     assert proc.stdout.readline().strip() == "started"
     assert [p.name for p in (tmp_path / "corpora").iterdir()][0].startswith(".slow.")  # building
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert proc.wait(timeout=HANG_S) == 128 + signal.SIGTERM
     assert list((tmp_path / "corpora").iterdir()) == []
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hang import HANG_S
 
 from replaylab import ReplayMixture
 from replaylab.errors import ConfigError
@@ -264,7 +265,7 @@ def test_torchrun_on_a_cpu_without_use_cpu_is_told_the_fix(code_store, prose_sto
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=HANG_S,
     )
     lines = [line for line in run.stdout.splitlines() if line.startswith("REFUSED:")]
     assert run.returncode != 0 and len(lines) == 2, run.stdout + run.stderr[-3000:]

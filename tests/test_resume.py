@@ -14,6 +14,7 @@ import time
 
 import pytest
 import yaml
+from hang import HANG_S
 
 from replaylab.config import from_dict
 from replaylab.errors import ConfigError
@@ -96,7 +97,7 @@ def _start(cfg, out, env):
     )
 
 
-def _wait_for_step(out, step, proc, timeout=60.0):
+def _wait_for_step(out, step, proc, timeout=HANG_S):
     """Wait until metrics.jsonl records `step` (the process is then past its first checkpoint)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -115,7 +116,7 @@ def _resume(out, env):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_S,
     )
 
 
@@ -125,7 +126,7 @@ def test_sigkill_then_resume_is_bit_identical(setup, tmp_path):
     proc = _start(cfg, out, env)
     _wait_for_step(out, 12, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=HANG_S)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "running" and manifest["steps_done"] < STEPS  # really killed mid-run
 
@@ -143,7 +144,7 @@ def test_sigterm_saves_checkpoint_and_damaged_checkpoint_falls_back(setup, tmp_p
     proc = _start(cfg, out, env)
     _wait_for_step(out, 7, proc)
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=180)
+    _, stderr = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 143, stderr
     assert "--resume" in stderr
     manifest = json.loads((out / "manifest.json").read_text())

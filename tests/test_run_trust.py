@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hang import HANG_S
 from run_configs import tiny_raw
 
 from replaylab.cli import main
@@ -40,7 +41,7 @@ def cli(*argv, cwd, env, **kw) -> subprocess.Popen | subprocess.CompletedProcess
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_S,
         **kw,
     )
 
@@ -77,7 +78,7 @@ def _interrupted_run(cwd: Path, env: dict, run: Path) -> dict:
     while not list((run / "checkpoints").glob("step_*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 143, err
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "running" and manifest["steps_done"] > 0

@@ -6,6 +6,8 @@ import json
 import multiprocessing as mp
 import time
 
+from hang import HANG_S
+
 from replaylab.sweep.runstore import RunStore
 
 
@@ -69,7 +71,7 @@ def test_concurrent_claimers_never_share_a_run(tmp_path):
     procs = [ctx.Process(target=_race, args=(str(tmp_path), q)) for _ in range(3)]
     for p in procs:
         p.start()
-    wins = [q.get(timeout=60) for _ in procs]
+    wins = [q.get(timeout=HANG_S) for _ in procs]
     for p in procs:
         p.join()
     assert sum(wins) == 40

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import yaml
+from hang import HANG_S
 from run_configs import tiny_raw
 from safetensors.torch import load_file
 
@@ -163,7 +164,7 @@ def test_cli_end_to_end_with_overrides(raw, tmp_path, isolated_home):
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=HANG_S,
     )
     assert r.returncode == 0, r.stderr
     assert "done, 12 steps" in r.stdout

@@ -62,16 +62,27 @@ def plan_mix(
         # Pure target: fill the last batch with the next target sequences rather than leave it short.
         planned, draws, weight = target_steps, target_steps * batch_size, 1.0
     else:
-        # (the epsilon keeps 128 / (8 x 0.1) = 160.00000000000003 from rounding up to 161)
-        planned = math.ceil(draws / (batch_size * (1 - replay_fraction)) - 1e-9)
+        planned = _stretched(draws, batch_size, replay_fraction)
         weight = draws / (planned * batch_size)
+    if planned > MAX_STEPS and target_steps <= MAX_STEPS:
+        # A replay fraction near 1 stretches the plan without bound. max_steps is no fix: it caps the run, not the
+        # plan, and the capped run's target share of each batch would be ~0. The one refusal for every entry
+        # point (ReplayMixture, `replaylab finetune`, a sweep's planning), at plan time.
+        bound, digits = _largest_fraction(draws, batch_size)
+        raise ConfigError(
+            f"replay_fraction {replay_fraction!r} stretches the run's {target_steps:,} target steps (budget "
+            f"{budget} x target_epochs {target_epochs:g} / batch_size {batch_size}) to {planned:,} steps, "
+            f"above the {MAX_STEPS:,} steps replaylab plans a run for (max_steps is no fix: the target would be "
+            f"{weight:.2g} of each batch); give replay_fraction <= {bound:.{digits}f} for this budget, "
+            "target_epochs and batch_size"
+        )
     total = planned if max_steps is None else min(planned, max_steps)
-    if total > MAX_STEPS:  # a replay fraction near 1 stretches the run without bound (only `total` steps are built)
+    if total > MAX_STEPS:  # the target alone fills more steps than a run is planned for
         raise ConfigError(
             f"the run would take {total:,} steps ({target_steps:,} target steps stretched by 1 / (1 - "
-            f"replay_fraction={replay_fraction:g}), target_epochs={target_epochs:g}), above the "
-            f"{MAX_STEPS:,} steps replaylab plans a run for; lower target_epochs or replay_fraction, or "
-            f"set max_steps (at most {MAX_STEPS:,})"
+            f"replay_fraction={replay_fraction!r}), target_epochs={target_epochs:g}), above the "
+            f"{MAX_STEPS:,} steps replaylab plans a run for; lower target_epochs, or set max_steps "
+            f"(at most {MAX_STEPS:,})"
         )
     if total * batch_size >= 2**63:  # sequences are counted in int64
         raise ConfigError(
@@ -87,6 +98,39 @@ def plan_mix(
         target_weight=weight,
         replay_fraction=replay_fraction,
     )
+
+
+def given_plan(cfg: RunConfig) -> MixPlan | None:
+    """A fine-tuning run's plan when its target budget is given (None = every train sequence: that needs the
+    tokenized store, known only at launch). Raises plan_mix's refusals."""
+    budget, p = cfg.data.domains[TARGET].budget, cfg.finetune
+    if budget is None:
+        return None
+    return plan_mix(
+        budget=budget,
+        target_epochs=p.target_epochs,
+        replay_fraction=p.replay_fraction,
+        batch_size=cfg.train.batch_size,
+        max_steps=p.max_steps,
+    )
+
+
+def _stretched(draws: int, batch_size: int, replay_fraction: float) -> int:
+    """Steps that hold `draws` target sequences when they are 1 - R of each batch of `batch_size`."""
+    # (the epsilon keeps 128 / (8 x 0.1) = 160.00000000000003 from rounding up to 161)
+    return math.ceil(draws / (batch_size * (1 - replay_fraction)) - 1e-9)
+
+
+def _largest_fraction(draws: int, batch_size: int) -> tuple[float, int]:
+    """The largest replay fraction whose plan fits MAX_STEPS, rounded down to two significant digits of 1 - R (so
+    that it fits as shown), and the decimals to show it with."""
+    # ceil(draws / (B (1 - R))) <= MAX_STEPS  <=>  R <= 1 - draws / (B x MAX_STEPS)
+    gap = draws / (batch_size * MAX_STEPS)
+    digits = max(1 - math.floor(math.log10(gap)), 1)
+    bound = math.floor((1 - gap) * 10**digits) / 10**digits
+    while bound > 0 and _stretched(draws, batch_size, bound) > MAX_STEPS:
+        bound = round(bound - 10**-digits, digits)  # float rounding put the shown bound a hair over
+    return bound, digits
 
 
 def finetune_stage(cfg: RunConfig, plan: MixPlan, tokenizer: str, micro_batch_size: int | None = None) -> RunConfig:
@@ -150,6 +194,7 @@ def finetune_hf(
     if seed is not None:
         raw["seed"] = seed
     cfg = read_finetune(raw)
+    given_plan(cfg)  # a replay fraction that explodes the plan is refused here, when the sweep is planned
     cfg.meta = {
         **base_meta,
         "strategy": "finetune_hf",

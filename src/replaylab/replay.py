@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import torch
 
+from replaylab import replay_trainer
 from replaylab.config import from_dict
 from replaylab.data.rows import read_as_rows
 from replaylab.errors import ConfigError, DataError
@@ -340,55 +341,15 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         positions the stream: at the checkpoint's global step when `ignore_data_skip=True` (no batch is read twice),
         at step 0 otherwise (the Trainer then reads and drops the batches it already trained on). Either way a
         resumed Trainer sees the batches of an uninterrupted one. Optional: it only refuses earlier."""
-        from transformers import TrainerCallback
-
-        mix = self
-
-        class ReplayMixtureCallback(TrainerCallback):
-            def on_train_begin(self, args, state, control, model=None, **kwargs):
-                mix._join_trainer(args, state, model)
-
-        return ReplayMixtureCallback()
+        return replay_trainer.trainer_callback(self)
 
     def _join_reading_trainer(self) -> None:
-        trainer = guards.reading_trainer(self)
-        if trainer is None:
-            return
-        self._join_trainer(trainer.args, trainer.state, trainer.model)
-        if self.masked:  # labels, positions and weights must reach the model as they are
-            examples = masked_examples(self, 0, (0, min(2, self.batch_size)))
-            if trainer.train_dataset is not self:  # the datasets form (as_hf_dataset) yields int lists
-                examples = [{k: v.tolist() for k, v in e.items()} for e in examples]
-            guards.check_collator(self, trainer, examples)
-
-    def _join_trainer(self, args, state, model) -> None:
-        """Check a Trainer that trains on this stream and place the stream where the Trainer resumes reading."""
-        guards.check_trainer(self, args, state, model)
-        if self.masked and getattr(getattr(model, "config", None), "use_cache", False):
-            # With a KV cache transformers ignores packed position_ids and lets examples attend to each other
-            # (tests/test_document_packing.py); training never uses the cache.
-            model.config.use_cache = False
-        self.load_state_dict({"step": state.global_step if args.ignore_data_skip else 0})
+        replay_trainer.join_reading_trainer(self)
 
     def as_hf_dataset(self):
         """This stream as a `datasets.IterableDataset` of int lists, for stacks that take only `datasets` datasets
         (TRL's SFTTrainer). It iterates this object when read, so `load_state_dict` and `trainer_callback` act on it."""
-        import datasets
-
-        def examples():
-            for example in self:
-                yield {k: v.tolist() for k, v in example.items()}
-
-        view = datasets.IterableDataset.from_generator(examples)
-        view.replay_mixture = self  # so that a Trainer reading it as its eval_dataset is told apart (hf.guards)
-        own_set_epoch = view.set_epoch
-
-        def set_epoch(epoch: int) -> None:  # Accelerate calls it in the main process, before any worker starts
-            self.set_epoch(epoch)
-            own_set_epoch(epoch)
-
-        view.set_epoch = set_epoch
-        return view
+        return replay_trainer.as_hf_dataset(self)
 
 
 # ---- inputs -----------------------------------------------------------------------------------------

@@ -181,7 +181,8 @@ class OptimConfig:
     decay_norms: bool = False
     decay_embeddings: bool = False
     grad_clip: float = 1.0  # global-norm clipping; 0 = off
-    implementation: Literal["auto", "fused", "foreach", "single"] = "auto"  # auto: fused on CUDA, foreach on CPU
+    # auto: fused on CUDA and on a CPU under bf16 autocast, foreach on an fp32 CPU (train/optim.adamw_kwargs)
+    implementation: Literal["auto", "fused", "foreach", "single"] = "auto"
 
     def validate(self) -> None:
         if not all(0 <= b < 1 for b in self.betas):

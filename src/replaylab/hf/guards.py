@@ -11,42 +11,21 @@ first batch, and the stream is placed for a resume before the workers copy it.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from typing import Any
 
 from replaylab.errors import ConfigError
+from replaylab.finetune_plan import plan_mix
 from replaylab.hf.models import max_positions
-from replaylab.runconfig import MAX_STEPS
-from replaylab.schedule import plan_mix
 
 
 # ---- the plan ------------------------------------------------------------------------------------------------
 def check_replay_stretch(*, budget: int, target_epochs: float, replay_fraction: float, batch_size: int) -> None:
-    """Refuse a replay fraction that stretches the run past MAX_STEPS, naming the largest one that fits. max_steps is
-    no fix: it caps the run, not the plan, and the capped run's target share of each batch is ~0."""
-    plan = _probe(budget, target_epochs, replay_fraction, batch_size)
-    if plan.planned_steps <= MAX_STEPS:
-        return
-    # ceil(draws / (B (1 - R))) <= MAX_STEPS  <=>  R <= 1 - draws / (B x MAX_STEPS); shown rounded down so it fits
-    gap = plan.target_draws / (batch_size * MAX_STEPS)
-    digits = max(1 - math.floor(math.log10(gap)), 1)  # two significant digits of 1 - bound
-    bound = math.floor((1 - gap) * 10**digits) / 10**digits
-    while bound > 0 and _probe(budget, target_epochs, bound, batch_size).planned_steps > MAX_STEPS:
-        bound = round(bound - 10**-digits, digits)  # float rounding put the shown bound a hair over
-    raise ConfigError(
-        f"replay_fraction {replay_fraction!r} stretches the run's {plan.target_steps:,} target steps (budget "
-        f"{budget} x target_epochs {target_epochs:g} / batch_size {batch_size}) to {plan.planned_steps:,} steps, "
-        f"above the {MAX_STEPS:,} steps replaylab plans a run for (max_steps is no fix: the target would be "
-        f"{plan.target_weight:.2g} of each batch); give replay_fraction <= {bound:.{digits}f} for this budget, "
-        "target_epochs and batch_size"
-    )
-
-
-def _probe(budget: int, target_epochs: float, replay_fraction: float, batch_size: int):
-    """The plan by the planner's own rule, capped at one step so that a long plan is never refused or built."""
-    return plan_mix(
+    """Refuse a replay fraction that stretches the run past MAX_STEPS, naming the largest one that fits: the
+    planner's own rule (finetune_plan.plan_mix), asked before anything is built. Capped at one step, so that only
+    the stretch is judged here (a long pure-target plan is the launch's to cap with max_steps)."""
+    plan_mix(
         budget=budget, target_epochs=target_epochs, replay_fraction=replay_fraction, batch_size=batch_size, max_steps=1
     )
 

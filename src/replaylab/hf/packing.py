@@ -24,8 +24,8 @@ build their batches through it.
 from __future__ import annotations
 
 from replaylab.errors import ConfigError
+from replaylab.finetune_plan import REPLAY, TARGET, MixPlan, finetune_stage, plan_mix  # noqa: F401 - named here too
 from replaylab.runconfig import RunConfig
-from replaylab.schedule import REPLAY, TARGET, MixPlan, finetune_stage, plan_mix  # noqa: F401 - their old home
 from replaylab.train.mixture import MixtureSampler
 
 sampler_config = finetune_stage  # its old name

@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 
 from replaylab.config import to_dict
+from replaylab.finetune_plan import given_plan
 from replaylab.runconfig import RunConfig
-from replaylab.schedule import plan_mix
 from replaylab.sweep.experiment import HF_KIND, Experiment, PlannedRun, expand, load_experiment, prefix_granularity
 from replaylab.sweep.prefix import Branch, carrier_checkpoints, plan_prefixes
 
@@ -128,16 +128,8 @@ def estimate(
 def planned_steps(cfg: RunConfig) -> int | None:
     """A fine-tuning run's total steps when its target budget is given (None = every train sequence: that
     needs the tokenized store, which planning never builds)."""
-    budget, p = cfg.data.domains["target"].budget, cfg.finetune
-    if budget is None:
-        return None
-    return plan_mix(
-        budget=budget,
-        target_epochs=p.target_epochs,
-        replay_fraction=p.replay_fraction,
-        batch_size=cfg.train.batch_size,
-        max_steps=p.max_steps,
-    ).total_steps
+    plan = given_plan(cfg)
+    return None if plan is None else plan.total_steps
 
 
 def estimate_hf(runs: list[PlannedRun]) -> pd.DataFrame:
