@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hang import HANG_S
 
 from replaylab.advisor import AdviceConfig, advise, plan_advice
 from replaylab.advisor.answer import answer
@@ -123,8 +124,10 @@ def test_kill_and_resume_ends_where_an_uninterrupted_advice_ends(preset_advice, 
     env = {**os.environ, "PYTHONPATH": SRC}
     cmd = [sys.executable, "-m", "replaylab.cli", *_cli_args(cfg, out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("sweep/runs/*/manifest.json"))) < 3:
+    deadline = time.time() + HANG_S  # a hang guard, not a measure
+    while len(list(out.glob("sweep/runs/*/manifest.json"))) < 3:
+        assert proc.poll() is None, "the advisor ended before its sweep had started three runs"
+        assert time.time() < deadline, "hung: no three runs started"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the advisor and its workers, mid-sweep
     proc.wait()
