@@ -50,7 +50,7 @@ def main(
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from replaylab import ReplayMixture
-    from replaylab.replay_rows import replay_loss
+    from replaylab.replay_trainer import weighted_compute_loss
 
     class ReplayLossTrainer(Trainer):
         """The step's loss: replay_loss summed over micro-batches and processes (replay weighs exactly R)."""
@@ -58,11 +58,7 @@ def main(
         loss_is_scaled_for_ga = True  # replay_loss is already this micro-batch's part of the step's loss
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            weights = inputs.pop("loss_weights")  # (b, seq_len + 1): 0 off the loss, w_source / N_source on it
-            inputs.pop("labels")  # the weights leave out what the labels leave out
-            outputs = model(**inputs)  # input_ids, position_ids (per example), no attention_mask
-            loss = replay_loss(outputs.logits, inputs["input_ids"], weights) * self.accelerator.num_processes
-            return (loss, outputs) if return_outputs else loss
+            return weighted_compute_loss(self, model, inputs, return_outputs)
 
     workdir = workdir or default_workdir()
     world = tiny_world(workdir)

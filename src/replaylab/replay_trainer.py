@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from replaylab.hf import guards
-from replaylab.replay_rows import masked_examples
+from replaylab.replay_rows import masked_examples, replay_loss
 
 
 def trainer_callback(mix: Any):
@@ -44,6 +44,18 @@ def join_trainer(mix: Any, args: Any, state: Any, model: Any) -> None:
         # (tests/test_document_packing.py); training never uses the cache.
         model.config.use_cache = False
     mix.load_state_dict({"step": state.global_step if args.ignore_data_skip else 0})
+
+
+def weighted_compute_loss(trainer: Any, model: Any, inputs: dict, return_outputs: bool = False):
+    """A Trainer's `compute_loss` on ReplayMixture rows made with `loss_weights=True`: `replay_loss` of this
+    micro-batch, times the number of processes (the Trainer averages gradients over them; replay_loss is each
+    process's part of one step objective). Give the Trainer subclass `loss_is_scaled_for_ga = True` too: the
+    micro-batches' losses are summed, never averaged, so the replay source weighs exactly R per step."""
+    weights = inputs.pop("loss_weights")  # (b, seq_len + 1): 0 off the loss, w_source / N_source on it
+    inputs.pop("labels")  # the weights leave out what the labels leave out
+    outputs = model(**inputs)  # input_ids, position_ids (per example), no attention_mask
+    loss = replay_loss(outputs.logits, inputs["input_ids"], weights) * trainer.accelerator.num_processes
+    return (loss, outputs) if return_outputs else loss
 
 
 def as_hf_dataset(mix: Any):
