@@ -22,6 +22,7 @@ import os
 import sysconfig
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -40,6 +41,13 @@ def _home(path: Path):
             os.environ.pop("REPLAYLAB_HOME", None)
         else:
             os.environ["REPLAYLAB_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory) -> Iterator[Path]:
+    """A fresh REPLAYLAB_HOME for one test module (the stores and models it builds), the old one restored after."""
+    with _home(tmp_path_factory.mktemp("module_home")) as path:
+        yield path
 
 
 def write_code_corpus(path: Path, max_bytes: int = CODE_CORPUS_BYTES) -> Path:

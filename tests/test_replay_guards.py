@@ -28,14 +28,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def home(tmp_path_factory):
-    old = os.environ.get("REPLAYLAB_HOME")
-    os.environ["REPLAYLAB_HOME"] = str(tmp_path_factory.mktemp("guards_home"))
-    yield Path(os.environ["REPLAYLAB_HOME"])
-    if old is None:
-        os.environ.pop("REPLAYLAB_HOME", None)
-    else:
-        os.environ["REPLAYLAB_HOME"] = old
+def home(module_home) -> Path:
+    """This module's own REPLAYLAB_HOME (conftest.module_home)."""
+    return module_home
 
 
 def save_model(folder: Path, config, tokenizer: str) -> str:

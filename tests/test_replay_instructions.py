@@ -5,7 +5,6 @@ seeing no attention across examples, and bad inputs refused in one line."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,9 @@ L = 64
 
 
 @pytest.fixture(scope="module", autouse=True)
-def home(tmp_path_factory):
-    old = os.environ.get("REPLAYLAB_HOME")
-    os.environ["REPLAYLAB_HOME"] = str(tmp_path_factory.mktemp("sft_home"))
-    yield Path(os.environ["REPLAYLAB_HOME"])
-    if old is None:
-        os.environ.pop("REPLAYLAB_HOME", None)
-    else:
-        os.environ["REPLAYLAB_HOME"] = old
+def home(module_home) -> Path:
+    """This module's own REPLAYLAB_HOME (conftest.module_home)."""
+    return module_home
 
 
 def mixture(pc_store, prose_store, **kw):

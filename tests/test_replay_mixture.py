@@ -25,15 +25,9 @@ L = 32  # seq_len of most tests: small, so the budgets below fit many times over
 
 
 @pytest.fixture(scope="module", autouse=True)
-def home(tmp_path_factory):
-    """One REPLAYLAB_HOME for the module: stores built from texts and the examples' model land there."""
-    old = os.environ.get("REPLAYLAB_HOME")
-    os.environ["REPLAYLAB_HOME"] = str(tmp_path_factory.mktemp("replay_home"))
-    yield Path(os.environ["REPLAYLAB_HOME"])
-    if old is None:
-        os.environ.pop("REPLAYLAB_HOME", None)
-    else:
-        os.environ["REPLAYLAB_HOME"] = old
+def home(module_home) -> Path:
+    """This module's own REPLAYLAB_HOME (conftest.module_home)."""
+    return module_home
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ prompt/completion records (pydoc topics), a real tiny random Llama, the real TRL
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,9 @@ L = 63  # seq_len: rows of 64 tokens
 
 
 @pytest.fixture(scope="module", autouse=True)
-def home(tmp_path_factory):
-    old = os.environ.get("REPLAYLAB_HOME")
-    os.environ["REPLAYLAB_HOME"] = str(tmp_path_factory.mktemp("trl_home"))
-    yield
-    if old is None:
-        os.environ.pop("REPLAYLAB_HOME", None)
-    else:
-        os.environ["REPLAYLAB_HOME"] = old
+def home(module_home) -> Path:
+    """This module's own REPLAYLAB_HOME (conftest.module_home)."""
+    return module_home
 
 
 @pytest.fixture(scope="module")
