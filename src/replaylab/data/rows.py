@@ -65,10 +65,14 @@ class Layout:
         return len(self.row_start) - 1
 
 
-def layout(doc_lengths: np.ndarray, width: int, packing: str) -> Layout:
-    """The packing rule of the module docstring over documents of `doc_lengths` tokens, rows of `width` tokens."""
+def check_packing(packing: str) -> None:
     if packing not in PACKINGS:
         raise DataError(f"packing is {packing!r}; choose 'documents' (whole examples packed per row) or 'padded'")
+
+
+def layout(doc_lengths: np.ndarray, width: int, packing: str) -> Layout:
+    """The packing rule of the module docstring over documents of `doc_lengths` tokens, rows of `width` tokens."""
+    check_packing(packing)
     kept = np.minimum(doc_lengths, width)
     row_start = [0]
     fill = 0
@@ -95,8 +99,7 @@ class DocumentRows:
     `rows()` with their loss flags, positions and segments."""
 
     def __init__(self, store, packing: str = "documents"):
-        if packing not in PACKINGS:
-            raise DataError(f"packing is {packing!r}; choose 'documents' (whole examples packed per row) or 'padded'")
+        check_packing(packing)
         self.store, self.packing = store, packing
         self._layouts: dict[tuple[str, int], Layout] = {}
         self._counts: dict[tuple[str, str, int], np.ndarray] = {}
@@ -193,8 +196,7 @@ class DocumentRows:
 def read_as_rows(stores: dict, packing: str = "documents") -> dict:
     """Instruction stores (those with a loss mask) wrapped as `DocumentRows`; text stores as they are. What every
     trainer of masked data opens its stores with (ReplayMixture, `replaylab train`, `replaylab finetune`)."""
-    if packing not in PACKINGS:
-        raise DataError(f"packing is {packing!r}; choose 'documents' (whole examples packed per row) or 'padded'")
+    check_packing(packing)
     return {name: DocumentRows(s, packing) if s.meta.get("instructions") else s for name, s in stores.items()}
 
 
