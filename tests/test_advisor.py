@@ -242,6 +242,21 @@ def test_plan_and_a_time_budget_too_short(isolated_home, code_corpus, prose_corp
     assert not (tmp_path / "adv").exists()
 
 
+def test_an_instruction_target_is_counted_in_rows(isolated_home, pc_corpus, prose_corpus, tiny_tokenizer):
+    """Budgets of an instruction target count whole-example rows, as its runs read it (not tokens / seq_len)."""
+    from replaylab.data.rows import DocumentRows
+    from replaylab.data.store import get_store
+
+    cfg = preset_config(
+        pc_corpus, prose_corpus, tiny_tokenizer, budget=None, target_options={"format": "prompt_completion"}
+    )
+    plan = plan_advice(cfg)
+    rows = DocumentRows(get_store(str(pc_corpus), tiny_tokenizer, {"format": "prompt_completion"}))
+    assert plan.design.num_available == plan.design.budget == rows.num_sequences("train", cfg.seq_len)
+    assert rows.num_sequences("train", cfg.seq_len) != rows.store.num_sequences("train", cfg.seq_len)
+    assert f"train rows (whole examples packed into {cfg.seq_len + 1} tokens)" in plan.describe()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_hf_model_full_and_lora(hf_world, tmp_path, lora):

@@ -112,6 +112,8 @@ def test_text_stores_keep_their_files_and_the_loss_all_policy_has_no_prompt_left
         ({"format": "prompt_completion", "prompt_field": "question"}, "has no field 'question'"),
         ({"format": "messages"}, "has no field 'messages'"),
         ({"format": "prompt_completion", "loss": "some"}, "loss is 'some'"),
+        # read as text: the hint names the option's flag in each command, not one command's
+        ({}, "--format prompt_completion.*--target-format prompt_completion"),
     ],
 )
 def test_bad_instruction_options_are_one_line(tmp_path, pc_corpus, tiny_tokenizer, options, match):

@@ -149,6 +149,11 @@ class Design:
     budgets: list[int]
     sub_budget: int
     lrs: list[float]
+    rows: bool = False  # an instruction target: budgets count whole-example rows (data/rows.py), not stream sequences
+
+    @property
+    def unit(self) -> str:
+        return unit_of(self.config.value("seq_len"), self.rows)
 
     @property
     def cells(self) -> list[Cell]:
@@ -160,13 +165,18 @@ class Design:
         return len(self.cells) * len(self.lrs) * len(self.config.seeds)
 
 
-def make_design(config: AdviceConfig, num_available: int, num_heldout: int) -> Design:
+def unit_of(seq_len: int, rows: bool) -> str:
+    """What one unit of a budget is, for messages: a stream sequence, or a row of whole examples."""
+    return f"rows (whole examples packed into {seq_len + 1} tokens)" if rows else f"sequences of {seq_len} tokens"
+
+
+def make_design(config: AdviceConfig, num_available: int, num_heldout: int, *, rows: bool = False) -> Design:
     """Budgets from the target's size; refuses a target too small for the design (one line, the fix)."""
     budget = config.budget or num_available
-    seq_len = config.value("seq_len")
+    unit = unit_of(config.value("seq_len"), rows)
     if config.budget is not None and config.budget > num_available:
         raise ConfigError(
-            f"--budget {config.budget} exceeds the {num_available} train sequences of {seq_len} tokens in "
+            f"--budget {config.budget} exceeds the {num_available} train {unit} in "
             f"{config.target!r}; give --budget <= {num_available} or a shorter --seq-len"
         )
     if budget < MIN_BUDGET:
@@ -176,12 +186,12 @@ def make_design(config: AdviceConfig, num_available: int, num_heldout: int) -> D
                 f"target sequences (budgets N/8..N); give --budget >= {MIN_BUDGET}"
             )
         raise ConfigError(
-            f"target {config.target!r} is too small for the design: {budget} train sequences of {seq_len} tokens, "
+            f"target {config.target!r} is too small for the design: {budget} train {unit}, "
             f"the curve needs >= {MIN_BUDGET} (budgets N/8..N); give more target data or a shorter --seq-len"
         )
     if num_heldout < 2:
         raise ConfigError(
-            f"target {config.target!r} has {num_heldout} held-out sequences of {seq_len} tokens; the advisor "
+            f"target {config.target!r} has {num_heldout} held-out {unit}; the advisor "
             "needs >= 2 (a select half to pick LRs, a report half to report on): give more target data"
         )
     budgets = sorted({max(1, round(budget * s)) for s in config.curve_shares})
@@ -191,7 +201,7 @@ def make_design(config: AdviceConfig, num_available: int, num_heldout: int) -> D
         )
     sub = max(1, round(budget * config.replay_share))
     lrs = sorted({config.value("lr") * f for f in config.lr_factors})
-    return Design(config, num_available, budget, budgets, sub, lrs)
+    return Design(config, num_available, budget, budgets, sub, lrs, rows)
 
 
 def runs_of(design: Design) -> list:

@@ -34,8 +34,8 @@ class AdvicePlan:
     def describe(self) -> str:
         d, e, c = self.design, self.estimate, self.design.config
         lines = [
-            f"model {c.model}{' (LoRA)' if c.lora else ''}, target {c.target!r} ({d.num_available} train sequences "
-            f"of {c.value('seq_len')} tokens), replay {c.replay!r}",
+            f"model {c.model}{' (LoRA)' if c.lora else ''}, target {c.target!r} ({d.num_available} train {d.unit}), "
+            f"replay {c.replay!r}",
             f"no-replay curve at budgets {', '.join(map(str, d.budgets))}; replay R = "
             f"{', '.join(f'{r:g}' for r in c.fractions)} at budget {d.sub_budget}; {c.value('epochs'):g} epochs",
             f"LRs {', '.join(f'{lr:.3g}' for lr in d.lrs)} per cell; seeds {', '.join(map(str, c.seeds))}"
@@ -62,10 +62,16 @@ def _stores(config: AdviceConfig):
         from replaylab.hf.models import resolve_model
 
         tokenizer = load_tokenizer(resolve_model(config.model))
-    return (
-        get_store(config.target, tokenizer, config.target_options),
-        get_store(config.replay, tokenizer, config.replay_options),
+    from replaylab.data.rows import read_as_rows
+
+    # read as every run reads them: an instruction store counts whole-example rows, not stream sequences
+    stores = read_as_rows(
+        {
+            "target": get_store(config.target, tokenizer, config.target_options),
+            "replay": get_store(config.replay, tokenizer, config.replay_options),
+        }
     )
+    return stores["target"], stores["replay"]
 
 
 def plan_document(design: Design) -> dict:
@@ -77,11 +83,18 @@ def plan_document(design: Design) -> dict:
 
 
 def plan_advice(config: AdviceConfig, *, workers: int = 1, done: set[str] | None = None) -> AdvicePlan:
+    from replaylab.data.rows import DocumentRows
+
     config.validate()
     target, _ = _stores(config)
     seq_len = config.value("seq_len")
     heldout = target.num_sequences("val", seq_len)
-    design = make_design(config, target.num_sequences("train", seq_len), min(heldout, config.value("eval_sequences")))
+    design = make_design(
+        config,
+        target.num_sequences("train", seq_len),
+        min(heldout, config.value("eval_sequences")),
+        rows=isinstance(target, DocumentRows),
+    )
     doc = plan_document(design)
     trial = timed_trial(design)
     return AdvicePlan(design, doc, trial, estimate(doc, done or set(), trial, workers))

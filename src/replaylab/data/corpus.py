@@ -209,8 +209,11 @@ def _render(record: Any, opts: CorpusOptions, where: str) -> Document:
     if opts.text_field not in record:
         hint = "set the text field, e.g. --text-field NAME"
         if {"prompt", "completion"} <= set(record) or "messages" in record:  # instruction records
-            hint = f"records of {'messages' if 'messages' in record else 'prompt_completion'}: pass --format " + (
-                "messages" if "messages" in record else "prompt_completion"
+            # the same option has a flag per command; name each, as this reader does not know its caller
+            fmt = "messages" if "messages" in record else "prompt_completion"
+            hint = (
+                f"records of {fmt}: read them with the format option, `data build --format {fmt}`, "
+                f"`finetune`/`advise --target-format {fmt}` or options.format: {fmt} in YAML"
             )
         raise DataError(
             f"{where}: record has no field {opts.text_field!r}; fields present: "
