@@ -23,55 +23,10 @@ from typing import Callable
 import pytest
 import yaml
 from hang import HANG_S
+from output_cli import assert_one_line_refusal, cli_in_process, plant, run_cli
 from run_configs import tiny_raw
 
 from replaylab.outputs import OutputError, check_name, claim_output, folder_lock, kind_of, write_marker
-
-SENTINEL = "a user's file: must survive"
-
-
-def run_cli(*args: str, env: dict, cwd: Path, timeout: float = HANG_S) -> subprocess.CompletedProcess:
-    """The real CLI in its own process: for cases where another process (this one) holds a lock."""
-    return subprocess.run(
-        [sys.executable, "-m", "replaylab.cli", *map(str, args)],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def cli_in_process(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    """The real CLI entry in this process, with `env` as the environment and `cwd` as the working folder for the
-    call (both restored afterwards); what it prints is captured. Not thread-safe: run cases one after another."""
-    import contextlib
-    import io
-
-    from replaylab.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    old_env, old_cwd = dict(os.environ), Path.cwd()
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(map(str, args)))
-            except SystemExit as e:  # argparse's own errors exit
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        os.chdir(old_cwd)
-        os.environ.clear()
-        os.environ.update(old_env)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
-
-
-def plant(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "KEEP.txt").write_text(SENTINEL)
-    return folder
 
 
 @dataclass
@@ -287,12 +242,7 @@ def outcomes(world):
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_refused_with_one_line_and_nothing_touched(case, outcomes):
     results, _, _ = outcomes
-    r = results[case.name]
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    assert len(lines) == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr
-    assert lines[0].startswith("replaylab ") and ": error: " in lines[0]
-    assert case.expect in lines[0], lines[0]
+    assert_one_line_refusal(results[case.name], case.expect)
 
 
 def test_no_case_changed_or_left_any_file(outcomes):
