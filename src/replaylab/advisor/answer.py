@@ -171,7 +171,8 @@ def answer(
     for c in cells:
         if c.lr_edge:
             flags.append(
-                f"{_cell(c)}: the chosen LR {c.lr:.3g} is at the {c.lr_edge} edge of its grid (widen --lr-factors)"
+                f"{_cell(c)}: the chosen LR {c.lr:.3g} is at the {c.lr_edge} edge of its grid "
+                "(widen --lr-factors or raise --lr-extend)"
             )
         if c.seeds < 2:
             flags.append(f"{_cell(c)}: {c.seeds} finished seed (no interval from one seed)")

@@ -55,6 +55,9 @@ class AdviceConfig:
     replay_share: float = 0.25  # the sub-budget (share of N) where replay is measured
     lr: float | None = None  # the grid's centre
     lr_factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # rounds in which a cell whose best LR sits at its grid's edge gets the next LR past that edge (0 = never):
+    # an edge pick may hide a better LR outside the grid, and an under-tuned no-replay curve would flatter replay
+    lr_extend: int = 2
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     seq_len: int | None = None
     batch_size: int | None = None
@@ -101,6 +104,8 @@ class AdviceConfig:
             raise ConfigError(f"--replay-share {self.replay_share:g} must lie in (0, 1] (a share of the budget)")
         if len(set(self.seeds)) < 2:
             raise ConfigError(f"--seeds {self.seeds}: intervals need at least 2 seeds, e.g. --seeds 2")
+        if self.lr_extend < 0:
+            raise ConfigError(f"--lr-extend {self.lr_extend} must be >= 0 (0 = never extend the LR grid)")
         if not self.lr_factors or any(not f > 0 for f in self.lr_factors):
             raise ConfigError(f"--lr-factors {self.lr_factors}: give factors > 0 around --lr, e.g. 0.5,1,2")
         for name in ("lr", "epochs"):
@@ -150,6 +155,10 @@ class Design:
     sub_budget: int
     lrs: list[float]
     rows: bool = False  # an instruction target: budgets count whole-example rows (data/rows.py), not stream sequences
+    extra_lrs: dict[Cell, list[float]] = field(default_factory=dict)  # added past a grid edge (extend_at_edges)
+
+    def lrs_of(self, cell: Cell) -> list[float]:
+        return sorted({*self.lrs, *self.extra_lrs.get(cell, [])})
 
     @property
     def unit(self) -> str:
@@ -162,7 +171,21 @@ class Design:
 
     @property
     def num_runs(self) -> int:
-        return len(self.cells) * len(self.lrs) * len(self.config.seeds)
+        return sum(len(self.lrs_of(c)) for c in self.cells) * len(self.config.seeds)
+
+
+def extend_at_edges(design: Design, picks: dict[Cell, str]) -> list[tuple[Cell, float]]:
+    """Add, in place, the next LR past the edge where each cell's pick sits (`picks`: cell -> "low" / "high"),
+    one grid step further (the ratio of the two LRs at that edge); returns the (cell, LR) pairs added."""
+    added = []
+    for cell, edge in picks.items():
+        lrs = design.lrs_of(cell)
+        if edge not in ("low", "high") or len(lrs) < 2:
+            continue
+        lr = lrs[0] * lrs[0] / lrs[1] if edge == "low" else lrs[-1] * lrs[-1] / lrs[-2]
+        design.extra_lrs.setdefault(cell, []).append(lr)
+        added.append((cell, lr))
+    return added
 
 
 def unit_of(seq_len: int, rows: bool) -> str:
@@ -211,7 +234,7 @@ def runs_of(design: Design) -> list:
 
     out = {}
     for cell in design.cells:
-        for lr in design.lrs:
+        for lr in design.lrs_of(cell):
             for seed in design.config.seeds:
                 cfg = (_preset_run if design.config.kind == "preset" else _hf_run)(design, cell, lr, seed)
                 rid = run_id(cfg)

@@ -4,7 +4,8 @@ Order: check the output folder (before anything is built), open the target and r
 model's tokenizer (so a model that cannot load offline, or a target too small, is one line before any
 training), plan the design, time a short trial, print the plan, refuse a design that cannot fit the time
 budget (saying what would), then write the advice folder and train its sweep (resumable: done runs are
-skipped, a killed run resumes), and write the answer (advice.json, advice.md, report/).
+skipped, a killed run resumes), grow the LR grid past an edge where a cell's best LR sits there (up to
+`lr_extend` rounds, each one more sweep of the same folder), and write the answer (advice.json, advice.md, report/).
 
 The advice folder (replaylab.outputs kind `advice`): advice.yaml (the question), sweep/ (a sweep folder:
 `replaylab results OUT/sweep` reads it), advice.json, advice.md, recommended.yaml (presets: the run to
@@ -14,12 +15,13 @@ train), report/ (report.html and its figures).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from replaylab.advisor.answer import Advice, answer
-from replaylab.advisor.design import REPLAY, AdviceConfig, Design, make_design, runs_of
+from replaylab.advisor.design import REPLAY, AdviceConfig, Design, extend_at_edges, make_design, runs_of
 from replaylab.advisor.timing import Estimate, Trial, estimate, timed_trial, what_fits
 from replaylab.errors import ConfigError
 
@@ -38,7 +40,9 @@ class AdvicePlan:
             f"replay {c.replay!r}",
             f"no-replay curve at budgets {', '.join(map(str, d.budgets))}; replay R = "
             f"{', '.join(f'{r:g}' for r in c.fractions)} at budget {d.sub_budget}; {c.value('epochs'):g} epochs",
-            f"LRs {', '.join(f'{lr:.3g}' for lr in d.lrs)} per cell; seeds {', '.join(map(str, c.seeds))}"
+            f"LRs {', '.join(f'{lr:.3g}' for lr in d.lrs)} per cell"
+            + (f" (+1 past an edge where a cell's best LR sits, up to {c.lr_extend}x)" if c.lr_extend else "")
+            + f"; seeds {', '.join(map(str, c.seeds))}"
             + (
                 f"; {c.pretrain_steps} pre-training steps on the replay corpus (once per seed)"
                 if c.kind == "preset"
@@ -126,8 +130,6 @@ def advise(
 ) -> Advice | AdvicePlan:
     """Plan, train (unless `plan_only`) and answer. `time_budget` in seconds: a design whose estimate exceeds it
     is refused (ConfigError naming what would fit). Returns the Advice, or the AdvicePlan with `plan_only`."""
-    import time
-
     from replaylab.outputs import claim_output, in_use, remove_ours, write_marker
     from replaylab.paths import atomic_write_text
     from replaylab.sweep import check_backend, train_sweep, write_sweep
@@ -159,8 +161,10 @@ def advise(
     from replaylab.config import dump_yaml
 
     atomic_write_text(out / "advice.yaml", dump_yaml(config.to_dict()))
-    with in_use(out, "advice folder"):
-        write_sweep(out / "sweep", plan.doc, dump_yaml(config.to_dict()))
+    retry_before = time.time() if retry else None
+
+    def train(doc: dict) -> None:
+        write_sweep(out / "sweep", doc, dump_yaml(config.to_dict()))
         t0 = time.time()
         counts = train_sweep(
             out / "sweep",
@@ -168,7 +172,7 @@ def advise(
             threads=config.threads,
             backend=backend,
             address=address,
-            retry_before=time.time() if retry else None,
+            retry_before=retry_before,
             gpus_per_run=gpus_per_run,
         )
         say(
@@ -176,8 +180,18 @@ def advise(
             + ", ".join(f"{k} {v}" for k, v in counts.items())
             + f" ({time.time() - t0:.0f} s)"
         )
+
+    from replaylab.sweep.results import load_results
+
+    started = time.time()
+    with in_use(out, "advice folder"):
+        train(plan.doc)
+        for _ in range(config.lr_extend):
+            doc = _extend_lr_grid(plan, out, workers, time_budget, started, say)
+            if doc is None:
+                break
+            train(doc)
         from replaylab.advisor.report import write_answer
-        from replaylab.sweep.results import load_results
 
         advice = answer(
             load_results(out / "sweep"),
@@ -188,6 +202,38 @@ def advise(
         )
         write_answer(advice, plan.design, out)
     return advice
+
+
+def _extend_lr_grid(
+    plan: AdvicePlan, out: Path, workers: int, time_budget: float | None, started: float, say
+) -> dict | None:
+    """One round of the LR grid's extension: every cell whose best LR (over seeds, select half) sits at its grid's
+    edge gets the next LR past it. Returns the grown plan document, or None when no cell is at an edge or the
+    round would not fit the time budget (the answer then flags the edge). Deterministic in the finished runs,
+    so a rerun after a kill grows the same grid and resumes the same runs."""
+    from replaylab.advisor.answer import cell_results
+    from replaylab.sweep.results import load_results
+
+    design = plan.design
+    cells = {(c.budget, round(c.rho, 9)): c for c in design.cells}
+    results, _ = cell_results(load_results(out / "sweep"))
+    picks = {cells[(r.budget, round(r.rho, 9))]: r.lr_edge for r in results if r.lr_edge}
+    if not picks:
+        return None
+    before = {c: list(design.extra_lrs.get(c, [])) for c in design.cells}
+    added = extend_at_edges(design, picks)
+    doc = plan_document(design)
+    left = estimate(doc, _done(out / "sweep"), plan.trial, workers)
+    if time_budget is not None and time.time() - started + left.seconds > time_budget:
+        design.extra_lrs = {c: v for c, v in before.items() if v}
+        say(f"LR grid not extended: {left.runs_left} more runs would pass the time budget; edges stay flagged")
+        return None
+    say(
+        "best LR at its grid's edge; adding "
+        + ", ".join(f"{cell.label}: {lr:.3g}" for cell, lr in added)
+        + f" ({left.runs_left} runs, about {left.seconds / 60:.1f} min)"
+    )
+    return doc
 
 
 def base_general_loss(sweep_dir: Path, config: AdviceConfig) -> float | None:

@@ -96,6 +96,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lr", type=float, help="the LR grid's centre (default: 2e-3 presets, 3e-4 HF models)")
     p.add_argument("--lr-factors", type=_floats, default=[0.5, 1.0, 2.0], help="the LR grid around --lr (0.5,1,2)")
+    p.add_argument(
+        "--lr-extend",
+        type=int,
+        default=2,
+        help="rounds that add the next LR past the grid's edge to a cell whose best LR sits there (default 2; 0 = off)",
+    )
     p.add_argument("--seeds", type=_seeds, default=[0, 1], help="a count (2) or a list (0,1,2); at least 2")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: 128 presets, 256 HF models)")
     p.add_argument("--batch-size", type=int, help="sequences per step (default: 16 presets, 8 HF models)")
@@ -137,6 +143,7 @@ def main(args: argparse.Namespace) -> int:
         replay_share=args.replay_share,
         lr=args.lr,
         lr_factors=args.lr_factors,
+        lr_extend=args.lr_extend,
         seeds=args.seeds,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
