@@ -65,6 +65,12 @@ class AdviceConfig:
     threads: int = 1
     precision: str = "auto"
     form: str = "loglinear"  # the law fitted to the no-replay curve (analysis.law.FORMS)
+    # Forgetting on tasks (advisor/tasks.py), as `replaylab finetune`'s eval.mc_tasks / lm_eval_tasks /
+    # lm_eval_include: multiple-choice jsonl files (both model kinds) and lm-evaluation-harness tasks (HF models).
+    # Empty, they stay out of the identity (fields at their defaults are) and out of every run.
+    mc_tasks: list[str] = field(default_factory=list)
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_include: str | None = None
 
     @property
     def kind(self) -> str:
@@ -116,6 +122,13 @@ class AdviceConfig:
             raise ConfigError(f"--pretrain-steps {self.pretrain_steps} must be >= 1")
         if self.form not in FORMS:
             raise ConfigError(f"--form {self.form!r} is unknown; choose one of {', '.join(FORMS)}")
+        from replaylab.advisor.tasks import validate_tasks
+
+        validate_tasks(self)
+
+    @property
+    def has_tasks(self) -> bool:
+        return bool(self.mc_tasks or self.lm_eval_tasks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -307,10 +320,13 @@ def hf_form(config: AdviceConfig) -> dict:
 
 
 def _hf_run(design: Design, cell: Cell, lr: float, seed: int):
+    from replaylab.advisor.tasks import in_run_eval
     from replaylab.schedule import finetune_hf
 
     c = design.config
     fields = {"target.budget": cell.budget, "replay_fraction": cell.rho, "target_epochs": c.value("epochs")}
+    if cell.budget == design.sub_budget:  # the cells the answer compares score the tasks at their end
+        fields.update(in_run_eval(c))
     cfg = finetune_hf(hf_form(c), seed=seed, lr=lr, **fields)
     # the analysis reads `advise` runs as a curve and a comparison (analysis.tables.ADVISE)
     cfg.meta.update(strategy="advise", budget=cell.budget)
