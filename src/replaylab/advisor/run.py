@@ -181,7 +181,7 @@ def advise(
             sub_budget=plan.design.sub_budget,
             form=config.form,
             base_general=base_general_loss(out / "sweep", config),
-            task_scores=collect_scores(out, plan.design, table),
+            task_scores=collect_scores(out, plan.design, table, plan.trial.scores),
         )
         write_answer(advice, plan.design, out)
     return advice

@@ -157,21 +157,21 @@ def score_hf_base(config: AdviceConfig, run_config) -> dict:
     return out
 
 
-def timed_scoring(config: AdviceConfig, run_config, run_dir: Path, step: int) -> tuple[float, float]:
-    """Seconds of one scoring of every task, and of its multiple-choice files alone (the trial's): an HF model's
-    base, or a preset's trial checkpoint."""
+def timed_scoring(config: AdviceConfig, run_config, run_dir: Path, step: int) -> tuple[float, float, dict]:
+    """The trial's scoring of every task: (seconds, seconds of the multiple-choice files alone, the scores). An
+    HF model: its base, which the advice keeps (`collect_scores`); a preset: the trial's checkpoint."""
     if not config.has_tasks:
-        return 0.0, 0.0
+        return 0.0, 0.0, {}
     t0 = time.perf_counter()
     if config.kind == "hf":
-        score_hf_base(replace(config, lm_eval_tasks=[], lm_eval_include=None), run_config)
+        scores = score_hf_base(replace(config, lm_eval_tasks=[], lm_eval_include=None), run_config)
         mc = time.perf_counter() - t0
         if config.lm_eval_tasks:
-            score_hf_base(replace(config, mc_tasks=[]), run_config)
+            scores.update(score_hf_base(replace(config, mc_tasks=[]), run_config))
     else:
-        score_ours(config, run_dir, step)
+        scores = score_ours(config, run_dir, step)
         mc = time.perf_counter() - t0
-    return time.perf_counter() - t0, mc
+    return time.perf_counter() - t0, mc, scores if config.kind == "hf" else {}
 
 
 def scorings_here(config: AdviceConfig) -> int:
@@ -182,9 +182,10 @@ def scorings_here(config: AdviceConfig) -> int:
     return 1 if config.kind == "hf" else len(config.seeds) * (2 + len(config.fractions))
 
 
-def collect_scores(out: Path, design: Design, table: pd.DataFrame) -> dict:
+def collect_scores(out: Path, design: Design, table: pd.DataFrame, hf_base: dict | None = None) -> dict:
     """{"base": {seed: {task: metrics}}, "runs": {run_id: {task: metrics}}} for the runs the answer compares;
-    {} without tasks. Scores already in OUT/tasks.json are reused; new ones are added to it as they come."""
+    {} without tasks. Scores already in OUT/tasks.json are reused; new ones are added to it as they come.
+    `hf_base`: an HF model's base scores as the timed trial measured them (scored the same way: not again)."""
     from replaylab.paths import atomic_write_text
     from replaylab.sweep.runstore import RunStore
 
@@ -206,7 +207,8 @@ def collect_scores(out: Path, design: Design, table: pd.DataFrame) -> dict:
         for rid in sub["run_id"]:
             scores["runs"][rid] = (store.manifest(rid) or {}).get("mc") or {}
         if ONE_BASE not in scores["base"] and not sub.empty:
-            keep("base", ONE_BASE, score_hf_base(config, _run_config(entries[sub["run_id"].iloc[0]])))
+            base = hf_base or score_hf_base(config, _run_config(entries[sub["run_id"].iloc[0]]))
+            keep("base", ONE_BASE, base)
         return scores
     for _, row in sub[sub["selected"].astype(bool)].iterrows():
         if row["run_id"] not in scores["runs"]:

@@ -14,7 +14,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from replaylab.advisor.design import REPLAY, AdviceConfig, Cell, Design, make_design
@@ -28,6 +28,7 @@ class Trial:
     overhead_s: float  # per run: start, load, evaluation
     task_s: float = 0.0  # one scoring of every task (advisor/tasks.py; 0 without tasks)
     mc_task_s: float = 0.0  # of that, the multiple-choice files (an HF run scores those before step 1 too)
+    scores: dict = field(default_factory=dict)  # an HF model's base scores, measured on the way (tasks.py keeps them)
 
 
 @dataclass
@@ -67,7 +68,7 @@ def timed_trial(design: Design) -> Trial:
         t0 = time.perf_counter()
         run_training(cfg, tmp / "run")
         wall = time.perf_counter() - t0
-        task_s, mc_task_s = timed_scoring(c, cfg, tmp / "run", TRIAL_STEPS)
+        task_s, mc_task_s, scores = timed_scoring(c, cfg, tmp / "run", TRIAL_STEPS)
         records = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines() if line]
         steps = [r for r in records if r.get("type") == "train"]
         tps = sorted(r["tok_per_s"] for r in steps if r.get("step", 0) > 2)
@@ -79,7 +80,9 @@ def timed_trial(design: Design) -> Trial:
         wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Trial(steps_per_s=sps, overhead_s=max(0.0, wall - 1 / sps), task_s=task_s, mc_task_s=mc_task_s)
+    return Trial(
+        steps_per_s=sps, overhead_s=max(0.0, wall - 1 / sps), task_s=task_s, mc_task_s=mc_task_s, scores=scores
+    )
 
 
 def _one_step(cfg):
