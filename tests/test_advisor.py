@@ -341,3 +341,36 @@ def test_an_advice_without_tasks_keeps_its_identity_and_run_ids():
         tasked = runs_of(make_design(replace(cfg, mc_tasks=[BASQUE_MC]), 64, 8))
         changed = {r.coords["budget"] for r, t in zip(runs, tasked) if r.run_id != t.run_id}
         assert changed == (set() if cfg.kind == "preset" else {16})
+
+
+def test_task_forgetting_points_the_way_its_scores_do():
+    """A synthetic run table and task scores (the answer reads both): replay keeps more of the task, then less;
+    the verdict's sentence follows the interval, the changes are the differences of the means."""
+    rows, scores = [], {"base": {"all": {"quiz": {"acc": 0.7, "acc_norm": 0.7, "n": 100}}}, "runs": {}}
+    for seed, noise in ((0, 0.0), (1, 0.01), (2, -0.01)):
+        for budget, loss in ((8, 7.0), (16, 6.6), (32, 6.2), (64, 5.8)):
+            rows.append((budget, 0.0, seed, loss + noise))
+        rows.append((16, 0.5, seed, 6.3 + noise))
+    table = pd.DataFrame(
+        [{"run_id": f"r{i}", "status": "done", "selected": True, "budget": b, "rho": r, "seed": s, "lr": 1e-3,
+          "target_val_loss": x, "target_test_loss": x, "generic_test_loss": 5.0} for i, (b, r, s, x) in enumerate(rows)]
+    )  # fmt: skip
+
+    def ask(none_acc: float, replay_acc: float):
+        for i, (b, r, s, _) in enumerate(rows):
+            acc = (replay_acc if r else none_acc) + s * 0.01
+            scores["runs"][f"r{i}"] = {"quiz": {"acc": acc, "acc_norm": acc, "n": 100}}
+        return answer(
+            table, budget=64, sub_budget=16, form="loglinear", base_general=4.9, task_scores=scores, n_boot=200
+        )
+
+    better = ask(0.40, 0.60)
+    t = next(t for t in better.tasks if t.metric == "acc")
+    assert t.base == 0.7 and t.no_replay == pytest.approx(0.41) and t.replay == pytest.approx(0.61)
+    assert t.replay_vs_none.low > 0 and t.none_vs_base.high < 0
+    assert "Task quiz (acc: base 0.700, no replay 0.410, R=0.5 0.610): replay reduces forgetting" in better.verdict
+    worse = ask(0.60, 0.40)
+    assert next(t for t in worse.tasks if t.metric == "acc").replay_vs_none.high < 0
+    assert "): replay forgets more, R - none -0.200" in worse.verdict
+    same = ask(0.50, 0.50)
+    assert "no measurable difference" in same.verdict
