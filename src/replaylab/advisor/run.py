@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from replaylab.advisor.answer import Advice, answer
-from replaylab.advisor.design import REPLAY, AdviceConfig, Design, make_design, runs_of
-from replaylab.advisor.tasks import check_tasks, collect_scores, scorings_here, task_name
+from replaylab.advisor.design import REPLAY, AdviceConfig, Design, make_design, runs_of, task_name
+from replaylab.advisor.tasks import check_tasks, collect_scores, scorings_here
 from replaylab.advisor.timing import Estimate, Trial, estimate, timed_trial, what_fits
 from replaylab.errors import ConfigError
 

@@ -22,39 +22,16 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from replaylab.errors import ConfigError
+from replaylab.advisor.design import AdviceConfig, Design, task_name
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from replaylab.advisor.design import AdviceConfig, Design
-
 SCORES = "tasks.json"
 METRICS = ("acc", "acc_norm")  # what the answer compares, as the runs record them
 ONE_BASE = "all"  # the base key of an HF model: one pretrained model for every seed (presets: one per seed)
-
-
-def task_name(path: str) -> str:
-    return Path(path).stem  # the name hf/finetune.py records a multiple-choice file's scores under
-
-
-def validate_tasks(config: AdviceConfig) -> None:
-    """The task fields alone (no files read): called by AdviceConfig.validate."""
-    if config.lm_eval_tasks and config.kind == "preset":
-        raise ConfigError(
-            f"--lm-eval-task {config.lm_eval_tasks[0]!r}: lm-evaluation-harness scores Hugging Face models, not "
-            "our presets; score a multiple-choice .jsonl with --mc-task instead, or advise a Hugging Face model"
-        )
-    if config.lm_eval_include is not None and not config.lm_eval_tasks:
-        raise ConfigError(
-            f"--lm-eval-include {config.lm_eval_include!r} but no --lm-eval-task; name the tasks to run from it"
-        )
-    names = [task_name(p) for p in config.mc_tasks] + list(config.lm_eval_tasks)
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(f"tasks named twice: {', '.join(twice)}; give each task once (files by distinct names)")
 
 
 def check_tasks(config: AdviceConfig) -> None:
@@ -66,19 +43,6 @@ def check_tasks(config: AdviceConfig) -> None:
         ev.load_mc_task(path)
     if config.lm_eval_tasks:
         ev.check_lm_eval(config.lm_eval_tasks, config.lm_eval_include)
-
-
-def in_run_eval(config: AdviceConfig) -> dict[str, Any]:
-    """The fine-tuning form's eval fields of an HF run that scores the tasks at its end (none without tasks,
-    so its run id is the one it had before tasks existed)."""
-    out: dict[str, Any] = {}
-    if config.mc_tasks:
-        out["eval.mc_tasks"] = list(config.mc_tasks)
-    if config.lm_eval_tasks:
-        out["eval.lm_eval_tasks"] = list(config.lm_eval_tasks)
-    if config.lm_eval_include is not None:
-        out["eval.lm_eval_include"] = config.lm_eval_include
-    return out
 
 
 # Scoring ----------------------------------------------------------------------------------------------------
