@@ -12,6 +12,7 @@ from pathlib import Path
 
 from replaylab.advisor.answer import Advice
 from replaylab.advisor.design import Design
+from replaylab.advisor.forgetting import task_rows
 
 
 def finetune_command(advice: Advice, design: Design, out: Path | None = None) -> str:
@@ -106,8 +107,6 @@ def tables(advice: Advice) -> dict[str, list[dict[str, str]]]:
     ]
     f = advice.forgetting
     forgetting = [{"model": k.replace("_", " "), "general loss (report half)": _num(v)} for k, v in f.items()]
-    from replaylab.advisor.forgetting import task_rows
-
     return {"cells": cells, "replay": replay, "forgetting": forgetting, "tasks": task_rows(advice.tasks)}
 
 

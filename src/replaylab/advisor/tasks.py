@@ -168,8 +168,8 @@ def collect_scores(out: Path, design: Design, table: pd.DataFrame, hf_base: dict
     entries = {e["run_id"]: e for e in store.plan()["runs"]}
     sub = table[(table["budget"] == design.sub_budget) & (table["status"] == "done")]
     if config.kind == "hf":
-        for rid in sub["run_id"]:
-            scores["runs"][rid] = (store.manifest(rid) or {}).get("mc") or {}
+        for rid in sub["run_id"]:  # scored inside the run: its manifest's `mc` record
+            keep("runs", rid, (store.manifest(rid) or {}).get("mc") or {})
         if ONE_BASE not in scores["base"] and not sub.empty:
             base = hf_base or score_hf_base(config, _run_config(entries[sub["run_id"].iloc[0]]))
             keep("base", ONE_BASE, base)
