@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from replaylab.advisor.forgetting import Change, TaskResult
+from replaylab.advisor.forgetting import Change, TaskResult, task_sentence
 from replaylab.analysis.bootstrap import ReferenceBootstrap
 from replaylab.analysis.efficiency import data_efficiency
 from replaylab.analysis.law import AnalysisError, fit_reference_law
@@ -251,8 +251,6 @@ def answer(
     if task_scores and not tasks:
         flags.append("no task scores for the no-replay and replay cells at the sub-budget (their runs did not finish)")
     if tasks:
-        from replaylab.advisor.forgetting import task_sentence
-
         verdict += " " + task_sentence(tasks)
     if flags:
         verdict += " Flags: " + "; ".join(flags) + "."

@@ -4,15 +4,17 @@ models the answer compares (docs/advisor.md):
 
 - the base model, once per distinct base: an HF model's pretrained weights once (every seed starts from them), a
   preset's generic pre-training once per seed (the stage-end checkpoint of that seed's shared prefix). Scored
-  here, in the advisor's process, with the runs' device, precision and threads.
+  here, in the advisor's process, with the runs' device, precision and threads (an HF model's by the timed
+  trial, which loads it anyway: `timed_scoring`).
 - fine-tuned, the cells at the sub-budget where replay is measured (no replay and every R). An HF run does not
   keep its weights (the advice keeps losses, not one model per run), so it scores the tasks at its end inside
   the run (eval.mc_tasks / lm_eval_tasks, the `mc` record of its manifest): every LR and seed of those cells.
   A preset run keeps its final checkpoint, so only the LR each cell picked is scored, here, after selection:
   no retraining, and no scoring of runs the answer never reads.
 
-Scores are kept in OUT/tasks.json, keyed by run id (or `base` and the seed), so a second `advise` scores
-nothing twice. Task names are those the runs record: a file's stem, an lm-eval task's name.
+Scores are kept in OUT/tasks.json, keyed by run id (or `base` and the seed), so a second `advise` scores no
+model again (but for its timed trial's one scoring). Task names are those the runs record: a file's stem, an
+lm-eval task's name.
 """
 
 from __future__ import annotations
@@ -139,11 +141,11 @@ def timed_scoring(config: AdviceConfig, run_config, run_dir: Path, step: int) ->
 
 
 def scorings_here(config: AdviceConfig) -> int:
-    """Scorings this process runs after the sweep: HF, the base once; presets, each seed's base and each compared
-    cell (no replay and every R) at its picked LR."""
-    if not config.has_tasks:
+    """Scorings this process runs after the sweep: none for an HF model (its base is the trial's, its runs score
+    themselves); for a preset each seed's base and each compared cell (no replay and every R) at its picked LR."""
+    if not config.has_tasks or config.kind == "hf":
         return 0
-    return 1 if config.kind == "hf" else len(config.seeds) * (2 + len(config.fractions))
+    return len(config.seeds) * (2 + len(config.fractions))
 
 
 def collect_scores(out: Path, design: Design, table: pd.DataFrame, hf_base: dict | None = None) -> dict:
