@@ -141,6 +141,9 @@ def test_preset_advice_end_to_end(preset_advice):
     # Another question in the same folder: refused without --overwrite (its runs would be deleted).
     with pytest.raises(OutputError, match="--overwrite"):
         advise(replace(cfg, fractions=[0.75]), out, plan_only=True, say=lambda s: None)
+    # ... and with it, the folder (tasks.json included) is all replaylab's to replace (--plan: nothing is replaced)
+    advise(replace(cfg, fractions=[0.75]), out, plan_only=True, overwrite=True, say=lambda s: None)
+    assert json.loads((out / "advice.json").read_text()) == saved
 
 
 @pytest.mark.slow
