@@ -27,6 +27,8 @@ from replaylab.outputs import OutputError
 from replaylab.sweep.results import load_results
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+# a real multiple-choice task (20 Basque words, four English meanings each), scored for forgetting
+BASQUE_MC = str(Path(SRC) / "replaylab" / "hf" / "lm_eval_tasks" / "basque_vocab.jsonl")
 
 
 def preset_config(code_corpus, prose_corpus, tiny_tokenizer, **kw) -> AdviceConfig:
@@ -59,6 +61,7 @@ def _cli_args(cfg: AdviceConfig, out: Path) -> list[str]:
         "--seeds", "2", "--seq-len", str(cfg.seq_len), "--batch-size", str(cfg.batch_size),
         "--pretrain-steps", str(cfg.pretrain_steps), "--lr", f"{cfg.lr:g}", "--pretrain-lr", f"{cfg.pretrain_lr:g}",
         "--eval-sequences", str(cfg.eval_sequences), "--out", str(out),
+        *[a for task in cfg.mc_tasks for a in ("--mc-task", task)],
     ]  # fmt: skip
 
 
@@ -73,12 +76,31 @@ def _check_invariants(advice) -> None:
         assert advice.verdict.startswith("More target data does not help this model here")
 
 
+def _check_tasks(advice, names: list[str], *, base_seeds: int) -> None:
+    """Every task has base / no replay / R rows for acc and acc_norm, means of their seeds, changes that are the
+    differences of those means with an interval around them, and a verdict sentence that follows the interval."""
+    assert sorted({t.task for t in advice.tasks}) == sorted(names)
+    assert {(t.task, t.metric) for t in advice.tasks} == {(n, m) for n in names for m in ("acc", "acc_norm")}
+    for t in advice.tasks:
+        assert len(t.base_seeds) == base_seeds and len(t.none_seeds) == len(t.replay_seeds) == 2
+        assert all(0 <= v <= 1 for v in [*t.base_seeds, *t.none_seeds, *t.replay_seeds]) and t.items == 20
+        assert t.base == pytest.approx(sum(t.base_seeds) / base_seeds)
+        for c, a, b in ((t.replay_vs_none, t.replay, t.no_replay), (t.replay_vs_base, t.replay, t.base)):
+            assert c.diff == pytest.approx(a - b) and c.low <= c.diff <= c.high
+        if t.metric == "acc":
+            said = advice.verdict.split(f"Task {t.task} (")[1].split(".")[0]
+            if "reduces forgetting" in said:
+                assert t.replay_vs_none.low > 0
+            if "forgets more" in said:
+                assert t.replay_vs_none.high < 0
+
+
 @pytest.fixture(scope="module")
 def preset_advice(tmp_path_factory, code_corpus, prose_corpus, tiny_tokenizer):
     home = tmp_path_factory.mktemp("advise_home")
     old = os.environ.get("REPLAYLAB_HOME")
     os.environ["REPLAYLAB_HOME"] = str(home)
-    cfg = preset_config(code_corpus, prose_corpus, tiny_tokenizer, eval_sequences=16)
+    cfg = preset_config(code_corpus, prose_corpus, tiny_tokenizer, eval_sequences=16, mc_tasks=[BASQUE_MC])
     out = tmp_path_factory.mktemp("advice") / "adv"
     advice = advise(cfg, out, workers=1, say=lambda s: None)
     yield cfg, out, advice
@@ -106,6 +128,10 @@ def test_preset_advice_end_to_end(preset_advice):
         "Replay does not help here",
     ) or advice.verdict.startswith("More target data does not help")
     assert advice.command == f"replaylab train {out / 'recommended.yaml'} --out runs/advised"
+    # Forgetting on the task: each seed's pre-trained base, and no replay and R at their picked LR
+    _check_tasks(advice, ["basque_vocab"], base_seeds=2)
+    assert (out / "tasks.json").is_file() and "## Forgetting on tasks" in (out / "advice.md").read_text()
+    assert "Forgetting on tasks" in (out / "report" / "report.html").read_text()
     saved = json.loads((out / "advice.json").read_text())
     assert saved["verdict"] == advice.verdict
     # Asked again: nothing trains, the same answer.
@@ -115,6 +141,9 @@ def test_preset_advice_end_to_end(preset_advice):
     # Another question in the same folder: refused without --overwrite (its runs would be deleted).
     with pytest.raises(OutputError, match="--overwrite"):
         advise(replace(cfg, fractions=[0.75]), out, plan_only=True, say=lambda s: None)
+    # ... and with it, the folder (tasks.json included) is all replaylab's to replace (--plan: nothing is replaced)
+    advise(replace(cfg, fractions=[0.75]), out, plan_only=True, overwrite=True, say=lambda s: None)
+    assert json.loads((out / "advice.json").read_text()) == saved
 
 
 @pytest.mark.slow
@@ -217,6 +246,12 @@ def test_refusals_one_line_exit_2(isolated_home, code_corpus, prose_corpus, tiny
              str(tmp_path / "hf")], "no-such-org/no-such-model-xyz")  # fmt: skip
     # one seed gives no interval; an unknown preset
     refused([*args, "--seeds", "1"], "at least 2 seeds")
+    # tasks the runs could not score: a missing file, lm-eval on a preset, an lm-eval folder that is not there
+    refused([*args, "--mc-task", str(tmp_path / "nope.jsonl")], "nope.jsonl", "does not exist")
+    refused([*args, "--lm-eval-task", "replaylab_basque_vocab"], "--lm-eval-task", "--mc-task")
+    hf = ["advise", "--model", "no-such-org/m", "--target", str(code_corpus), "--out", str(tmp_path / "hf2")]
+    refused([*hf, "--lm-eval-task", "x", "--lm-eval-include", str(tmp_path / "no-dir")], "no-dir", "is not a folder")
+    assert not (tmp_path / "adv").exists() and not (tmp_path / "hf2").exists()
     refused(["advise", "--model", "preset:nope", "--target", "x", "--out", str(tmp_path / "p")], "preset:nope")
     # a folder that is not replaylab's is never written
     (tmp_path / "mine").mkdir()
@@ -260,7 +295,9 @@ def test_an_instruction_target_is_counted_in_rows(isolated_home, pc_corpus, pros
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_hf_model_full_and_lora(hf_world, tmp_path, lora):
+    """Full fine-tuning also scores forgetting on a multiple-choice file and an lm-eval task (real lm_eval)."""
     world = hf_world
+    tasks = {} if lora else {"mc_tasks": [BASQUE_MC], "lm_eval_tasks": ["replaylab_basque_vocab"]}
     cfg = AdviceConfig(
         model=world["model"],
         target=world["code"],
@@ -276,6 +313,7 @@ def test_hf_model_full_and_lora(hf_world, tmp_path, lora):
         batch_size=4,
         eval_sequences=8,
         lr=1e-2,
+        **tasks,
     )
     out = tmp_path / "adv"
     advice = advise(cfg, out, workers=1, say=lambda s: None)
@@ -285,3 +323,72 @@ def test_hf_model_full_and_lora(hf_world, tmp_path, lora):
     _check_invariants(advice)
     assert advice.command.startswith("replaylab finetune --model") and ("--lora" in advice.command) == lora
     assert (out / "report" / "report.html").is_file() and not (out / "recommended.yaml").exists()
+    if lora:
+        assert advice.tasks == [] and not (out / "tasks.json").exists()
+        return
+    _check_tasks(advice, ["basque_vocab", "replaylab_basque_vocab"], base_seeds=1)  # one pretrained model
+    assert "--mc-task" in advice.command and "--lm-eval-task replaylab_basque_vocab" in advice.command
+    # The base is scored as the runs score: their own scores of the pretrained model before step 1 agree.
+    base = json.loads((out / "tasks.json").read_text())["base"]["all"]
+    sub = table[table["budget"] == advice.sub_budget]
+    assert len(sub) == 4 and len(json.loads((out / "tasks.json").read_text())["runs"]) == 4
+    for rid in sub["run_id"]:
+        initial = json.loads((out / "sweep" / "runs" / rid / "manifest.json").read_text())["initial"]["mc"]
+        assert initial["basque_vocab"] == base["basque_vocab"]
+
+
+def test_an_advice_without_tasks_keeps_its_identity_and_run_ids():
+    """Task fields are added fields: empty, the advice folder's identity and every run id are those of before
+    (pinned from the advisor before tasks existed), so existing advice folders resume unchanged."""
+    import hashlib
+
+    from replaylab.advisor.design import make_design, runs_of
+
+    pinned = [("5a6f58f5e774379b", "bebd9843fa1c1b04"), ("add034b98f0e5ca3", "c6cf76b02c5f37f6")]
+    for cfg, (identity, ids) in zip(
+        (
+            AdviceConfig(model="preset:tiny", target="instructions", budget=64),
+            AdviceConfig(model="HuggingFaceTB/SmolLM2-135M", target="my.jsonl", lora=True, budget=64),
+        ),
+        pinned,
+    ):
+        runs = runs_of(make_design(cfg, 64, 8))
+        assert cfg.identity() == identity
+        assert hashlib.sha256(",".join(sorted(r.run_id for r in runs)).encode()).hexdigest()[:16] == ids
+        # with a task, an HF advice changes only the runs that score it (at the sub-budget); a preset none
+        tasked = runs_of(make_design(replace(cfg, mc_tasks=[BASQUE_MC]), 64, 8))
+        changed = {r.coords["budget"] for r, t in zip(runs, tasked) if r.run_id != t.run_id}
+        assert changed == (set() if cfg.kind == "preset" else {16})
+
+
+def test_task_forgetting_points_the_way_its_scores_do():
+    """A synthetic run table and task scores (the answer reads both): replay keeps more of the task, then less;
+    the verdict's sentence follows the interval, the changes are the differences of the means."""
+    rows, scores = [], {"base": {"all": {"quiz": {"acc": 0.7, "acc_norm": 0.7, "n": 100}}}, "runs": {}}
+    for seed, noise in ((0, 0.0), (1, 0.01), (2, -0.01)):
+        for budget, loss in ((8, 7.0), (16, 6.6), (32, 6.2), (64, 5.8)):
+            rows.append((budget, 0.0, seed, loss + noise))
+        rows.append((16, 0.5, seed, 6.3 + noise))
+    table = pd.DataFrame(
+        [{"run_id": f"r{i}", "status": "done", "selected": True, "budget": b, "rho": r, "seed": s, "lr": 1e-3,
+          "target_val_loss": x, "target_test_loss": x, "generic_test_loss": 5.0} for i, (b, r, s, x) in enumerate(rows)]
+    )  # fmt: skip
+
+    def ask(none_acc: float, replay_acc: float):
+        for i, (b, r, s, _) in enumerate(rows):
+            acc = (replay_acc if r else none_acc) + s * 0.01
+            scores["runs"][f"r{i}"] = {"quiz": {"acc": acc, "acc_norm": acc, "n": 100}}
+        return answer(
+            table, budget=64, sub_budget=16, form="loglinear", base_general=4.9, task_scores=scores, n_boot=200
+        )
+
+    better = ask(0.40, 0.60)
+    t = next(t for t in better.tasks if t.metric == "acc")
+    assert t.base == 0.7 and t.no_replay == pytest.approx(0.41) and t.replay == pytest.approx(0.61)
+    assert t.replay_vs_none.low > 0 and t.none_vs_base.high < 0
+    assert "Task quiz (acc: base 0.700, no replay 0.410, R=0.5 0.610): replay reduces forgetting" in better.verdict
+    worse = ask(0.60, 0.40)
+    assert next(t for t in worse.tasks if t.metric == "acc").replay_vs_none.high < 0
+    assert "): replay forgets more, R - none -0.200" in worse.verdict
+    same = ask(0.50, 0.50)
+    assert "no measurable difference" in same.verdict

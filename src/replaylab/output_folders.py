@@ -55,7 +55,7 @@ _WRITES: dict[str, set[str]] = {
     "sweep": {"sweep.json", "experiment.yaml", "events.jsonl", "runs", "report"},
     "report": {"report.html", "report.md", "analysis.json", "summary.csv", "figures"},
     # `replaylab advise`: its inputs, its answer, the sweep it trained and the answer's report
-    "advice": {"advice.yaml", "advice.json", "advice.md", "recommended.yaml", "sweep", "report"},
+    "advice": {"advice.yaml", "advice.json", "advice.md", "recommended.yaml", "tasks.json", "sweep", "report"},
     # transformers' save_pretrained of a config, safetensors weights and a fast tokenizer
     "export": {
         "config.json",

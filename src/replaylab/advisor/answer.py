@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from replaylab.advisor.forgetting import Change, TaskResult, task_sentence
 from replaylab.analysis.bootstrap import ReferenceBootstrap
 from replaylab.analysis.efficiency import data_efficiency
 from replaylab.analysis.law import AnalysisError, fit_reference_law
@@ -77,6 +78,7 @@ class Advice:
     missing: list[str]  # cells without finished runs
     command: str = ""  # the ready-to-run command with the recommended fraction and LR (advisor.report)
     replay_mixture: str = ""  # the same as ReplayMixture arguments
+    tasks: list[TaskResult] = field(default_factory=list)  # forgetting on the user's tasks (advisor/forgetting.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,9 +154,11 @@ def answer(
     sub_budget: int,
     form: str,
     base_general: float | None,
+    task_scores: dict | None = None,
     n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> Advice:
+    """The answer from the advice sweep's run table; `task_scores`: advisor.tasks.collect_scores' (none: no tasks)."""
     cells, missing = cell_results(table)
     flags: list[str] = []
     if missing:
@@ -244,6 +248,11 @@ def answer(
         f" Forgetting (general loss, report half): {before}no replay {none.general_loss:.3f}, "
         f"R={best_replay.rho:g} {best_replay.general_loss:.3f}."
     )
+    tasks = _task_results(table, task_scores, sub_budget, best_replay.rho, n_boot, seed) if task_scores else []
+    if task_scores and not tasks:
+        flags.append("no task scores for the no-replay and replay cells at the sub-budget (their runs did not finish)")
+    if tasks:
+        verdict += " " + task_sentence(tasks)
     if flags:
         verdict += " Flags: " + "; ".join(flags) + "."
     general_none = none.general_loss
@@ -268,7 +277,49 @@ def answer(
         },
         cells=cells,
         missing=missing,
+        tasks=tasks,
     )
+
+
+def _task_results(table, scores: dict, sub_budget: int, rho: float, n_boot: int, seed: int) -> list[TaskResult]:
+    """Per task and metric: base, no replay and R (means over seeds) and their changes with the seed bootstrap
+    of the target-loss differences. An interval needs >= 2 seeds on each side that varies by seed (an HF
+    model's one base does not)."""
+    from replaylab.advisor import forgetting as fg
+    from replaylab.advisor.tasks import ONE_BASE
+
+    one_base = ONE_BASE in scores.get("base", {})
+    base = fg.base_values(scores, sorted(int(s) for s in table["seed"].dropna().unique()))
+    none = fg.seed_values(table, scores, sub_budget, 0.0)
+    rep = fg.seed_values(table, scores, sub_budget, rho)
+    out = []
+    for i, key in enumerate(sorted(set(none) & set(rep))):
+        b, n, r = base.get(key, []), none[key], rep[key]
+
+        def change(a: list[float], c: list[float], c_fixed: bool, stream: int) -> Change:
+            d, lo, hi = _diff_ci(a, c, n_boot, seed, stream)
+            if len(a) < 2 or (len(c) < 2 and not c_fixed):
+                lo = hi = None
+            return Change(d, lo, hi)
+
+        out.append(
+            TaskResult(
+                task=key[0],
+                metric=key[1],
+                rho=rho,
+                items=fg.items_of(scores, key[0]),
+                base=float(np.mean(b)) if b else None,
+                no_replay=float(np.mean(n)),
+                replay=float(np.mean(r)),
+                none_vs_base=change(n, b, one_base, 200 + 3 * i) if b else None,
+                replay_vs_base=change(r, b, one_base, 201 + 3 * i) if b else None,
+                replay_vs_none=change(r, n, False, 202 + 3 * i),
+                base_seeds=b,
+                none_seeds=n,
+                replay_seeds=r,
+            )
+        )
+    return out
 
 
 def _cell(c: CellResult) -> str:

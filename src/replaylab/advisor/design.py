@@ -11,7 +11,8 @@ Every run is replay fine-tuning with fixed target exposure (`schedule.plan_mix`:
 budget, stretched by 1 / (1 - R)). An HF model (full or LoRA) starts every run from its pretrained weights
 (`schedule.finetune_hf`); one of our presets is first pre-trained on the replay corpus for `pretrain_steps`,
 the same prefix in every run of a seed, so the sweep trains it once per seed (sweep/prefix.py) and
-every fine-tuning branches off its checkpoint.
+every fine-tuning branches off its checkpoint. With tasks (`--mc-task`, `--lm-eval-task`: forgetting on them), an HF
+run of a cell at the sub-budget also scores them at its end (advisor/tasks.py says which models score them and why).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from replaylab.errors import ConfigError
@@ -68,6 +70,12 @@ class AdviceConfig:
     threads: int = 1
     precision: str = "auto"
     form: str = "loglinear"  # the law fitted to the no-replay curve (analysis.law.FORMS)
+    # Forgetting on tasks (advisor/tasks.py), as `replaylab finetune`'s eval.mc_tasks / lm_eval_tasks /
+    # lm_eval_include: multiple-choice jsonl files (both model kinds) and lm-evaluation-harness tasks (HF models).
+    # Empty, they stay out of the identity (fields at their defaults are) and out of every run.
+    mc_tasks: list[str] = field(default_factory=list)
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_include: str | None = None
 
     @property
     def kind(self) -> str:
@@ -121,6 +129,11 @@ class AdviceConfig:
             raise ConfigError(f"--pretrain-steps {self.pretrain_steps} must be >= 1")
         if self.form not in FORMS:
             raise ConfigError(f"--form {self.form!r} is unknown; choose one of {', '.join(FORMS)}")
+        validate_tasks(self)
+
+    @property
+    def has_tasks(self) -> bool:
+        return bool(self.mc_tasks or self.lm_eval_tasks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,6 +145,43 @@ class AdviceConfig:
         defaults = AdviceConfig(model="", target="").to_dict()
         asked = {k: v for k, v in self.to_dict().items() if k in ("model", "target") or v != defaults[k]}
         return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Tasks (forgetting on them: advisor/tasks.py scores them, advisor/forgetting.py reads them) ------------------
+
+
+def task_name(path: str) -> str:
+    return Path(path).stem  # the name hf/finetune.py records a multiple-choice file's scores under
+
+
+def validate_tasks(config: AdviceConfig) -> None:
+    """The task fields alone (no files read): called by AdviceConfig.validate."""
+    if config.lm_eval_tasks and config.kind == "preset":
+        raise ConfigError(
+            f"--lm-eval-task {config.lm_eval_tasks[0]!r}: lm-evaluation-harness scores Hugging Face models, not "
+            "our presets; score a multiple-choice .jsonl with --mc-task instead, or advise a Hugging Face model"
+        )
+    if config.lm_eval_include is not None and not config.lm_eval_tasks:
+        raise ConfigError(
+            f"--lm-eval-include {config.lm_eval_include!r} but no --lm-eval-task; name the tasks to run from it"
+        )
+    names = [task_name(p) for p in config.mc_tasks] + list(config.lm_eval_tasks)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"tasks named twice: {', '.join(twice)}; give each task once (files by distinct names)")
+
+
+def in_run_eval(config: AdviceConfig) -> dict[str, Any]:
+    """The fine-tuning form's eval fields of an HF run that scores the tasks at its end (none without tasks,
+    so its run id is the one it had before tasks existed)."""
+    out: dict[str, Any] = {}
+    if config.mc_tasks:
+        out["eval.mc_tasks"] = list(config.mc_tasks)
+    if config.lm_eval_tasks:
+        out["eval.lm_eval_tasks"] = list(config.lm_eval_tasks)
+    if config.lm_eval_include is not None:
+        out["eval.lm_eval_include"] = config.lm_eval_include
+    return out
 
 
 @dataclass(frozen=True)
@@ -344,6 +394,8 @@ def _hf_run(design: Design, cell: Cell, lr: float, seed: int):
 
     c = design.config
     fields = {"target.budget": cell.budget, "replay_fraction": cell.rho, "target_epochs": c.value("epochs")}
+    if cell.budget == design.sub_budget:  # the cells the answer compares score the tasks at their end
+        fields.update(in_run_eval(c))
     cfg = finetune_hf(hf_form(c), seed=seed, lr=lr, **fields)
     # the analysis reads `advise` runs as a curve and a comparison (analysis.tables.ADVISE)
     cfg.meta.update(strategy="advise", budget=cell.budget)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from replaylab.advisor.answer import Advice
 from replaylab.advisor.design import Design
+from replaylab.advisor.forgetting import task_rows
 
 
 def finetune_command(advice: Advice, design: Design, out: Path | None = None) -> str:
@@ -45,6 +46,12 @@ def finetune_command(advice: Advice, design: Design, out: Path | None = None) ->
     ]
     if c.lora:
         args.append("--lora")
+    for task in c.mc_tasks:  # the same tasks, scored at the end of that run too
+        args += ["--mc-task", task]
+    for task in c.lm_eval_tasks:
+        args += ["--lm-eval-task", task]
+    if c.lm_eval_include is not None:
+        args += ["--lm-eval-include", c.lm_eval_include]
     return shlex.join(args)
 
 
@@ -100,7 +107,7 @@ def tables(advice: Advice) -> dict[str, list[dict[str, str]]]:
     ]
     f = advice.forgetting
     forgetting = [{"model": k.replace("_", " "), "general loss (report half)": _num(v)} for k, v in f.items()]
-    return {"cells": cells, "replay": replay, "forgetting": forgetting}
+    return {"cells": cells, "replay": replay, "forgetting": forgetting, "tasks": task_rows(advice.tasks)}
 
 
 def markdown(advice: Advice, design: Design) -> str:
@@ -117,6 +124,11 @@ def markdown(advice: Advice, design: Design) -> str:
         f"No-replay curve law: {advice.law}\n",
         "## Forgetting (general / replay domain)\n",
         _md_table(t["forgetting"]),
+        *(
+            ["## Forgetting on tasks (accuracy; changes with 95% seed-bootstrap intervals)\n", _md_table(t["tasks"])]
+            if t["tasks"]
+            else []
+        ),
         "## Every cell\n",
         _md_table(t["cells"]),
     ]
@@ -194,6 +206,7 @@ def write_answer(advice: Advice, design: Design, out: Path) -> Path:
             ],
             "<h2>Forgetting</h2>",
             _html_table(t["forgetting"]),
+            *(["<h2>Forgetting on tasks</h2>", _html_table(t["tasks"])] if t["tasks"] else []),
             "<h2>Every cell</h2>",
             _html_table(t["cells"]),
         ]

@@ -9,7 +9,7 @@ skipped, a killed run resumes), grow the LR grid past an edge where a cell's bes
 
 The advice folder (replaylab.outputs kind `advice`): advice.yaml (the question), sweep/ (a sweep folder:
 `replaylab results OUT/sweep` reads it), advice.json, advice.md, recommended.yaml (presets: the run to
-train), report/ (report.html and its figures).
+train), report/ (report.html and its figures), tasks.json (with --mc-task / --lm-eval-task: the task scores).
 """
 
 from __future__ import annotations
@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Callable
 
 from replaylab.advisor.answer import Advice, answer
-from replaylab.advisor.design import REPLAY, AdviceConfig, Design, extend_at_edges, make_design, runs_of
+from replaylab.advisor.design import (
+    REPLAY,
+    AdviceConfig,
+    Design,
+    extend_at_edges,
+    make_design,
+    runs_of,
+    task_name,
+)
+from replaylab.advisor.tasks import check_tasks, collect_scores, scorings_here
 from replaylab.advisor.timing import Estimate, Trial, estimate, timed_trial, what_fits
 from replaylab.errors import ConfigError
 
@@ -52,6 +61,12 @@ class AdvicePlan:
             f"{self.trial.steps_per_s:.2f} steps/s + {self.trial.overhead_s:.1f} s per run: about "
             f"{e.seconds / 60:.1f} min",
         ]
+        if c.has_tasks:
+            names = [task_name(p) for p in c.mc_tasks] + list(c.lm_eval_tasks)
+            lines.append(
+                f"tasks {', '.join(names)}: scored on the base model and at budget {d.sub_budget} (measured "
+                f"{self.trial.task_s:.1f} s per scoring: about {e.task_seconds / 60:.1f} min of the estimate)"
+            )
         return "\n".join(lines)
 
 
@@ -90,6 +105,7 @@ def plan_advice(config: AdviceConfig, *, workers: int = 1, done: set[str] | None
     from replaylab.data.rows import DocumentRows
 
     config.validate()
+    check_tasks(config)  # a task file or an lm-eval task the runs could not score: one line, nothing trained
     target, _ = _stores(config)
     seq_len = config.value("seq_len")
     heldout = target.num_sequences("val", seq_len)
@@ -101,7 +117,7 @@ def plan_advice(config: AdviceConfig, *, workers: int = 1, done: set[str] | None
     )
     doc = plan_document(design)
     trial = timed_trial(design)
-    return AdvicePlan(design, doc, trial, estimate(doc, done or set(), trial, workers))
+    return AdvicePlan(design, doc, trial, estimate(doc, done or set(), trial, workers, scorings_here(config)))
 
 
 def _done(sweep_dir: Path) -> set[str]:
@@ -193,12 +209,14 @@ def advise(
             train(doc)
         from replaylab.advisor.report import write_answer
 
+        table = load_results(out / "sweep")
         advice = answer(
-            load_results(out / "sweep"),
+            table,
             budget=plan.design.budget,
             sub_budget=plan.design.sub_budget,
             form=config.form,
             base_general=base_general_loss(out / "sweep", config),
+            task_scores=collect_scores(out, plan.design, table, plan.trial.scores),
         )
         write_answer(advice, plan.design, out)
     return advice

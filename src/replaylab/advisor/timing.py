@@ -14,7 +14,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from replaylab.advisor.design import REPLAY, AdviceConfig, Cell, Design, make_design
@@ -26,6 +26,9 @@ TRIAL_STEPS = 12
 class Trial:
     steps_per_s: float
     overhead_s: float  # per run: start, load, evaluation
+    task_s: float = 0.0  # one scoring of every task (advisor/tasks.py; 0 without tasks)
+    mc_task_s: float = 0.0  # of that, the multiple-choice files (an HF run scores those before step 1 too)
+    scores: dict = field(default_factory=dict)  # an HF model's base scores, measured on the way (tasks.py keeps them)
 
 
 @dataclass
@@ -35,11 +38,13 @@ class Estimate:
     steps: int  # optimizer steps still to train (shared prefixes trained once)
     tokens: int
     seconds: float
+    task_seconds: float = 0.0  # of `seconds`, scoring the tasks
 
 
 def timed_trial(design: Design) -> Trial:
     """Train TRIAL_STEPS steps of a run shaped like the design's in a temporary folder, and time them."""
     from replaylab.advisor.design import _hf_run, _preset_run
+    from replaylab.advisor.tasks import timed_scoring
     from replaylab.config import from_dict, to_dict
     from replaylab.runconfig import RunConfig
     from replaylab.train import run_training
@@ -56,11 +61,14 @@ def timed_trial(design: Design) -> Trial:
     else:
         cfg = _hf_run(design, cell, design.lrs[0], c.seeds[0])
         cfg = replace(cfg, finetune=replace(cfg.finetune, max_steps=TRIAL_STEPS), train=replace(cfg.train, log_every=1))
+    # the trial scores no task inside the run (a replay share of 1 puts its cell at the sub-budget): timed apart
+    cfg = replace(cfg, eval=replace(cfg.eval, mc_tasks=[], lm_eval_tasks=[], lm_eval_include=None))
     tmp = Path(tempfile.mkdtemp(prefix="replaylab-advise-trial-"))
     try:
         t0 = time.perf_counter()
         run_training(cfg, tmp / "run")
         wall = time.perf_counter() - t0
+        task_s, mc_task_s, scores = timed_scoring(c, cfg, tmp / "run", TRIAL_STEPS)
         records = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines() if line]
         steps = [r for r in records if r.get("type") == "train"]
         tps = sorted(r["tok_per_s"] for r in steps if r.get("step", 0) > 2)
@@ -72,7 +80,9 @@ def timed_trial(design: Design) -> Trial:
         wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Trial(steps_per_s=sps, overhead_s=max(0.0, wall - 1 / sps))
+    return Trial(
+        steps_per_s=sps, overhead_s=max(0.0, wall - 1 / sps), task_s=task_s, mc_task_s=mc_task_s, scores=scores
+    )
 
 
 def _one_step(cfg):
@@ -82,10 +92,12 @@ def _one_step(cfg):
     return replace(cfg, stages=[stage], train=replace(cfg.train, total_steps=1))
 
 
-def estimate(doc: dict, done: set[str], trial: Trial, workers: int) -> Estimate:
-    """Time to train the plan's runs not done yet (`doc`: the sweep.json document)."""
+def estimate(doc: dict, done: set[str], trial: Trial, workers: int, scorings: int = 0) -> Estimate:
+    """Time to train the plan's runs not done yet (`doc`: the sweep.json document), the task scoring inside
+    them, and `scorings` more task scorings in the advisor's process after the sweep (tasks.scorings_here)."""
     steps = tokens = left = 0
     chain = 0
+    scoring = 0.0
     for e in doc["runs"]:
         cfg = e["config"]
         if e.get("kind") == "finetune_hf":  # planned at launch: its steps come from plan_mix, no prefix
@@ -97,12 +109,15 @@ def estimate(doc: dict, done: set[str], trial: Trial, workers: int) -> Estimate:
         if e["run_id"] in done:
             continue
         left += 1
+        if (cfg.get("eval") or {}).get("mc_tasks") or (cfg.get("eval") or {}).get("lm_eval_tasks"):
+            scoring += trial.task_s + trial.mc_task_s  # at its end, and its mc files before step 1
         steps += trained
         tokens += trained * cfg["train"]["batch_size"] * cfg["data"]["seq_len"]
-    seconds = (steps / trial.steps_per_s + left * trial.overhead_s) / workers
+    seconds = (steps / trial.steps_per_s + left * trial.overhead_s + scoring) / workers
     if left:
         seconds = max(seconds, chain / trial.steps_per_s + trial.overhead_s)
-    return Estimate(len(doc["runs"]), left, steps, tokens, seconds)
+    tasks = scoring / workers + scorings * trial.task_s
+    return Estimate(len(doc["runs"]), left, steps, tokens, seconds + scorings * trial.task_s, tasks)
 
 
 def _hf_steps(raw: dict) -> int:
@@ -132,9 +147,11 @@ def smaller_designs(config: AdviceConfig) -> list[tuple[str, AdviceConfig]]:
 
 def what_fits(config: AdviceConfig, design: Design, trial: Trial, workers: int, limit: float, plan) -> str:
     """The first smaller design whose estimate fits `limit` seconds, as the flags to pass; '' if none does."""
+    from replaylab.advisor.tasks import scorings_here
+
     for flags, smaller in smaller_designs(config):
         d = make_design(smaller, design.num_available, 2)
-        est = estimate(plan(d), set(), trial, workers)
+        est = estimate(plan(d), set(), trial, workers, scorings_here(smaller))
         if est.seconds <= limit:
             return f"{flags} (about {est.seconds / 60:.1f} min, {est.runs} runs)"
     return ""

@@ -112,6 +112,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--eval-sequences", type=int, help="held-out sequences per domain, half select, half report (256 / 64)"
     )
     p.add_argument("--form", default="loglinear", help="law fitted to the no-replay curve (loglinear, paper, robust)")
+    p.add_argument(
+        "--mc-task",
+        "--eval-task",
+        dest="mc_task",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="forgetting on a task: a multiple-choice .jsonl scored by log-likelihood, as replaylab finetune "
+        "--mc-task, on the base model, no replay and each R (repeatable; any model)",
+    )
+    p.add_argument(
+        "--lm-eval-task",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="forgetting on an lm-evaluation-harness task, e.g. replaylab_basque_vocab (repeatable; Hugging Face "
+        "models; needs replaylab[eval])",
+    )
+    p.add_argument(
+        "--lm-eval-include", metavar="DIR", help="a folder of lm-eval task YAML files (e.g. over local jsonl)"
+    )
     p.add_argument("--time-budget", type=_minutes, help="minutes: refuse a design that would not finish in time")
     p.add_argument("--plan", action="store_true", help="print the runs, tokens and estimated time; train nothing")
     add_backend_arguments(p)
@@ -153,6 +174,9 @@ def main(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         threads=args.threads,
         form=args.form,
+        mc_tasks=args.mc_task,
+        lm_eval_tasks=args.lm_eval_task,
+        lm_eval_include=args.lm_eval_include,
     )
     if args.budget is not None and args.budget < 1:
         raise ConfigError(f"--budget {args.budget} must be >= 1 sequence")

@@ -24,6 +24,7 @@ import importlib
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -92,10 +93,19 @@ def load_mc_task(path: str | Path, max_items: int | None = None) -> list[dict]:
 
 @torch.no_grad()
 def score_mc(
-    model, tokenizer, items: list[dict], *, device: torch.device, dtype, max_len: int | None = None
+    model,
+    tokenizer,
+    items: list[dict],
+    *,
+    device: torch.device,
+    dtype,
+    max_len: int | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """{"acc", "acc_norm", "n"} of `items` (see load_mc_task). `tokenizer`: a data-layer Tokenizer
-    (no special tokens added). Contexts are cut from the left to fit `max_len` tokens."""
+    (no special tokens added). Contexts are cut from the left to fit `max_len` tokens. `forward`: tokens
+    (B, T) -> logits (B, T, V); default a Hugging Face causal LM's (`lm_logits`), our Transformer is its own."""
+    forward = forward or functools.partial(lm_logits, model)
     was_training = model.training
     model.eval()
     correct = correct_norm = 0
@@ -116,7 +126,7 @@ def score_mc(
             for i, r in enumerate(rows):
                 x[i, : len(r)] = torch.tensor(r)  # right padding: causal attention never looks at it
             with autocast(device, dtype):
-                logp = torch.log_softmax(lm_logits(model, x.to(device)).float(), dim=-1)  # (C, W, V)
+                logp = torch.log_softmax(forward(x.to(device)).float(), dim=-1)  # (C, W, V)
             for i, (r, k) in enumerate(zip(rows, spans)):
                 # Tokens r[-k:] are predicted by positions len(r)-k-1 .. len(r)-2.
                 pos = torch.arange(len(r) - k - 1, len(r) - 1, device=logp.device)
