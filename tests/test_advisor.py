@@ -261,20 +261,27 @@ def test_refusals_one_line_exit_2(isolated_home, code_corpus, prose_corpus, tiny
 
 def test_plan_and_a_time_budget_too_short(isolated_home, code_corpus, prose_corpus, tiny_tokenizer, tmp_path, capsys):
     """Both time a short trial: --plan prints the design and trains nothing; a time budget the design cannot
-    fit is refused before anything trains, naming a smaller design that would fit."""
+    fit is refused before anything trains; the smaller design it names is the first that fits."""
     cfg = preset_config(code_corpus, prose_corpus, tiny_tokenizer, lr_factors=[1.0, 2.0])
     args = [*_cli_args(cfg, tmp_path / "adv"), "--lr-factors", "1,2"]
     assert main([*args, "--plan"]) == 0
     printed = capsys.readouterr().out
     assert "20 runs (20 to train)" in printed and "steps/s" in printed
     assert not (tmp_path / "adv").exists()
-    plan = plan_advice(cfg)
-    with pytest.raises(ConfigError) as e:
-        advise(cfg, tmp_path / "adv", time_budget=plan.estimate.seconds * 0.75, say=lambda s: None)
-    assert "too short" in str(e.value) and (
-        "this would fit: --lr-factors 1 " in str(e.value) or "no smaller" in str(e.value)
-    )
+    # A time budget no design fits (a millisecond) is refused before anything is written.
+    with pytest.raises(ConfigError, match="too short .*no smaller design fits"):
+        advise(cfg, tmp_path / "adv", time_budget=1e-3, say=lambda s: None)
     assert not (tmp_path / "adv").exists()
+    # What would fit, from a fixed trial (the refusal's suggestion must not hang on how busy the machine is).
+    from replaylab.advisor.run import plan_document
+    from replaylab.advisor.timing import Trial, estimate, what_fits
+
+    design, trial = plan_advice(cfg).design, Trial(steps_per_s=10.0, overhead_s=1.0)
+    full = estimate(plan_document(design), set(), trial, 1).seconds
+    one_lr = estimate(plan_document(replace(design, lrs=design.lrs[:1])), set(), trial, 1).seconds
+    assert one_lr < full
+    assert what_fits(cfg, design, trial, 1, one_lr, plan_document).startswith("--lr-factors 1 (about ")
+    assert what_fits(cfg, design, trial, 1, one_lr / 2, plan_document) == ""
 
 
 def test_an_instruction_target_is_counted_in_rows(isolated_home, pc_corpus, prose_corpus, tiny_tokenizer):
