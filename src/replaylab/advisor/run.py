@@ -105,6 +105,7 @@ def advise(
     backend: str = "local",
     address: str | None = None,
     gpus_per_run: float = 0.0,
+    nproc_per_node: int | None = None,
     time_budget: float | None = None,
     plan_only: bool = False,
     overwrite: bool = False,
@@ -119,7 +120,7 @@ def advise(
     from replaylab.paths import atomic_write_text
     from replaylab.sweep import check_backend, train_sweep, write_sweep
 
-    check_backend(backend, workers, config.threads)
+    check_backend(backend, workers, config.threads, nproc_per_node)
     out = Path(out)
     config.validate()
     state = claim_output(out, "advice", config.identity(), overwrite=overwrite, describe="advice on another question")
@@ -157,6 +158,7 @@ def advise(
             address=address,
             retry_before=time.time() if retry else None,
             gpus_per_run=gpus_per_run,
+            nproc_per_node=nproc_per_node,
         )
         say(
             f"sweep {out / 'sweep'}: "
