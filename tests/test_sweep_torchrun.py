@@ -1,6 +1,7 @@
 """The torchrun backend of sweeps: each run is one torchrun job of N gloo processes (CPU). A 2-run sweep of
-2-rank jobs gives the losses of `torchrun --nproc_per_node 2 ... train` by hand, bit for bit, and a rerun
-skips its done runs; bad backends, rank counts and a missing torchrun are one-line refusals (no training)."""
+2-rank jobs gives the losses of `torchrun --nproc_per_node 2 ... train` by hand, bit for bit, a rerun skips
+its done runs, and a run that fails in its ranks is recorded with their error while the sweep goes on; bad
+backends, rank counts and a missing launcher are one-line refusals (no training)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from test_sweep import experiment
 
 from replaylab.cli import main
 from replaylab.errors import ConfigError
-from replaylab.sweep import check_backend, run_sweep
+from replaylab.sweep import run_sweep
 from replaylab.sweep.runstore import RunStore
 from replaylab.sweep.torchrun import CPU_NPROC, job_slots
 
@@ -26,7 +27,7 @@ def train_losses(run_dir) -> list[float]:
     return [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
 
 
-@pytest.mark.slow  # three 2-rank torchrun jobs (two by the sweep, one by hand): ~1 min on 2 cores
+@pytest.mark.slow  # three 2-rank torchrun jobs (two by the sweep, one by hand), a failing 3-rank one: ~1 min
 def test_two_run_sweep_matches_torchrun_by_hand_and_skips_done(
     prose_store, code_store, tiny_tokenizer, tmp_path, isolated_home
 ):
@@ -69,6 +70,16 @@ def test_two_run_sweep_matches_torchrun_by_hand_and_skips_done(
     assert run_sweep(path, out, backend="torchrun", nproc_per_node=2, progress=False)["done"] == 2
     assert (out / "events.jsonl").read_text() == events  # nothing claimed, nothing trained again
 
+    # A run that fails in its ranks (4 sequences per step cannot be shared by 3 processes) is recorded with the
+    # ranks' own error, and the sweep goes on to the next run.
+    exp["strategies"][0]["grid"]["budget_multiple"] = [2]  # one run: the second above
+    path.write_text(yaml.safe_dump(exp))
+    failing = tmp_path / "failing"
+    assert run_sweep(path, failing, backend="torchrun", nproc_per_node=3, progress=False)["failed"] == 1
+    manifest = RunStore(failing).manifest(entry["run_id"])
+    assert manifest["status"] == "failed" and manifest["error"].startswith("ConfigError: train.batch_size (4)")
+    assert "divisible by the number of processes (3)" in manifest["error"]
+
 
 def test_refusals_are_one_line_and_train_nothing(tmp_path, monkeypatch, capsys):
     exp = tmp_path / "exp.yaml"
@@ -89,10 +100,11 @@ def test_refusals_are_one_line_and_train_nothing(tmp_path, monkeypatch, capsys):
              "-1", "--out", str(tmp_path / "a")], "--nproc-per-node -1")  # fmt: skip
     assert not (tmp_path / "s").exists() and not (tmp_path / "a").exists()
 
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))  # no torchrun beside it, none on PATH
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ConfigError, match="needs the torchrun launcher"):
-        check_backend("torchrun", 1, 1, 2)
+    import torch.distributed
+
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: False)  # a torch built without it (some wheels)
+    refused([*sweep, "--backend", "torchrun"], "needs torchrun (torch.distributed.run)", "--backend local")
+    assert not (tmp_path / "s").exists()
 
 
 def test_gpu_jobs_get_disjoint_gpus_and_too_many_ranks_is_refused():

@@ -92,9 +92,9 @@ def check_backend(backend: str, workers: int, threads: int, nproc_per_node: int 
         if nproc_per_node < 1:
             raise ConfigError(f"--nproc-per-node {nproc_per_node} must be >= 1 (processes per run)")
     if backend == "torchrun":
-        from replaylab.sweep.torchrun import find_torchrun
+        from replaylab.sweep.torchrun import check_launcher
 
-        find_torchrun()
+        check_launcher()
 
 
 def train_sweep(

@@ -2,14 +2,15 @@
 
 A sweep worker (sweep/local.py, started with --nproc-per-node N) claims a run as every backend does
 (sweep/execute.py: lease, heartbeat, skip done, resume, failures recorded, shared-prefix branching) and, as
-its "train this entry" step, launches
+its "train this entry" step, launches the equivalent of
 
-    torchrun --standalone --nproc_per_node N -m replaylab.sweep.torchrun SWEEP RUN_ID [--init-from CKPT]
+    torchrun --standalone --nproc_per_node N -m replaylab.sweep.torchrun rank SWEEP RUN_ID [--init-from CKPT]
 
-whose ranks each call the same `run_training` a local worker calls, so a run gives the losses of
-`torchrun --nproc_per_node N -m replaylab.cli train` on its config (gloo on CPU, one GPU per rank with NCCL;
-rank 0 writes the run folder). Several workers (`--workers W`) train W runs at once, on disjoint
-CUDA_VISIBLE_DEVICES sets of N GPUs each when the runs are on GPUs.
+(torch's launcher `torch.distributed.run`, which the `torchrun` script calls, run by `launch` below so that a
+stop ends in an exit status instead of the launcher's traceback). Its ranks each call the `run_training` a
+local worker calls, so a run gives the losses of `torchrun --nproc_per_node N -m replaylab.cli train` on its
+config (gloo on CPU, one GPU per rank with NCCL; rank 0 writes the run folder). Several workers
+(`--workers W`) train W runs at once, on disjoint CUDA_VISIBLE_DEVICES sets of N GPUs each on GPUs.
 
 Signals: the worker passes a SIGINT/SIGTERM once to torchrun, which passes it once to every rank; each
 saves its checkpoint and the job ends; a rerun resumes. A lost lease stops the job the same way.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,18 +38,15 @@ CPU_NPROC = 2  # --nproc-per-node on CPU when not given: the smallest data-paral
 SHUTDOWN_TIMEOUT_S = "600"
 
 
-def find_torchrun() -> str:
-    """The torchrun launcher of this Python's torch (next to the interpreter), else the one on PATH."""
-    beside = Path(sys.executable).parent / "torchrun"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("torchrun")
-    if found is None:
+def check_launcher() -> None:
+    """torchrun's launcher is torch.distributed.run; torch builds without torch.distributed have none."""
+    import torch.distributed
+
+    if not torch.distributed.is_available():
         raise ConfigError(
-            f"--backend torchrun needs the torchrun launcher (it comes with torch) but found none next to "
-            f"{sys.executable} or on PATH; install torch in this environment or use --backend local"
+            "--backend torchrun needs torchrun (torch.distributed.run), which this torch build lacks "
+            "(torch.distributed is not available); install a torch with distributed support or use --backend local"
         )
-    return found
 
 
 def visible_gpus() -> list[str]:
@@ -100,7 +97,7 @@ def run_torchrun(
     `workers` jobs at a time (local workers whose step is a torchrun job). Returns the final status counts."""
     from replaylab.sweep.local import run_local
 
-    find_torchrun()
+    check_launcher()
     store = RunStore(sweep_dir, lease_ttl=lease_ttl)
     n, slots = job_slots(workers=workers, nproc_per_node=nproc_per_node, gpus=visible_gpus(), on_gpu=runs_on_gpu(store))
     return run_local(
@@ -121,7 +118,6 @@ class TorchrunJobs:
 
     def __init__(self, sweep_dir: str | Path, *, nproc_per_node: int, threads: int = 1):
         self.sweep_dir, self.nproc, self.threads = Path(sweep_dir), nproc_per_node, threads
-        self.torchrun = find_torchrun()
         self.proc: subprocess.Popen | None = None
         self.signals: list[int] = []  # stop signals this worker got while the job ran
         self.lost = False
@@ -148,8 +144,9 @@ class TorchrunJobs:
 
         self.signals, self.lost = [], False
         with tempfile.TemporaryDirectory(prefix="replaylab-torchrun-") as errors:
-            cmd = [self.torchrun, "--standalone", "--nproc_per_node", str(self.nproc), "-m", __name__]
-            cmd += [str(self.sweep_dir), entry["run_id"], "--threads", str(self.threads), "--errors", errors]
+            cmd = [sys.executable, "-m", __name__, "launch", "--standalone", "--nproc_per_node", str(self.nproc)]
+            cmd += ["-m", __name__, "rank", str(self.sweep_dir), entry["run_id"], "--threads", str(self.threads)]
+            cmd += ["--errors", errors]
             if init_from is not None:
                 cmd += ["--init-from", str(init_from)]
             env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
@@ -186,7 +183,23 @@ def _rank_error(errors: Path) -> RunFailed | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def launch(argv: list[str]) -> int:
+    """torchrun with these arguments; a stop (the worker's signal, passed on once to every rank) or a failed
+    rank (which wrote its error for the worker) ends in an exit status, not in the launcher's traceback."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(argv)
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    except ChildFailedError:
+        return 1
+    return 0
+
+
+def rank(argv: list[str]) -> int:
     """One rank of a run's torchrun job: train the plan entry RUN_ID of SWEEP as a local worker would."""
     import traceback
 
@@ -220,4 +233,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit({"launch": launch, "rank": rank}[sys.argv[1]](sys.argv[2:]))
