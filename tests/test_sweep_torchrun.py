@@ -17,7 +17,7 @@ from test_sweep import experiment
 
 from replaylab.cli import main
 from replaylab.errors import ConfigError
-from replaylab.sweep import run_sweep
+from replaylab.sweep import describe_backend, run_sweep
 from replaylab.sweep.runstore import RunStore
 from replaylab.sweep.torchrun import CPU_NPROC, job_slots
 
@@ -121,3 +121,10 @@ def test_gpu_jobs_get_disjoint_gpus_and_too_many_ranks_is_refused():
         with pytest.raises(ConfigError) as e:
             job_slots(workers=workers, nproc_per_node=nproc, gpus=gpus, on_gpu=True)
         assert "\n" not in str(e.value) and "only 4 CUDA GPU(s) are visible" in str(e.value)
+
+
+def test_the_plan_line_names_the_backend():
+    """`advise` prints this line under its plan (the advisor's timed trial is what its own tests pay for)."""
+    line = describe_backend("torchrun", 1, 1, 2)
+    assert line.startswith("backend torchrun: each run is one torchrun job of 2 processes")
+    assert describe_backend("local", 2, 1) == "backend local: 2 worker process(es) of 1 thread(s)"

@@ -118,7 +118,7 @@ def advise(
 
     from replaylab.outputs import claim_output, in_use, remove_ours, write_marker
     from replaylab.paths import atomic_write_text
-    from replaylab.sweep import check_backend, train_sweep, write_sweep
+    from replaylab.sweep import check_backend, describe_backend, train_sweep, write_sweep
 
     check_backend(backend, workers, config.threads, nproc_per_node)
     out = Path(out)
@@ -126,6 +126,7 @@ def advise(
     state = claim_output(out, "advice", config.identity(), overwrite=overwrite, describe="advice on another question")
     plan = plan_advice(config, workers=workers, done=set() if state == "replace" else _done(out / "sweep"))
     say(plan.describe())
+    say(describe_backend(backend, workers, config.threads, nproc_per_node))
     if time_budget is not None and plan.estimate.seconds > time_budget:
         fits = what_fits(config, plan.design, plan.trial, workers, time_budget, plan_document)
         raise ConfigError(

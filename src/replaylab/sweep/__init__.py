@@ -97,6 +97,23 @@ def check_backend(backend: str, workers: int, threads: int, nproc_per_node: int 
         check_launcher()
 
 
+def describe_backend(backend: str, workers: int, threads: int, nproc_per_node: int | None = None) -> str:
+    """One line saying where a sweep's runs will train (`advise` prints it with its plan)."""
+    if backend == "torchrun":
+        from replaylab.sweep.torchrun import CPU_NPROC, visible_gpus
+
+        gpus = visible_gpus()
+        n = nproc_per_node or (max(1, len(gpus) // workers) if gpus else CPU_NPROC)
+        ranks = "one GPU each" if gpus else f"gloo, {threads} thread(s) each"
+        return (
+            f"backend torchrun: each run is one torchrun job of {n} processes ({ranks}), {workers} job(s) at a "
+            "time (the time estimate is of one process per run)"
+        )
+    if backend == "ray":
+        return f"backend ray: each run is a Ray task of {threads} thread(s)"
+    return f"backend local: {workers} worker process(es) of {threads} thread(s)"
+
+
 def train_sweep(
     out: str | Path,
     *,
