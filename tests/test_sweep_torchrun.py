@@ -27,7 +27,7 @@ def train_losses(run_dir) -> list[float]:
     return [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
 
 
-@pytest.mark.slow  # three 2-rank torchrun jobs (two by the sweep, one by hand), a failing 3-rank one: ~1 min
+@pytest.mark.slow  # three 2-rank torchrun jobs (two by the sweep, one by hand), one failing: ~1.5 min
 def test_two_run_sweep_matches_torchrun_by_hand_and_skips_done(
     prose_store, code_store, tiny_tokenizer, tmp_path, isolated_home
 ):
@@ -70,15 +70,19 @@ def test_two_run_sweep_matches_torchrun_by_hand_and_skips_done(
     assert run_sweep(path, out, backend="torchrun", nproc_per_node=2, progress=False)["done"] == 2
     assert (out / "events.jsonl").read_text() == events  # nothing claimed, nothing trained again
 
-    # A run that fails in its ranks (4 sequences per step cannot be shared by 3 processes) is recorded with the
-    # ranks' own error, and the sweep goes on to the next run.
-    exp["strategies"][0]["grid"]["budget_multiple"] = [2]  # one run: the second above
+    # 4 sequences per step cannot be shared by 3 processes: refused before any job (exit 2 in the CLI)
+    with pytest.raises(ConfigError, match=r"--nproc-per-node 3: run \w+: train.batch_size \(4\) must be divisible"):
+        run_sweep(path, tmp_path / "three", backend="torchrun", nproc_per_node=3, progress=False)
+
+    # A run that fails in its ranks (its target store is gone) is recorded with the ranks' own error.
+    exp["strategies"][0]["grid"]["budget_multiple"] = [2]  # one run
+    exp["base"]["data"]["domains"]["code"]["source"] = str(tmp_path / "no-such-store")
     path.write_text(yaml.safe_dump(exp))
     failing = tmp_path / "failing"
-    assert run_sweep(path, failing, backend="torchrun", nproc_per_node=3, progress=False)["failed"] == 1
-    manifest = RunStore(failing).manifest(entry["run_id"])
-    assert manifest["status"] == "failed" and manifest["error"].startswith("ConfigError: train.batch_size (4)")
-    assert "divisible by the number of processes (3)" in manifest["error"]
+    assert run_sweep(path, failing, backend="torchrun", nproc_per_node=2, progress=False)["failed"] == 1
+    (failed,) = RunStore(failing).plan()["runs"]
+    manifest = RunStore(failing).manifest(failed["run_id"])
+    assert manifest["status"] == "failed" and "no-such-store" in manifest["error"], manifest
 
 
 def test_refusals_are_one_line_and_train_nothing(tmp_path, monkeypatch, capsys):

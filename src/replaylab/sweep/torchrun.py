@@ -83,6 +83,25 @@ def job_slots(*, workers: int, nproc_per_node: int | None, gpus: list[str], on_g
     return n, [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * n : (i + 1) * n])} for i in range(workers)]
 
 
+def check_shares(store: RunStore, n: int) -> None:
+    """Each run of our Transformer splits its global batch into n equal shares of whole micro-batches
+    (ddp.shard_rows): refused once, before any job, rather than as the same failure of every run. (A Hugging
+    Face run sizes its micro-batches from the rank count itself.)"""
+    from replaylab.finetune_form import read_run_config
+    from replaylab.model_kinds import TRANSFORMER, model_kind
+    from replaylab.train.ddp import DistInfo, shard_rows
+
+    for entry in store.plan()["runs"]:
+        config = read_run_config(entry["config"])
+        if model_kind(config.model) != TRANSFORMER:
+            continue
+        batch, micro = config.train.batch_size, config.train.micro_batch_size or config.train.batch_size
+        try:
+            shard_rows(batch, micro, DistInfo(world_size=n))
+        except ConfigError as e:
+            raise ConfigError(f"--nproc-per-node {n}: run {entry['run_id']}: {e}") from None
+
+
 def run_torchrun(
     sweep_dir: str | Path,
     *,
@@ -100,6 +119,7 @@ def run_torchrun(
     check_launcher()
     store = RunStore(sweep_dir, lease_ttl=lease_ttl)
     n, slots = job_slots(workers=workers, nproc_per_node=nproc_per_node, gpus=visible_gpus(), on_gpu=runs_on_gpu(store))
+    check_shares(store, n)
     return run_local(
         sweep_dir,
         workers=workers,
