@@ -2,8 +2,8 @@
 
 Workers coordinate only through the sweep folder (leases, manifests), so any mix of local workers,
 Ray tasks and workers on other machines sharing the folder can run one sweep together. Each run goes
-through the claim -> train -> release step of sweep/execute.py; a worker started with --nproc-per-node
-trains each of its runs as a torchrun job (sweep/torchrun.py) instead of in its own process.
+through the claim -> train -> release step of sweep/execute.py; `main` takes the step to train with
+(sweep/torchrun.py's worker: a torchrun job per run instead of training in this process).
 """
 
 from __future__ import annotations
@@ -100,22 +100,23 @@ def run_local(
     poll: float = 0.5,
     max_restarts: int | None = None,
     progress: bool | None = None,
+    worker: tuple[str, ...] = ("-m", "replaylab.sweep.local"),
     worker_args: tuple[str, ...] = (),
     slot_env: list[dict[str, str]] | None = None,
 ) -> dict[str, int]:
     """Train the sweep with `workers` worker processes of `threads` torch threads each.
 
     A worker that dies is replaced while work remains; its run's lease goes stale and the run is taken
-    over and resumed from its checkpoint. Returns the final status counts. `worker_args` are added to each
-    worker's command line; worker slot i gets `slot_env[i]` on top of the environment (the torchrun backend:
-    its --nproc-per-node and each slot's CUDA_VISIBLE_DEVICES); a replaced worker takes its slot."""
+    over and resumed from its checkpoint. Returns the final status counts. `worker` is the worker's command
+    after the interpreter (this module's `main`, or one that calls it with a train step of its own) and
+    `worker_args` its extra arguments; worker slot i gets `slot_env[i]` on top of the environment (the torchrun
+    backend: each slot's CUDA_VISIBLE_DEVICES); a replaced worker takes its slot."""
     store = RunStore(sweep_dir, lease_ttl=lease_ttl)
     ids = [e["run_id"] for e in store.plan()["runs"]]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [
         sys.executable,
-        "-m",
-        "replaylab.sweep.local",
+        *worker,
         str(sweep_dir),
         "--threads",
         str(threads),
@@ -235,15 +236,15 @@ def _supervise(
             time.sleep(poll)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m replaylab.sweep.local SWEEP_DIR`: one worker (also usable on another machine)."""
+def main(argv: list[str] | None = None, *, trainer_for=None) -> int:
+    """`python -m replaylab.sweep.local SWEEP_DIR`: one worker (also usable on another machine).
+    `trainer_for(args)`: the worker's train step (execute_run's `trainer`; default: in this process)."""
     p = argparse.ArgumentParser(prog="replaylab-sweep-worker")
     p.add_argument("sweep_dir")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--lease-ttl", type=float, default=60.0)
     p.add_argument("--poll", type=float, default=0.5)
     p.add_argument("--retry-before", type=float, default=None)
-    p.add_argument("--nproc-per-node", type=int, help="train each run as a torchrun job of N processes")
     p.add_argument("--from-sweep", action="store_true", help=argparse.SUPPRESS)  # `replaylab sweep` reports stops
     args = p.parse_args(argv)
 
@@ -260,11 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(s, stop)
     from replaylab.train import TrainingInterrupted
 
-    trainer = None
-    if args.nproc_per_node:
-        from replaylab.sweep.torchrun import TorchrunJobs
-
-        trainer = TorchrunJobs(args.sweep_dir, nproc_per_node=args.nproc_per_node, threads=args.threads)
+    trainer = trainer_for(args) if trainer_for else None
     try:
         worker_loop(
             args.sweep_dir,

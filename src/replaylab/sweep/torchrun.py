@@ -1,8 +1,8 @@
 """The torchrun backend: each run of a sweep is trained data-parallel by one `torchrun` job of N processes.
 
-A sweep worker (sweep/local.py, started with --nproc-per-node N) claims a run as every backend does
-(sweep/execute.py: lease, heartbeat, skip done, resume, failures recorded, shared-prefix branching) and, as
-its "train this entry" step, launches the equivalent of
+A sweep worker (sweep/local.py's, started as `python -m replaylab.sweep.torchrun worker`) claims a run as
+every backend does (sweep/execute.py: lease, heartbeat, skip done, resume, failures recorded, shared-prefix
+branching) and, as its "train this entry" step, launches the equivalent of
 
     torchrun --standalone --nproc_per_node N -m replaylab.sweep.torchrun rank SWEEP RUN_ID [--init-from CKPT]
 
@@ -127,6 +127,7 @@ def run_torchrun(
         retry_before=retry_before,
         lease_ttl=lease_ttl,
         progress=progress,
+        worker=("-m", __name__, "worker"),
         worker_args=("--nproc-per-node", str(n)),
         slot_env=slots,
     )
@@ -203,6 +204,20 @@ def _rank_error(errors: Path) -> RunFailed | None:
     return None
 
 
+def worker(argv: list[str]) -> int:
+    """`python -m replaylab.sweep.torchrun worker SWEEP_DIR --nproc-per-node N [worker options]`: a sweep
+    worker (sweep/local.py) whose train step is a torchrun job of N processes per run."""
+    from replaylab.sweep.local import main as worker_main
+
+    p = argparse.ArgumentParser(prog="replaylab-torchrun-worker", add_help=False)
+    p.add_argument("--nproc-per-node", type=int, required=True)
+    ours, rest = p.parse_known_args(argv)
+    return worker_main(
+        rest,
+        trainer_for=lambda args: TorchrunJobs(args.sweep_dir, nproc_per_node=ours.nproc_per_node, threads=args.threads),
+    )
+
+
 def launch(argv: list[str]) -> int:
     """torchrun with these arguments; a stop (the worker's signal, passed on once to every rank) or a failed
     rank (which wrote its error for the worker) ends in an exit status, not in the launcher's traceback."""
@@ -253,4 +268,7 @@ def rank(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit({"launch": launch, "rank": rank}[sys.argv[1]](sys.argv[2:]))
+    try:
+        sys.exit({"worker": worker, "launch": launch, "rank": rank}[sys.argv[1]](sys.argv[2:]))
+    except KeyboardInterrupt:  # a stop before the handlers were installed: nothing was claimed yet
+        sys.exit(130)
