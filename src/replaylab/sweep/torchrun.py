@@ -32,6 +32,7 @@ from replaylab.errors import ConfigError
 from replaylab.sweep.execute import RunFailed
 from replaylab.sweep.runstore import RunStore
 
+MODULE = "replaylab.sweep.torchrun"  # its entry points (worker, launch, rank); not __name__, "__main__" there
 CPU_NPROC = 2  # --nproc-per-node on CPU when not given: the smallest data-parallel job
 # Seconds torchrun waits for its ranks to save their checkpoints after a signal before it kills them (its own
 # default, 30 s, can be shorter than a large model's checkpoint); torch reads it from this variable.
@@ -127,7 +128,7 @@ def run_torchrun(
         retry_before=retry_before,
         lease_ttl=lease_ttl,
         progress=progress,
-        worker=("-m", __name__, "worker"),
+        worker=("-m", MODULE, "worker"),
         worker_args=("--nproc-per-node", str(n)),
         slot_env=slots,
     )
@@ -165,8 +166,8 @@ class TorchrunJobs:
 
         self.signals, self.lost = [], False
         with tempfile.TemporaryDirectory(prefix="replaylab-torchrun-") as errors:
-            cmd = [sys.executable, "-m", __name__, "launch", "--standalone", "--nproc_per_node", str(self.nproc)]
-            cmd += ["-m", __name__, "rank", str(self.sweep_dir), entry["run_id"], "--threads", str(self.threads)]
+            cmd = [sys.executable, "-m", MODULE, "launch", "--standalone", "--nproc_per_node", str(self.nproc)]
+            cmd += ["-m", MODULE, "rank", str(self.sweep_dir), entry["run_id"], "--threads", str(self.threads)]
             cmd += ["--errors", errors]
             if init_from is not None:
                 cmd += ["--init-from", str(init_from)]
