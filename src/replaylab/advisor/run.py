@@ -138,6 +138,7 @@ def advise(
     backend: str = "local",
     address: str | None = None,
     gpus_per_run: float = 0.0,
+    nproc_per_node: int | None = None,
     time_budget: float | None = None,
     plan_only: bool = False,
     overwrite: bool = False,
@@ -148,14 +149,15 @@ def advise(
     is refused (ConfigError naming what would fit). Returns the Advice, or the AdvicePlan with `plan_only`."""
     from replaylab.outputs import claim_output, in_use, remove_ours, write_marker
     from replaylab.paths import atomic_write_text
-    from replaylab.sweep import check_backend, train_sweep, write_sweep
+    from replaylab.sweep import check_backend, describe_backend, train_sweep, write_sweep
 
-    check_backend(backend, workers, config.threads)
+    check_backend(backend, workers, config.threads, nproc_per_node)
     out = Path(out)
     config.validate()
     state = claim_output(out, "advice", config.identity(), overwrite=overwrite, describe="advice on another question")
     plan = plan_advice(config, workers=workers, done=set() if state == "replace" else _done(out / "sweep"))
     say(plan.describe())
+    say(describe_backend(backend, workers, config.threads, nproc_per_node))
     if time_budget is not None and plan.estimate.seconds > time_budget:
         fits = what_fits(config, plan.design, plan.trial, workers, time_budget, plan_document)
         raise ConfigError(
@@ -190,6 +192,7 @@ def advise(
             address=address,
             retry_before=retry_before,
             gpus_per_run=gpus_per_run,
+            nproc_per_node=nproc_per_node,
         )
         say(
             f"sweep {out / 'sweep'}: "

@@ -191,6 +191,7 @@ def main(args: argparse.Namespace) -> int:
         backend=args.backend,
         address=args.address,
         gpus_per_run=args.gpus_per_run,
+        nproc_per_node=args.nproc_per_node,
         time_budget=args.time_budget * 60 if args.time_budget else None,
         plan_only=args.plan,
         overwrite=args.overwrite,

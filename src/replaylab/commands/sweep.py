@@ -8,7 +8,7 @@ from pathlib import Path
 
 from replaylab.errors import ConfigError
 
-HELP = "train an experiment's runs (skip done ones; content-addressed run folders; local workers or Ray)"
+HELP = "train an experiment's runs (skip done ones; content-addressed run folders; local workers, Ray or torchrun)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,10 +29,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    """Where a sweep's runs train: local worker processes or Ray tasks (`sweep` and `advise`)."""
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker / per Ray task (default 1)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    """Where a sweep's runs train: local worker processes, Ray tasks or torchrun jobs (`sweep` and `advise`)."""
+    p.add_argument("--workers", type=int, default=1, help="local worker processes; torchrun: jobs at once (default 1)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads per worker / Ray task / torchrun rank (default 1)"
+    )
+    p.add_argument(
+        "--backend",
+        default="local",
+        help="local (worker processes), ray (Ray tasks), or torchrun (each run data-parallel on "
+        "--nproc-per-node ranks) (default local)",
+    )
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        help="torchrun: processes per run, one GPU each on GPUs (default: the visible GPUs / --workers; on CPU "
+        "2 gloo processes)",
+    )
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for")
     p.add_argument("--retry", action="store_true", help="retry runs that failed or diverged before")
@@ -61,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
             retry=args.retry,
             lease_ttl=args.lease_ttl,
             gpus_per_run=args.gpus_per_run,
+            nproc_per_node=args.nproc_per_node,
             overwrite=args.overwrite,
         )
     except SweepInterrupted as e:  # one line for the whole sweep; the way on is the sweep itself, not one run

@@ -1,27 +1,35 @@
-"""Running a sweep's runs: the claim -> train -> release step shared by every backend, the worker loop,
-and the local executor (N worker processes on this machine).
+"""The worker loop and the local executor (N worker processes on this machine).
 
 Workers coordinate only through the sweep folder (leases, manifests), so any mix of local workers,
-Ray tasks and workers on other machines sharing the folder can run one sweep together. A failing run
-is recorded (status failed + error) and the worker moves on; failed/diverged runs are retried only
-when the sweep is started with retry (and then once per sweep invocation).
+Ray tasks and workers on other machines sharing the folder can run one sweep together. Each run goes
+through the claim -> train -> release step of sweep/execute.py; `main` takes the step to train with
+(sweep/torchrun.py's worker: a torchrun job per run instead of training in this process).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
+from replaylab.sweep.execute import (
+    BUSY,
+    LOST,
+    SKIPPED,
+    WAITING,
+    execute_run,
+    ordered_entries,
+    terminal,
+)
+from replaylab.sweep.execute import (  # imported from here before the step had its own module
+    _archive_failed_attempt as _archive_failed_attempt,
+)
 from replaylab.sweep.runstore import FAILED, RunStore
 
-BUSY, SKIPPED, WAITING, LOST = "busy", "skipped", "waiting", "lost"
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -40,128 +48,6 @@ class SweepInterrupted(Exception):
         )
 
 
-def _archive_failed_attempt(run_dir: Path) -> None:
-    """Move a failed attempt's files into attempt_N/ so a retry starts clean and nothing is lost."""
-    n = 1
-    while (run_dir / f"attempt_{n}").exists():
-        n += 1
-    dest = run_dir / f"attempt_{n}"
-    dest.mkdir()
-    for p in run_dir.iterdir():
-        if p.name not in ("lease.json", "lease.lock") and not p.name.startswith(("attempt_", ".")):
-            shutil.move(str(p), dest / p.name)
-
-
-def _wants_retry(store: RunStore, run_id: str, retry_before: float | None) -> bool:
-    """A failed run is retried when its failure predates this sweep invocation (so never twice per sweep)."""
-    if retry_before is None:
-        return False
-    path = store.manifest_path(run_id)
-    return path.exists() and path.stat().st_mtime < retry_before
-
-
-def branch_source(store: RunStore, entry: dict) -> tuple[str, Path | None]:
-    """For a run that branches off a shared prefix: ('ready', checkpoint) / ('wait', None) / ('alone', None)."""
-    branch = entry.get("branch")
-    if not branch:
-        return "alone", None
-    ckpt = store.run_dir(branch["parent"]) / "checkpoints" / f"step_{branch['step']:07d}"
-    if (ckpt / "state.json").exists():
-        return "ready", ckpt
-    parent = store.status(branch["parent"])
-    if parent in ("done", *FAILED):
-        return "alone", None  # the prefix checkpoint never came (or was pruned): train this run alone
-    return "wait", None
-
-
-def terminal(store: RunStore, run_id: str, retry_before: float | None) -> bool:
-    status = store.status(run_id)
-    return status == "done" or (status in FAILED and not _wants_retry(store, run_id, retry_before))
-
-
-def execute_run(store: RunStore, entry: dict, *, retry_before: float | None = None) -> str:
-    """Claim, train and release one run. Returns its final status, or busy / skipped / waiting."""
-    from replaylab.train import TrainingInterrupted
-
-    rid = entry["run_id"]
-    if terminal(store, rid, retry_before):
-        return SKIPPED
-    source_kind, source = branch_source(store, entry)
-    if source_kind == "wait":
-        return WAITING
-    lease = store.claim(rid)
-    if lease is None:
-        return BUSY
-    try:
-        with lease.heartbeat(on_lost=lambda: os.kill(os.getpid(), signal.SIGTERM)):
-            status = store.status(rid)  # someone may have finished it between our look and our claim
-            if status == "done" or (status in FAILED and not _wants_retry(store, rid, retry_before)):
-                return SKIPPED
-            run_dir = store.run_dir(rid)
-            if status in FAILED:
-                _archive_failed_attempt(run_dir)
-                store.event(rid, "retry")
-            has_ckpt = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
-            if has_ckpt:
-                store.event(rid, "resume", took_over=bool(lease.took_over))
-            else:
-                store.event(rid, "start", init_from=str(source) if source else None)
-            try:
-                manifest = _train(entry, run_dir, init_from=None if has_ckpt else source)
-                status = manifest.get("status", "done")
-            except TrainingInterrupted:
-                if lease.lost:
-                    return LOST  # the new holder resumes it; this worker goes on with other runs
-                store.event(rid, "interrupted")
-                raise
-            except Exception as e:  # noqa: BLE001 - one failing run must never stop the sweep
-                status = "failed"
-                _record_failure(store, rid, e)
-            store.event(rid, "finish", status=status)
-            return status
-    finally:
-        lease.release()
-
-
-def _train(entry: dict, run_dir: Path, *, init_from: Path | None) -> dict:
-    """Train (or resume) one plan entry, of any kind (run_training picks the model's setup); raises a
-    TrainingInterrupted on SIGTERM. A fine-tuning entry of a sweep planned before it was a RunConfig is read
-    from its own form."""
-    from replaylab.finetune_form import read_run_config
-    from replaylab.train import run_training
-
-    return run_training(read_run_config(entry["config"]), run_dir, resume=True, init_from=init_from)
-
-
-def _record_failure(store: RunStore, rid: str, error: BaseException) -> None:
-    """The engine records failures it sees; this covers errors before it wrote a manifest. A manifest that
-    cannot be read (cut short, edited) is replaced by a fresh record: its DataError must not hide `error`."""
-    from replaylab.errors import DataError
-    from replaylab.train.manifest import read_manifest, write_manifest
-
-    run_dir = store.run_dir(rid)
-    try:
-        manifest = read_manifest(run_dir)
-    except DataError:
-        manifest = None
-    manifest = manifest or {"config_hash": rid, "status": "failed", "meta": {}, "final": {}}
-    if manifest.get("status") != "failed":
-        manifest.update(status="failed", error=f"{type(error).__name__}: {error}")
-    manifest.setdefault("error", f"{type(error).__name__}: {error}")
-    manifest["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=8))
-    write_manifest(run_dir, manifest)
-
-
-def ordered_entries(plan: dict) -> list[dict]:
-    """Seed by seed (a sweep stopped early leaves whole replicates, not a little of every seed); within a
-    seed, carriers of shared prefixes first (their children wait for them), then the rest in plan order."""
-    carriers = {e["branch"]["parent"] for e in plan["runs"] if e.get("branch")}
-    return sorted(
-        plan["runs"],
-        key=lambda e: (e["config"].get("seed") or 0, e["run_id"] not in carriers, e.get("branch") is not None),
-    )
-
-
 def worker_loop(
     sweep_dir: str | Path,
     *,
@@ -170,8 +56,10 @@ def worker_loop(
     threads: int | None = None,
     poll: float = 0.5,
     only: list[str] | None = None,
+    trainer=None,
 ) -> None:
-    """Claim and train runs until every run of the sweep (or of `only`) is done or finally failed."""
+    """Claim and train runs until every run of the sweep (or of `only`) is done or finally failed; `trainer`
+    as for execute_run."""
     if threads:
         import torch
 
@@ -186,7 +74,7 @@ def worker_loop(
             return
         worked = False
         for e in open_entries:
-            if execute_run(store, e, retry_before=retry_before) not in (BUSY, WAITING, SKIPPED, LOST):
+            if execute_run(store, e, retry_before=retry_before, trainer=trainer) not in (BUSY, WAITING, SKIPPED, LOST):
                 worked = True
                 break  # rescan: a finished carrier may have released waiting children
         if not worked:
@@ -212,18 +100,23 @@ def run_local(
     poll: float = 0.5,
     max_restarts: int | None = None,
     progress: bool | None = None,
+    worker: tuple[str, ...] = ("-m", "replaylab.sweep.local"),
+    worker_args: tuple[str, ...] = (),
+    slot_env: list[dict[str, str]] | None = None,
 ) -> dict[str, int]:
     """Train the sweep with `workers` worker processes of `threads` torch threads each.
 
     A worker that dies is replaced while work remains; its run's lease goes stale and the run is taken
-    over and resumed from its checkpoint. Returns the final status counts."""
+    over and resumed from its checkpoint. Returns the final status counts. `worker` is the worker's command
+    after the interpreter (this module's `main`, or one that calls it with a train step of its own) and
+    `worker_args` its extra arguments; worker slot i gets `slot_env[i]` on top of the environment (the torchrun
+    backend: each slot's CUDA_VISIBLE_DEVICES); a replaced worker takes its slot."""
     store = RunStore(sweep_dir, lease_ttl=lease_ttl)
     ids = [e["run_id"] for e in store.plan()["runs"]]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [
         sys.executable,
-        "-m",
-        "replaylab.sweep.local",
+        *worker,
         str(sweep_dir),
         "--threads",
         str(threads),
@@ -234,13 +127,20 @@ def run_local(
     ]
     if retry_before is not None:
         cmd += ["--retry-before", repr(retry_before)]
-    cmd += ["--from-sweep"]
+    cmd += [*worker_args, "--from-sweep"]
     unfinished = [r for r in ids if not terminal(store, r, retry_before)]
 
     def start(n: int) -> list[subprocess.Popen]:
         # Each worker in its own session: a Ctrl-C on the terminal reaches this process only, which passes it
         # on exactly once (a second signal would make a trainer stop without its checkpoint).
-        return [subprocess.Popen(cmd, env=env, start_new_session=True) for _ in range(n)]
+        held = {p.slot for p in procs if p.poll() is None}
+        free = [i for i in range(workers) if i not in held][:n]
+        started = []
+        for i in free:
+            extra = slot_env[i] if slot_env else {}
+            started.append(subprocess.Popen(cmd, env={**env, **extra}, start_new_session=True))
+            started[-1].slot = i
+        return started
 
     stop: list[int] = []  # the signals received, in order
 
@@ -336,8 +236,9 @@ def _supervise(
             time.sleep(poll)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m replaylab.sweep.local SWEEP_DIR`: one worker (also usable on another machine)."""
+def main(argv: list[str] | None = None, *, trainer_for=None) -> int:
+    """`python -m replaylab.sweep.local SWEEP_DIR`: one worker (also usable on another machine).
+    `trainer_for(args)`: the worker's train step (execute_run's `trainer`; default: in this process)."""
     p = argparse.ArgumentParser(prog="replaylab-sweep-worker")
     p.add_argument("sweep_dir")
     p.add_argument("--threads", type=int, default=1)
@@ -360,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(s, stop)
     from replaylab.train import TrainingInterrupted
 
+    trainer = trainer_for(args) if trainer_for else None
     try:
         worker_loop(
             args.sweep_dir,
@@ -367,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             lease_ttl=args.lease_ttl,
             threads=args.threads,
             poll=args.poll,
+            trainer=trainer,
         )
     except (TrainingInterrupted, KeyboardInterrupt) as e:  # a rerun of the sweep (or this worker) continues
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,5 +1,5 @@
 """Ray backend: each run is a Ray task (CPU/GPU resources per run) calling the same claim -> train ->
-release step as local workers (`replaylab.sweep.local.execute_run`), so leases still guarantee that
+release step as local workers (`replaylab.sweep.execute.execute_run`), so leases still guarantee that
 no run trains twice, even with local workers on the same sweep folder. A run that branches off a
 shared prefix is submitted with its carrier's task as a dependency. The sweep folder must be on a
 filesystem every Ray node sees.
@@ -18,7 +18,7 @@ def _run_one(
 ) -> str:
     import torch
 
-    from replaylab.sweep.local import BUSY, WAITING, execute_run, terminal
+    from replaylab.sweep.execute import BUSY, WAITING, execute_run, terminal
     from replaylab.sweep.runstore import RunStore
 
     torch.set_num_threads(threads)
@@ -45,7 +45,8 @@ def run_ray(
         import ray
     except ImportError:
         raise ConfigError("--backend ray needs Ray: pip install 'replaylab[ray]'") from None
-    from replaylab.sweep.local import _counts, ordered_entries
+    from replaylab.sweep.execute import ordered_entries
+    from replaylab.sweep.local import _counts
     from replaylab.sweep.runstore import RunStore
 
     store = RunStore(sweep_dir, lease_ttl=lease_ttl)
