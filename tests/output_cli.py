@@ -66,3 +66,15 @@ def assert_one_line_refusal(r: subprocess.CompletedProcess, *pieces: str) -> Non
     assert lines[0].startswith("replaylab ") and ": error: " in lines[0]
     for piece in pieces:
         assert piece in lines[0], lines[0]
+
+
+def assert_refused(capsys, argv: list[str], *words: str) -> None:
+    """`replaylab.cli.main(argv)` in this process exits 2 with one line on stderr, no traceback, naming every word
+    (capsys: pytest's fixture, read and cleared here)."""
+    from replaylab.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err

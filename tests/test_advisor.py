@@ -6,6 +6,7 @@ an interval above 1; a curve that does not fall is never inverted)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hang import HANG_S
+from output_cli import assert_refused
 
 from replaylab.advisor import AdviceConfig, advise, plan_advice
 from replaylab.advisor.answer import answer
@@ -232,12 +234,7 @@ def test_refusals_one_line_exit_2(isolated_home, code_corpus, prose_corpus, tiny
     cfg = preset_config(code_corpus, prose_corpus, tiny_tokenizer)
     args = _cli_args(cfg, tmp_path / "adv")
 
-    def refused(argv: list[str], *words: str) -> None:
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert "\n" not in err and "Traceback" not in err, err
-        for w in words:
-            assert w in err, err
+    refused = functools.partial(assert_refused, capsys)
 
     # a target too small for the design (N/8 must be a sequence)
     refused([*args[:9], "--budget", "4", *args[11:]], "too small for the design", "--budget")

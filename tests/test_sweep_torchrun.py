@@ -5,6 +5,7 @@ backends, rank counts and a missing launcher are one-line refusals (no training)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -13,9 +14,9 @@ import sys
 import pytest
 import yaml
 from hang import HANG_S
+from output_cli import assert_refused
 from test_sweep import experiment
 
-from replaylab.cli import main
 from replaylab.errors import ConfigError
 from replaylab.sweep import describe_backend, run_sweep
 from replaylab.sweep.runstore import RunStore
@@ -89,12 +90,7 @@ def test_refusals_are_one_line_and_train_nothing(tmp_path, monkeypatch, capsys):
     exp = tmp_path / "exp.yaml"
     exp.write_text("name: t\n")
 
-    def refused(argv: list[str], *words: str) -> None:
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert "\n" not in err and "Traceback" not in err, err
-        for w in words:
-            assert w in err, err
+    refused = functools.partial(assert_refused, capsys)
 
     sweep = ["sweep", str(exp), "--out", str(tmp_path / "s")]
     refused([*sweep, "--backend", "slurm"], "'slurm' is unknown", "torchrun")
