@@ -152,6 +152,7 @@ def collect_scores(out: Path, design: Design, table: pd.DataFrame, hf_base: dict
     """{"base": {seed: {task: metrics}}, "runs": {run_id: {task: metrics}}} for the runs the answer compares;
     {} without tasks. Scores already in OUT/tasks.json are reused; new ones are added to it as they come.
     `hf_base`: an HF model's base scores as the timed trial measured them (scored the same way: not again)."""
+    from replaylab.finetune_form import read_run_config
     from replaylab.paths import atomic_write_text
     from replaylab.sweep.runstore import RunStore
 
@@ -173,7 +174,8 @@ def collect_scores(out: Path, design: Design, table: pd.DataFrame, hf_base: dict
         for rid in sub["run_id"]:  # scored inside the run: its manifest's `mc` record
             keep("runs", rid, (store.manifest(rid) or {}).get("mc") or {})
         if ONE_BASE not in scores["base"] and not sub.empty:
-            base = hf_base or score_hf_base(config, _run_config(entries[sub["run_id"].iloc[0]]))
+            entry = entries[sub["run_id"].iloc[0]]
+            base = hf_base or score_hf_base(config, read_run_config(entry["config"]))
             keep("base", ONE_BASE, base)
         return scores
     for _, row in sub[sub["selected"].astype(bool)].iterrows():
@@ -186,13 +188,6 @@ def collect_scores(out: Path, design: Design, table: pd.DataFrame, hf_base: dict
             if found is not None:
                 keep("base", str(seed), score_ours(config, found, config.pretrain_steps))
     return scores
-
-
-def _run_config(entry: dict):
-    from replaylab.config import from_dict
-    from replaylab.runconfig import RunConfig
-
-    return from_dict(RunConfig, entry["config"])
 
 
 def _prefix_checkpoint(store, entries, seed: int, step: int) -> Path | None:

@@ -65,7 +65,9 @@ def branch_source(store: RunStore, entry: dict) -> tuple[str, Path | None]:
     branch = entry.get("branch")
     if not branch:
         return "alone", None
-    ckpt = store.run_dir(branch["parent"]) / "checkpoints" / f"step_{branch['step']:07d}"
+    from replaylab.train.checkpoint import step_dir
+
+    ckpt = step_dir(store.run_dir(branch["parent"]), branch["step"])
     if (ckpt / "state.json").exists():
         return "ready", ckpt
     parent = store.status(branch["parent"])
